@@ -1,0 +1,147 @@
+"""The stage contract: batching, concurrency, the per-frame encoding, the sampler options."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from edensplit.errors import InputError
+from edensplit.model import (
+    FrameEncoding,
+    LocalPipeline,
+    Sampler,
+    encode_frames,
+    frame_difference,
+    interpolate,
+    load_model,
+    make_noise,
+    to_uint8,
+)
+from edensplit.model.stages import Geometry
+from tests.conftest import TINY_CONFIG, make_frames
+
+
+def test_padding_follows_the_reference_rule():
+    geo = Geometry(70, 100)
+    assert geo.padding == (13, 13, 14, 14) and geo.padded_size == (96, 128)
+    assert Geometry(64, 96).padding == (0, 0, 0, 0)
+    geo = Geometry(480, 854)
+    assert geo.padded_size == (480, 864) and geo.grid == (30, 54) and geo.latent_tokens == 15 * 27
+
+
+def test_frame_encoding_does_not_depend_on_its_batch(tiny_model):
+    frames = make_frames(3, 40, 70)
+    batch = encode_frames(tiny_model, frames)
+    for i in range(3):
+        single = encode_frames(tiny_model, frames[i])
+        assert torch.equal(single.cond_dit, batch[i].cond_dit)
+        assert torch.equal(single.cond_dec, batch[i].cond_dec)
+        assert torch.equal(single.mean, batch[i].mean) and torch.equal(single.std, batch[i].std)
+
+
+def test_batch_of_three_equals_three_single_calls(tiny_model):
+    frames = make_frames(4, 40, 70)
+    pipe = LocalPipeline(tiny_model)
+    batched = pipe.interpolate_batch(frames[:3], frames[1:], seeds=[7, 8, 9])
+    singles = np.stack([pipe.interpolate(frames[i], frames[i + 1], seed=7 + i) for i in range(3)])
+    assert batched.shape == (3, 40, 70, 3) and batched.dtype == np.uint8
+    # Batching is allowed to differ by float rounding; the uint8 frames agree to within one level.
+    assert np.abs(batched.astype(int) - singles.astype(int)).max() <= 1
+    # And the float outputs agree to rounding.
+    enc0, enc1 = encode_frames(tiny_model, frames[:3]), encode_frames(tiny_model, frames[1:])
+    noise = torch.cat([make_noise(7 + i, enc0.geometry.latent_tokens, 16) for i in range(3)])
+    diff = frame_difference(frames[:3], frames[1:])
+    out = interpolate(tiny_model, enc0, enc1, diff, noise)
+    for i in range(3):
+        one = interpolate(tiny_model, enc0[i], enc1[i], diff[i:i + 1], noise[i:i + 1])
+        torch.testing.assert_close(out[i:i + 1], one, atol=1e-5, rtol=0)
+
+
+def test_two_threads_on_one_model_get_the_single_threaded_results(tiny_model):
+    small, large = make_frames(2, 40, 70, seed=1), make_frames(2, 72, 90, seed=2)
+    pipe = LocalPipeline(tiny_model)
+    expected = [pipe.interpolate(small[0], small[1], seed=1), pipe.interpolate(large[0], large[1], seed=2)]
+    results: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    barrier = threading.Barrier(2)
+
+    def work(slot: int, frames: np.ndarray, seed: int) -> None:
+        barrier.wait()
+        for _ in range(4):
+            results[slot].append(pipe.interpolate(frames[0], frames[1], seed=seed))
+
+    threads = [threading.Thread(target=work, args=(0, small, 1)), threading.Thread(target=work, args=(1, large, 2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for slot in (0, 1):
+        assert len(results[slot]) == 4
+        for frame in results[slot]:
+            np.testing.assert_array_equal(frame, expected[slot])
+
+
+def test_same_job_twice_gives_identical_frames(tiny_model):
+    frames = make_frames(2, 40, 70)
+    pipe = LocalPipeline(tiny_model)
+    a, b = pipe.interpolate(frames[0], frames[1], seed=11), pipe.interpolate(frames[0], frames[1], seed=11)
+    np.testing.assert_array_equal(a, b)
+    c = pipe.interpolate(frames[0], frames[1], seed=12)
+    assert not np.array_equal(a, c)  # the seed matters
+
+
+def test_to_uint8_rounds_half_up_and_clamps():
+    x = torch.tensor([-0.5, 0.0, 0.5 / 255, 1.49 / 255, 1.5 / 255, 0.999999, 1.0, 3.0]).view(1, 1, 1, 8)
+    x = x.expand(1, 3, 1, 8)
+    assert to_uint8(x)[0, 0, :, 0].tolist() == [0, 0, 1, 1, 2, 255, 255, 255]
+
+
+def test_sampler_grids_and_validation():
+    assert Sampler().time_grid == (0.0, 0.75, 1.0)
+    assert Sampler(4).time_grid == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert Sampler(1, "heun").time_grid == (0.0, 1.0)
+    with pytest.raises(InputError, match="unknown sampling method 'ddim'"):
+        Sampler(2, "ddim")
+    with pytest.raises(InputError, match="num_steps must be an integer from 1 to 64"):
+        Sampler(0)
+
+
+def test_heun_and_more_steps_run_and_differ_from_the_reference(tiny_model):
+    frames = make_frames(2, 40, 70)
+    ref = LocalPipeline(tiny_model).interpolate(frames[0], frames[1])
+    heun = LocalPipeline(tiny_model, Sampler(2, "heun")).interpolate(frames[0], frames[1])
+    assert heun.shape == ref.shape and not np.array_equal(heun, ref)
+
+
+def test_stage_inputs_are_checked(tiny_model):
+    frames = make_frames(2, 40, 70)
+    enc = encode_frames(tiny_model, frames)
+    with pytest.raises(InputError, match=r"noise must have shape \[1, 6, 16\]"):
+        interpolate(tiny_model, enc[0], enc[1], frame_difference(frames[0], frames[1]), torch.zeros(1, 5, 16))
+    with pytest.raises(InputError, match="the two frames differ in size"):
+        frame_difference(frames[0], make_frames(1, 41, 70)[0])
+    other = encode_frames(tiny_model, make_frames(1, 72, 90)[0])
+    with pytest.raises(InputError, match="same number of frames of one size"):
+        interpolate(tiny_model, enc[0], other, torch.zeros(1), torch.zeros(1, 6, 16))
+    with pytest.raises(InputError, match="uint8 frames must be"):
+        encode_frames(tiny_model, np.zeros((4, 4), np.uint8))
+    with pytest.raises(InputError, match="can only batch encodings of frames of one size"):
+        FrameEncoding.cat([enc[0], other])
+
+
+def test_a_stage_model_refuses_the_other_stage():
+    cloud = load_model(None, TINY_CONFIG, stages={"encode"}, allow_random=True)
+    frames = make_frames(2, 40, 70)
+    enc = encode_frames(cloud, frames)
+    with pytest.raises(InputError, match="without the interpolate stage's weights"):
+        interpolate(cloud, enc[0], enc[1], torch.zeros(1), torch.zeros(1, 6, 16))
+
+
+def test_bfloat16_compute_stays_close_to_float32(tiny_model):
+    frames = make_frames(2, 40, 70)
+    bf16 = load_model(None, TINY_CONFIG, allow_random=True, seed=3, dtype=torch.bfloat16)
+    ref = LocalPipeline(tiny_model).interpolate(frames[0], frames[1])
+    low = LocalPipeline(bf16).interpolate(frames[0], frames[1])
+    assert np.abs(ref.astype(float) - low.astype(float)).mean() < 4.0  # bf16 keeps ~3 significant digits
