@@ -1,17 +1,86 @@
-"""The exceptions edensplit raises for problems a user can fix; each message names the problem."""
+"""The exceptions edensplit raises for problems a user can fix, and the protocol's error codes.
+
+Every error carries a code from `ErrorCode` (the documented list in docs/protocol.md) and a message
+that names the problem; servers turn them into the error envelope with the code's HTTP status.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    """The protocol's error codes. `status` is the HTTP status each is answered with."""
+
+    INVALID_REQUEST = "INVALID_REQUEST"  # body does not match the request schema
+    INVALID_BASE64 = "INVALID_BASE64"  # a base64 field does not decode
+    INVALID_IMAGE = "INVALID_IMAGE"  # bytes that are not a PNG/JPEG image
+    FRAME_SIZE_MISMATCH = "FRAME_SIZE_MISMATCH"  # frames differ in size, or differ from image_size
+    INVALID_BLOB = "INVALID_BLOB"  # enc_out / frames container unreadable, wrong format or version
+    SHAPE_MISMATCH = "SHAPE_MISMATCH"  # tensors that do not fit the grid, or ph/pw that do not match
+    MODEL_MISMATCH = "MODEL_MISMATCH"  # model_args or hidden size differ from the loaded model
+    INVALID_PARAMETER = "INVALID_PARAMETER"  # an out-of-range override (seed, num_steps, vae_scaler, ...)
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    NOT_ACCEPTABLE = "NOT_ACCEPTABLE"  # the Accept header names no format this endpoint can answer in
+    NOT_FOUND = "NOT_FOUND"
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"  # a session cache the server no longer has: resend
+    OVERLOADED = "OVERLOADED"  # too much work in flight: retry after a moment
+    NOT_READY = "NOT_READY"  # the model is not loaded (yet)
+    UPSTREAM_ERROR = "UPSTREAM_ERROR"  # a server this one called failed (flow B)
+    ENCODE_ERROR = "ENCODE_ERROR"  # the encoder failed on valid input (a server fault)
+    MODEL_ERROR = "MODEL_ERROR"  # sampling or decoding failed on valid input (a server fault)
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+    @property
+    def status(self) -> int:
+        return _STATUS[self]
+
+
+_STATUS = {
+    ErrorCode.INVALID_REQUEST: 422, ErrorCode.INVALID_BASE64: 400, ErrorCode.INVALID_IMAGE: 400,
+    ErrorCode.FRAME_SIZE_MISMATCH: 400, ErrorCode.INVALID_BLOB: 400, ErrorCode.SHAPE_MISMATCH: 422,
+    ErrorCode.MODEL_MISMATCH: 422, ErrorCode.INVALID_PARAMETER: 422, ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415, ErrorCode.NOT_ACCEPTABLE: 406, ErrorCode.NOT_FOUND: 404,
+    ErrorCode.SESSION_NOT_FOUND: 409, ErrorCode.OVERLOADED: 503, ErrorCode.NOT_READY: 503,
+    ErrorCode.UPSTREAM_ERROR: 502, ErrorCode.ENCODE_ERROR: 500, ErrorCode.MODEL_ERROR: 500,
+    ErrorCode.INTERNAL_ERROR: 500,
+}
 
 
 class EdenError(Exception):
     """Base class: a user-facing error whose message is shown as is, without a traceback."""
 
+    code: ErrorCode = ErrorCode.INTERNAL_ERROR
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = details or {}
+
 
 class ConfigError(EdenError):
     """The config file or a model argument is missing or invalid."""
+
+    code = ErrorCode.INVALID_PARAMETER
 
 
 class CheckpointError(EdenError):
     """The checkpoint is missing, unreadable, or does not match the config."""
 
+    code = ErrorCode.NOT_READY
+
 
 class InputError(EdenError):
-    """Frames or tensors handed to a stage do not fit (size, dtype, shape)."""
+    """Frames, tensors or parameters handed to a stage do not fit (size, dtype, shape, range)."""
+
+    code = ErrorCode.INVALID_PARAMETER
+
+
+class WireError(InputError):
+    """Bytes from the network that do not decode: base64, images, enc_out blobs, frame containers."""
+
+    code = ErrorCode.INVALID_BLOB

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from edensplit.errors import InputError
+from edensplit.errors import ErrorCode, InputError
 from edensplit.model.eden import ENCODE, INTERPOLATE, Eden
 from edensplit.model.seeds import make_noise
 
@@ -81,11 +81,12 @@ def as_frames(frames: np.ndarray | Tensor) -> Tensor:
         if x.ndim == 3:
             x = x.unsqueeze(0)
         if x.ndim != 4 or x.shape[-1] != 3:
-            raise InputError(f"uint8 frames must be [H, W, 3] or [B, H, W, 3] RGB, got {tuple(x.shape)}")
+            raise InputError(f"uint8 frames must be [H, W, 3] or [B, H, W, 3] RGB, got {tuple(x.shape)}",
+                             code=ErrorCode.SHAPE_MISMATCH)
         return x.permute(0, 3, 1, 2).float() / 255
     if x.is_floating_point():
         if x.ndim != 4 or x.shape[1] != 3:
-            raise InputError(f"float frames must be [B, 3, H, W], got {tuple(x.shape)}")
+            raise InputError(f"float frames must be [B, 3, H, W], got {tuple(x.shape)}", code=ErrorCode.SHAPE_MISMATCH)
         return x.float()
     raise InputError(f"frames must be uint8 or floating point, got {x.dtype}")
 
@@ -119,7 +120,7 @@ class FrameEncoding:
     def cat(parts: Sequence[FrameEncoding]) -> FrameEncoding:
         geometries = {p.geometry for p in parts}
         if len(geometries) != 1:
-            raise InputError("can only batch encodings of frames of one size")
+            raise InputError("can only batch encodings of frames of one size", code=ErrorCode.SHAPE_MISMATCH)
         return FrameEncoding(*(torch.cat([getattr(p, f) for p in parts])
                                for f in ("cond_dit", "cond_dec", "mean", "std")), parts[0].geometry)
 
@@ -130,7 +131,8 @@ class FrameEncoding:
 
 def _require(model: Eden, stage: str) -> None:
     if stage not in model.stages:
-        raise InputError(f"this model was loaded without the {stage} stage's weights")
+        raise InputError(f"this model was loaded without the {stage} stage's weights",
+                         code=ErrorCode.INTERNAL_ERROR)
 
 
 @torch.inference_mode()
@@ -157,7 +159,8 @@ def frame_difference(frame0: np.ndarray | Tensor, frame1: np.ndarray | Tensor) -
     """Raw mean cosine similarity over pixels of two unpadded frames -> [B] float32 (the API's 'difference')."""
     x0, x1 = as_frames(frame0), as_frames(frame1)
     if x0.shape != x1.shape:
-        raise InputError(f"the two frames differ in size: {tuple(x0.shape[-2:])} vs {tuple(x1.shape[-2:])}")
+        raise InputError(f"the two frames differ in size: {tuple(x0.shape[-2:])} vs {tuple(x1.shape[-2:])}",
+                         code=ErrorCode.FRAME_SIZE_MISMATCH)
     return F.cosine_similarity(x0, x1, dim=1, eps=1e-8).mean(dim=(1, 2))
 
 
@@ -212,12 +215,15 @@ def interpolate(model: Eden, enc0: FrameEncoding, enc1: FrameEncoding, differenc
     _require(model, INTERPOLATE)
     geo, B = enc0.geometry, len(enc0)
     if enc1.geometry != geo or len(enc1) != B:
-        raise InputError("the two encodings must hold the same number of frames of one size")
+        raise InputError("the two encodings must hold the same number of frames of one size",
+                         code=ErrorCode.SHAPE_MISMATCH)
     expected = (B, geo.latent_tokens, model.args.latent_dim)
     if tuple(noise.shape) != expected:
-        raise InputError(f"noise must have shape {list(expected)}, got {list(noise.shape)}")
+        raise InputError(f"noise must have shape {list(expected)}, got {list(noise.shape)}",
+                         code=ErrorCode.SHAPE_MISMATCH)
     if tuple(difference.shape) != (B,):
-        raise InputError(f"difference must have shape [{B}], got {list(difference.shape)}")
+        raise InputError(f"difference must have shape [{B}], got {list(difference.shape)}",
+                         code=ErrorCode.SHAPE_MISMATCH)
     cfg = model.config
     scaler = cfg.vae_scaler if vae_scaler is None else vae_scaler
     shift = cfg.vae_shift if vae_shift is None else vae_shift
