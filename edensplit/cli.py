@@ -1,0 +1,166 @@
+"""The `edensplit` command: interpolate (split or --local), cloud, edge, demo.
+
+Options fall back to the environment (CLOUD_SERVER_URL, EDGE_SERVER_URL, MODEL_PATH, EDEN_CONFIG,
+DEVICE, ...). Errors a user can fix print one line and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from edensplit import __version__
+from edensplit.errors import EdenError
+from edensplit.settings import ClientSettings, ModelSettings, ServerSettings
+
+
+def _flag(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None:
+    """Add --snake_name with a --dash-name alias (the user's scripts use underscores)."""
+    dashed = name.replace("_", "-")
+    names = [f"--{name}"] + ([f"--{dashed}"] if dashed != name else [])
+    parser.add_argument(*names, **kwargs)
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (defaults from MODEL_PATH, EDEN_CONFIG, DEVICE)")
+    _flag(g, "model_path", help="checkpoint: eden.pt / .pth / .safetensors")
+    g.add_argument("--config", "--eden_config", dest="eden_config", help="eval_eden.yaml-style config")
+    _flag(g, "device", help="cpu or cuda:N")
+    _flag(g, "dtype", dest="eden_dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    _flag(g, "random_weights", dest="eden_random_weights", action="store_true", default=None,
+          help="run with random weights when no checkpoint is given (tests the pipeline, not EDEN's quality)")
+
+
+def _overrides(args: argparse.Namespace, fields: Sequence[str]) -> dict[str, Any]:
+    return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+
+
+MODEL_FIELDS = ("model_path", "eden_config", "device", "eden_dtype", "eden_random_weights")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edensplit", description="EDEN frame interpolation split across "
+                                     "a cloud encoder and an edge sampler/decoder.")
+    parser.add_argument("--version", action="version", version=f"edensplit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("interpolate", help="interpolate a video or a frame pair")
+    src = p.add_argument_group("input and output")
+    _flag(src, "video_path", help="input video: writes interpolated.mp4 at twice the frame rate")
+    src.add_argument("--frame_0_path", "--frame-0-path", "--frame0", dest="frame_0_path", help="first frame image")
+    src.add_argument("--frame_1_path", "--frame-1-path", "--frame1", dest="frame_1_path", help="second frame image")
+    src.add_argument("--output_dir", "--output-dir", "--interpolated_results_dir", dest="output_dir",
+                     default="out", help="where interpolated.mp4 / interpolated.png go (default: out)")
+    _flag(src, "seed", type=int, default=0, help="the job's base seed S (default 0)")
+    _flag(src, "codec", default="libx264", help="libx264 (default), libx264rgb or ffv1 (lossless)")
+    _flag(src, "crf", type=int, default=18, help="libx264 quality, 0-51 (default 18)")
+    _flag(src, "save_frames", action="store_true", help="also write each generated frame as a PNG")
+    _flag(src, "no_progress", action="store_true", help="no progress bar")
+    run = p.add_argument_group("where it runs")
+    _flag(run, "local", action="store_true", help="run both stages in this process, no servers (the reference)")
+    _flag(run, "cloud_url", dest="cloud_server_url", help="default CLOUD_SERVER_URL or http://localhost:8000")
+    _flag(run, "edge_url", dest="edge_server_url", help="default EDGE_SERVER_URL or http://localhost:8001")
+    _flag(run, "payload", choices=["binary", "json"], default="binary",
+          help="binary fast path (default) or the JSON/base64 API")
+    _flag(run, "wire_dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+          help="enc_out dtype on the wire; float32 is exact")
+    _flag(run, "timeout", dest="edensplit_timeout", type=float, help="seconds per request (default 30)")
+    _flag(run, "retries", dest="edensplit_retries", type=int, help="retries on connection errors (default 3)")
+    _flag(run, "num_steps", type=int, default=2, help="sampler steps (2 = the reference grid)")
+    _flag(run, "method", choices=["euler", "heun"], default="euler", help="sampler")
+    _model_flags(p)
+
+    for stage, port in (("cloud", 8000), ("edge", 8001)):
+        s = sub.add_parser(stage, help=f"run the {stage} server (uvicorn edensplit.{stage}:app)")
+        s.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")
+        s.add_argument("--port", type=int, default=port, help=f"port (default {port})")
+        _flag(s, "max_inflight", type=int, help="requests admitted at once; more get 503 (default 8)")
+        _model_flags(s)
+
+    d = sub.add_parser("demo", help="start both servers on loopback, interpolate a sample clip, stop them")
+    _flag(d, "output_dir", default="out/demo", help="where the video and the sheet go (default out/demo)")
+    _flag(d, "frames", type=int, default=12, help="frames in the sample clip (default 12)")
+    return parser
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from edensplit.client.jobs import LocalBackend, interpolate_pair_files, interpolate_video
+
+    if bool(args.video_path) == bool(args.frame_0_path or args.frame_1_path):
+        raise EdenError("give either --video_path or both --frame_0_path and --frame_1_path")
+    if not args.video_path and not (args.frame_0_path and args.frame_1_path):
+        raise EdenError("a frame pair needs both --frame_0_path and --frame_1_path")
+    if args.local:
+        from edensplit.model import ALL_STAGES, LocalPipeline, Sampler
+        from edensplit.servers.runtime import load_model_for
+
+        settings = ModelSettings(**_overrides(args, MODEL_FIELDS))
+        model = load_model_for(ALL_STAGES, settings)
+        backend: Any = LocalBackend(LocalPipeline(model, Sampler(args.num_steps, args.method)))
+        where = f"locally ({model.weights_source} on {model.device})"
+    else:
+        from edensplit.client.http import CloudClient, EdgeClient, SplitClient
+
+        cs = ClientSettings(**_overrides(args, ("cloud_server_url", "edge_server_url", "edensplit_timeout",
+                                                "edensplit_retries")))
+        common = dict(payload=args.payload, timeout=cs.edensplit_timeout, retries=cs.edensplit_retries)
+        backend = SplitClient(CloudClient(cs.cloud_server_url, wire_dtype=args.wire_dtype, **common),
+                              EdgeClient(cs.edge_server_url, num_steps=args.num_steps, method=args.method, **common))
+        where = f"via cloud {cs.cloud_server_url} and edge {cs.edge_server_url} (HTTP {args.payload})"
+    if args.video_path:
+        result = interpolate_video(backend, args.video_path, args.output_dir, seed=args.seed, codec=args.codec,
+                                   crf=args.crf, save_frames=args.save_frames, progress=not args.no_progress)
+        print(f"wrote {result.output}: {result.frames_in} frames in, {result.frames_out} out, "
+              f"{result.seconds:.1f} s, {where}")
+    else:
+        result = interpolate_pair_files(backend, args.frame_0_path, args.frame_1_path, args.output_dir,
+                                        seed=args.seed)
+        print(f"wrote {result.output} in {result.seconds:.2f} s, {where}")
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from edensplit.model import ENCODE, INTERPOLATE
+    from edensplit.servers.runtime import load_model_for
+
+    settings = ServerSettings(**_overrides(args, (*MODEL_FIELDS, "max_inflight")))
+    if args.command == "cloud":
+        from edensplit.servers.cloud import create_cloud_app as factory
+
+        stage = ENCODE
+    else:
+        from edensplit.servers.edge import create_edge_app as factory
+
+        stage = INTERPOLATE
+    model = load_model_for({stage}, settings)  # fail here, with a one-line message, not inside uvicorn
+    uvicorn.run(factory(settings, model), host=args.host, port=args.port)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edensplit.demo import run_demo
+
+    run_demo(args.output_dir, n_frames=args.frames)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return {"interpolate": cmd_interpolate, "cloud": cmd_server, "edge": cmd_server,
+                "demo": cmd_demo}[args.command](args)
+    except EdenError as exc:
+        print(f"edensplit {args.command}: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

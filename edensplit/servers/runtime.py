@@ -1,0 +1,103 @@
+"""A server's resident model: loaded once at start-up, run on one worker thread, with admission control.
+
+Model calls run on a single dedicated thread so the event loop stays free for I/O and the model
+sees one request at a time (the exact mode's "same thread count"). Admission is bounded: past
+`max_inflight` requests a new one is refused at once with 503 OVERLOADED instead of queueing
+without limit (backpressure the client's retry can absorb).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import torch
+
+from edensplit import __version__
+from edensplit.errors import EdenError, ErrorCode
+from edensplit.model import Eden, load_config, load_model
+from edensplit.settings import DTYPES, ModelSettings
+
+log = logging.getLogger("edensplit.server")
+R = TypeVar("R")
+
+
+def load_model_for(stages: Iterable[str], settings: ModelSettings) -> Eden:
+    """Load only the weights `stages` need, as the settings say; random weights only if explicitly allowed."""
+    stage = "+".join(sorted(stages))
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    config = load_config(settings.eden_config)
+    model = load_model(settings.model_path, config, stages=set(stages), device=settings.device,
+                       dtype=DTYPES[settings.eden_dtype], allow_random=settings.eden_random_weights,
+                       seed=settings.eden_random_seed)
+    if model.weights_source.startswith("random"):
+        log.warning("%s stage: RANDOM WEIGHTS (%s): outputs show the pipeline, not EDEN's quality",
+                    stage, model.weights_source)
+    else:
+        log.info("%s stage: loaded %s on %s", stage, model.weights_source, settings.device)
+    return model
+
+
+class ModelRuntime:
+    """The model, its worker thread, and the count of requests admitted."""
+
+    def __init__(self, stage: str, max_inflight: int, model: Eden | None = None):
+        self.stage = stage
+        self.max_inflight = max_inflight
+        self.model = model
+        self.load_error: str | None = None
+        self.inflight = 0
+        self.started = time.monotonic()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"eden-{stage}")
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+    def require_model(self) -> Eden:
+        if self.model is None:
+            raise EdenError(f"the {self.stage} model is not loaded: {self.load_error or 'starting up'}",
+                            code=ErrorCode.NOT_READY)
+        return self.model
+
+    @contextlib.asynccontextmanager
+    async def admission(self) -> AsyncIterator[None]:
+        """Hold one of `max_inflight` places for a request's whole life, or refuse it now."""
+        if self.inflight >= self.max_inflight:
+            raise EdenError(f"the {self.stage} server has {self.inflight} requests in flight "
+                            f"(limit {self.max_inflight}); retry shortly", code=ErrorCode.OVERLOADED,
+                            details={"retry_after_s": 1})
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+
+    async def run(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run fn(model, *args) on the model thread."""
+        model = self.require_model()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, model, *args)
+
+    def health(self) -> dict[str, Any]:
+        model = self.model
+        info: dict[str, Any] = {
+            "status": "ok" if model is not None else ("error" if self.load_error else "loading"),
+            "stage": self.stage, "model_loaded": model is not None, "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started, 3), "inflight": self.inflight,
+            "error": self.load_error,
+        }
+        if model is not None:
+            info.update(device=str(model.device), dtype=str(model.dtype).removeprefix("torch."),
+                        weights_source=model.weights_source,
+                        random_weights=model.weights_source.startswith("random"),
+                        model_args=model.args.as_dict())
+        return info
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

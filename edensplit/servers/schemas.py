@@ -1,0 +1,93 @@
+"""The HTTP API contract: pydantic models for requests, responses and the envelope (and the /docs)."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="one of the documented error codes, e.g. INVALID_IMAGE")
+    message: str = Field(description="what is wrong, in words")
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Envelope(BaseModel, Generic[T]):
+    """Every JSON response: `status` success with `data`, or error with `error`."""
+
+    status: Literal["success", "error"]
+    data: T | None = None
+    error: ErrorBody | None = None
+
+
+class EncodeRequest(BaseModel):
+    frame0: str = Field(description="base64 PNG or JPEG (a data: URL is accepted too)")
+    frame1: str = Field(description="base64 PNG or JPEG, the same size as frame0")
+    image_size: tuple[int, int] | None = Field(None, description="[H, W]; when sent, checked against the frames")
+    metadata: dict[str, Any] | None = Field(None, description="free-form (fps, frame_id, ...); echoed in logs")
+
+
+class EncodeMetadata(BaseModel):
+    ph: int = Field(description="token grid rows of the padded frame")
+    pw: int = Field(description="token grid columns")
+    height: int
+    width: int
+    wire_dtype: str
+    difference: float = Field(description="raw mean cosine similarity of the two frames")
+    processing_time: float = Field(description="seconds spent on the server")
+    request_id: str
+
+
+class EncodeData(BaseModel):
+    enc_out: str = Field(description="base64 of the enc_out blob (a safetensors container, see docs/protocol.md)")
+    enc_out_size: int = Field(description="bytes of the blob before base64")
+    metadata: EncodeMetadata
+
+
+class SamplingConfig(BaseModel):
+    num_steps: int = Field(2, description="2 = the reference grid (0, 0.75, 1); others a uniform grid")
+    method: str = Field("euler", description="euler or heun")
+
+
+class InterpolateRequest(BaseModel):
+    enc_out: str = Field(description="base64 of the enc_out blob from /api/v1/encode")
+    difference: float | None = Field(None, description="raw mean cosine similarity; defaults to the blob's")
+    vae_scaler: float | None = Field(None, description="defaults to the loaded config (EDEN: 0.179437)")
+    vae_shift: float | None = Field(None, description="defaults to the loaded config (EDEN: 0.770202)")
+    model_args: dict[str, Any] | None = Field(None, description="when sent, must match the loaded model")
+    sampling_config: SamplingConfig | None = None
+    seed: int | None = Field(None, description="the noise seed of this frame (default 0)")
+    metadata: dict[str, Any] | None = Field(None, description="ph/pw, when sent, must match the blob")
+
+
+class InterpolateMetadata(BaseModel):
+    processing_time: float
+    request_id: str
+    seed: int
+    height: int
+    width: int
+
+
+class InterpolateData(BaseModel):
+    generated_frame: str = Field(description="base64 PNG of the middle frame")
+    metadata: InterpolateMetadata
+
+
+class HealthResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    status: Literal["ok", "loading", "error"]
+    stage: str
+    model_loaded: bool
+    device: str | None = None
+    dtype: str | None = None
+    weights_source: str | None = Field(None, description="checkpoint path, or 'random (seed N)'")
+    random_weights: bool = False
+    model_args: dict[str, Any] | None = None
+    version: str
+    uptime_s: float
+    inflight: int = 0
+    error: str | None = None

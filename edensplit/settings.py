@@ -1,0 +1,51 @@
+"""Configuration from environment variables (overridable by CLI flags), shared by servers and client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_device() -> str:
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+class ModelSettings(BaseSettings):
+    """How a process loads EDEN: MODEL_PATH, EDEN_CONFIG, DEVICE, EDEN_DTYPE, EDEN_RANDOM_WEIGHTS."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    model_path: Path | None = Field(None, description="checkpoint (.pt/.pth/.safetensors); MODEL_PATH")
+    eden_config: Path | None = Field(None, description="an eval_eden.yaml-style file; EDEN_CONFIG")
+    device: str = Field(default_factory=default_device, description="cpu or cuda:N; DEVICE")
+    eden_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="compute dtype")
+    eden_random_weights: bool = Field(False, description="allow random weights when MODEL_PATH is unset")
+    eden_random_seed: int = Field(0, description="seed of the random weights")
+    torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads for the model")
+
+
+class ServerSettings(ModelSettings):
+    """A server's limits on top of its model: request size, work in flight, and (edge) the cloud's URL."""
+
+    max_request_mb: float = Field(512, gt=0, description="largest request body, MiB; MAX_REQUEST_MB")
+    max_inflight: int = Field(8, ge=1, description="requests admitted at once; more get 503 OVERLOADED")
+    cloud_server_url: str = Field("http://localhost:8000", description="the cloud, for the edge's flow B")
+    session_ttl_s: float = Field(300, gt=0, description="idle video sessions are dropped after this")
+    max_sessions: int = Field(64, ge=1, description="sessions cached at once (least recently used dropped)")
+
+
+class ClientSettings(BaseSettings):
+    """Where the servers are and how patiently to talk to them."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    cloud_server_url: str = "http://localhost:8000"
+    edge_server_url: str = "http://localhost:8001"
+    edensplit_timeout: float = Field(30.0, gt=0)
+    edensplit_retries: int = Field(3, ge=0)
