@@ -1,0 +1,169 @@
+"""The enc_out blob: F frames' encodings (cloud -> edge) in a self-describing safetensors container.
+
+Tensors: `cond_dit`, `cond_dec` [F, N, D] in the wire dtype, `mean`, `std` [F] float32. Metadata
+(str -> str) says what they are: format/version, the frames' Geometry, the token grid and padding,
+F, D, the wire dtype, the pair's raw `difference` (exact repr of the float) and any caller extras.
+Everything is checked on unpack, so the edge never runs a model on tensors that do not fit; nothing
+is unpickled. A float32 blob round-trips bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import safetensors.torch
+import torch
+from torch import Tensor
+
+from edensplit.errors import ErrorCode, InputError, WireError
+from edensplit.model.stages import FrameEncoding, Geometry
+from edensplit.wire.container import check_format, load, read_header
+
+FORMAT = "edensplit.enc_out"
+VERSION = "1"
+BLOB_MEDIA_TYPE = "application/vnd.edensplit.enc-out+safetensors"
+WIRE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16,
+                                       "bfloat16": torch.bfloat16}
+TENSORS = ("cond_dit", "cond_dec", "mean", "std")
+REQUIRED = ("format", "version", "height", "width", "multiple", "patch", "pad", "grid", "frames", "hidden_dim",
+            "wire_dtype")
+RESERVED = frozenset((*REQUIRED, "difference"))
+WHAT = "enc_out"
+_UINT = re.compile(r"[0-9]{1,9}")
+
+
+@dataclass(frozen=True)
+class EncodedFrames:
+    """An unpacked blob: the encoding (CPU, wire dtype), the pair's raw difference, and the extras."""
+
+    encoding: FrameEncoding
+    difference: float | None
+    wire_dtype: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def pack_encoding(enc: FrameEncoding, difference: float | None = None, wire_dtype: str = "float32",
+                  extra: dict[str, str] | None = None) -> bytes:
+    """FrameEncoding of F frames (+ the pair's raw difference, extra str metadata) -> enc_out blob bytes."""
+    if wire_dtype not in WIRE_DTYPES:
+        raise InputError(f"unknown wire dtype {wire_dtype!r}; use one of {', '.join(WIRE_DTYPES)}")
+    extra = dict(extra or {})
+    clash = sorted(RESERVED & extra.keys())
+    if clash:
+        raise InputError(f"extra metadata may not use the reserved keys {clash}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+        raise InputError("extra metadata must map str to str")
+    if difference is not None:
+        difference = float(difference)
+        if not math.isfinite(difference) or abs(difference) > 1:
+            raise InputError(f"difference must be a finite cosine similarity in [-1, 1], got {difference!r}")
+    geo = enc.geometry
+    if enc.cond_dit.ndim != 3:
+        raise InputError(f"cond_dit must be [F, N, D], got {list(enc.cond_dit.shape)}", code=ErrorCode.SHAPE_MISMATCH)
+    frames, tokens, dim = enc.cond_dit.shape
+    _check_shapes({"cond_dit": enc.cond_dit, "cond_dec": enc.cond_dec, "mean": enc.mean, "std": enc.std},
+                  frames, geo.tokens, dim, InputError)
+    dtype = WIRE_DTYPES[wire_dtype]
+    tensors = {"cond_dit": enc.cond_dit.detach().to("cpu", dtype).contiguous(),
+               "cond_dec": enc.cond_dec.detach().to("cpu", dtype).contiguous(),
+               "mean": enc.mean.detach().to("cpu", torch.float32).contiguous(),
+               "std": enc.std.detach().to("cpu", torch.float32).contiguous()}
+    top, bottom, left, right = geo.padding
+    metadata = {"format": FORMAT, "version": VERSION, "height": str(geo.height), "width": str(geo.width),
+                "multiple": str(geo.multiple), "patch": str(geo.patch), "pad": f"{top},{bottom},{left},{right}",
+                "grid": "{},{}".format(*geo.grid), "frames": str(frames), "hidden_dim": str(dim),
+                "wire_dtype": wire_dtype, **extra}
+    if difference is not None:
+        metadata["difference"] = repr(difference)
+    return safetensors.torch.save(tensors, metadata=metadata)
+
+
+def read_blob_header(data: bytes) -> dict[str, str]:
+    """The metadata of an enc_out blob, from its JSON header alone (format and version checked)."""
+    _, metadata = read_header(data, WHAT)
+    check_format(metadata, FORMAT, VERSION, WHAT)
+    return metadata
+
+
+def unpack_encoding(data: bytes, *, frames: int | None = None) -> EncodedFrames:
+    """enc_out blob bytes -> EncodedFrames (CPU tensors in the wire dtype), every field checked.
+
+    `frames`, when given, is the number of frames the caller expects (2 for a pair).
+    """
+    metadata = read_blob_header(data)
+    for key in REQUIRED:
+        if key not in metadata:
+            raise _invalid(f"metadata lacks {key!r}")
+    wire_dtype = metadata["wire_dtype"]
+    if wire_dtype not in WIRE_DTYPES:
+        raise _invalid(f"has unknown wire_dtype {wire_dtype!r}; expected one of {', '.join(WIRE_DTYPES)}")
+    height, width, multiple, patch, count, dim = (_uints(metadata, k, 1)[0] for k in
+                                                  ("height", "width", "multiple", "patch", "frames", "hidden_dim"))
+    grid, pad = tuple(_uints(metadata, "grid", 2)), tuple(_uints(metadata, "pad", 4, minimum=0))
+    geo = Geometry(height, width, multiple, patch)
+    if grid != geo.grid:
+        raise _shape(f"grid {list(grid)} does not fit a {height}x{width} frame (expected {list(geo.grid)})")
+    if pad != geo.padding:
+        raise _shape(f"pad {list(pad)} does not fit a {height}x{width} frame (expected {list(geo.padding)})")
+    if frames is not None and count != frames:
+        raise _shape(f"holds {count} frame(s), expected {frames}")
+    difference = _difference(metadata.get("difference"))
+    tensors = load(data, WHAT, safetensors.torch.load)
+    if set(tensors) != set(TENSORS):
+        raise _invalid(f"holds tensors {sorted(tensors)}, expected {sorted(TENSORS)}")
+    for name in TENSORS:
+        expected = WIRE_DTYPES[wire_dtype] if name.startswith("cond") else torch.float32
+        if tensors[name].dtype != expected:
+            raise _invalid(f"tensor {name} is {_dtype_name(tensors[name].dtype)}, expected {_dtype_name(expected)}")
+    _check_shapes(tensors, count, grid[0] * grid[1], dim, WireError)
+    for name in TENSORS:
+        if not torch.isfinite(tensors[name]).all():
+            raise _invalid(f"tensor {name} holds non-finite values (NaN or inf)")
+    extra = {k: v for k, v in metadata.items() if k not in RESERVED}
+    encoding = FrameEncoding(tensors["cond_dit"], tensors["cond_dec"], tensors["mean"], tensors["std"], geo)
+    return EncodedFrames(encoding, difference, wire_dtype, extra)
+
+
+def _check_shapes(tensors: dict[str, Tensor], frames: int, tokens: int, dim: int, error: type[InputError]) -> None:
+    for name in TENSORS:
+        expected = [frames, tokens, dim] if name.startswith("cond") else [frames]
+        if list(tensors[name].shape) != expected:
+            what = "[frames, ph*pw, hidden_dim]" if name.startswith("cond") else "[frames]"
+            raise error(f"{WHAT}: tensor {name} has shape {list(tensors[name].shape)}, expected {expected} {what}",
+                        code=ErrorCode.SHAPE_MISMATCH)
+
+
+def _uints(metadata: dict[str, str], key: str, count: int, minimum: int = 1) -> list[int]:
+    parts = metadata[key].split(",")
+    if len(parts) != count or not all(_UINT.fullmatch(p) for p in parts):
+        raise _invalid(f"metadata {key}={metadata[key]!r} is not {count} comma-separated integer(s)")
+    values = [int(p) for p in parts]
+    if min(values) < minimum:
+        raise _invalid(f"metadata {key}={metadata[key]!r} must be at least {minimum}")
+    return values
+
+
+def _difference(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise _invalid(f"metadata difference={text!r} is not a number") from None
+    if not math.isfinite(value) or abs(value) > 1:
+        raise _invalid(f"metadata difference={text!r} is not a finite cosine similarity in [-1, 1]")
+    return value
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _invalid(problem: str) -> WireError:
+    return WireError(f"{WHAT} {problem}", code=ErrorCode.INVALID_BLOB)
+
+
+def _shape(problem: str) -> WireError:
+    return WireError(f"{WHAT} {problem}", code=ErrorCode.SHAPE_MISMATCH)

@@ -1,0 +1,91 @@
+"""The safetensors container both wire formats share: header parsing and loading, with errors as WireError.
+
+A safetensors file is an 8-byte little-endian header length, a JSON header (tensor names -> dtype,
+shape, byte offsets; `__metadata__` -> str: str) and the raw tensor bytes. Reading it never runs code.
+The header is parsed here first (bounded, strict, checked against the buffer's length) so a bad or
+truncated container is refused with a clear message before any tensor is materialised.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from safetensors import SafetensorError
+
+from edensplit.errors import ErrorCode, WireError
+
+MAX_HEADER_BYTES = 1 << 20
+METADATA_KEY = "__metadata__"
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate keys in {sorted(keys)}")
+    return dict(pairs)
+
+
+def _bad(what: str, problem: str) -> WireError:
+    return WireError(f"{what} {problem}", code=ErrorCode.INVALID_BLOB)
+
+
+def read_header(data: bytes, what: str) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Parse and check a container's header -> (tensor name -> {dtype, shape, data_offsets}, metadata)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise _bad(what, f"must be bytes, got {type(data).__name__}")
+    size = len(data)
+    if size < 8:
+        raise _bad(what, f"is not a safetensors container: only {size} bytes")
+    length = int.from_bytes(bytes(data[:8]), "little")
+    if length > MAX_HEADER_BYTES:
+        raise _bad(what, f"is not a safetensors container: its header claims {length} bytes, "
+                         f"more than the limit of {MAX_HEADER_BYTES}")
+    if 8 + length > size:
+        raise _bad(what, f"is truncated: its header claims {length} bytes but only {size - 8} follow")
+    try:
+        header = json.loads(bytes(data[8:8 + length]).decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise _bad(what, f"is not a safetensors container: its header is not valid JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise _bad(what, "is not a safetensors container: its header is not a JSON object")
+    metadata = header.pop(METADATA_KEY, {})
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in metadata.items()):
+        raise _bad(what, "has malformed metadata: expected an object of string values")
+    end = 0
+    for name, entry in header.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+                and _int_list(entry.get("shape")) and _int_list(entry.get("data_offsets"), 2)):
+            raise _bad(what, f"has a malformed header entry for tensor {name!r}")
+        start, stop = entry["data_offsets"]
+        if start > stop:
+            raise _bad(what, f"has a malformed header entry for tensor {name!r}: offsets {start} > {stop}")
+        end = max(end, stop)
+    available = size - 8 - length
+    if end > available:
+        raise _bad(what, f"is truncated: its tensors need {end} bytes of data but only {available} follow")
+    if end < available:
+        raise _bad(what, f"has {available - end} unexpected bytes after its tensor data")
+    return header, metadata
+
+
+def _int_list(value: Any, length: int | None = None) -> bool:
+    return (isinstance(value, list) and (length is None or len(value) == length)
+            and all(type(v) is int and v >= 0 for v in value))
+
+
+def check_format(metadata: dict[str, str], fmt: str, version: str, what: str) -> None:
+    """Refuse a container whose `format` / `version` metadata is not the one expected."""
+    if metadata.get("format") != fmt:
+        raise _bad(what, f"has format {metadata.get('format')!r}, expected {fmt!r}")
+    if metadata.get("version") != version:
+        raise _bad(what, f"has unsupported version {metadata.get('version')!r}; this server reads version {version}")
+
+
+def load(data: bytes, what: str, loader: Any) -> dict[str, Any]:
+    """Load every tensor with `loader` (safetensors.torch.load or safetensors.numpy.load)."""
+    try:
+        return loader(bytes(data))
+    except (SafetensorError, ValueError, TypeError) as e:
+        raise _bad(what, f"is corrupt: {e}") from e
