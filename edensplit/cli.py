@@ -88,11 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
     from edensplit.client.jobs import LocalBackend, interpolate_pair_files, interpolate_video
+    from edensplit.video import probe_video, read_png
 
     if bool(args.video_path) == bool(args.frame_0_path or args.frame_1_path):
         raise EdenError("give either --video_path or both --frame_0_path and --frame_1_path")
     if not args.video_path and not (args.frame_0_path and args.frame_1_path):
         raise EdenError("a frame pair needs both --frame_0_path and --frame_1_path")
+    if args.video_path:
+        probe_video(args.video_path)  # fail on a bad input before loading a model or calling a server
+    else:
+        for path in (args.frame_0_path, args.frame_1_path):
+            read_png(path)
     if args.local:
         from edensplit.model import ALL_STAGES, LocalPipeline, Sampler
         from edensplit.servers.runtime import load_model_for

@@ -1,0 +1,165 @@
+"""POST /api/v1/encode: every input format, and every malformed request a 4xx envelope with its code."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edensplit.model import encode_frames, frame_difference, load_model
+from edensplit.wire import (
+    BLOB_MEDIA_TYPE,
+    FRAMES_MEDIA_TYPE,
+    b64decode_field,
+    b64encode,
+    encode_png,
+    pack_frames,
+    unpack_encoding,
+)
+from tests.conftest import TINY_CONFIG, make_frames
+
+FRAMES = make_frames(2, 40, 70)
+
+
+def json_body(f0=FRAMES[0], f1=FRAMES[1], **extra) -> dict:
+    return {"frame0": b64encode(encode_png(f0)), "frame1": b64encode(encode_png(f1)), **extra}
+
+
+def assert_error(response, status: int, code: str, phrase: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["status"] == "error" and body["data"] is None
+    assert body["error"]["code"] == code
+    assert phrase in body["error"]["message"]
+    assert "Traceback" not in response.text
+
+
+def test_json_encode_returns_the_users_envelope_and_the_encoders_output(cloud):
+    r = cloud.post("/api/v1/encode", json=json_body(image_size=[40, 70], metadata={"fps": 30, "frame_id": 7}))
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "success" and body["error"] is None
+    data = body["data"]
+    meta = data["metadata"]
+    assert (meta["ph"], meta["pw"]) == (4, 6) and meta["request_id"] == r.headers["x-request-id"]
+    assert meta["processing_time"] > 0
+    blob = b64decode_field(data["enc_out"], "enc_out")
+    assert data["enc_out_size"] == len(blob)
+    decoded = unpack_encoding(blob, frames=2)
+    local = encode_frames(load_model(None, TINY_CONFIG, stages={"encode"}, allow_random=True, seed=3), FRAMES)
+    assert np.array_equal(decoded.encoding.cond_dit.numpy(), local.cond_dit.numpy())
+    assert decoded.difference == float(frame_difference(FRAMES[0], FRAMES[1])[0]) == meta["difference"]
+
+
+def test_binary_and_multipart_requests_give_the_same_blob_tensors(cloud):
+    binary = cloud.post("/api/v1/encode", content=pack_frames({"frame0": FRAMES[0], "frame1": FRAMES[1]}),
+                        headers={"Content-Type": FRAMES_MEDIA_TYPE})
+    assert binary.status_code == 200 and binary.headers["content-type"] == BLOB_MEDIA_TYPE
+    files = {"frame0": ("a.png", encode_png(FRAMES[0]), "image/png"),
+             "frame1": ("b.png", encode_png(FRAMES[1]), "image/png")}
+    multipart = cloud.post("/api/v1/encode", files=files, headers={"Accept": BLOB_MEDIA_TYPE})
+    assert multipart.status_code == 200
+    a, b = unpack_encoding(binary.content), unpack_encoding(multipart.content)
+    assert np.array_equal(a.encoding.cond_dec.numpy(), b.encoding.cond_dec.numpy())
+
+
+@pytest.mark.parametrize("dtype,ratio", [("float16", 0.5), ("bfloat16", 0.5)])
+def test_wire_dtype_halves_the_blob(cloud, dtype, ratio):
+    body = pack_frames({"frame0": FRAMES[0], "frame1": FRAMES[1]})
+    headers = {"Content-Type": FRAMES_MEDIA_TYPE}
+    full = cloud.post("/api/v1/encode", content=body, headers=headers)
+    small = cloud.post(f"/api/v1/encode?wire_dtype={dtype}", content=body, headers=headers)
+    assert unpack_encoding(small.content).wire_dtype == dtype
+    assert len(small.content) < len(full.content) * (ratio + 0.1)
+
+
+def test_request_id_is_echoed(cloud):
+    r = cloud.post("/api/v1/encode", json=json_body(), headers={"X-Request-ID": "job-42"})
+    assert r.headers["x-request-id"] == "job-42" and r.json()["data"]["metadata"]["request_id"] == "job-42"
+
+
+def jpeg(frame: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_jpeg_frames_are_accepted(cloud):
+    r = cloud.post("/api/v1/encode", json={"frame0": b64encode(jpeg(FRAMES[0])), "frame1": b64encode(jpeg(FRAMES[1]))})
+    assert r.status_code == 200
+
+
+MALFORMED = [
+    ("bad base64", {"frame0": "@@not base64@@", "frame1": b64encode(encode_png(FRAMES[1]))},
+     400, "INVALID_BASE64", "frame0"),
+    ("not an image", {"frame0": b64encode(b"hello world"), "frame1": b64encode(encode_png(FRAMES[1]))},
+     400, "INVALID_IMAGE", "frame0"),
+    ("different sizes", json_body(f1=make_frames(1, 48, 70)[0]), 400, "FRAME_SIZE_MISMATCH", "same size"),
+    ("image_size disagrees", json_body(image_size=[41, 70]), 400, "FRAME_SIZE_MISMATCH", "image_size [41, 70]"),
+    ("frame1 missing", {"frame0": b64encode(encode_png(FRAMES[0]))}, 422, "INVALID_REQUEST", "frame1"),
+]
+
+
+@pytest.mark.parametrize("name,body,status,code,phrase", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_json_requests(cloud, name, body, status, code, phrase):
+    assert_error(cloud.post("/api/v1/encode", json=body), status, code, phrase)
+    assert cloud.post("/api/v1/encode", json=json_body()).status_code == 200  # still serving
+
+
+def test_malformed_transport_level_requests(cloud):
+    assert_error(cloud.post("/api/v1/encode", content=b"{not json", headers={"Content-Type": "application/json"}),
+                 422, "INVALID_REQUEST", "does not match the schema")
+    assert_error(cloud.post("/api/v1/encode", content=b"x", headers={"Content-Type": "text/plain"}),
+                 415, "UNSUPPORTED_MEDIA_TYPE", "text/plain")
+    assert_error(cloud.post("/api/v1/encode", content=b"garbage", headers={"Content-Type": FRAMES_MEDIA_TYPE}),
+                 400, "INVALID_BLOB", "frames container")
+    assert_error(cloud.post("/api/v1/encode?wire_dtype=int8", json=json_body()),
+                 422, "INVALID_PARAMETER", "wire_dtype 'int8'")
+    assert_error(cloud.post("/api/v1/encode", json=json_body(), headers={"Accept": "text/html"}),
+                 406, "NOT_ACCEPTABLE", "text/html")
+    assert_error(cloud.post("/api/v1/encode", files={"frame0": ("a.png", b"x", "image/png")},
+                            data={"metadata": json.dumps({})}), 422, "INVALID_REQUEST", "frame1")
+    big = np.random.default_rng(0).integers(0, 255, (1400, 1400, 3), dtype=np.uint8)  # > 4 MiB limit raw
+    assert_error(cloud.post("/api/v1/encode", content=pack_frames({"frame0": big, "frame1": big}),
+                            headers={"Content-Type": FRAMES_MEDIA_TYPE}), 413, "PAYLOAD_TOO_LARGE", "over the limit")
+    assert cloud.post("/api/v1/encode", json=json_body()).status_code == 200
+
+
+def test_overload_is_refused_with_retry_after(cloud):
+    rt = cloud.app.state.runtime
+    saved, rt.inflight = rt.inflight, rt.max_inflight
+    try:
+        r = cloud.post("/api/v1/encode", json=json_body())
+    finally:
+        rt.inflight = saved
+    assert_error(r, 503, "OVERLOADED", "requests in flight")
+    assert r.headers["retry-after"] == "1"
+
+
+def test_health_says_what_runs(cloud):
+    health = cloud.get("/health").json()
+    assert health["status"] == "ok" and health["model_loaded"] and health["stage"] == "encode"
+    assert health["weights_source"] == "random (seed 3)" and health["random_weights"] is True
+    assert health["device"] == "cpu" and health["model_args"]["hidden_dim"] == 32
+    assert cloud.get("/health/live").json() == {"status": "ok"}
+    assert cloud.get("/health/ready").status_code == 200
+
+
+def test_metrics_count_requests_and_bytes(cloud):
+    cloud.post("/api/v1/encode", json=json_body())
+    text = cloud.get("/metrics").text
+    assert 'edensplit_requests_total{method="POST",route="/api/v1/encode",status="200"}' in text
+    assert "edensplit_request_bytes_total" in text and "edensplit_request_seconds_bucket" in text
+
+
+def test_openapi_documents_both_content_types(cloud):
+    spec = cloud.get("/openapi.json").json()
+    content = spec["paths"]["/api/v1/encode"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data", FRAMES_MEDIA_TYPE} <= set(content)
+
+
+def test_unknown_route_gets_the_envelope(cloud):
+    assert_error(cloud.get("/api/v1/nothing"), 404, "NOT_FOUND", "/api/v1/nothing")

@@ -1,0 +1,130 @@
+"""POST /api/v1/interpolate: the frame equals the local stage; malformed blobs and options are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edensplit.model import LocalPipeline, encode_frames, frame_difference, load_model
+from edensplit.model.config import EdenConfig, ModelArgs
+from edensplit.wire import (
+    BLOB_MEDIA_TYPE,
+    FRAMES_MEDIA_TYPE,
+    b64decode_field,
+    b64encode,
+    decode_image,
+    pack_encoding,
+    unpack_frames,
+)
+from tests.conftest import TINY_CONFIG, make_frames
+from tests.servers.test_cloud import assert_error
+
+FRAMES = make_frames(2, 40, 70)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return LocalPipeline(load_model(None, TINY_CONFIG, allow_random=True, seed=3))
+
+
+@pytest.fixture(scope="module")
+def blob():
+    cloud = load_model(None, TINY_CONFIG, stages={"encode"}, allow_random=True, seed=3)
+    return pack_encoding(encode_frames(cloud, FRAMES), float(frame_difference(FRAMES[0], FRAMES[1])[0]))
+
+
+def test_json_interpolate_equals_the_local_pipeline(edge, blob, reference):
+    r = edge.post("/api/v1/interpolate", json={
+        "enc_out": b64encode(blob), "seed": 9, "sampling_config": {"num_steps": 2, "method": "euler"},
+        "metadata": {"ph": 4, "pw": 6, "request_id": "r1"}, "model_args": TINY_CONFIG.model_args.as_dict()})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    frame = decode_image(b64decode_field(data["generated_frame"], "generated_frame"))
+    np.testing.assert_array_equal(frame, reference.interpolate(FRAMES[0], FRAMES[1], seed=9))
+    assert data["metadata"]["seed"] == 9 and (data["metadata"]["height"], data["metadata"]["width"]) == (40, 70)
+
+
+def test_binary_interpolate_answers_with_frames_or_png(edge, blob, reference):
+    expected = reference.interpolate(FRAMES[0], FRAMES[1], seed=4)
+    r = edge.post("/api/v1/interpolate?seed=4", content=blob, headers={"Content-Type": BLOB_MEDIA_TYPE})
+    assert r.headers["content-type"] == FRAMES_MEDIA_TYPE
+    np.testing.assert_array_equal(unpack_frames(r.content, ("frame",))[0]["frame"], expected)
+    png = edge.post("/api/v1/interpolate?seed=4", content=blob,
+                    headers={"Content-Type": BLOB_MEDIA_TYPE, "Accept": "image/png"})
+    assert png.headers["content-type"] == "image/png"
+    np.testing.assert_array_equal(decode_image(png.content), expected)
+
+
+def test_overrides_change_the_frame(edge, blob):
+    def frame(**query) -> np.ndarray:
+        r = edge.post("/api/v1/interpolate", params=query, content=blob, headers={"Content-Type": BLOB_MEDIA_TYPE})
+        assert r.status_code == 200, r.text
+        return unpack_frames(r.content, ("frame",))[0]["frame"]
+
+    base = frame(seed=1)
+    assert not np.array_equal(base, frame(seed=1, method="heun"))
+    assert not np.array_equal(base, frame(seed=1, num_steps=4))
+    assert not np.array_equal(base, frame(seed=1, vae_shift=0.5))
+    np.testing.assert_array_equal(base, frame(seed=1, num_steps=2, method="euler"))
+
+
+def other_blob(hidden_dim: int = 32, frames: int = 2) -> bytes:
+    config = EdenConfig(model_args=ModelArgs(hidden_dim=hidden_dim, num_heads=2, dit_depth=1, decoder_depth=1))
+    model = load_model(None, config, stages={"encode"}, allow_random=True)
+    return pack_encoding(encode_frames(model, make_frames(frames, 40, 70)), 0.9)
+
+
+def bad(blob: bytes, **fields) -> dict:
+    return {"enc_out": b64encode(blob), **fields}
+
+
+def malformed(blob: bytes) -> list:
+    return [
+        ("bad base64", {"enc_out": "%%%"}, 400, "INVALID_BASE64", "enc_out"),
+        ("not a blob", bad(b"\x00" * 64), 400, "INVALID_BLOB", "enc_out"),
+        ("truncated blob", bad(blob[: len(blob) // 2]), 400, "INVALID_BLOB", "enc_out"),
+        ("one frame, not a pair", bad(other_blob(frames=1)), 422, "SHAPE_MISMATCH", "1 frame(s), expected 2"),
+        ("another model's blob", bad(other_blob(hidden_dim=48)), 422, "MODEL_MISMATCH", "hidden size 48"),
+        ("model_args differ", bad(blob, model_args={"hidden_dim": 768}), 422, "MODEL_MISMATCH", "hidden_dim"),
+        ("ph/pw differ", bad(blob, metadata={"ph": 5, "pw": 6}), 422, "SHAPE_MISMATCH", "ph/pw"),
+        ("num_steps 0", bad(blob, sampling_config={"num_steps": 0}), 422, "INVALID_PARAMETER", "num_steps"),
+        ("num_steps 1000", bad(blob, sampling_config={"num_steps": 1000}), 422, "INVALID_PARAMETER", "1 to 64"),
+        ("unknown method", bad(blob, sampling_config={"method": "ddim"}), 422, "INVALID_PARAMETER", "'ddim'"),
+        ("vae_scaler <= 0", bad(blob, vae_scaler=0), 422, "INVALID_PARAMETER", "vae_scaler must be > 0"),
+        ("negative seed", bad(blob, seed=-1), 422, "INVALID_PARAMETER", "seed"),
+        ("seed too large", bad(blob, seed=2**64), 422, "INVALID_PARAMETER", "seed"),
+        ("difference out of range", bad(blob, difference=3.0), 422, "INVALID_PARAMETER", "difference"),
+        ("seed not a number", bad(blob, seed="abc"), 422, "INVALID_REQUEST", "seed"),
+    ]
+
+
+def test_malformed_requests_get_specific_codes_and_the_server_keeps_serving(edge, blob):
+    for name, body, status, code, phrase in malformed(blob):
+        assert_error(edge.post("/api/v1/interpolate", json=body), status, code, phrase), name
+        assert edge.post("/api/v1/interpolate", json=bad(blob)).status_code == 200, f"not serving after {name}"
+
+
+def test_non_finite_overrides_are_refused(edge, blob):
+    body = '{"enc_out": "' + b64encode(blob) + '", "vae_shift": NaN}'
+    r = edge.post("/api/v1/interpolate", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["code"] in ("INVALID_PARAMETER", "INVALID_REQUEST")
+    r = edge.post("/api/v1/interpolate?vae_scaler=inf", content=blob, headers={"Content-Type": BLOB_MEDIA_TYPE})
+    assert_error(r, 422, "INVALID_PARAMETER", "vae_scaler must be finite")
+    r = edge.post("/api/v1/interpolate?seed=x", content=blob, headers={"Content-Type": BLOB_MEDIA_TYPE})
+    assert_error(r, 422, "INVALID_PARAMETER", "seed='x'")
+
+
+def test_blob_with_nan_is_refused(edge, blob):
+    cloud = load_model(None, TINY_CONFIG, stages={"encode"}, allow_random=True, seed=3)
+    enc = encode_frames(cloud, FRAMES)
+    poisoned = type(enc)(enc.cond_dit.clone(), enc.cond_dec, enc.mean, enc.std, enc.geometry)
+    poisoned.cond_dit[0, 0, 0] = torch.nan
+    r = edge.post("/api/v1/interpolate", content=pack_encoding(poisoned, 0.9),
+                  headers={"Content-Type": BLOB_MEDIA_TYPE})
+    assert_error(r, 400, "INVALID_BLOB", "finite")
+
+
+def test_edge_health_reports_its_stage(edge):
+    health = edge.get("/health").json()
+    assert health["stage"] == "interpolate" and health["weights_source"] == "random (seed 3)"

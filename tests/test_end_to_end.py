@@ -1,0 +1,169 @@
+"""The whole system as a user runs it: real uvicorn servers on loopback, the real CLI, real videos.
+
+Every generated frame of a split run must be bit-identical to the `--local` run with the same seed
+(exact mode: float32 model and wire, one pair per request).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edensplit.servers.launch import ServerProcess
+from edensplit.video import make_sample_clip, probe_video, read_frames, read_png, write_png
+from tests.conftest import make_frames
+
+ROOT = Path(__file__).resolve().parents[1]
+N_FRAMES = 12
+TINY_YAML = """\
+model_args:
+  hidden_dim: 32
+  num_heads: 2
+  dit_depth: 1
+  decoder_depth: 1
+  qkv_bias: true
+"""
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def model_env(workdir) -> dict[str, str]:
+    config = workdir / "tiny.yaml"
+    config.write_text(TINY_YAML)
+    return {"EDEN_CONFIG": str(config), "EDEN_RANDOM_WEIGHTS": "1", "DEVICE": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def servers(model_env, workdir):
+    with ServerProcess("edensplit.cloud:app", env=model_env, log_path=workdir / "cloud.log") as cloud, \
+            ServerProcess("edensplit.edge:app", env=model_env, log_path=workdir / "edge.log") as edge:
+        yield cloud, edge
+
+
+@pytest.fixture(scope="module")
+def clip(workdir) -> Path:
+    # Lossless input at an NTSC rate: the output must come back at exactly 60000/1001.
+    return make_sample_clip(workdir / "clip.mkv", n_frames=N_FRAMES, width=96, height=72, rate=Fraction(30000, 1001))
+
+
+def run_cli(*args: str, env: dict[str, str], entry: tuple[str, ...] = ("-m", "edensplit", "interpolate"),
+            cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *entry, *args], env={**os.environ, **env}, cwd=cwd,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def generated(out: Path) -> list[np.ndarray]:
+    return [read_png(p) for p in sorted((out / "generated").glob("*.png"))]
+
+
+@pytest.fixture(scope="module")
+def local_run(clip, model_env, workdir) -> list[np.ndarray]:
+    out = workdir / "local"
+    run_cli("--video_path", str(clip), "--output_dir", str(out), "--local", "--seed", "3", "--save_frames",
+            "--codec", "ffv1", env=model_env)
+    return generated(out)
+
+
+def check_video(out: Path, clip: Path) -> None:
+    info = probe_video(out / "interpolated.mp4")
+    assert info.rate == Fraction(60000, 1001)
+    assert (info.width, info.height) == (96, 72)
+    assert sum(1 for _ in read_frames(out / "interpolated.mp4")) == 2 * N_FRAMES - 1
+
+
+@pytest.mark.parametrize("payload", ["binary", "json"])
+def test_video_over_http_is_bit_identical_to_local(servers, clip, local_run, workdir, payload):
+    cloud, edge = servers
+    out = workdir / f"http-{payload}"
+    result = run_cli("--video_path", str(clip), "--output_dir", str(out), "--seed", "3", "--save_frames",
+                     "--payload", payload, env={"CLOUD_SERVER_URL": cloud.url, "EDGE_SERVER_URL": edge.url})
+    assert "12 frames in, 23 out" in result.stdout
+    check_video(out, clip)
+    split = generated(out)
+    assert len(split) == len(local_run) == N_FRAMES - 1
+    for k, (a, b) in enumerate(zip(split, local_run, strict=True)):
+        assert np.array_equal(a, b), f"generated frame {k} differs from --local"
+    # Input frames pass through unchanged: the lossless video's odd frames are the input frames.
+    ffv1 = workdir / f"http-{payload}-ffv1"
+    run_cli("--video_path", str(clip), "--output_dir", str(ffv1), "--seed", "3", "--codec", "ffv1",
+            "--payload", payload, "--cloud_url", cloud.url, "--edge_url", edge.url, env={})
+    out_frames = list(read_frames(ffv1 / "interpolated.mp4"))
+    for k, frame in enumerate(read_frames(clip)):
+        assert np.array_equal(out_frames[2 * k], frame)
+    for k, frame in enumerate(split):
+        assert np.array_equal(out_frames[2 * k + 1], frame)
+
+
+def test_float16_wire_stays_within_one_level_of_float32(servers, clip, local_run, workdir):
+    cloud, edge = servers
+    out = workdir / "http-f16"
+    run_cli("--video_path", str(clip), "--output_dir", str(out), "--seed", "3", "--save_frames",
+            "--wire_dtype", "float16", "--cloud_url", cloud.url, "--edge_url", edge.url, env={})
+    errors = [np.abs(a.astype(float) - b.astype(float)).mean() for a, b in zip(generated(out), local_run, strict=True)]
+    assert max(errors) <= 1.0, errors  # mean abs error <= 1/255 of the range
+
+
+def test_frame_pair_over_http_equals_local(servers, model_env, workdir):
+    cloud, edge = servers
+    frames = make_frames(2, 50, 90, seed=4)
+    a, b = write_png(workdir / "a.png", frames[0]), write_png(workdir / "b.png", frames[1])
+    run_cli("--frame_0_path", str(a), "--frame_1_path", str(b), "--output_dir", str(workdir / "pair"), "--seed", "8",
+            env={"CLOUD_SERVER_URL": cloud.url, "EDGE_SERVER_URL": edge.url})
+    run_cli("--frame_0_path", str(a), "--frame_1_path", str(b), "--interpolated_results_dir",
+            str(workdir / "pair-local"), "--seed", "8", "--local", env=model_env)
+    split = read_png(workdir / "pair" / "interpolated.png")
+    local = read_png(workdir / "pair-local" / "interpolated.png")
+    assert split.shape == (50, 90, 3) and np.array_equal(split, local)
+
+
+def test_the_users_own_commands(model_env, clip, local_run, workdir):
+    """`uvicorn cloud_server.main:app`, `uvicorn edge_server.main:app`, `python client.py ...`."""
+    with ServerProcess("cloud_server.main:app", env=model_env, cwd=ROOT, log_path=workdir / "c2.log") as cloud, \
+            ServerProcess("edge_server.main:app", env=model_env, cwd=ROOT, log_path=workdir / "e2.log") as edge:
+        out = workdir / "users"
+        run_cli("--video_path", str(clip), "--output_dir", str(out), "--seed", "3", "--save_frames",
+                env={"CLOUD_SERVER_URL": cloud.url, "EDGE_SERVER_URL": edge.url}, entry=("client.py",))
+    check_video(out, clip)
+    assert all(np.array_equal(a, b) for a, b in zip(generated(out), local_run, strict=True))
+
+
+def test_cli_errors_are_one_line_without_traceback(workdir, clip):
+    not_video = workdir / "notes.mp4"
+    cases = [
+        (["--video_path", str(workdir / "missing.mp4"), "--local"], "video file not found"),
+        (["--frame_0_path", "x.png"], "both --frame_0_path and --frame_1_path"),
+        (["--video_path", str(clip), "--local", "--config", str(workdir / "nope.yaml")], "config file not found"),
+        (["--video_path", str(clip), "--local"], "no checkpoint given"),
+        (["--video_path", str(not_video)], "not a readable video"),
+        (["--video_path", str(clip), "--cloud_url", "http://127.0.0.1:9", "--retries", "1",
+          "--no_progress"], "cannot reach the cloud server"),
+    ]
+    env = {**os.environ, "EDEN_RANDOM_WEIGHTS": "", "MODEL_PATH": "", "EDEN_CONFIG": ""}
+    not_video.write_text("this is text")
+    for args, phrase in cases:
+        env_case = {k: v for k, v in env.items() if v != ""}
+        r = subprocess.run([sys.executable, "-m", "edensplit", "interpolate", *args], env=env_case, cwd=workdir,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (args, r.stderr)
+        assert phrase in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_a_server_with_a_bad_checkpoint_exits_with_a_clear_message(workdir):
+    bad = workdir / "bad.pt"
+    bad.write_text("not a checkpoint")
+    r = subprocess.run([sys.executable, "-m", "edensplit", "cloud", "--port", "0", "--host", "127.0.0.1",
+                        "--model_path", str(bad)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "not a PyTorch checkpoint" in r.stderr and "Traceback" not in r.stderr
