@@ -30,13 +30,12 @@ access_log = logging.getLogger("edensplit.access")
 
 def configure_logging() -> None:
     """Give edensplit's loggers a handler when the host (uvicorn) did not."""
-    root = logging.getLogger("edensplit")
-    if not root.handlers:
+    ours = logging.getLogger("edensplit")
+    ours.setLevel(logging.INFO)
+    if not ours.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        root.propagate = False
+        ours.addHandler(handler)
 
 
 def error_body(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
