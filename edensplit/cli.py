@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(run, "local", action="store_true", help="run both stages in this process, no servers (the reference)")
     _flag(run, "cloud_url", dest="cloud_server_url", help="default CLOUD_SERVER_URL or http://localhost:8000")
     _flag(run, "edge_url", dest="edge_server_url", help="default EDGE_SERVER_URL or http://localhost:8001")
+    _flag(run, "transport", choices=["http", "ws"], default="http", help="HTTP requests or WebSocket streaming")
+    _flag(run, "flow", choices=["a", "b"], default="a",
+          help="a: client relays cloud -> edge (default); b: the edge calls the cloud itself")
+    _flag(run, "pairs", action="store_true",
+          help="flow A video: send pairs (each inner frame encoded twice) instead of a frame-once session")
     _flag(run, "payload", choices=["binary", "json"], default="binary",
           help="binary fast path (default) or the JSON/base64 API")
     _flag(run, "wire_dtype", choices=["float32", "float16", "bfloat16"], default="float32",
@@ -108,14 +113,19 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         backend: Any = LocalBackend(LocalPipeline(model, Sampler(args.num_steps, args.method)))
         where = f"locally ({model.weights_source} on {model.device})"
     else:
-        from edensplit.client.http import CloudClient, EdgeClient, SplitClient
+        from edensplit.client.flows import open_backend
+        from edensplit.client.payloads import Sampling
 
         cs = ClientSettings(**_overrides(args, ("cloud_server_url", "edge_server_url", "edensplit_timeout",
                                                 "edensplit_retries")))
-        common = dict(payload=args.payload, timeout=cs.edensplit_timeout, retries=cs.edensplit_retries)
-        backend = SplitClient(CloudClient(cs.cloud_server_url, wire_dtype=args.wire_dtype, **common),
-                              EdgeClient(cs.edge_server_url, num_steps=args.num_steps, method=args.method, **common))
-        where = f"via cloud {cs.cloud_server_url} and edge {cs.edge_server_url} (HTTP {args.payload})"
+        frame_once = bool(args.video_path) and not args.pairs and args.flow == "a"
+        backend = open_backend(cloud_url=cs.cloud_server_url, edge_url=cs.edge_server_url, transport=args.transport,
+                               flow=args.flow, frame_once=frame_once, payload=args.payload,
+                               wire_dtype=args.wire_dtype, sampling=Sampling(args.num_steps, args.method),
+                               timeout=cs.edensplit_timeout, retries=cs.edensplit_retries)
+        mode = "frame-once session" if frame_once else "pairs"
+        where = (f"{args.transport.upper()} {args.payload}, flow {args.flow.upper()}, {mode}, cloud "
+                 f"{cs.cloud_server_url}, edge {cs.edge_server_url}")
     if args.video_path:
         result = interpolate_video(backend, args.video_path, args.output_dir, seed=args.seed, codec=args.codec,
                                    crf=args.crf, save_frames=args.save_frames, progress=not args.no_progress)

@@ -13,7 +13,8 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from edensplit.client.http import CloudClient, EdgeClient, SplitClient
+from edensplit.client.flows import SplitClient
+from edensplit.client.http import CloudClient, EdgeClient
 from edensplit.client.jobs import interpolate_video
 from edensplit.servers.launch import ServerProcess
 from edensplit.video import read_frames, save_contact_sheet

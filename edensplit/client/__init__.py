@@ -1,9 +1,11 @@
-"""The client: typed HTTP clients for the two servers, and interpolation jobs over any backend."""
+"""The client: typed HTTP and WebSocket clients for the two servers, the flows over them, and jobs."""
 
-from edensplit.client.http import CloudClient, EdgeClient, EncodedPair, RetryPolicy, ServerError, SplitClient
+from edensplit.client.flows import EdgeProxyClient, FrameOnceClient, SplitClient
+from edensplit.client.http import CloudClient, EdgeClient, RetryPolicy, ServerError
 from edensplit.client.jobs import LocalBackend, interpolate_pair_files, interpolate_stream, interpolate_video
+from edensplit.client.payloads import EncodedBlob, Sampling
 
 __all__ = [
-    "CloudClient", "EdgeClient", "EncodedPair", "LocalBackend", "RetryPolicy", "ServerError", "SplitClient",
-    "interpolate_pair_files", "interpolate_stream", "interpolate_video",
+    "CloudClient", "EdgeClient", "EdgeProxyClient", "EncodedBlob", "FrameOnceClient", "LocalBackend", "RetryPolicy",
+    "Sampling", "ServerError", "SplitClient", "interpolate_pair_files", "interpolate_stream", "interpolate_video",
 ]

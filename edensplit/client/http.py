@@ -1,15 +1,14 @@
 """Typed HTTP clients for the two servers, on httpx: connection reuse, timeouts, bounded retries.
 
-`CloudClient.encode` turns two frames into an `EncodedPair` (the enc_out blob and what the client
-needs to know of it); `EdgeClient.interpolate` turns an `EncodedPair` into the middle frame. Both
-speak the JSON API (base64) or the binary fast path, chosen by `payload`.
+`CloudClient` turns frames into `EncodedBlob`s (the enc_out blob and what the client needs to know
+of it); `EdgeClient` turns them into middle frames. Both speak the JSON API (base64) or the binary
+fast path, chosen by `payload`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,19 +16,9 @@ import httpx
 import numpy as np
 
 from edensplit import __version__
+from edensplit.client.payloads import EncodedBlob, Sampling, frame_from_container, frame_from_json, images_json
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.wire import (
-    BLOB_MEDIA_TYPE,
-    FRAMES_MEDIA_TYPE,
-    WIRE_DTYPES,
-    b64decode_field,
-    b64encode,
-    decode_image,
-    encode_png,
-    pack_frames,
-    read_blob_header,
-    unpack_frames,
-)
+from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, WIRE_DTYPES, pack_frames
 
 log = logging.getLogger("edensplit.client")
 Payload = Literal["json", "binary"]
@@ -110,23 +99,8 @@ class HttpService:
         self.close()
 
 
-@dataclass(frozen=True)
-class EncodedPair:
-    """The cloud's answer for one pair: the enc_out blob (raw bytes, or the base64 text as received)."""
-
-    blob: bytes | None
-    blob_b64: str | None
-    grid: tuple[int, int]
-    difference: float
-    size: int  # bytes of the blob
-
-    @property
-    def raw(self) -> bytes:
-        return self.blob if self.blob is not None else b64decode_field(self.blob_b64 or "", "enc_out")
-
-
 class CloudClient(HttpService):
-    """The cloud encoder: POST /api/v1/encode."""
+    """The cloud encoder: POST /api/v1/encode (a pair) and /api/v1/encode_frame (one frame)."""
 
     name = "cloud server"
 
@@ -136,64 +110,64 @@ class CloudClient(HttpService):
             raise EdenError(f"wire_dtype must be one of {', '.join(WIRE_DTYPES)}", code=ErrorCode.INVALID_PARAMETER)
         self.payload, self.wire_dtype = payload, wire_dtype
 
-    def encode(self, frame0: np.ndarray, frame1: np.ndarray, *, metadata: dict[str, Any] | None = None,
-               request_id: str | None = None) -> EncodedPair:
+    def _encode(self, path: str, frames: dict[str, np.ndarray], request_id: str | None) -> EncodedBlob:
         headers = {"X-Request-ID": request_id} if request_id else {}
         params = {"wire_dtype": self.wire_dtype}
         if self.payload == "binary":
-            body = pack_frames({"frame0": frame0, "frame1": frame1},
-                               {k: str(v) for k, v in (metadata or {}).items()})
-            response = self.request("POST", "/api/v1/encode", content=body, params=params,
+            response = self.request("POST", path, content=pack_frames(frames), params=params,
                                     headers={**headers, "Content-Type": FRAMES_MEDIA_TYPE, "Accept": BLOB_MEDIA_TYPE})
-            header = read_blob_header(response.content)
-            ph, pw = (int(v) for v in header["grid"].split(","))
-            return EncodedPair(response.content, None, (ph, pw), float(header["difference"]), len(response.content))
-        body = {"frame0": b64encode(encode_png(frame0)), "frame1": b64encode(encode_png(frame1)),
-                "image_size": list(frame0.shape[:2]), "metadata": metadata or {}}
-        data = self.request("POST", "/api/v1/encode", json=body, params=params, headers=headers).json()["data"]
-        meta = data["metadata"]
-        return EncodedPair(None, data["enc_out"], (meta["ph"], meta["pw"]), meta["difference"], data["enc_out_size"])
+            return EncodedBlob.from_bytes(response.content)
+        data = self.request("POST", path, json=images_json(**frames), params=params, headers=headers).json()["data"]
+        return EncodedBlob.from_json(data["enc_out"], data["metadata"])
+
+    def encode(self, frame0: np.ndarray, frame1: np.ndarray, *, request_id: str | None = None) -> EncodedBlob:
+        """A pair -> its enc_out blob (both frames, and their difference)."""
+        return self._encode("/api/v1/encode", {"frame0": frame0, "frame1": frame1}, request_id)
+
+    def encode_frame(self, frame: np.ndarray, *, request_id: str | None = None) -> EncodedBlob:
+        """One video frame -> its enc_out blob (frame-once sessions)."""
+        return self._encode("/api/v1/encode_frame", {"frame": frame}, request_id)
 
 
 class EdgeClient(HttpService):
-    """The edge sampler/decoder: POST /api/v1/interpolate."""
+    """The edge: /api/v1/interpolate (a pair's blob), sessions (frame-once), /interpolate_frames (flow B)."""
 
     name = "edge server"
 
-    def __init__(self, base_url: str, *, payload: Payload = "binary", num_steps: int = 2, method: str = "euler",
+    def __init__(self, base_url: str, *, payload: Payload = "binary", sampling: Sampling | None = None,
                  **kwargs: Any):
         super().__init__(base_url, **kwargs)
-        self.payload, self.num_steps, self.method = payload, num_steps, method
+        self.payload, self.sampling = payload, sampling or Sampling()
 
-    def interpolate(self, pair: EncodedPair, *, seed: int = 0, request_id: str | None = None) -> np.ndarray:
-        headers = {"X-Request-ID": request_id} if request_id else {}
+    def _frame(self, path: str, *, blob: bytes | None = None, frames: dict[str, np.ndarray] | None = None,
+               json: dict[str, Any], params: dict[str, Any]) -> np.ndarray | None:
+        """POST a blob or frames (binary) or `json`; return the generated frame, or None for a store-only answer."""
         if self.payload == "binary":
-            params = {"seed": seed, "num_steps": self.num_steps, "method": self.method}
-            response = self.request("POST", "/api/v1/interpolate", content=pair.raw, params=params,
-                                    headers={**headers, "Content-Type": BLOB_MEDIA_TYPE, "Accept": FRAMES_MEDIA_TYPE})
-            frames, _ = unpack_frames(response.content, ("frame",))
-            return frames["frame"]
-        blob_b64 = pair.blob_b64 if pair.blob_b64 is not None else b64encode(pair.raw)
-        body = {"enc_out": blob_b64, "seed": seed,
-                "sampling_config": {"num_steps": self.num_steps, "method": self.method},
-                "metadata": {"ph": pair.grid[0], "pw": pair.grid[1]}}
-        data = self.request("POST", "/api/v1/interpolate", json=body, headers=headers).json()["data"]
-        return decode_image(b64decode_field(data["generated_frame"], "generated_frame"), "generated_frame")
+            body, kind = (blob, BLOB_MEDIA_TYPE) if blob is not None else (pack_frames(frames or {}), FRAMES_MEDIA_TYPE)
+            response = self.request("POST", path, content=body, params=params,
+                                    headers={"Content-Type": kind, "Accept": FRAMES_MEDIA_TYPE})
+            if response.headers.get("content-type", "").startswith("application/json"):
+                return None
+            return frame_from_container(response.content)
+        data = self.request("POST", path, json=json, params=params if frames else None).json()["data"]
+        return frame_from_json(data["generated_frame"]) if "generated_frame" in data else None
 
+    def interpolate(self, pair: EncodedBlob, *, seed: int = 0) -> np.ndarray:
+        """A pair's blob -> the middle frame."""
+        body = {"enc_out": pair.b64, **self.sampling.json(seed), "metadata": {"ph": pair.grid[0], "pw": pair.grid[1]}}
+        return self._frame("/api/v1/interpolate", blob=pair.raw if self.payload == "binary" else None, json=body,
+                           params=self.sampling.flat(seed))
 
-class SplitClient:
-    """The split pipeline over HTTP (flow A): client -> cloud -> client -> edge -> client."""
+    def session_frame(self, session_id: str, index: int, frame: EncodedBlob, *, difference: float | None = None,
+                      seed: int = 0, interpolate: bool | None = None) -> np.ndarray | None:
+        """Frame `index` of a frame-once session: stores it; for index > 0 returns the frame (index-1, index)."""
+        path = f"/api/v1/sessions/{session_id}/frames/{index}"
+        body = {"enc_out": frame.b64, **self.sampling.json(seed, difference=difference, interpolate=interpolate)}
+        params = self.sampling.flat(seed, difference=difference, interpolate=interpolate)
+        return self._frame(path, blob=frame.raw if self.payload == "binary" else None, json=body, params=params)
 
-    def __init__(self, cloud: CloudClient, edge: EdgeClient,
-                 on_pair: Callable[[EncodedPair], None] | None = None):
-        self.cloud, self.edge, self.on_pair = cloud, edge, on_pair
-
-    def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int = 0) -> np.ndarray:
-        pair = self.cloud.encode(frame0, frame1)
-        if self.on_pair:
-            self.on_pair(pair)
-        return self.edge.interpolate(pair, seed=seed)
-
-    def close(self) -> None:
-        self.cloud.close()
-        self.edge.close()
+    def interpolate_frames(self, frame0: np.ndarray, frame1: np.ndarray, *, seed: int = 0) -> np.ndarray:
+        """Flow B: raw frames to the edge, which calls the cloud itself."""
+        frames = {"frame0": frame0, "frame1": frame1}
+        return self._frame("/api/v1/interpolate_frames", frames=frames, json=images_json(**frames),
+                           params=self.sampling.flat(seed))

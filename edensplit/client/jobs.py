@@ -25,8 +25,8 @@ from edensplit.video import VideoWriter, probe_video, read_frames, read_png, wri
 
 
 class PairBackend(Protocol):
-    def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int) -> np.ndarray:
-        """The middle frame of two uint8 RGB [H, W, 3] frames, with noise seed `seed`."""
+    def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int, index: int) -> np.ndarray:
+        """The middle frame of pair `index`, two uint8 RGB [H, W, 3] frames, with noise seed `seed`."""
 
 
 class LocalBackend:
@@ -35,7 +35,7 @@ class LocalBackend:
     def __init__(self, pipeline: LocalPipeline):
         self.pipeline = pipeline
 
-    def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int) -> np.ndarray:
+    def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int, index: int = 0) -> np.ndarray:
         return self.pipeline.interpolate(frame0, frame1, seed=seed)
 
 
@@ -56,7 +56,7 @@ def interpolate_stream(backend: PairBackend, frames: Iterable[np.ndarray], base_
             if frame.shape != prev.shape:
                 raise InputError(f"frame {k + 1} is {frame.shape[1]}x{frame.shape[0]}, frame {k} "
                                  f"{prev.shape[1]}x{prev.shape[0]}", code=ErrorCode.FRAME_SIZE_MISMATCH)
-            pending.append((pool.submit(backend.interpolate_pair, prev, frame, noise_seed(base_seed, k)), frame))
+            pending.append((pool.submit(backend.interpolate_pair, prev, frame, noise_seed(base_seed, k), k), frame))
             prev = frame
             while len(pending) >= window:
                 future, right = pending.popleft()
@@ -120,7 +120,7 @@ def interpolate_pair_files(backend: PairBackend, frame0_path: str | Path, frame1
         raise InputError(f"{frame0_path} is {frames[0].shape[1]}x{frames[0].shape[0]} but {frame1_path} is "
                          f"{frames[1].shape[1]}x{frames[1].shape[0]}", code=ErrorCode.FRAME_SIZE_MISMATCH)
     started = time.perf_counter()
-    middle = backend.interpolate_pair(frames[0], frames[1], noise_seed(seed, 0))
+    middle = backend.interpolate_pair(frames[0], frames[1], noise_seed(seed, 0), 0)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     output = write_png(out_dir / "interpolated.png", middle)

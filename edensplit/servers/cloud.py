@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +21,8 @@ from starlette.datastructures import UploadFile
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import ENCODE, Eden, encode_frames, frame_difference
 from edensplit.servers.app import Runtime, create_app
-from edensplit.servers.schemas import EncodeData, EncodeRequest, Envelope
+from edensplit.servers.runtime import ModelRuntime
+from edensplit.servers.schemas import EncodeData, EncodeFrameRequest, EncodeRequest, Envelope
 from edensplit.servers.stage import (
     JSON,
     MULTIPART,
@@ -31,6 +32,7 @@ from edensplit.servers.stage import (
     serve,
     unsupported,
 )
+from edensplit.servers.ws import Handler, WsReply, WsRequest, serve_websocket
 from edensplit.settings import ServerSettings
 from edensplit.wire import (
     BLOB_MEDIA_TYPE,
@@ -46,8 +48,9 @@ from edensplit.wire import (
 ENCODE_TYPES = (JSON, MULTIPART, FRAMES_MEDIA_TYPE)
 
 
-def check_pair(frame0: np.ndarray, frame1: np.ndarray, image_size: Any = None) -> None:
-    """Both frames the same size, and that size the declared `image_size` [H, W] if one was sent."""
+def check_frames(frames: list[np.ndarray], image_size: Any = None) -> None:
+    """All frames the same size, and that size the declared `image_size` [H, W] if one was sent."""
+    frame0, frame1 = frames[0], frames[-1]
     if frame0.shape != frame1.shape:
         raise EdenError(f"frame0 is {frame0.shape[1]}x{frame0.shape[0]} but frame1 is "
                         f"{frame1.shape[1]}x{frame1.shape[0]} (width x height); both must be the same size",
@@ -57,42 +60,55 @@ def check_pair(frame0: np.ndarray, frame1: np.ndarray, image_size: Any = None) -
                         code=ErrorCode.FRAME_SIZE_MISMATCH)
 
 
-async def read_frame_pair(request: Request) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Two uint8 RGB frames and the metadata from a JSON, multipart or binary frames request."""
+PAIR = ("frame0", "frame1")
+SINGLE = ("frame",)
+
+
+def frames_from_json(payload: dict[str, Any], names: tuple[str, ...]) -> list[np.ndarray]:
+    """Decode base64 PNG/JPEG fields `names` of a JSON object (the JSON API and WS JSON messages)."""
+    missing = [n for n in names if not isinstance(payload.get(n), str)]
+    if missing:
+        raise EdenError(f"missing base64 image field(s): {', '.join(missing)}", code=ErrorCode.INVALID_REQUEST)
+    return [decode_image(b64decode_field(payload[n], n), n) for n in names]
+
+
+def frames_from_container(data: bytes, names: tuple[str, ...]) -> tuple[list[np.ndarray], dict[str, str]]:
+    """Frames `names` from a binary frames container (the binary fast path and WS binary messages)."""
+    frames, metadata = unpack_frames(data, names)
+    return [frames[n] for n in names], dict(metadata)
+
+
+async def read_frames_request(request: Request, names: tuple[str, ...] = PAIR) -> tuple[list[np.ndarray], dict]:
+    """uint8 RGB frames `names` and the metadata from a JSON, multipart or binary frames request."""
     kind = media_type(request)
     if kind == JSON:
         body = await request.body()
+        model = EncodeRequest if names == PAIR else EncodeFrameRequest
         try:
-            req = EncodeRequest.model_validate_json(body)
+            req = model.model_validate_json(body)
         except ValidationError as exc:
             where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
             raise EdenError(f"the request does not match the schema: {where}",
                             code=ErrorCode.INVALID_REQUEST) from None
-
-        def decode() -> tuple[np.ndarray, np.ndarray]:
-            return (decode_image(b64decode_field(req.frame0, "frame0"), "frame0"),
-                    decode_image(b64decode_field(req.frame1, "frame1"), "frame1"))
-
-        frame0, frame1 = await run_in_threadpool(decode)
-        check_pair(frame0, frame1, req.image_size)
-        return frame0, frame1, req.metadata or {}
+        frames = await run_in_threadpool(frames_from_json, req.model_dump(), names)
+        check_frames(frames, req.image_size)
+        return frames, req.metadata or {}
     if kind == MULTIPART:
         form = await request.form()
         files = {}
-        for name in ("frame0", "frame1"):
+        for name in names:
             part = form.get(name)
             if not isinstance(part, UploadFile):
                 raise EdenError(f"multipart upload needs a file part named {name!r}", code=ErrorCode.INVALID_REQUEST)
             files[name] = await part.read()
-        frame0, frame1 = await run_in_threadpool(
-            lambda: (decode_image(files["frame0"], "frame0"), decode_image(files["frame1"], "frame1")))
+        frames = await run_in_threadpool(lambda: [decode_image(files[n], n) for n in names])
         metadata = _json_field(form.get("metadata"))
-        check_pair(frame0, frame1, metadata.pop("image_size", None))
-        return frame0, frame1, metadata
+        check_frames(frames, metadata.pop("image_size", None))
+        return frames, metadata
     if kind == FRAMES_MEDIA_TYPE:
-        frames, metadata = unpack_frames(await request.body(), ("frame0", "frame1"))
-        check_pair(frames["frame0"], frames["frame1"])
-        return frames["frame0"], frames["frame1"], dict(metadata)
+        frames, metadata = frames_from_container(await request.body(), names)
+        check_frames(frames)
+        return frames, metadata
     raise unsupported(request, ENCODE_TYPES)
 
 
@@ -110,58 +126,77 @@ def _json_field(raw: Any) -> dict[str, Any]:
 
 @dataclass
 class EncodeJob:
-    frames: np.ndarray  # [2, H, W, 3] uint8
+    frames: np.ndarray  # [F, H, W, 3] uint8: a pair (F = 2) or one video frame (F = 1)
     wire_dtype: str
     request_id: str
-    answer: str  # JSON or BLOB_MEDIA_TYPE
-    started: float
+    answer: str = JSON  # JSON or BLOB_MEDIA_TYPE
+    started: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
 class EncodeResult:
     blob: bytes
     grid: tuple[int, int]
-    difference: float
+    difference: float | None  # for a pair only
+
+
+def check_wire_dtype(wire_dtype: Any) -> str:
+    if wire_dtype not in WIRE_DTYPES:
+        raise EdenError(f"wire_dtype {wire_dtype!r} is not one of {', '.join(WIRE_DTYPES)}",
+                        code=ErrorCode.INVALID_PARAMETER)
+    return wire_dtype
+
+
+def encode_job(model: Eden, job: EncodeJob) -> EncodeResult:
+    """The cloud's model work: encode F frames (and a pair's difference) into one enc_out blob."""
+    try:
+        enc = encode_frames(model, job.frames)
+        difference = float(frame_difference(job.frames[0], job.frames[1])[0]) if len(job.frames) == 2 else None
+    except EdenError:
+        raise
+    except Exception as exc:
+        raise EdenError(f"the encoder failed: {type(exc).__name__}: {exc}", code=ErrorCode.ENCODE_ERROR) from exc
+    blob = pack_encoding(enc, difference, job.wire_dtype, extra={"request_id": job.request_id})
+    return EncodeResult(blob, enc.geometry.grid, difference)
+
+
+def encode_metadata(result: EncodeResult, job: EncodeJob) -> dict[str, Any]:
+    height, width = job.frames.shape[1:3]
+    meta = {"ph": result.grid[0], "pw": result.grid[1], "height": height, "width": width,
+            "wire_dtype": job.wire_dtype, "enc_out_size": len(result.blob),
+            "processing_time": round(time.perf_counter() - job.started, 6), "request_id": job.request_id}
+    if result.difference is not None:
+        meta["difference"] = result.difference
+    return meta
 
 
 class EncodeAPI:
-    """Cloud stage: decode frames, run the encoder, answer with the enc_out blob."""
+    """Cloud stage: decode frames, run the encoder, answer with the enc_out blob (F = len(names))."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = names
 
     async def decode_request(self, request: Request, model: Eden) -> EncodeJob:
-        started = time.perf_counter()
         answer = response_format(request, (BLOB_MEDIA_TYPE,), media_type(request) == FRAMES_MEDIA_TYPE)
-        wire_dtype = query_value(request, "wire_dtype", str, "float32")
-        if wire_dtype not in WIRE_DTYPES:
-            raise EdenError(f"wire_dtype {wire_dtype!r} is not one of {', '.join(WIRE_DTYPES)}",
-                            code=ErrorCode.INVALID_PARAMETER)
-        frame0, frame1, _ = await read_frame_pair(request)
-        return EncodeJob(np.stack([frame0, frame1]), wire_dtype, request.state.request_id, answer, started)
+        wire_dtype = check_wire_dtype(query_value(request, "wire_dtype", str, "float32"))
+        frames, _ = await read_frames_request(request, self.names)
+        return EncodeJob(np.stack(frames), wire_dtype, request.state.request_id, answer)
 
     def predict(self, model: Eden, job: EncodeJob) -> EncodeResult:
-        try:
-            enc = encode_frames(model, job.frames)
-            difference = float(frame_difference(job.frames[0], job.frames[1])[0])
-        except EdenError:
-            raise
-        except Exception as exc:
-            raise EdenError(f"the encoder failed: {type(exc).__name__}: {exc}", code=ErrorCode.ENCODE_ERROR) from exc
-        blob = pack_encoding(enc, difference, job.wire_dtype, extra={"request_id": job.request_id})
-        return EncodeResult(blob, enc.geometry.grid, difference)
+        return encode_job(model, job)
 
     def encode_response(self, result: EncodeResult, job: EncodeJob) -> Response:
-        elapsed = round(time.perf_counter() - job.started, 6)
+        meta = encode_metadata(result, job)
         if job.answer == BLOB_MEDIA_TYPE:
-            return Response(result.blob, media_type=BLOB_MEDIA_TYPE, headers={"X-Processing-Time": str(elapsed)})
-        height, width = job.frames.shape[1:3]
-        data = {"enc_out": b64encode(result.blob), "enc_out_size": len(result.blob),
-                "metadata": {"ph": result.grid[0], "pw": result.grid[1], "height": height, "width": width,
-                             "wire_dtype": job.wire_dtype, "difference": result.difference,
-                             "processing_time": elapsed, "request_id": job.request_id}}
+            return Response(result.blob, media_type=BLOB_MEDIA_TYPE,
+                            headers={"X-Processing-Time": str(meta["processing_time"])})
+        data = {"enc_out": b64encode(result.blob), "enc_out_size": len(result.blob), "metadata": meta}
         return JSONResponse({"status": "success", "data": data, "error": None})
 
 
 router = APIRouter(prefix="/api/v1", tags=["cloud"])
-ENCODE_API = EncodeAPI()
+ENCODE_API = EncodeAPI(PAIR)
+ENCODE_FRAME_API = EncodeAPI(SINGLE)
 
 _encode_body = {"requestBody": {"required": True, "content": {
     JSON: {"schema": EncodeRequest.model_json_schema()},
@@ -181,11 +216,61 @@ async def encode(request: Request, rt: Runtime) -> Response:
     return await serve(ENCODE_API, request, rt)
 
 
+_encode_frame_body = {"requestBody": {"required": True, "content": {
+    JSON: {"schema": EncodeFrameRequest.model_json_schema()},
+    MULTIPART: {"schema": {"type": "object", "required": ["frame"], "properties": {
+        "frame": {"type": "string", "format": "binary"}}}},
+    FRAMES_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary",
+                                   "description": "frames container with one uint8 tensor 'frame'"}},
+}}}
+
+
+@router.post("/encode_frame", response_model=Envelope[EncodeData], openapi_extra=_encode_frame_body,
+             summary="Encode one video frame (frame-once sessions)",
+             description="Each frame of a video is encoded once; the blob holds one frame and no difference "
+                         "(the client, which holds both frames, computes it). Same options as /encode.")
+async def encode_frame(request: Request, rt: Runtime) -> Response:
+    return await serve(ENCODE_FRAME_API, request, rt)
+
+
+# -- WebSocket ------------------------------------------------------------------------------------
+
+def ws_encoder(names: tuple[str, ...]) -> Handler:
+    async def handle(req: WsRequest, app: FastAPI, rt: ModelRuntime) -> WsReply:
+        body = req.body
+        wire_dtype = check_wire_dtype(body.get("wire_dtype", "float32"))
+        if req.binary:
+            frames, _ = frames_from_container(req.payload, names)
+        else:
+            frames = await run_in_threadpool(frames_from_json, body, names)
+        check_frames(frames, body.get("image_size"))
+        job = EncodeJob(np.stack(frames), wire_dtype, req.request_id)
+        result = await rt.run(encode_job, job)
+        meta = encode_metadata(result, job)
+        if req.binary:
+            return WsReply(meta, data=result.blob)
+        return WsReply(meta, payload={"enc_out": await run_in_threadpool(b64encode, result.blob),
+                                      "enc_out_size": len(result.blob)})
+
+    return handle
+
+
+CLOUD_WS_HANDLERS = {"encode": ws_encoder(PAIR), "encode_frame": ws_encoder(SINGLE)}
+ws_router = APIRouter()
+
+
+@ws_router.websocket("/ws/encode")
+async def ws_encode_route(websocket: WebSocket) -> None:
+    """encode (a pair) and encode_frame (one frame) messages; see docs/protocol.md."""
+    await serve_websocket(websocket, CLOUD_WS_HANDLERS)
+
+
 def create_cloud_app(settings: ServerSettings | None = None, model: Eden | None = None) -> FastAPI:
     """The cloud app; with `model`, that model is used instead of loading one from the settings."""
     app = create_app(ENCODE, "edensplit cloud (EDEN encoder)", settings)
     app.state.runtime.model = model
     app.include_router(router)
+    app.include_router(ws_router)
     return app
 
 

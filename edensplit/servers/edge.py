@@ -1,30 +1,47 @@
-"""The edge server: an `enc_out` blob in, the generated middle frame out (DiT sampling + decoder).
+"""The edge server: encodings in, the generated middle frame out (DiT sampling + decoder).
 
-POST /api/v1/interpolate takes the user's JSON (base64 blob plus options) or the blob itself as a
-binary body (options as query parameters), and answers with a JSON envelope (base64 PNG), a PNG,
-or a binary frames container.
+- POST /api/v1/interpolate: a pair's enc_out blob (the user's JSON, or the blob as a binary body
+  with options as query parameters) -> the frame (JSON envelope with a base64 PNG, a PNG, or a
+  binary frames container).
+- POST /api/v1/sessions/{id}/frames/{k}: frame-once video sessions: one frame's encoding in; the
+  edge keeps it and interpolates (k-1, k) from its cache.
+- POST /api/v1/interpolate_frames: flow B, the edge as proxy: raw frames in, the edge calls the
+  cloud itself, only the generated frame goes back.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
+from edensplit.client.http import CloudClient
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import INTERPOLATE, Eden, Sampler, interpolate, make_noise, to_uint8
+from edensplit.model import INTERPOLATE, Eden, FrameEncoding, Sampler, interpolate, make_noise, to_uint8
 from edensplit.model.config import IGNORED_MODEL_ARGS
 from edensplit.model.seeds import MAX_SEED
 from edensplit.servers.app import Runtime, create_app
-from edensplit.servers.schemas import Envelope, InterpolateData, InterpolateRequest
-from edensplit.servers.stage import JSON, media_type, query_value, response_format, serve, unsupported
+from edensplit.servers.cloud import PAIR, check_frames, frames_from_container, frames_from_json, read_frames_request
+from edensplit.servers.runtime import ModelRuntime
+from edensplit.servers.schemas import (
+    Envelope,
+    InterpolateData,
+    InterpolateOptions,
+    InterpolateRequest,
+    SessionFrameRequest,
+)
+from edensplit.servers.sessions import SessionStore
+from edensplit.servers.stage import JSON, MULTIPART, media_type, response_format, serve, unsupported
+from edensplit.servers.ws import WsReply, WsRequest, serve_websocket
 from edensplit.settings import ServerSettings
 from edensplit.wire import (
     BLOB_MEDIA_TYPE,
@@ -38,19 +55,83 @@ from edensplit.wire import (
 )
 
 PNG = "image/png"
-INTERPOLATE_TYPES = (JSON, BLOB_MEDIA_TYPE)
 ANSWER_TYPES = (FRAMES_MEDIA_TYPE, PNG)
+SESSION_WAIT_S = 10.0  # how long a session request waits for its predecessor frame to arrive
 
 
-def _param(code: ErrorCode, message: str) -> EdenError:
+def _invalid(message: str, code: ErrorCode = ErrorCode.INVALID_PARAMETER) -> EdenError:
     return EdenError(message, code=code)
+
+
+# -- options --------------------------------------------------------------------------------------
+
+@dataclass
+class Options:
+    """A request's sampling options, before validation against the model and the encodings."""
+
+    difference: float | None = None
+    seed: int | None = None
+    num_steps: int | None = None
+    method: str | None = None
+    vae_scaler: float | None = None
+    vae_shift: float | None = None
+    model_args: dict[str, Any] | None = None
+    ph: int | None = None
+    pw: int | None = None
+
+
+def _cast(value: Any, kind: type, name: str) -> Any:
+    if value is None:
+        return None
+    if kind is str:
+        return str(value)
+    if isinstance(value, bool) or (kind is int and isinstance(value, float)):
+        raise _invalid(f"{name}={value!r} is not a valid {kind.__name__}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise _invalid(f"{name}={value!r} is not a valid {kind.__name__}") from None
+
+
+FLAT_OPTIONS = {"difference": float, "seed": int, "num_steps": int, "method": str, "vae_scaler": float,
+                "vae_shift": float}
+
+
+def options_from_flat(values: Mapping[str, Any]) -> Options:
+    """Options from query parameters or a binary message header (strings or JSON scalars)."""
+    return Options(**{k: _cast(values.get(k), kind, k) for k, kind in FLAT_OPTIONS.items()})
+
+
+def options_from_json(req: InterpolateOptions) -> Options:
+    """Options from the user's JSON shape (sampling_config, metadata.ph/pw, model_args)."""
+    meta, sampling = req.metadata or {}, req.sampling_config
+    return Options(difference=req.difference, seed=req.seed, vae_scaler=req.vae_scaler, vae_shift=req.vae_shift,
+                   num_steps=sampling.num_steps if sampling else None, method=sampling.method if sampling else None,
+                   model_args=getattr(req, "model_args", None), ph=_cast(meta.get("ph"), int, "metadata.ph"),
+                   pw=_cast(meta.get("pw"), int, "metadata.pw"))
+
+
+def parse_json(model: type, body: bytes | str | dict[str, Any]) -> Any:
+    """Validate a JSON body (or an already parsed WebSocket message) against a request model."""
+    try:
+        return model.model_validate(body) if isinstance(body, dict) else model.model_validate_json(body)
+    except ValidationError as exc:
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+        raise _invalid(f"the request does not match the schema: {where}", ErrorCode.INVALID_REQUEST) from None
+
+
+def check_encoding(model: Eden, enc: FrameEncoding) -> None:
+    if enc.cond_dit.shape[-1] != model.args.hidden_dim:
+        raise _invalid(f"enc_out has hidden size {enc.cond_dit.shape[-1]}, the loaded model "
+                       f"{model.args.hidden_dim}: cloud and edge run different models", ErrorCode.MODEL_MISMATCH)
 
 
 @dataclass
 class InterpolateJob:
-    """A validated request: the pair's encodings and everything the sampler needs."""
+    """A validated request: two frames' encodings and everything the sampler needs."""
 
-    encoded: EncodedFrames
+    enc0: FrameEncoding
+    enc1: FrameEncoding
     difference: float
     seed: int
     sampler: Sampler
@@ -58,49 +139,56 @@ class InterpolateJob:
     vae_shift: float | None
     request_id: str
     answer: str = JSON
-    started: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
 
 
-def check_options(model: Eden, encoded: EncodedFrames, *, difference: float | None, seed: int | None,
-                  num_steps: int | None, method: str | None, vae_scaler: float | None, vae_shift: float | None,
-                  model_args: dict[str, Any] | None = None, ph: int | None = None,
-                  pw: int | None = None) -> tuple[float, int, Sampler]:
-    """Validate a request's overrides against the loaded model and the blob; return difference, seed, sampler."""
-    if model_args:
+def make_job(model: Eden, enc0: FrameEncoding, enc1: FrameEncoding, opts: Options, default_difference: float | None,
+             request_id: str, answer: str = JSON) -> InterpolateJob:
+    """Validate options against the loaded model and the encodings; refuse with a specific code."""
+    if opts.model_args:
         ours = model.args.as_dict()
-        bad = [f"{k}: request {v!r}, server {ours[k]!r}" for k, v in model_args.items()
+        bad = [f"{k}: request {v!r}, server {ours.get(k)!r}" for k, v in opts.model_args.items()
                if k not in IGNORED_MODEL_ARGS and (k not in ours or ours[k] != v)]
         if bad:
-            raise _param(ErrorCode.MODEL_MISMATCH, "model_args do not match the loaded model: " + "; ".join(bad))
-    if encoded.encoding.cond_dit.shape[-1] != model.args.hidden_dim:
-        raise _param(ErrorCode.MODEL_MISMATCH, f"enc_out has hidden size {encoded.encoding.cond_dit.shape[-1]}, "
-                     f"the loaded model {model.args.hidden_dim}: cloud and edge run different models")
-    grid = encoded.encoding.geometry.grid
-    if (ph is not None and ph != grid[0]) or (pw is not None and pw != grid[1]):
-        raise _param(ErrorCode.SHAPE_MISMATCH, f"metadata ph/pw ({ph}, {pw}) do not match the enc_out grid {grid}")
-    if difference is None:
-        difference = encoded.difference
+            raise _invalid("model_args do not match the loaded model: " + "; ".join(bad), ErrorCode.MODEL_MISMATCH)
+    check_encoding(model, enc0)
+    check_encoding(model, enc1)
+    if enc0.geometry != enc1.geometry:
+        raise _invalid(f"the two frames' encodings differ in size ({enc0.geometry.height}x{enc0.geometry.width} vs "
+                       f"{enc1.geometry.height}x{enc1.geometry.width})", ErrorCode.SHAPE_MISMATCH)
+    grid = enc0.geometry.grid
+    if (opts.ph is not None and opts.ph != grid[0]) or (opts.pw is not None and opts.pw != grid[1]):
+        raise _invalid(f"metadata ph/pw ({opts.ph}, {opts.pw}) do not match the enc_out grid {grid}",
+                       ErrorCode.SHAPE_MISMATCH)
+    difference = default_difference if opts.difference is None else opts.difference
     if difference is None or not math.isfinite(difference) or abs(difference) > 1:
-        raise _param(ErrorCode.INVALID_PARAMETER,
-                     f"difference must be the raw mean cosine similarity in [-1, 1], got {difference!r}")
-    seed = 0 if seed is None else seed
-    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise _param(ErrorCode.INVALID_PARAMETER, f"seed must be an integer in [0, 2**64), got {seed!r}")
-    for name, value in (("vae_scaler", vae_scaler), ("vae_shift", vae_shift)):
+        raise _invalid(f"difference must be the raw mean cosine similarity in [-1, 1], got {difference!r}")
+    seed = 0 if opts.seed is None else opts.seed
+    if not 0 <= seed <= MAX_SEED:
+        raise _invalid(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    for name in ("vae_scaler", "vae_shift"):
+        value = getattr(opts, name)
         if value is not None and not math.isfinite(value):
-            raise _param(ErrorCode.INVALID_PARAMETER, f"{name} must be finite, got {value!r}")
-    if vae_scaler is not None and vae_scaler <= 0:
-        raise _param(ErrorCode.INVALID_PARAMETER, f"vae_scaler must be > 0, got {vae_scaler!r}")
-    sampler = Sampler(2 if num_steps is None else num_steps, method or "euler")  # InputError: INVALID_PARAMETER
-    return float(difference), seed, sampler
+            raise _invalid(f"{name} must be finite, got {value!r}")
+    if opts.vae_scaler is not None and opts.vae_scaler <= 0:
+        raise _invalid(f"vae_scaler must be > 0, got {opts.vae_scaler!r}")
+    sampler = Sampler(2 if opts.num_steps is None else opts.num_steps, opts.method or "euler")
+    return InterpolateJob(enc0, enc1, float(difference), seed, sampler, opts.vae_scaler, opts.vae_shift,
+                          request_id, answer)
 
+
+def pair_job(model: Eden, encoded: EncodedFrames, opts: Options, request_id: str, answer: str = JSON) -> InterpolateJob:
+    enc = encoded.encoding
+    return make_job(model, enc[0], enc[1], opts, encoded.difference, request_id, answer)
+
+
+# -- the model work and the answer ----------------------------------------------------------------
 
 def generate(model: Eden, job: InterpolateJob) -> np.ndarray:
     """The edge's model work for one pair: noise from the seed, sample, decode -> uint8 [H, W, 3]."""
-    enc = job.encoded.encoding
-    noise = make_noise(job.seed, enc.geometry.latent_tokens, model.args.latent_dim)
+    noise = make_noise(job.seed, job.enc0.geometry.latent_tokens, model.args.latent_dim)
     try:
-        out = interpolate(model, enc[0], enc[1], torch.tensor([job.difference]), noise, job.sampler,
+        out = interpolate(model, job.enc0, job.enc1, torch.tensor([job.difference]), noise, job.sampler,
                           vae_scaler=job.vae_scaler, vae_shift=job.vae_shift)
     except EdenError:
         raise
@@ -109,53 +197,26 @@ def generate(model: Eden, job: InterpolateJob) -> np.ndarray:
     return to_uint8(out)[0]
 
 
+def frame_metadata(frame: np.ndarray, job: InterpolateJob) -> dict[str, Any]:
+    return {"processing_time": round(time.perf_counter() - job.started, 6), "request_id": job.request_id,
+            "seed": job.seed, "height": frame.shape[0], "width": frame.shape[1]}
+
+
 def frame_response(frame: np.ndarray, job: InterpolateJob) -> Response:
     """The generated frame in the format the caller asked for."""
-    elapsed = round(time.perf_counter() - job.started, 6)
-    headers = {"X-Processing-Time": str(elapsed)}
+    meta = frame_metadata(frame, job)
+    headers = {"X-Processing-Time": str(meta["processing_time"])}
     if job.answer == PNG:
         return Response(encode_png(frame), media_type=PNG, headers=headers)
     if job.answer == FRAMES_MEDIA_TYPE:
         return Response(pack_frames({"frame": frame}, {"request_id": job.request_id, "seed": str(job.seed)}),
                         media_type=FRAMES_MEDIA_TYPE, headers=headers)
-    data = {"generated_frame": b64encode(encode_png(frame)),
-            "metadata": {"processing_time": elapsed, "request_id": job.request_id, "seed": job.seed,
-                         "height": frame.shape[0], "width": frame.shape[1]}}
+    data = {"generated_frame": b64encode(encode_png(frame)), "metadata": meta}
     return JSONResponse({"status": "success", "data": data, "error": None})
 
 
-class InterpolateAPI:
-    """Edge stage: validate the blob and options, sample and decode, answer with the frame."""
-
-    async def decode_request(self, request: Request, model: Eden) -> InterpolateJob:
-        started = time.perf_counter()
-        kind = media_type(request)
-        answer = response_format(request, ANSWER_TYPES, kind == BLOB_MEDIA_TYPE)
-        if kind == JSON:
-            try:
-                req = InterpolateRequest.model_validate_json(await request.body())
-            except ValidationError as exc:
-                where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
-                raise _param(ErrorCode.INVALID_REQUEST, f"the request does not match the schema: {where}") from None
-            encoded = unpack_encoding(b64decode_field(req.enc_out, "enc_out"), frames=2)
-            meta = req.metadata or {}
-            sampling = req.sampling_config
-            options = dict(difference=req.difference, seed=req.seed, vae_scaler=req.vae_scaler,
-                           vae_shift=req.vae_shift, model_args=req.model_args, ph=meta.get("ph"),
-                           pw=meta.get("pw"), num_steps=sampling.num_steps if sampling else None,
-                           method=sampling.method if sampling else None)
-        elif kind == BLOB_MEDIA_TYPE:
-            encoded = unpack_encoding(await request.body(), frames=2)
-            q = request.query_params
-            options = dict(difference=query_value(request, "difference", float),
-                           seed=query_value(request, "seed", int), vae_scaler=query_value(request, "vae_scaler", float),
-                           vae_shift=query_value(request, "vae_shift", float),
-                           num_steps=query_value(request, "num_steps", int), method=q.get("method"))
-        else:
-            raise unsupported(request, INTERPOLATE_TYPES)
-        difference, seed, sampler = check_options(model, encoded, **options)
-        return InterpolateJob(encoded, difference, seed, sampler, options["vae_scaler"], options["vae_shift"],
-                              request.state.request_id, answer, started)
+class EdgeStage:
+    """What every edge API shares: predict = generate, encode_response = the frame."""
 
     def predict(self, model: Eden, job: InterpolateJob) -> np.ndarray:
         return generate(model, job)
@@ -164,30 +225,221 @@ class InterpolateAPI:
         return frame_response(result, job)
 
 
-router = APIRouter(prefix="/api/v1", tags=["edge"])
-INTERPOLATE_API = InterpolateAPI()
+class InterpolateAPI(EdgeStage):
+    """POST /api/v1/interpolate: a pair's blob in."""
 
+    async def decode_request(self, request: Request, model: Eden) -> InterpolateJob:
+        kind = media_type(request)
+        answer = response_format(request, ANSWER_TYPES, kind == BLOB_MEDIA_TYPE)
+        if kind == JSON:
+            req = parse_json(InterpolateRequest, await request.body())
+            blob, opts = b64decode_field(req.enc_out, "enc_out"), options_from_json(req)
+        elif kind == BLOB_MEDIA_TYPE:
+            blob, opts = await request.body(), options_from_flat(request.query_params)
+        else:
+            raise unsupported(request, (JSON, BLOB_MEDIA_TYPE))
+        encoded = await run_in_threadpool(unpack_encoding, blob, frames=2)
+        return pair_job(model, encoded, opts, request.state.request_id, answer)
+
+
+class SessionFrameAPI(EdgeStage):
+    """POST /api/v1/sessions/{id}/frames/{k}: store frame k's encoding; interpolate (k-1, k) when asked."""
+
+    def __init__(self, sessions_of: Any):
+        self.sessions_of = sessions_of
+
+    async def decode_request(self, request: Request, model: Eden) -> InterpolateJob | None:
+        session_id, index = request.path_params["session_id"], int(request.path_params["index"])
+        kind = media_type(request)
+        answer = response_format(request, ANSWER_TYPES, kind == BLOB_MEDIA_TYPE)
+        if kind == JSON:
+            req = parse_json(SessionFrameRequest, await request.body())
+            blob, opts, wanted = b64decode_field(req.enc_out, "enc_out"), options_from_json(req), req.interpolate
+        elif kind == BLOB_MEDIA_TYPE:
+            blob, opts = await request.body(), options_from_flat(request.query_params)
+            wanted = _cast(request.query_params.get("interpolate"), str, "interpolate")
+            wanted = None if wanted is None else wanted.lower() in ("1", "true", "yes")
+        else:
+            raise unsupported(request, (JSON, BLOB_MEDIA_TYPE))
+        return await session_job(model, self.sessions_of(request), session_id, index, blob, opts, wanted,
+                                 request.state.request_id, answer)
+
+
+async def session_job(model: Eden, sessions: SessionStore, session_id: str, index: int, blob: bytes, opts: Options,
+                      wanted: bool | None, request_id: str, answer: str) -> InterpolateJob | None:
+    """Store frame `index`; return the job interpolating (index-1, index), or None for a store-only frame."""
+    if not session_id or len(session_id) > 128 or index < 0:
+        raise _invalid("a session id of 1-128 characters and a frame index >= 0 are required")
+    encoded = await run_in_threadpool(unpack_encoding, blob, frames=1)
+    check_encoding(model, encoded.encoding)
+    await sessions.put(session_id, index, encoded.encoding)
+    if not (index > 0 if wanted is None else wanted):
+        return None
+    if index == 0:
+        raise _invalid("frame 0 has no predecessor to interpolate from")
+    if opts.difference is None:
+        raise _invalid("a session frame needs the pair's raw 'difference' (the client holds both frames' pixels)")
+    previous = await sessions.get(session_id, index - 1, SESSION_WAIT_S)
+    return make_job(model, previous, encoded.encoding, opts, None, request_id, answer)
+
+
+class FlowBAPI(EdgeStage):
+    """POST /api/v1/interpolate_frames: raw frames in; the edge asks the cloud for the encoding itself."""
+
+    async def decode_request(self, request: Request, model: Eden) -> InterpolateJob:
+        kind = media_type(request)
+        answer = response_format(request, ANSWER_TYPES, kind == FRAMES_MEDIA_TYPE)
+        frames, _ = await read_frames_request(request, PAIR)
+        opts = options_from_flat(request.query_params)
+        return await proxy_job(request.app, model, frames, opts, request.state.request_id, answer)
+
+
+async def proxy_job(app: FastAPI, model: Eden, frames: list[np.ndarray], opts: Options, request_id: str,
+                    answer: str) -> InterpolateJob:
+    """Flow B: encode the pair at the cloud (binary, float32) and build the interpolation job."""
+    cloud = app.state.cloud_client
+    try:
+        pair = await run_in_threadpool(cloud.encode, frames[0], frames[1], request_id=request_id)
+    except EdenError as exc:
+        raise EdenError(f"the cloud failed to encode: {exc.message}", code=ErrorCode.UPSTREAM_ERROR,
+                        details={"cloud_code": str(exc.code)}) from None
+    encoded = await run_in_threadpool(unpack_encoding, pair.raw, frames=2)
+    return pair_job(model, encoded, opts, request_id, answer)
+
+
+# -- routes ---------------------------------------------------------------------------------------
+
+router = APIRouter(prefix="/api/v1", tags=["edge"])
+ws_router = APIRouter()
+INTERPOLATE_API = InterpolateAPI()
+SESSION_API = SessionFrameAPI(lambda request: request.app.state.sessions)
+FLOW_B_API = FlowBAPI()
+
+_OPTIONS_DOC = "options as query parameters: seed, num_steps, method, difference, vae_scaler, vae_shift"
 _interpolate_body = {"requestBody": {"required": True, "content": {
     JSON: {"schema": InterpolateRequest.model_json_schema()},
-    BLOB_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary", "description":
-                                 "the enc_out blob; options as query parameters seed, num_steps, method, "
-                                 "difference, vae_scaler, vae_shift"}},
+    BLOB_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary",
+                                 "description": f"the enc_out blob of a pair; {_OPTIONS_DOC}"}},
 }}}
+_session_body = {"requestBody": {"required": True, "content": {
+    JSON: {"schema": SessionFrameRequest.model_json_schema()},
+    BLOB_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary", "description":
+                                 f"one frame's enc_out blob (from /encode_frame); {_OPTIONS_DOC}, interpolate"}},
+}}}
+_frames_body = {"requestBody": {"required": True, "content": {
+    JSON: {"schema": {"$ref": "#/components/schemas/EncodeRequest"}},
+    MULTIPART: {"schema": {"type": "object", "required": ["frame0", "frame1"]}},
+    FRAMES_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary", "description": _OPTIONS_DOC}},
+}}}
+_ANSWERS = (f"`Accept: {PNG}` or `{FRAMES_MEDIA_TYPE}` (the default for a binary request) answers with the frame "
+            "itself instead of the JSON envelope.")
 
 
 @router.post("/interpolate", response_model=Envelope[InterpolateData], openapi_extra=_interpolate_body,
-             summary="Sample and decode the middle frame from an enc_out blob",
-             description=f"`Accept: {PNG}` or `{FRAMES_MEDIA_TYPE}` (the default for a binary request) answers "
-                         "with the frame itself instead of the JSON envelope.")
+             summary="Sample and decode the middle frame from a pair's enc_out blob", description=_ANSWERS)
 async def interpolate_route(request: Request, rt: Runtime) -> Response:
     return await serve(INTERPOLATE_API, request, rt)
+
+
+@router.post("/sessions/{session_id}/frames/{index}", response_model=Envelope[InterpolateData],
+             openapi_extra=_session_body, summary="Frame-once video session: send frame k's encoding once",
+             description="Stores frame k's encoding; for k > 0 interpolates (k-1, k) with the given raw `difference` "
+                         "and `seed` and answers with the frame (409 SESSION_NOT_FOUND if the edge no longer holds "
+                         f"frame k-1: send it again with interpolate=false). {_ANSWERS}")
+async def session_frame_route(session_id: str, index: int, request: Request, rt: Runtime) -> Response:
+    async with rt.admission():
+        job = await SESSION_API.decode_request(request, rt.require_model())
+        if job is None:
+            return JSONResponse({"status": "success", "data": {"session_id": session_id, "stored": index},
+                                 "error": None})
+        frame = await rt.run(SESSION_API.predict, job)
+        return await run_in_threadpool(SESSION_API.encode_response, frame, job)
+
+
+@router.delete("/sessions/{session_id}", summary="Forget a video session")
+async def drop_session(session_id: str, request: Request) -> dict[str, Any]:
+    return {"status": "success", "data": {"dropped": request.app.state.sessions.drop(session_id)}, "error": None}
+
+
+@router.post("/interpolate_frames", response_model=Envelope[InterpolateData], openapi_extra=_frames_body,
+             summary="Flow B: raw frames in, the edge calls the cloud itself",
+             description=f"The same inputs as the cloud's /encode; {_OPTIONS_DOC}. {_ANSWERS}")
+async def interpolate_frames_route(request: Request, rt: Runtime) -> Response:
+    return await serve(FLOW_B_API, request, rt)
+
+
+# -- WebSocket ------------------------------------------------------------------------------------
+
+def frame_reply(frame: np.ndarray, job: InterpolateJob, binary: bool) -> WsReply:
+    meta = frame_metadata(frame, job)
+    if binary:
+        return WsReply(meta, data=pack_frames({"frame": frame}))
+    return WsReply(meta, payload={"generated_frame": b64encode(encode_png(frame))})
+
+
+async def ws_interpolate(req: WsRequest, app: FastAPI, rt: ModelRuntime) -> WsReply:
+    model = rt.require_model()
+    if req.binary:
+        blob, opts = req.payload, options_from_flat(req.header)
+    else:
+        parsed = parse_json(InterpolateRequest, req.body)
+        blob, opts = b64decode_field(parsed.enc_out, "enc_out"), options_from_json(parsed)
+    encoded = await run_in_threadpool(unpack_encoding, blob, frames=2)
+    job = pair_job(model, encoded, opts, req.request_id)
+    frame = await rt.run(generate, job)
+    return await run_in_threadpool(frame_reply, frame, job, req.binary)
+
+
+async def ws_session_frame(req: WsRequest, app: FastAPI, rt: ModelRuntime) -> WsReply:
+    model, body = rt.require_model(), req.body
+    session_id, index = _cast(body.get("session_id"), str, "session_id"), _cast(body.get("index"), int, "index")
+    if session_id is None or index is None:
+        raise _invalid("a session_frame message needs session_id and index", ErrorCode.INVALID_REQUEST)
+    if req.binary:
+        blob, opts, wanted = req.payload, options_from_flat(req.header), req.header.get("interpolate")
+    else:
+        parsed = parse_json(SessionFrameRequest, body)
+        blob, opts, wanted = b64decode_field(parsed.enc_out, "enc_out"), options_from_json(parsed), parsed.interpolate
+    job = await session_job(model, app.state.sessions, session_id, index, blob, opts, wanted, req.request_id, JSON)
+    if job is None:
+        return WsReply({"session_id": session_id, "stored": index, "request_id": req.request_id})
+    frame = await rt.run(generate, job)
+    return await run_in_threadpool(frame_reply, frame, job, req.binary)
+
+
+async def ws_interpolate_frames(req: WsRequest, app: FastAPI, rt: ModelRuntime) -> WsReply:
+    model = rt.require_model()
+    if req.binary:
+        frames, _ = frames_from_container(req.payload, PAIR)
+        opts = options_from_flat(req.header)
+    else:
+        frames = await run_in_threadpool(frames_from_json, req.body, PAIR)
+        opts = options_from_json(parse_json(InterpolateOptions, req.body))
+    check_frames(frames)
+    job = await proxy_job(app, model, frames, opts, req.request_id, JSON)
+    frame = await rt.run(generate, job)
+    return await run_in_threadpool(frame_reply, frame, job, req.binary)
+
+
+EDGE_WS_HANDLERS = {"interpolate": ws_interpolate, "session_frame": ws_session_frame,
+                    "interpolate_frames": ws_interpolate_frames}
+
+
+@ws_router.websocket("/ws/interpolate")
+async def ws_interpolate_route(websocket: WebSocket) -> None:
+    """interpolate, session_frame (frame-once) and interpolate_frames (flow B) messages; see docs/protocol.md."""
+    await serve_websocket(websocket, EDGE_WS_HANDLERS)
 
 
 def create_edge_app(settings: ServerSettings | None = None, model: Eden | None = None) -> FastAPI:
     """The edge app; with `model`, that model is used instead of loading one from the settings."""
     app = create_app(INTERPOLATE, "edensplit edge (EDEN sampler + decoder)", settings)
+    settings = app.state.settings
     app.state.runtime.model = model
+    app.state.sessions = SessionStore(settings.session_ttl_s, settings.max_sessions)
+    app.state.cloud_client = CloudClient(settings.cloud_server_url, payload="binary")  # flow B
     app.include_router(router)
+    app.include_router(ws_router)
     return app
 
 

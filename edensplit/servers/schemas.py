@@ -30,13 +30,20 @@ class EncodeRequest(BaseModel):
     metadata: dict[str, Any] | None = Field(None, description="free-form (fps, frame_id, ...); echoed in logs")
 
 
+class EncodeFrameRequest(BaseModel):
+    frame: str = Field(description="base64 PNG or JPEG of one video frame")
+    image_size: tuple[int, int] | None = Field(None, description="[H, W]; when sent, checked against the frame")
+    metadata: dict[str, Any] | None = None
+
+
 class EncodeMetadata(BaseModel):
     ph: int = Field(description="token grid rows of the padded frame")
     pw: int = Field(description="token grid columns")
     height: int
     width: int
     wire_dtype: str
-    difference: float = Field(description="raw mean cosine similarity of the two frames")
+    enc_out_size: int
+    difference: float | None = Field(None, description="raw mean cosine similarity of a pair's two frames")
     processing_time: float = Field(description="seconds spent on the server")
     request_id: str
 
@@ -52,15 +59,25 @@ class SamplingConfig(BaseModel):
     method: str = Field("euler", description="euler or heun")
 
 
-class InterpolateRequest(BaseModel):
-    enc_out: str = Field(description="base64 of the enc_out blob from /api/v1/encode")
+class InterpolateOptions(BaseModel):
+    """What the edge's requests share: the sampling options (all optional)."""
+
     difference: float | None = Field(None, description="raw mean cosine similarity; defaults to the blob's")
     vae_scaler: float | None = Field(None, description="defaults to the loaded config (EDEN: 0.179437)")
     vae_shift: float | None = Field(None, description="defaults to the loaded config (EDEN: 0.770202)")
-    model_args: dict[str, Any] | None = Field(None, description="when sent, must match the loaded model")
     sampling_config: SamplingConfig | None = None
     seed: int | None = Field(None, description="the noise seed of this frame (default 0)")
     metadata: dict[str, Any] | None = Field(None, description="ph/pw, when sent, must match the blob")
+
+
+class InterpolateRequest(InterpolateOptions):
+    enc_out: str = Field(description="base64 of the enc_out blob from /api/v1/encode")
+    model_args: dict[str, Any] | None = Field(None, description="when sent, must match the loaded model")
+
+
+class SessionFrameRequest(InterpolateOptions):
+    enc_out: str = Field(description="base64 of one frame's enc_out blob (from /api/v1/encode_frame)")
+    interpolate: bool | None = Field(None, description="default: true for k > 0; false only stores the frame")
 
 
 class InterpolateMetadata(BaseModel):

@@ -1,0 +1,76 @@
+"""The edge's video sessions: a cache of the last few frame encodings of each video being processed.
+
+With frame-once sessions the client sends each frame's encoding once; the edge keeps it, and the
+next frame's request interpolates (k-1, k) from the cache. The cache is only a cache: entries expire
+(TTL, LRU bound), a restart empties it, and then the edge answers SESSION_NOT_FOUND and the client
+resends the frame it still holds. A request may arrive before its predecessor's frame (concurrent
+requests), so lookups wait briefly for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from edensplit.errors import EdenError, ErrorCode
+from edensplit.model import FrameEncoding
+
+KEEP_FRAMES = 4  # the last frames of a session kept: enough for resends of in-flight pairs
+
+
+@dataclass
+class Session:
+    frames: OrderedDict[int, FrameEncoding] = field(default_factory=OrderedDict)
+    arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+    touched: float = field(default_factory=time.monotonic)
+
+
+class SessionStore:
+    """Sessions by id, least recently used dropped past `max_sessions`, idle ones after `ttl_s`."""
+
+    def __init__(self, ttl_s: float, max_sessions: int):
+        self.ttl_s, self.max_sessions = ttl_s, max_sessions
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for sid in [s for s, sess in self._sessions.items() if now - sess.touched > self.ttl_s]:
+            del self._sessions[sid]
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+
+    def _session(self, session_id: str) -> Session:
+        self._expire()
+        session = self._sessions.pop(session_id, None) or Session()
+        session.touched = time.monotonic()
+        self._sessions[session_id] = session
+        return session
+
+    async def put(self, session_id: str, index: int, encoding: FrameEncoding) -> None:
+        session = self._session(session_id)
+        async with session.arrived:
+            session.frames[index] = encoding
+            session.frames.move_to_end(index)
+            while len(session.frames) > KEEP_FRAMES:
+                session.frames.popitem(last=False)
+            session.arrived.notify_all()
+
+    async def get(self, session_id: str, index: int, wait_s: float) -> FrameEncoding:
+        """Frame `index` of the session, waiting up to `wait_s` for it; else SESSION_NOT_FOUND."""
+        session = self._session(session_id)
+        try:
+            async with session.arrived:
+                await asyncio.wait_for(session.arrived.wait_for(lambda: index in session.frames), wait_s)
+                return session.frames[index]
+        except TimeoutError:
+            raise EdenError(f"session {session_id!r} does not hold frame {index} (expired, evicted or the edge "
+                            "restarted): send that frame's encoding again", code=ErrorCode.SESSION_NOT_FOUND,
+                            details={"session_id": session_id, "missing_index": index}) from None
+
+    def drop(self, session_id: str) -> bool:
+        return self._sessions.pop(session_id, None) is not None
