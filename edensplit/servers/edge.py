@@ -56,7 +56,7 @@ from edensplit.wire import (
 
 PNG = "image/png"
 ANSWER_TYPES = (FRAMES_MEDIA_TYPE, PNG)
-SESSION_WAIT_S = 10.0  # how long a session request waits for its predecessor frame to arrive
+SESSION_WAIT_S = 60.0  # how long a request waits for its predecessor frame while another request brings it
 
 
 def _invalid(message: str, code: ErrorCode = ErrorCode.INVALID_PARAMETER) -> EdenError:
@@ -270,9 +270,10 @@ async def session_job(model: Eden, sessions: SessionStore, session_id: str, inde
     """Store frame `index`; return the job interpolating (index-1, index), or None for a store-only frame."""
     if not session_id or len(session_id) > 128 or index < 0:
         raise _invalid("a session id of 1-128 characters and a frame index >= 0 are required")
-    encoded = await run_in_threadpool(unpack_encoding, blob, frames=1)
-    check_encoding(model, encoded.encoding)
-    await sessions.put(session_id, index, encoded.encoding)
+    async with sessions.incoming(session_id, index):
+        encoded = await run_in_threadpool(unpack_encoding, blob, frames=1)
+        check_encoding(model, encoded.encoding)
+        await sessions.put(session_id, index, encoded.encoding)
     if not (index > 0 if wanted is None else wanted):
         return None
     if index == 0:

@@ -4,14 +4,17 @@ With frame-once sessions the client sends each frame's encoding once; the edge k
 next frame's request interpolates (k-1, k) from the cache. The cache is only a cache: entries expire
 (TTL, LRU bound), a restart empties it, and then the edge answers SESSION_NOT_FOUND and the client
 resends the frame it still holds. A request may arrive before its predecessor's frame (concurrent
-requests), so lookups wait briefly for it.
+requests): each request announces its frame when it starts, and a lookup waits for a frame that is
+announced but not yet stored, and fails at once for one that nobody is sending.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from edensplit.errors import EdenError, ErrorCode
@@ -23,6 +26,7 @@ KEEP_FRAMES = 4  # the last frames of a session kept: enough for resends of in-f
 @dataclass
 class Session:
     frames: OrderedDict[int, FrameEncoding] = field(default_factory=OrderedDict)
+    incoming: dict[int, int] = field(default_factory=dict)  # frame index -> requests bringing it
     arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
     touched: float = field(default_factory=time.monotonic)
 
@@ -51,6 +55,20 @@ class SessionStore:
         self._sessions[session_id] = session
         return session
 
+    @contextlib.asynccontextmanager
+    async def incoming(self, session_id: str, index: int) -> AsyncIterator[None]:
+        """Announce that a request is bringing frame `index` (for as long as the block runs)."""
+        session = self._session(session_id)
+        session.incoming[index] = session.incoming.get(index, 0) + 1
+        try:
+            yield
+        finally:
+            async with session.arrived:
+                session.incoming[index] -= 1
+                if not session.incoming[index]:
+                    del session.incoming[index]
+                session.arrived.notify_all()  # a waiter for a frame that will not come stops waiting
+
     async def put(self, session_id: str, index: int, encoding: FrameEncoding) -> None:
         session = self._session(session_id)
         async with session.arrived:
@@ -61,12 +79,17 @@ class SessionStore:
             session.arrived.notify_all()
 
     async def get(self, session_id: str, index: int, wait_s: float) -> FrameEncoding:
-        """Frame `index` of the session, waiting up to `wait_s` for it; else SESSION_NOT_FOUND."""
+        """Frame `index` of the session, waiting up to `wait_s` if a request is bringing it; else SESSION_NOT_FOUND."""
         session = self._session(session_id)
         try:
             async with session.arrived:
-                await asyncio.wait_for(session.arrived.wait_for(lambda: index in session.frames), wait_s)
-                return session.frames[index]
+                def ready() -> bool:
+                    return index in session.frames or index not in session.incoming
+
+                await asyncio.wait_for(session.arrived.wait_for(ready), wait_s)
+                if index in session.frames:
+                    return session.frames[index]
+                raise TimeoutError
         except TimeoutError:
             raise EdenError(f"session {session_id!r} does not hold frame {index} (expired, evicted or the edge "
                             "restarted): send that frame's encoding again", code=ErrorCode.SESSION_NOT_FOUND,
