@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edensplit.model import EdenConfig, ModelArgs, load_model
+from edensplit.servers.launch import ServerProcess
+from edensplit.video import make_sample_clip, read_png
 
 FIXTURES = Path(os.environ.get("EDEN_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"
                                / "eden-reference"))
@@ -39,3 +44,66 @@ def make_frames(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
         img += rng.normal(0, 4, img.shape)
         frames.append(np.clip(img, 0, 255).astype(np.uint8))
     return np.stack(frames)
+
+
+# -- end-to-end: real servers, the real CLI, a real video -----------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+N_FRAMES = 12
+TINY_YAML = """\
+model_args:
+  hidden_dim: 32
+  num_heads: 2
+  dit_depth: 1
+  decoder_depth: 1
+  qkv_bias: true
+"""
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def model_env(workdir) -> dict[str, str]:
+    config = workdir / "tiny.yaml"
+    config.write_text(TINY_YAML)
+    return {"EDEN_CONFIG": str(config), "EDEN_RANDOM_WEIGHTS": "1", "DEVICE": "cpu"}
+
+
+@pytest.fixture(scope="session")
+def servers(model_env, workdir):
+    """A cloud and an edge (which knows the cloud, for flow B), real uvicorn processes on loopback."""
+    with ServerProcess("edensplit.cloud:app", env=model_env, log_path=workdir / "cloud.log") as cloud, \
+            ServerProcess("edensplit.edge:app", env={**model_env, "CLOUD_SERVER_URL": cloud.url},
+                          log_path=workdir / "edge.log") as edge:
+        yield cloud, edge
+
+
+@pytest.fixture(scope="session")
+def clip(workdir) -> Path:
+    # Lossless input at an NTSC rate: the output must come back at exactly 60000/1001.
+    return make_sample_clip(workdir / "clip.mkv", n_frames=N_FRAMES, width=96, height=72, rate=Fraction(30000, 1001))
+
+
+def run_cli(*args: str, env: dict[str, str], entry: tuple[str, ...] = ("-m", "edensplit", "interpolate"),
+            cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *entry, *args], env={**os.environ, **env}, cwd=cwd,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def generated(out: Path) -> list[np.ndarray]:
+    return [read_png(p) for p in sorted((out / "generated").glob("*.png"))]
+
+
+@pytest.fixture(scope="session")
+def local_run(clip, model_env, workdir) -> list[np.ndarray]:
+    out = workdir / "local"
+    run_cli("--video_path", str(clip), "--output_dir", str(out), "--local", "--seed", "3", "--save_frames",
+            "--codec", "ffv1", env=model_env)
+    return generated(out)
+
+

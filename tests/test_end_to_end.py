@@ -16,64 +16,8 @@ import numpy as np
 import pytest
 
 from edensplit.servers.launch import ServerProcess
-from edensplit.video import make_sample_clip, probe_video, read_frames, read_png, write_png
-from tests.conftest import make_frames
-
-ROOT = Path(__file__).resolve().parents[1]
-N_FRAMES = 12
-TINY_YAML = """\
-model_args:
-  hidden_dim: 32
-  num_heads: 2
-  dit_depth: 1
-  decoder_depth: 1
-  qkv_bias: true
-"""
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("e2e")
-
-
-@pytest.fixture(scope="module")
-def model_env(workdir) -> dict[str, str]:
-    config = workdir / "tiny.yaml"
-    config.write_text(TINY_YAML)
-    return {"EDEN_CONFIG": str(config), "EDEN_RANDOM_WEIGHTS": "1", "DEVICE": "cpu"}
-
-
-@pytest.fixture(scope="module")
-def servers(model_env, workdir):
-    with ServerProcess("edensplit.cloud:app", env=model_env, log_path=workdir / "cloud.log") as cloud, \
-            ServerProcess("edensplit.edge:app", env=model_env, log_path=workdir / "edge.log") as edge:
-        yield cloud, edge
-
-
-@pytest.fixture(scope="module")
-def clip(workdir) -> Path:
-    # Lossless input at an NTSC rate: the output must come back at exactly 60000/1001.
-    return make_sample_clip(workdir / "clip.mkv", n_frames=N_FRAMES, width=96, height=72, rate=Fraction(30000, 1001))
-
-
-def run_cli(*args: str, env: dict[str, str], entry: tuple[str, ...] = ("-m", "edensplit", "interpolate"),
-            cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *entry, *args], env={**os.environ, **env}, cwd=cwd,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return result
-
-
-def generated(out: Path) -> list[np.ndarray]:
-    return [read_png(p) for p in sorted((out / "generated").glob("*.png"))]
-
-
-@pytest.fixture(scope="module")
-def local_run(clip, model_env, workdir) -> list[np.ndarray]:
-    out = workdir / "local"
-    run_cli("--video_path", str(clip), "--output_dir", str(out), "--local", "--seed", "3", "--save_frames",
-            "--codec", "ffv1", env=model_env)
-    return generated(out)
+from edensplit.video import probe_video, read_frames, read_png, write_png
+from tests.conftest import N_FRAMES, ROOT, generated, make_frames, run_cli
 
 
 def check_video(out: Path, clip: Path) -> None:

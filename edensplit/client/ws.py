@@ -65,7 +65,7 @@ class WsChannel:
     # -- connection ----------------------------------------------------------------------------------
 
     def _connect(self) -> ClientConnection:
-        return connect(self.url, open_timeout=min(self.timeout, 10.0), close_timeout=2.0, compression=None,
+        return connect(self.url, legacy=True, open_timeout=min(self.timeout, 10.0), close_timeout=2.0, compression=None,
                        max_size=2 * self.chunk_bytes + 2**20, ping_interval=self.ping_interval,
                        ping_timeout=self.ping_timeout,
                        additional_headers={"X-Client-Version": f"edensplit/{__version__}"})

@@ -141,7 +141,8 @@ def test_session_messages_over_ws_store_and_interpolate(cloud, edge):
             ws.send_bytes(pack_binary({"type": "encode_frame", "request_id": f"f{i}"}, pack_frames({"frame": frame})))
             blobs.append(receive_whole(ws)[1])
     with edge.websocket_connect("/ws/interpolate") as ws:
-        ws.send_bytes(pack_binary({"type": "session_frame", "request_id": "s0", "session_id": "v", "index": 0}, blobs[0]))
+        ws.send_bytes(pack_binary({"type": "session_frame", "request_id": "s0", "session_id": "v", "index": 0},
+                                  blobs[0]))
         header, payload = receive_whole(ws)
         assert header["metadata"]["stored"] == 0 and payload == b""
         ws.send_bytes(pack_binary({"type": "session_frame", "request_id": "s1", "session_id": "v", "index": 1,
