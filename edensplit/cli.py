@@ -154,7 +154,8 @@ def cmd_server(args: argparse.Namespace) -> int:
 
         stage = INTERPOLATE
     model = load_model_for({stage}, settings)  # fail here, with a one-line message, not inside uvicorn
-    uvicorn.run(factory(settings, model), host=args.host, port=args.port)
+    # permessage-deflate off: on float tensors it costs far more CPU than it saves (docs/protocol.md)
+    uvicorn.run(factory(settings, model), host=args.host, port=args.port, ws_per_message_deflate=False)
     return 0
 
 

@@ -19,6 +19,7 @@ from edensplit import __version__
 from edensplit.client.payloads import EncodedBlob, Sampling, frame_from_container, frame_from_json, images_json
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, WIRE_DTYPES, pack_frames
+from edensplit.wire.compression import compress as compress_body
 
 log = logging.getLogger("edensplit.client")
 Payload = Literal["json", "binary"]
@@ -50,12 +51,24 @@ class HttpService:
 
     name = "server"
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0, retries: int = 3,
+    def __init__(self, base_url: str, *, timeout: float = 30.0, retries: int = 3, compress: str | None = None,
                  transport: httpx.BaseTransport | None = None):
         self.base_url = base_url.rstrip("/")
         self.retry = RetryPolicy(retries)
+        if compress not in (None, "zstd"):
+            raise EdenError(f"HTTP compression must be zstd or none, got {compress!r}",
+                            code=ErrorCode.INVALID_PARAMETER)
+        self.compress = compress
+        headers = {"X-Client-Version": f"edensplit/{__version__}", "Accept-Encoding": compress or "identity"}
         self.http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-                                 headers={"X-Client-Version": f"edensplit/{__version__}"}, transport=transport)
+                                 headers=headers, transport=transport)
+
+    def binary_body(self, body: bytes, content_type: str) -> tuple[bytes, dict[str, str]]:
+        """A binary request body and its headers, compressed when `compress` is set (off by default: on float
+        tensors it saves under 10% and costs more time than that saves on links above ~20 MB/s)."""
+        if not self.compress:
+            return body, {"Content-Type": content_type}
+        return compress_body(body, self.compress), {"Content-Type": content_type, "Content-Encoding": self.compress}
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send with retries; return a 2xx response or raise ServerError / EdenError(UPSTREAM_ERROR)."""
@@ -114,8 +127,9 @@ class CloudClient(HttpService):
         headers = {"X-Request-ID": request_id} if request_id else {}
         params = {"wire_dtype": self.wire_dtype}
         if self.payload == "binary":
-            response = self.request("POST", path, content=pack_frames(frames), params=params,
-                                    headers={**headers, "Content-Type": FRAMES_MEDIA_TYPE, "Accept": BLOB_MEDIA_TYPE})
+            body, kind = self.binary_body(pack_frames(frames), FRAMES_MEDIA_TYPE)
+            response = self.request("POST", path, content=body, params=params,
+                                    headers={**headers, **kind, "Accept": BLOB_MEDIA_TYPE})
             return EncodedBlob.from_bytes(response.content)
         data = self.request("POST", path, json=images_json(**frames), params=params, headers=headers).json()["data"]
         return EncodedBlob.from_json(data["enc_out"], data["metadata"])
@@ -143,9 +157,10 @@ class EdgeClient(HttpService):
                json: dict[str, Any], params: dict[str, Any]) -> np.ndarray | None:
         """POST a blob or frames (binary) or `json`; return the generated frame, or None for a store-only answer."""
         if self.payload == "binary":
-            body, kind = (blob, BLOB_MEDIA_TYPE) if blob is not None else (pack_frames(frames or {}), FRAMES_MEDIA_TYPE)
+            raw, kind = (blob, BLOB_MEDIA_TYPE) if blob is not None else (pack_frames(frames or {}), FRAMES_MEDIA_TYPE)
+            body, headers = self.binary_body(raw, kind)
             response = self.request("POST", path, content=body, params=params,
-                                    headers={"Content-Type": kind, "Accept": FRAMES_MEDIA_TYPE})
+                                    headers={**headers, "Accept": FRAMES_MEDIA_TYPE})
             if response.headers.get("content-type", "").startswith("application/json"):
                 return None
             return frame_from_container(response.content)
