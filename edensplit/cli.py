@@ -16,6 +16,9 @@ from edensplit import __version__
 from edensplit.errors import EdenError
 from edensplit.settings import ClientSettings, ModelSettings, ServerSettings
 
+TRANSPORTS = ("http-json", "http-binary", "ws-json", "ws-binary")
+FLOWS = ("a-pairs", "a-once", "b")
+
 
 def _flag(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None:
     """Add --snake_name with a --dash-name alias (the user's scripts use underscores)."""
@@ -88,7 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="start both servers on loopback, interpolate a sample clip, stop them")
     _flag(d, "output_dir", default="out/demo", help="where the video and the sheet go (default out/demo)")
     _flag(d, "frames", type=int, default=12, help="frames in the sample clip (default 12)")
+    b = sub.add_parser("bench", help="benchmark transports x wire dtypes x flows against --local")
+    _flag(b, "size", default="240x428", help="HxW of the generated clip (default 240x428; 480x854 is the paper's)")
+    _flag(b, "frames", type=int, default=6, help="input frames (default 6)")
+    _flag(b, "transports", default=",".join(TRANSPORTS), help=f"comma-separated, of {', '.join(TRANSPORTS)}")
+    _flag(b, "dtypes", default="float32,float16", help="wire dtypes, comma-separated")
+    _flag(b, "flows", default=",".join(FLOWS), help=f"comma-separated, of {', '.join(FLOWS)}")
+    _flag(b, "window", type=int, default=2, help="pairs in flight (default 2)")
+    _flag(b, "output", help="also write the table to this file")
     return parser
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edensplit.bench import parse_size, run_bench
+
+    run_bench(parse_size(args.size), args.frames, tuple(args.transports.split(",")), tuple(args.dtypes.split(",")),
+              tuple(args.flows.split(",")), args.window, Path(args.output) if args.output else None)
+    return 0
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
@@ -170,8 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"interpolate": cmd_interpolate, "cloud": cmd_server, "edge": cmd_server,
-                "demo": cmd_demo}[args.command](args)
+        return {"interpolate": cmd_interpolate, "cloud": cmd_server, "edge": cmd_server, "demo": cmd_demo,
+                "bench": cmd_bench}[args.command](args)
     except EdenError as exc:
         print(f"edensplit {args.command}: error: {exc.message}", file=sys.stderr)
         return 2
