@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
           help="binary fast path (default) or the JSON/base64 API")
     _flag(run, "wire_dtype", choices=["float32", "float16", "bfloat16"], default="float32",
           help="enc_out dtype on the wire; float32 is exact")
+    _flag(run, "compress", choices=["none", "zstd"], default="none",
+          help="HTTP: zstd-compress binary bodies both ways (pays only on links slower than ~20 MB/s)")
     _flag(run, "timeout", dest="edensplit_timeout", type=float, help="seconds per request (default 30)")
     _flag(run, "retries", dest="edensplit_retries", type=int, help="retries on connection errors (default 3)")
     _flag(run, "num_steps", type=int, default=2, help="sampler steps (2 = the reference grid)")
@@ -143,7 +145,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         backend = open_backend(cloud_url=cs.cloud_server_url, edge_url=cs.edge_server_url, transport=args.transport,
                                flow=args.flow, frame_once=frame_once, payload=args.payload,
                                wire_dtype=args.wire_dtype, sampling=Sampling(args.num_steps, args.method),
-                               timeout=cs.edensplit_timeout, retries=cs.edensplit_retries)
+                               timeout=cs.edensplit_timeout, retries=cs.edensplit_retries,
+                               compress=None if args.compress == "none" else args.compress)
         mode = "frame-once session" if frame_once else "pairs"
         where = (f"{args.transport.upper()} {args.payload}, flow {args.flow.upper()}, {mode}, cloud "
                  f"{cs.cloud_server_url}, edge {cs.edge_server_url}")

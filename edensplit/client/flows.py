@@ -111,7 +111,7 @@ class EdgeProxyClient:
 
 def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow: str = "a", frame_once: bool = True,
                  payload: str = "binary", wire_dtype: str = "float32", sampling: Any = None, timeout: float = 30.0,
-                 retries: int = 3) -> SplitClient | EdgeProxyClient:
+                 retries: int = 3, compress: str | None = None) -> SplitClient | EdgeProxyClient:
     """The backend for a transport (http, ws) and flow (a, b); flow A sends each frame once unless not frame_once."""
     if transport == "http":
         from edensplit.client.http import CloudClient as CloudCls
@@ -121,7 +121,12 @@ def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow
         from edensplit.client.ws import WsEdgeClient as EdgeCls
     else:
         raise EdenError(f"unknown transport {transport!r}: use http or ws", code=ErrorCode.INVALID_PARAMETER)
-    common = {"payload": payload, "timeout": timeout, "retries": retries}
+    common: dict[str, Any] = {"payload": payload, "timeout": timeout, "retries": retries}
+    if compress:
+        if transport != "http":
+            raise EdenError("compression is offered for HTTP only (WebSocket permessage-deflate does not pay "
+                            "on tensors; see docs/protocol.md)", code=ErrorCode.INVALID_PARAMETER)
+        common["compress"] = compress
     edge = EdgeCls(edge_url, sampling=sampling, **common)
     if flow == "b":
         return EdgeProxyClient(edge)
