@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,7 +39,7 @@ import zstandard
 from edensplit.model import EdenConfig, encode_frames, frame_difference, load_model
 from edensplit.video import make_sample_clip, read_frames
 from edensplit.wire import WIRE_DTYPES, encode_png, pack_encoding, pack_frames
-from edensplit.wire.compression import CompressionResult, measure
+from edensplit.wire.compression import CompressionResult, best_time, measure
 
 CODEC_SPECS: tuple[tuple[str, int | None], ...] = (
     ("identity", None), ("gzip", 1), ("gzip", 6), ("deflate", 1), ("deflate", 6), ("zstd", 1), ("zstd", 3),
@@ -102,8 +102,8 @@ def measure_ws_deflate(data: bytes, repeats: int) -> CompressionResult:
         c = zlib.compressobj(WS_LEVEL, zlib.DEFLATED, -WS_WBITS, WS_MEMLEVEL)
         return (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]  # RFC 7692 drops the 00 00 ff ff tail
 
-    packed, compress_s = _best(squeeze, repeats)
-    restored, decompress_s = _best(lambda: zlib.decompressobj(-WS_WBITS).decompress(packed + b"\x00\x00\xff\xff"),
+    packed, compress_s = best_time(squeeze, repeats)
+    restored, decompress_s = best_time(lambda: zlib.decompressobj(-WS_WBITS).decompress(packed + b"\x00\x00\xff\xff"),
                                    repeats)
     if restored != data:
         raise AssertionError("ws-deflate did not round-trip")
@@ -117,7 +117,7 @@ def measure_byte_planes(cond: torch.Tensor, repeats: int) -> list[CompressionRes
     size = cond.element_size()
     word = np.dtype(f"<u{size}")
     raw = cond.contiguous().view(torch.uint8).numpy().reshape(-1, size)
-    planes, split_s = _best(lambda: np.ascontiguousarray(raw.T).tobytes(), repeats)
+    planes, split_s = best_time(lambda: np.ascontiguousarray(raw.T).tobytes(), repeats)
     back = np.frombuffer(planes, np.uint8).reshape(size, -1)
 
     def join() -> bytes:
@@ -126,20 +126,11 @@ def measure_byte_planes(cond: torch.Tensor, repeats: int) -> list[CompressionRes
             values |= back[i].astype(word) << word.type(8 * i)
         return values.tobytes()
 
-    joined, join_s = _best(join, repeats)
+    joined, join_s = best_time(join, repeats)
     if joined != raw.tobytes():
         raise AssertionError("byte planes did not round-trip")
     return [replace(r, compress_s=r.compress_s + split_s, decompress_s=r.decompress_s + join_s)
             for r in measure(planes, PLANE_SPECS, repeats=repeats)]
-
-
-def _best(fn: Callable[[], bytes], repeats: int) -> tuple[bytes, float]:
-    best, out = float("inf"), b""
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return out, best
 
 
 def payloads(height: int, width: int, model_path: Path | None, repeats: int

@@ -10,9 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from edensplit.model import EdenConfig, ModelArgs, load_model
+from edensplit.servers.cloud import create_cloud_app
+from edensplit.servers.edge import create_edge_app
 from edensplit.servers.launch import ServerProcess
+from edensplit.settings import ServerSettings
 from edensplit.video import make_sample_clip, read_png
 
 FIXTURES = Path(os.environ.get("EDEN_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -44,6 +48,27 @@ def make_frames(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
         img += rng.normal(0, 4, img.shape)
         frames.append(np.clip(img, 0, 255).astype(np.uint8))
     return np.stack(frames)
+
+
+# -- in-process apps around the tiny random model: fast tests of the HTTP/WS contract (TestClient) --
+
+@pytest.fixture(scope="session")
+def server_settings() -> ServerSettings:
+    return ServerSettings(max_request_mb=4, max_inflight=4, eden_random_weights=True)
+
+
+@pytest.fixture(scope="session")
+def cloud(server_settings):
+    model = load_model(None, TINY_CONFIG, stages={"encode"}, allow_random=True, seed=3)
+    with TestClient(create_cloud_app(server_settings, model)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def edge(server_settings):
+    model = load_model(None, TINY_CONFIG, stages={"interpolate"}, allow_random=True, seed=3)
+    with TestClient(create_edge_app(server_settings, model)) as client:
+        yield client
 
 
 # -- end-to-end: real servers, the real CLI, a real video -----------------------------------------

@@ -25,6 +25,8 @@ MODES = [  # transport, payload, flow, extra flags
     ("ws", "binary", "a", ("--pairs",)),
     ("ws", "json", "a", ("--pairs",)),
     ("http", "binary", "a", ("--pairs",)),
+    ("http", "json", "a", ("--pairs",)),
+    ("http", "binary", "a", ("--compress", "zstd")),
     ("ws", "binary", "b", ()),
     ("ws", "json", "b", ()),
     ("http", "binary", "b", ()),
@@ -37,7 +39,7 @@ MODES = [  # transport, payload, flow, extra flags
 def test_every_transport_and_flow_is_bit_identical_to_local(servers, clip, local_run, workdir, transport, payload,
                                                             flow, extra):
     cloud, edge = servers
-    out = workdir / f"stream-{transport}-{payload}-{flow}-{len(extra)}"
+    out = workdir / ("stream-" + "-".join((transport, payload, flow, *(x.strip("-") for x in extra))))
     result = run_cli("--video_path", str(clip), "--output_dir", str(out), "--seed", "3", "--save_frames",
                      "--transport", transport, "--payload", payload, "--flow", flow, *extra,
                      "--cloud_url", cloud.url, "--edge_url", edge.url, "--no_progress", env={})

@@ -198,17 +198,19 @@ router = APIRouter(prefix="/api/v1", tags=["cloud"])
 ENCODE_API = EncodeAPI(PAIR)
 ENCODE_FRAME_API = EncodeAPI(SINGLE)
 
-_encode_body = {"requestBody": {"required": True, "content": {
-    JSON: {"schema": EncodeRequest.model_json_schema()},
-    MULTIPART: {"schema": {"type": "object", "required": ["frame0", "frame1"], "properties": {
-        "frame0": {"type": "string", "format": "binary"}, "frame1": {"type": "string", "format": "binary"},
-        "metadata": {"type": "string", "description": "JSON object; may carry image_size [H, W]"}}}},
-    FRAMES_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary",
-                                   "description": "frames container with uint8 tensors frame0, frame1"}},
-}}}
+def _frames_body(schema: type, names: tuple[str, ...]) -> dict[str, Any]:
+    """The OpenAPI request body of a frames endpoint: JSON, multipart or a frames container."""
+    files = {n: {"type": "string", "format": "binary"} for n in names}
+    return {"requestBody": {"required": True, "content": {
+        JSON: {"schema": schema.model_json_schema()},
+        MULTIPART: {"schema": {"type": "object", "required": list(names), "properties": {
+            **files, "metadata": {"type": "string", "description": "JSON object; may carry image_size [H, W]"}}}},
+        FRAMES_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary",
+                                       "description": f"frames container with uint8 tensors {', '.join(names)}"}},
+    }}}
 
 
-@router.post("/encode", response_model=Envelope[EncodeData], openapi_extra=_encode_body,
+@router.post("/encode", response_model=Envelope[EncodeData], openapi_extra=_frames_body(EncodeRequest, PAIR),
              summary="Encode a frame pair into the enc_out blob",
              description="Query `wire_dtype` = float32 (exact, default), float16 or bfloat16. "
                          f"`Accept: {BLOB_MEDIA_TYPE}` (or a binary request) answers with the raw blob.")
@@ -216,16 +218,8 @@ async def encode(request: Request, rt: Runtime) -> Response:
     return await serve(ENCODE_API, request, rt)
 
 
-_encode_frame_body = {"requestBody": {"required": True, "content": {
-    JSON: {"schema": EncodeFrameRequest.model_json_schema()},
-    MULTIPART: {"schema": {"type": "object", "required": ["frame"], "properties": {
-        "frame": {"type": "string", "format": "binary"}}}},
-    FRAMES_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary",
-                                   "description": "frames container with one uint8 tensor 'frame'"}},
-}}}
-
-
-@router.post("/encode_frame", response_model=Envelope[EncodeData], openapi_extra=_encode_frame_body,
+@router.post("/encode_frame", response_model=Envelope[EncodeData],
+             openapi_extra=_frames_body(EncodeFrameRequest, SINGLE),
              summary="Encode one video frame (frame-once sessions)",
              description="Each frame of a video is encoded once; the blob holds one frame and no difference "
                          "(the client, which holds both frames, computes it). Same options as /encode.")

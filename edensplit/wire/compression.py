@@ -269,15 +269,17 @@ def measure(data: bytes, codecs: Iterable[str | tuple[str, int | None]] = CODECS
         name, level = (spec, None) if isinstance(spec, str) else spec
         name = normalise_codec(name)
         level = _level(name, level)
-        packed, compress_s = _best(lambda name=name, level=level: compress(data, name, level), repeats)
-        restored, decompress_s = _best(lambda name=name, packed=packed: decompress(packed, name, len(data)), repeats)
+        packed, compress_s = best_time(lambda name=name, level=level: compress(data, name, level), repeats)
+        restored, decompress_s = best_time(lambda name=name, packed=packed: decompress(packed, name, len(data)),
+                                           repeats)
         if restored != data:
             raise AssertionError(f"{name} level {level} did not round-trip")  # a bug here, never the input's fault
         results.append(CompressionResult(name, level, len(data), len(packed), compress_s, decompress_s))
     return results
 
 
-def _best(fn: Callable[[], bytes], repeats: int) -> tuple[bytes, float]:
+def best_time(fn: Callable[[], bytes], repeats: int) -> tuple[bytes, float]:
+    """fn()'s result and its fastest time over `repeats` runs."""
     best, out = float("inf"), b""
     for _ in range(repeats):
         start = time.perf_counter()

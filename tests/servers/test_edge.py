@@ -128,3 +128,51 @@ def test_blob_with_nan_is_refused(edge, blob):
 def test_edge_health_reports_its_stage(edge):
     health = edge.get("/health").json()
     assert health["stage"] == "interpolate" and health["weights_source"] == "random (seed 3)"
+
+
+def session_blob(frame) -> bytes:
+    cloud = load_model(None, TINY_CONFIG, stages={"encode"}, allow_random=True, seed=3)
+    return pack_encoding(encode_frames(cloud, frame))
+
+
+def test_http_session_frames_equal_the_pair_path(edge, reference):
+    blobs = [session_blob(f) for f in FRAMES]
+    headers = {"Content-Type": BLOB_MEDIA_TYPE}
+    stored = edge.post("/api/v1/sessions/s1/frames/0", content=blobs[0], headers=headers)
+    assert stored.json()["data"] == {"session_id": "s1", "stored": 0}
+    diff = float(frame_difference(FRAMES[0], FRAMES[1])[0])
+    r = edge.post("/api/v1/sessions/s1/frames/1", params={"difference": diff, "seed": 6}, content=blobs[1],
+                  headers=headers)
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(unpack_frames(r.content, ("frame",))[0]["frame"],
+                                  reference.interpolate(FRAMES[0], FRAMES[1], seed=6))
+    assert edge.delete("/api/v1/sessions/s1").json()["data"] == {"dropped": True}
+
+
+def test_a_lost_session_is_reported_at_once_with_the_missing_frame(edge):
+    blob = session_blob(FRAMES[1])
+    r = edge.post("/api/v1/sessions/never-seen/frames/5", params={"difference": 0.9, "seed": 1}, content=blob,
+                  headers={"Content-Type": BLOB_MEDIA_TYPE})
+    assert_error(r, 409, "SESSION_NOT_FOUND", "does not hold frame 4")
+    assert r.json()["error"]["details"] == {"session_id": "never-seen", "missing_index": 4}
+    r = edge.post("/api/v1/sessions/s2/frames/1", content=blob, headers={"Content-Type": BLOB_MEDIA_TYPE})
+    assert_error(r, 422, "INVALID_PARAMETER", "needs the pair's raw 'difference'")
+    r = edge.post("/api/v1/sessions/s3/frames/0", content=session_blob(FRAMES[:2]),
+                  headers={"Content-Type": BLOB_MEDIA_TYPE})
+    assert_error(r, 422, "SHAPE_MISMATCH", "expected 1")
+
+
+def test_flow_b_with_the_cloud_unreachable_is_an_upstream_error(reference):
+    from fastapi.testclient import TestClient
+
+    from edensplit.servers.edge import create_edge_app
+    from edensplit.settings import ServerSettings
+    from edensplit.wire import pack_frames
+
+    model = load_model(None, TINY_CONFIG, stages={"interpolate"}, allow_random=True, seed=3)
+    app = create_edge_app(ServerSettings(cloud_server_url="http://127.0.0.1:9"), model)
+    app.state.cloud_client.retry = type(app.state.cloud_client.retry)(retries=0)
+    with TestClient(app) as edge:
+        r = edge.post("/api/v1/interpolate_frames", content=pack_frames({"frame0": FRAMES[0], "frame1": FRAMES[1]}),
+                      headers={"Content-Type": FRAMES_MEDIA_TYPE})
+    assert_error(r, 502, "UPSTREAM_ERROR", "the cloud failed to encode: cannot reach the cloud server")

@@ -1,0 +1,81 @@
+"""The edge's session cache: bounded, expiring, and waiting only for frames that are on their way."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from edensplit.errors import EdenError
+from edensplit.model import encode_frames
+from edensplit.servers.sessions import KEEP_FRAMES, SessionStore
+from tests.conftest import make_frames
+
+
+@pytest.fixture(scope="module")
+def encoding(tiny_model):
+    return encode_frames(tiny_model, make_frames(1, 40, 70))
+
+
+def test_keeps_the_last_frames_and_the_most_recent_sessions(encoding):
+    async def scenario():
+        store = SessionStore(ttl_s=60, max_sessions=2)
+        for k in range(KEEP_FRAMES + 2):
+            await store.put("a", k, encoding)
+        assert await store.get("a", KEEP_FRAMES + 1, 0.1) is encoding
+        with pytest.raises(EdenError, match="does not hold frame 0"):
+            await store.get("a", 0, 0.1)
+        await store.put("b", 0, encoding)
+        await store.put("c", 0, encoding)  # "a" is now the least recently used: dropped
+        assert len(store) == 2
+        with pytest.raises(EdenError):
+            await store.get("a", KEEP_FRAMES + 1, 0.1)
+
+    asyncio.run(scenario())
+
+
+def test_idle_sessions_expire(encoding):
+    async def scenario():
+        store = SessionStore(ttl_s=0.05, max_sessions=8)
+        await store.put("a", 0, encoding)
+        await asyncio.sleep(0.1)  # let the TTL pass: the thing under test is time itself
+        with pytest.raises(EdenError, match="SESSION|does not hold"):
+            await store.get("a", 0, 0.1)
+
+    asyncio.run(scenario())
+
+
+def test_waits_for_a_frame_that_is_on_its_way_and_not_for_one_that_is_not(encoding):
+    async def scenario():
+        store = SessionStore(ttl_s=60, max_sessions=8)
+        started = time.perf_counter()
+        with pytest.raises(EdenError):
+            await store.get("s", 3, 30)  # nobody brings frame 3: fails at once, not after 30 s
+        assert time.perf_counter() - started < 1
+
+        async def bring():
+            async with store.incoming("s", 4):
+                await asyncio.sleep(0.05)
+                await store.put("s", 4, encoding)
+
+        task = asyncio.create_task(bring())
+        await asyncio.sleep(0)  # let the bringer announce itself
+        assert await store.get("s", 4, 5) is encoding
+        await task
+
+        async def fail():
+            async with store.incoming("s", 7):
+                await asyncio.sleep(0.05)
+                raise RuntimeError("the request bringing frame 7 failed")
+
+        failing = asyncio.create_task(fail())
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        with pytest.raises(EdenError):
+            await store.get("s", 7, 30)
+        assert time.perf_counter() - started < 1
+        with pytest.raises(RuntimeError):
+            await failing
+
+    asyncio.run(scenario())
