@@ -44,6 +44,11 @@ class Timed:
     latencies: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def begin_video(self) -> None:
+        begin = getattr(self.backend, "begin_video", None)
+        if begin is not None:
+            begin()
+
     def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int, index: int) -> np.ndarray:
         started = time.perf_counter()
         frame = self.backend.interpolate_pair(frame0, frame1, seed, index)

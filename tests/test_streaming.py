@@ -99,6 +99,9 @@ class Saboteur:
         self.backend, self.edge, self.cut_at, self.restart_at = backend, edge, cut_at, restart_at
         self.calls: list[int] = []
 
+    def begin_video(self) -> None:
+        self.backend.begin_video()
+
     def interpolate_pair(self, frame0, frame1, seed, index):
         self.calls.append(index)
         if index == self.cut_at:

@@ -63,6 +63,11 @@ class FrameOnceClient(SplitClient):
         self._lock = threading.Lock()
         self.resent = 0  # frames sent again because the edge had lost them
 
+    def begin_video(self) -> None:
+        """A new video: a new session, so no frame of the last one is ever taken for this one's."""
+        with self._lock:
+            self.session_id, self._blobs = uuid.uuid4().hex, {}
+
     def _encoding(self, index: int, frame: np.ndarray) -> EncodedBlob:
         with self._lock:
             blob = self._blobs.get(index)

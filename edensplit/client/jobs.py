@@ -44,7 +44,11 @@ def interpolate_stream(backend: PairBackend, frames: Iterable[np.ndarray], base_
     """Yield (frame, generated) in output order f0, m01, f1, m12, ..., f_last.
 
     The middle frame of pair (k, k+1) uses noise seed `noise_seed(base_seed, k)` (the contract's rule).
+    A backend that keeps per-video state (a frame-once session) has `begin_video()`, called first.
     """
+    begin = getattr(backend, "begin_video", None)
+    if begin is not None:
+        begin()
     it = iter(frames)
     prev = next(it, None)
     if prev is None:

@@ -4,8 +4,8 @@ With frame-once sessions the client sends each frame's encoding once; the edge k
 next frame's request interpolates (k-1, k) from the cache. The cache is only a cache: entries expire
 (TTL, LRU bound), a restart empties it, and then the edge answers SESSION_NOT_FOUND and the client
 resends the frame it still holds. A request may arrive before its predecessor's frame (concurrent
-requests): each request announces its frame when it starts, and a lookup waits for a frame that is
-announced but not yet stored, and fails at once for one that nobody is sending.
+requests): each request announces its frame when it starts; a lookup waits for a frame that is
+announced but not yet stored, and gives a frame nobody has announced a short grace to show up.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import FrameEncoding
 
 KEEP_FRAMES = 4  # the last frames of a session kept: enough for resends of in-flight pairs
+GRACE_S = 2.0  # how long a lookup waits for the request bringing a frame to show up
 
 
 @dataclass
@@ -49,10 +50,13 @@ class SessionStore:
             self._sessions.popitem(last=False)
 
     def _session(self, session_id: str) -> Session:
-        self._expire()
-        session = self._sessions.pop(session_id, None) or Session()
-        session.touched = time.monotonic()
+        now = time.monotonic()
+        session = self._sessions.pop(session_id, None)
+        if session is None or now - session.touched > self.ttl_s:
+            session = Session()
+        session.touched = now
         self._sessions[session_id] = session
+        self._expire()  # never this one: it was just touched and is the most recent
         return session
 
     @contextlib.asynccontextmanager
@@ -78,22 +82,24 @@ class SessionStore:
                 session.frames.popitem(last=False)
             session.arrived.notify_all()
 
-    async def get(self, session_id: str, index: int, wait_s: float) -> FrameEncoding:
-        """Frame `index` of the session, waiting up to `wait_s` if a request is bringing it; else SESSION_NOT_FOUND."""
+    async def get(self, session_id: str, index: int, wait_s: float, grace_s: float = GRACE_S) -> FrameEncoding:
+        """Frame `index` of the session. Waits up to `wait_s` while a request is bringing it, and `grace_s`
+        for such a request to show up (concurrent requests can arrive in any order); else SESSION_NOT_FOUND."""
         session = self._session(session_id)
-        try:
-            async with session.arrived:
-                def ready() -> bool:
-                    return index in session.frames or index not in session.incoming
-
-                await asyncio.wait_for(session.arrived.wait_for(ready), wait_s)
-                if index in session.frames:
-                    return session.frames[index]
-                raise TimeoutError
-        except TimeoutError:
-            raise EdenError(f"session {session_id!r} does not hold frame {index} (expired, evicted or the edge "
-                            "restarted): send that frame's encoding again", code=ErrorCode.SESSION_NOT_FOUND,
-                            details={"session_id": session_id, "missing_index": index}) from None
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        async with session.arrived:
+            while index not in session.frames:
+                now = loop.time()
+                until = start + (wait_s if index in session.incoming else min(grace_s, wait_s))
+                if now >= until:
+                    raise EdenError(f"session {session_id!r} does not hold frame {index} (expired, evicted or the "
+                                    "edge restarted): send that frame's encoding again",
+                                    code=ErrorCode.SESSION_NOT_FOUND,
+                                    details={"session_id": session_id, "missing_index": index})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(session.arrived.wait(), until - now)
+            return session.frames[index]
 
     def drop(self, session_id: str) -> bool:
         return self._sessions.pop(session_id, None) is not None

@@ -25,12 +25,12 @@ def test_keeps_the_last_frames_and_the_most_recent_sessions(encoding):
             await store.put("a", k, encoding)
         assert await store.get("a", KEEP_FRAMES + 1, 0.1) is encoding
         with pytest.raises(EdenError, match="does not hold frame 0"):
-            await store.get("a", 0, 0.1)
+            await store.get("a", 0, 0.1, grace_s=0)
         await store.put("b", 0, encoding)
         await store.put("c", 0, encoding)  # "a" is now the least recently used: dropped
         assert len(store) == 2
         with pytest.raises(EdenError):
-            await store.get("a", KEEP_FRAMES + 1, 0.1)
+            await store.get("a", KEEP_FRAMES + 1, 0.1, grace_s=0)
 
     asyncio.run(scenario())
 
@@ -41,7 +41,7 @@ def test_idle_sessions_expire(encoding):
         await store.put("a", 0, encoding)
         await asyncio.sleep(0.1)  # let the TTL pass: the thing under test is time itself
         with pytest.raises(EdenError, match="SESSION|does not hold"):
-            await store.get("a", 0, 0.1)
+            await store.get("a", 0, 0.1, grace_s=0)
 
     asyncio.run(scenario())
 
@@ -51,8 +51,18 @@ def test_waits_for_a_frame_that_is_on_its_way_and_not_for_one_that_is_not(encodi
         store = SessionStore(ttl_s=60, max_sessions=8)
         started = time.perf_counter()
         with pytest.raises(EdenError):
-            await store.get("s", 3, 30)  # nobody brings frame 3: fails at once, not after 30 s
-        assert time.perf_counter() - started < 1
+            await store.get("s", 3, 30, grace_s=0.2)  # nobody brings frame 3: fails after the grace, not 30 s
+        assert 0.2 <= time.perf_counter() - started < 1
+
+        async def late():
+            await asyncio.sleep(0.05)  # a request that shows up during the grace, then stores its frame
+            async with store.incoming("s", 5):
+                await asyncio.sleep(0.05)
+                await store.put("s", 5, encoding)
+
+        task = asyncio.create_task(late())
+        assert await store.get("s", 5, 5, grace_s=0.5) is encoding
+        await task
 
         async def bring():
             async with store.incoming("s", 4):
@@ -73,7 +83,7 @@ def test_waits_for_a_frame_that_is_on_its_way_and_not_for_one_that_is_not(encodi
         await asyncio.sleep(0)
         started = time.perf_counter()
         with pytest.raises(EdenError):
-            await store.get("s", 7, 30)
+            await store.get("s", 7, 30, grace_s=0.2)
         assert time.perf_counter() - started < 1
         with pytest.raises(RuntimeError):
             await failing
