@@ -13,8 +13,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from edensplit.client.flows import SplitClient
-from edensplit.client.http import CloudClient, EdgeClient
+from edensplit.client.flows import open_backend
 from edensplit.client.jobs import interpolate_video
 from edensplit.servers.launch import ServerProcess
 from edensplit.video import read_frames, save_contact_sheet
@@ -50,7 +49,7 @@ def run_demo(output_dir: str | Path = "out/demo", n_frames: int = 12, width: int
     with ServerProcess("edensplit.cloud:app", env=env, log_path=out / "cloud.log") as cloud, \
             ServerProcess("edensplit.edge:app", env=env, log_path=out / "edge.log") as edge:
         print(f"cloud server at {cloud.url}, edge server at {edge.url}")
-        client = SplitClient(CloudClient(cloud.url), EdgeClient(edge.url))
+        client = open_backend(cloud_url=cloud.url, edge_url=edge.url)  # the defaults: HTTP, frame-once
         try:
             result = interpolate_video(client, clip, out, save_frames=True, progress=True)
         finally:
