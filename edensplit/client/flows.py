@@ -104,7 +104,7 @@ class FrameOnceClient(SplitClient):
 class EdgeProxyClient:
     """Flow B: the edge as proxy. The client talks to the edge only."""
 
-    def __init__(self, edge: Edge, cloud: Any = None):
+    def __init__(self, edge: Edge):
         self.edge = edge
 
     def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int = 0, index: int = 0) -> np.ndarray:

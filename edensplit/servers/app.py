@@ -244,6 +244,7 @@ def create_app(stage: str, title: str, settings: ServerSettings | None = None,
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = ModelRuntime(stage, settings.max_inflight)
+    metrics.inflight.set_function(lambda: app.state.runtime.inflight)
     app.add_middleware(RequestContextMiddleware, max_body=int(settings.max_request_mb * 2**20), metrics=metrics)
 
     @app.exception_handler(EdenError)

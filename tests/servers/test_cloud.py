@@ -153,6 +153,7 @@ def test_metrics_count_requests_and_bytes(cloud):
     text = cloud.get("/metrics").text
     assert 'edensplit_requests_total{method="POST",route="/api/v1/encode",status="200"}' in text
     assert "edensplit_request_bytes_total" in text and "edensplit_request_seconds_bucket" in text
+    assert "edensplit_inflight 0.0" in text
 
 
 def test_openapi_documents_both_content_types(cloud):
