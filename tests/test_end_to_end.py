@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edensplit.errors import EdenError
 from edensplit.servers.launch import ServerProcess
 from edensplit.video import probe_video, read_frames, read_png, write_png
 from tests.conftest import N_FRAMES, ROOT, generated, make_frames, run_cli
@@ -111,3 +112,13 @@ def test_a_server_with_a_bad_checkpoint_exits_with_a_clear_message(workdir):
                         "--model_path", str(bad)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "not a PyTorch checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_plain_uvicorn_with_a_bad_checkpoint_stays_up_not_ready_and_says_why(workdir):
+    bad = workdir / "bad-uvicorn.pt"
+    bad.write_text("not a checkpoint")
+    log = workdir / "bad-uvicorn.log"
+    server = ServerProcess("edensplit.cloud:app", env={"MODEL_PATH": str(bad)}, log_path=log)
+    with pytest.raises(EdenError, match="not a PyTorch checkpoint that can be loaded safely"):
+        server.start()
+    assert "cannot load its model" in log.read_text() and "Traceback" not in log.read_text()

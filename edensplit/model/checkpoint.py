@@ -38,9 +38,10 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types on a foreign file: all mean "not loadable"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint that can be loaded safely (weights_only): {first}"
+            f"{path} is not a PyTorch checkpoint that can be loaded safely: it is corrupt, not a torch.save file, "
+            f"or holds objects other than tensors ({type(exc).__name__}); edensplit only reads weights-only "
+            "checkpoints and never unpickles arbitrary objects"
         ) from None
     if isinstance(obj, Mapping) and CHECKPOINT_KEY in obj:
         obj = obj[CHECKPOINT_KEY]

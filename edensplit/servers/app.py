@@ -232,10 +232,9 @@ def create_app(stage: str, title: str, settings: ServerSettings | None = None,
         if rt.model is None:
             try:
                 rt.model = (model_loader or (lambda s: load_model_for({stage}, s)))(settings)
-            except EdenError as exc:
+            except EdenError as exc:  # stay up, not ready: /health says why, requests get 503 NOT_READY
                 rt.load_error = exc.message
-                log.error("%s server cannot load its model: %s", stage, exc.message)
-                raise SystemExit(f"edensplit {stage}: {exc.message}") from None
+                log.error("%s server cannot load its model (not ready; see /health): %s", stage, exc.message)
         yield
         rt.close()
 

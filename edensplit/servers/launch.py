@@ -49,10 +49,14 @@ class ServerProcess:
                                     + (f"; see {self.log_path}" if self.log_path else ""),
                                     code=ErrorCode.NOT_READY)
                 try:
-                    if http.get(f"{self.url}/health/ready").status_code == 200:
-                        return self
+                    ready = http.get(f"{self.url}/health/ready")
                 except httpx.TransportError:
-                    pass
+                    ready = None
+                if ready is not None and ready.status_code == 200:
+                    return self
+                if ready is not None and ready.json().get("status") == "error":
+                    self.stop()
+                    raise EdenError(f"{self.app} cannot serve: {ready.json().get('error')}", code=ErrorCode.NOT_READY)
                 time.sleep(0.1)  # polling a process that is starting: no event to wait on
         self.stop()
         raise EdenError(f"{self.app} did not become ready within {timeout:.0f} s", code=ErrorCode.NOT_READY)

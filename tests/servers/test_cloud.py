@@ -202,3 +202,19 @@ def test_bad_compressed_bodies(cloud):
     assert_error(cloud.post("/api/v1/encode", content=bomb, headers={**headers, "Content-Encoding": "zstd"}),
                  413, "PAYLOAD_TOO_LARGE", "zstd")
     assert cloud.post("/api/v1/encode", json=json_body()).status_code == 200
+
+
+def test_a_server_whose_model_failed_to_load_answers_not_ready(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from edensplit.servers.cloud import create_cloud_app
+    from edensplit.settings import ServerSettings
+
+    bad = tmp_path / "bad.pt"
+    bad.write_text("x")
+    with TestClient(create_cloud_app(ServerSettings(model_path=bad))) as client:
+        health = client.get("/health").json()
+        assert health["status"] == "error" and not health["model_loaded"]
+        assert "not a PyTorch checkpoint" in health["error"]
+        assert client.get("/health/ready").status_code == 503
+        assert_error(client.post("/api/v1/encode", json=json_body()), 503, "NOT_READY", "not loaded")
