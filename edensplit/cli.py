@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")
         s.add_argument("--port", type=int, default=port, help=f"port (default {port})")
         _flag(s, "max_inflight", type=int, help="requests admitted at once; more get 503 (default 8)")
+        _flag(s, "max_batch", type=int, help="edge: pairs per model call with dynamic batching (default 1, exact)")
         _model_flags(s)
 
     d = sub.add_parser("demo", help="start both servers on loopback, interpolate a sample clip, stop them")
@@ -168,7 +169,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     from edensplit.model import ENCODE, INTERPOLATE
     from edensplit.servers.runtime import load_model_for
 
-    settings = ServerSettings(**_overrides(args, (*MODEL_FIELDS, "max_inflight")))
+    settings = ServerSettings(**_overrides(args, (*MODEL_FIELDS, "max_inflight", "max_batch")))
     if args.command == "cloud":
         from edensplit.servers.cloud import create_cloud_app as factory
 

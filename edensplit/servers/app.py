@@ -242,7 +242,8 @@ def create_app(stage: str, title: str, settings: ServerSettings | None = None,
                   description="See docs/protocol.md for the binary formats and the error codes.")
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.runtime = ModelRuntime(stage, settings.max_inflight)
+    app.state.runtime = ModelRuntime(stage, settings.max_inflight, max_batch=settings.max_batch,
+                                     batch_wait_s=settings.batch_wait_ms / 1000)
     metrics.inflight.set_function(lambda: app.state.runtime.inflight)
     app.add_middleware(RequestContextMiddleware, max_body=int(settings.max_request_mb * 2**20), metrics=metrics)
 

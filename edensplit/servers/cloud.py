@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,8 +183,11 @@ class EncodeAPI:
         frames, _ = await read_frames_request(request, self.names)
         return EncodeJob(np.stack(frames), wire_dtype, request.state.request_id, answer)
 
-    def predict(self, model: Eden, job: EncodeJob) -> EncodeResult:
-        return encode_job(model, job)
+    def predict(self, model: Eden, jobs: Sequence[EncodeJob]) -> list[EncodeResult]:
+        return [encode_job(model, job) for job in jobs]
+
+    def batch_key(self, job: EncodeJob) -> None:
+        return None  # the encoder is one convolution per frame: nothing to gain
 
     def encode_response(self, result: EncodeResult, job: EncodeJob) -> Response:
         meta = encode_metadata(result, job)

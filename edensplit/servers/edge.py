@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,17 +184,24 @@ def pair_job(model: Eden, encoded: EncodedFrames, opts: Options, request_id: str
 
 # -- the model work and the answer ----------------------------------------------------------------
 
-def generate(model: Eden, job: InterpolateJob) -> np.ndarray:
-    """The edge's model work for one pair: noise from the seed, sample, decode -> uint8 [H, W, 3]."""
-    noise = make_noise(job.seed, job.enc0.geometry.latent_tokens, model.args.latent_dim)
+def generate(model: Eden, jobs: Sequence[InterpolateJob]) -> list[np.ndarray]:
+    """The edge's model work for B pairs of one batch key: noise from each seed, sample, decode -> uint8 frames."""
+    first = jobs[0]
+    noise = torch.cat([make_noise(j.seed, j.enc0.geometry.latent_tokens, model.args.latent_dim) for j in jobs])
     try:
-        out = interpolate(model, job.enc0, job.enc1, torch.tensor([job.difference]), noise, job.sampler,
-                          vae_scaler=job.vae_scaler, vae_shift=job.vae_shift)
+        out = interpolate(model, FrameEncoding.cat([j.enc0 for j in jobs]), FrameEncoding.cat([j.enc1 for j in jobs]),
+                          torch.tensor([j.difference for j in jobs]), noise, first.sampler,
+                          vae_scaler=first.vae_scaler, vae_shift=first.vae_shift)
     except EdenError:
         raise
     except Exception as exc:
         raise EdenError(f"sampling failed: {type(exc).__name__}: {exc}", code=ErrorCode.MODEL_ERROR) from exc
-    return to_uint8(out)[0]
+    return list(to_uint8(out))
+
+
+def batch_key(job: InterpolateJob) -> Hashable:
+    """Pairs that may share a model call: same size, sampler, VAE constants and wire precision."""
+    return job.enc0.geometry, job.sampler, job.vae_scaler, job.vae_shift, job.enc0.cond_dit.dtype
 
 
 def frame_metadata(frame: np.ndarray, job: InterpolateJob) -> dict[str, Any]:
@@ -216,10 +223,13 @@ def frame_response(frame: np.ndarray, job: InterpolateJob) -> Response:
 
 
 class EdgeStage:
-    """What every edge API shares: predict = generate, encode_response = the frame."""
+    """What every edge API shares: predict = generate (batchable), encode_response = the frame."""
 
-    def predict(self, model: Eden, job: InterpolateJob) -> np.ndarray:
-        return generate(model, job)
+    def predict(self, model: Eden, jobs: Sequence[InterpolateJob]) -> list[np.ndarray]:
+        return generate(model, jobs)
+
+    def batch_key(self, job: InterpolateJob) -> Hashable:
+        return batch_key(job)
 
     def encode_response(self, result: np.ndarray, job: InterpolateJob) -> Response:
         return frame_response(result, job)
@@ -310,6 +320,7 @@ async def proxy_job(app: FastAPI, model: Eden, frames: list[np.ndarray], opts: O
 
 # -- routes ---------------------------------------------------------------------------------------
 
+EDGE_STAGE = EdgeStage()
 router = APIRouter(prefix="/api/v1", tags=["edge"])
 ws_router = APIRouter()
 INTERPOLATE_API = InterpolateAPI()
@@ -353,7 +364,7 @@ async def session_frame_route(session_id: str, index: int, request: Request, rt:
         if job is None:
             return JSONResponse({"status": "success", "data": {"session_id": session_id, "stored": index},
                                  "error": None})
-        frame = await rt.run(SESSION_API.predict, job)
+        frame = await rt.predict(SESSION_API, job)
         return await run_in_threadpool(SESSION_API.encode_response, frame, job)
 
 
@@ -387,7 +398,7 @@ async def ws_interpolate(req: WsRequest, app: FastAPI, rt: ModelRuntime) -> WsRe
         blob, opts = b64decode_field(parsed.enc_out, "enc_out"), options_from_json(parsed)
     encoded = await run_in_threadpool(unpack_encoding, blob, frames=2)
     job = pair_job(model, encoded, opts, req.request_id)
-    frame = await rt.run(generate, job)
+    frame = await rt.predict(EDGE_STAGE, job)
     return await run_in_threadpool(frame_reply, frame, job, req.binary)
 
 
@@ -404,7 +415,7 @@ async def ws_session_frame(req: WsRequest, app: FastAPI, rt: ModelRuntime) -> Ws
     job = await session_job(model, app.state.sessions, session_id, index, blob, opts, wanted, req.request_id, JSON)
     if job is None:
         return WsReply({"session_id": session_id, "stored": index, "request_id": req.request_id})
-    frame = await rt.run(generate, job)
+    frame = await rt.predict(EDGE_STAGE, job)
     return await run_in_threadpool(frame_reply, frame, job, req.binary)
 
 
@@ -418,7 +429,7 @@ async def ws_interpolate_frames(req: WsRequest, app: FastAPI, rt: ModelRuntime) 
         opts = options_from_json(parse_json(InterpolateOptions, req.body))
     check_frames(frames)
     job = await proxy_job(app, model, frames, opts, req.request_id, JSON)
-    frame = await rt.run(generate, job)
+    frame = await rt.predict(EDGE_STAGE, job)
     return await run_in_threadpool(frame_reply, frame, job, req.binary)
 
 

@@ -21,6 +21,7 @@ import torch
 from edensplit import __version__
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import Eden, load_config, load_model
+from edensplit.servers.batching import Batcher
 from edensplit.settings import DTYPES, ModelSettings
 
 log = logging.getLogger("edensplit.server")
@@ -47,9 +48,12 @@ def load_model_for(stages: Iterable[str], settings: ModelSettings) -> Eden:
 class ModelRuntime:
     """The model, its worker thread, and the count of requests admitted."""
 
-    def __init__(self, stage: str, max_inflight: int, model: Eden | None = None):
+    def __init__(self, stage: str, max_inflight: int, model: Eden | None = None, max_batch: int = 1,
+                 batch_wait_s: float = 0.005):
         self.stage = stage
         self.max_inflight = max_inflight
+        self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
+        self._batchers: dict[int, Batcher[Any, Any]] = {}
         self.model = model
         self.load_error: str | None = None
         self.inflight = 0
@@ -84,13 +88,24 @@ class ModelRuntime:
         model = self.require_model()
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, model, *args)
 
+    async def predict(self, api: Any, job: Any) -> Any:
+        """api.predict for one job, batched with others of the same api.batch_key when batching is on."""
+        if self.max_batch <= 1 or api.batch_key(job) is None:
+            return (await self.run(api.predict, [job]))[0]
+        shared = getattr(api.predict, "__func__", api.predict)  # APIs sharing a predict share one batcher
+        batcher = self._batchers.get(id(shared))
+        if batcher is None:
+            batcher = self._batchers[id(shared)] = Batcher(api.predict, api.batch_key, self.run, self.max_batch,
+                                                        self.batch_wait_s)
+        return await batcher.submit(job)
+
     def health(self) -> dict[str, Any]:
         model = self.model
         info: dict[str, Any] = {
             "status": "ok" if model is not None else ("error" if self.load_error else "loading"),
             "stage": self.stage, "model_loaded": model is not None, "version": __version__,
             "uptime_s": round(time.monotonic() - self.started, 3), "inflight": self.inflight,
-            "error": self.load_error,
+            "error": self.load_error, "max_batch": self.max_batch,
         }
         if model is not None:
             info.update(device=str(model.device), dtype=str(model.dtype).removeprefix("torch."),

@@ -107,4 +107,5 @@ class HealthResponse(BaseModel):
     version: str
     uptime_s: float
     inflight: int = 0
+    max_batch: int = 1
     error: str | None = None

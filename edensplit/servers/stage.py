@@ -1,12 +1,13 @@
 """The per-stage serving contract (after LitServe's LitAPI): decode a request, predict, encode a response.
 
 `serve` runs the three in order for one HTTP request: decoding and encoding on the thread pool
-(base64, PNG and JSON of tens of MB must not stall the event loop), prediction on the model thread,
-the whole inside one admission place.
+(base64, PNG and JSON of tens of MB must not stall the event loop), prediction on the model thread
+(batched with other requests when the runtime batches), the whole inside one admission place.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
@@ -27,8 +28,11 @@ class StageAPI(Protocol[J, R]):
     async def decode_request(self, request: Request, model: Eden) -> J:
         """Parse and validate everything from the request; no model compute here."""
 
-    def predict(self, model: Eden, job: J) -> R:
-        """The model work, on the model thread."""
+    def predict(self, model: Eden, jobs: Sequence[J]) -> list[R]:
+        """The model work for a batch of jobs, on the model thread (a batch of one unless batching is on)."""
+
+    def batch_key(self, job: J) -> Hashable | None:
+        """Jobs with equal keys may share a model call; None: this job is never batched."""
 
     def encode_response(self, result: R, job: J) -> Response:
         """Turn the result into the response the caller asked for (JSON envelope or binary)."""
@@ -37,7 +41,7 @@ class StageAPI(Protocol[J, R]):
 async def serve(api: StageAPI[Any, Any], request: Request, runtime: ModelRuntime) -> Response:
     async with runtime.admission():
         job = await api.decode_request(request, runtime.require_model())
-        result = await runtime.run(api.predict, job)
+        result = await runtime.predict(api, job)
         return await run_in_threadpool(api.encode_response, result, job)
 
 
