@@ -117,10 +117,10 @@ def run_bench(size: tuple[int, int] = (240, 428), n_frames: int = 6, transports:
                           log_path=log_dir / "bench-edge.log") as edge:
         for flow in flows:
             for transport in transports:
-                for dtype in dtypes if flow != "b" else ("float32",):
+                for dtype in dtypes if not flow.startswith("b") else ("float32",):
                     kind, payload = transport.split("-")
                     backend = open_backend(cloud_url=cloud.url, edge_url=edge.url, transport=kind, payload=payload,
-                                           flow=flow[0], frame_once=flow == "a-once", wire_dtype=dtype,
+                                           flow=flow[0], frame_once=flow.endswith("once"), wire_dtype=dtype,
                                            sampling=Sampling())
                     try:
                         run_once(backend, frames[:2], 1)  # warm-up: connections, first-call costs
@@ -150,7 +150,7 @@ def _mb(x: float | None) -> str:
 
 def format_row(row: Row) -> str:
     h = row.hops
-    if row.flow == "b":  # client -> edge (frames) -> cloud -> edge -> client
+    if row.flow.startswith("b"):  # client -> edge (frames) -> cloud -> edge -> client
         a_path = None
         hops = (f"client→edge {_mb(h.get('edge_in'))} | edge→cloud {_mb(h.get('cloud_in'))} | "
                 f"cloud→edge {_mb(h.get('cloud_out'))} | edge→client {_mb(h.get('edge_out'))}")

@@ -17,7 +17,7 @@ from edensplit.errors import EdenError
 from edensplit.settings import ClientSettings, ModelSettings, ServerSettings
 
 TRANSPORTS = ("http-json", "http-binary", "ws-json", "ws-binary")
-FLOWS = ("a-pairs", "a-once", "b")
+FLOWS = ("a-pairs", "a-once", "b-pairs", "b-once")
 
 
 def _flag(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None:
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(run, "flow", choices=["a", "b"], default="a",
           help="a: client relays cloud -> edge (default); b: the edge calls the cloud itself")
     _flag(run, "pairs", action="store_true",
-          help="flow A video: send pairs (each inner frame encoded twice) instead of a frame-once session")
+          help="video: send pairs (each inner frame encoded and sent twice) instead of a frame-once session")
     _flag(run, "payload", choices=["binary", "json"], default="binary",
           help="binary fast path (default) or the JSON/base64 API")
     _flag(run, "wire_dtype", choices=["float32", "float16", "bfloat16"], default="float32",
@@ -142,7 +142,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
         cs = ClientSettings(**_overrides(args, ("cloud_server_url", "edge_server_url", "edensplit_timeout",
                                                 "edensplit_retries")))
-        frame_once = bool(args.video_path) and not args.pairs and args.flow == "a"
+        frame_once = bool(args.video_path) and not args.pairs
         backend = open_backend(cloud_url=cs.cloud_server_url, edge_url=cs.edge_server_url, transport=args.transport,
                                flow=args.flow, frame_once=frame_once, payload=args.payload,
                                wire_dtype=args.wire_dtype, sampling=Sampling(args.num_steps, args.method),

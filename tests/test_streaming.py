@@ -31,6 +31,8 @@ MODES = [  # transport, payload, flow, extra flags
     ("ws", "json", "b", ()),
     ("http", "binary", "b", ()),
     ("http", "json", "b", ()),
+    ("ws", "binary", "b", ("--pairs",)),
+    ("http", "json", "b", ("--pairs",)),
 ]
 
 

@@ -4,7 +4,8 @@
 - `FrameOnceClient`, flow A with a video session: each frame is encoded once and its encoding sent
   to the edge once; the edge interpolates (k-1, k) from its cache. Half the bytes of pairs.
 - `EdgeProxyClient`, flow B: raw frames to the edge, which calls the cloud itself; only the small
-  results travel back to the client.
+  results travel back to the client. `FrameOnceProxyClient`: the same with a video session, so each
+  frame goes to the edge once and is encoded once.
 
 Each is a `PairBackend` for `edensplit.client.jobs`; all give the same frames (exact mode).
 """
@@ -53,12 +54,12 @@ class SplitClient:
 
 
 class FrameOnceClient(SplitClient):
-    """Flow A with a session: frame k is encoded once and shipped once. Pairs must come in index order
-    (several may be in flight). The edge's cache is rebuilt from what this client holds if it is lost."""
+    """Flow A with a session: frame k is encoded once and shipped once. Pairs come in index order (several
+    may be in flight). The edge's cache is rebuilt from what this client holds if it is lost."""
 
-    def __init__(self, cloud: Cloud, edge: Edge, session_id: str | None = None):
+    def __init__(self, cloud: Cloud, edge: Edge):
         super().__init__(cloud, edge)
-        self.session_id = session_id or uuid.uuid4().hex
+        self.session_id = uuid.uuid4().hex
         self._blobs: dict[int, EncodedBlob] = {}
         self._lock = threading.Lock()
         self.resent = 0  # frames sent again because the edge had lost them
@@ -68,7 +69,8 @@ class FrameOnceClient(SplitClient):
         with self._lock:
             self.session_id, self._blobs = uuid.uuid4().hex, {}
 
-    def _encoding(self, index: int, frame: np.ndarray) -> EncodedBlob:
+    def payload(self, index: int, frame: np.ndarray) -> EncodedBlob | np.ndarray:
+        """What the edge gets for frame `index`: its encoding (kept for resends; re-encoded if evicted)."""
         with self._lock:
             blob = self._blobs.get(index)
         if blob is None:
@@ -79,26 +81,46 @@ class FrameOnceClient(SplitClient):
                     del self._blobs[old]
         return blob
 
+    def difference(self, frame0: np.ndarray, frame1: np.ndarray) -> float | None:
+        return float(frame_difference(frame0, frame1)[0])  # the client holds both frames' pixels
+
     def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int = 0, index: int = 0) -> np.ndarray:
+        session = self.session_id
         if index == 0:
-            self.edge.session_frame(self.session_id, 0, self._encoding(0, frame0), interpolate=False)
-        blob = self._encoding(index + 1, frame1)
-        difference = float(frame_difference(frame0, frame1)[0])  # the client holds both frames' pixels
+            self.edge.session_frame(session, 0, self.payload(0, frame0), interpolate=False)
+        sent, difference = self.payload(index + 1, frame1), self.difference(frame0, frame1)
         for attempt in range(3):
             try:
-                frame = self.edge.session_frame(self.session_id, index + 1, blob, difference=difference, seed=seed)
+                frame = self.edge.session_frame(session, index + 1, sent, difference=difference, seed=seed)
             except EdenError as exc:
                 if exc.code != ErrorCode.SESSION_NOT_FOUND or attempt == 2:
                     raise
                 with self._lock:
                     self.resent += 1
-                self.edge.session_frame(self.session_id, index, self._encoding(index, frame0), interpolate=False)
+                self.edge.session_frame(session, index, self.payload(index, frame0), interpolate=False)
                 continue
             if frame is None:
                 raise EdenError("the edge stored the frame but answered without interpolating",
                                 code=ErrorCode.UPSTREAM_ERROR)
             return frame
         raise AssertionError("unreachable")
+
+
+class FrameOnceProxyClient(FrameOnceClient):
+    """Flow B with a session: each raw frame goes to the edge once; the edge has the cloud encode it once and
+    computes the difference itself (it holds both frames' pixels)."""
+
+    def __init__(self, edge: Edge):
+        super().__init__(cloud=None, edge=edge)  # type: ignore[arg-type]
+
+    def payload(self, index: int, frame: np.ndarray) -> np.ndarray:
+        return frame
+
+    def difference(self, frame0: np.ndarray, frame1: np.ndarray) -> None:
+        return None
+
+    def close(self) -> None:
+        self.edge.close()
 
 
 class EdgeProxyClient:
@@ -117,7 +139,7 @@ class EdgeProxyClient:
 def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow: str = "a", frame_once: bool = True,
                  payload: str = "binary", wire_dtype: str = "float32", sampling: Any = None, timeout: float = 30.0,
                  retries: int = 3, compress: str | None = None) -> SplitClient | EdgeProxyClient:
-    """The backend for a transport (http, ws) and flow (a, b); flow A sends each frame once unless not frame_once."""
+    """The backend for a transport (http, ws) and flow (a, b); each frame travels once unless not frame_once."""
     if transport == "http":
         from edensplit.client.http import CloudClient as CloudCls
         from edensplit.client.http import EdgeClient as EdgeCls
@@ -134,7 +156,7 @@ def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow
         common["compress"] = compress
     edge = EdgeCls(edge_url, sampling=sampling, **common)
     if flow == "b":
-        return EdgeProxyClient(edge)
+        return FrameOnceProxyClient(edge) if frame_once else EdgeProxyClient(edge)
     if flow != "a":
         edge.close()
         raise EdenError(f"unknown flow {flow!r}: use a or b", code=ErrorCode.INVALID_PARAMETER)

@@ -164,7 +164,7 @@ class EdgeClient(HttpService):
             if response.headers.get("content-type", "").startswith("application/json"):
                 return None
             return frame_from_container(response.content)
-        data = self.request("POST", path, json=json, params=params if frames else None).json()["data"]
+        data = self.request("POST", path, json=json, params=params).json()["data"]
         return frame_from_json(data["generated_frame"]) if "generated_frame" in data else None
 
     def interpolate(self, pair: EncodedBlob, *, seed: int = 0) -> np.ndarray:
@@ -173,13 +173,20 @@ class EdgeClient(HttpService):
         return self._frame("/api/v1/interpolate", blob=pair.raw if self.payload == "binary" else None, json=body,
                            params=self.sampling.flat(seed))
 
-    def session_frame(self, session_id: str, index: int, frame: EncodedBlob, *, difference: float | None = None,
-                      seed: int = 0, interpolate: bool | None = None) -> np.ndarray | None:
-        """Frame `index` of a frame-once session: stores it; for index > 0 returns the frame (index-1, index)."""
+    def session_frame(self, session_id: str, index: int, frame: EncodedBlob | np.ndarray, *,
+                      difference: float | None = None, seed: int = 0, interpolate: bool | None = None
+                      ) -> np.ndarray | None:
+        """Frame `index` of a frame-once session: its blob (flow A) or the frame itself (flow B, the edge has the
+        cloud encode it). Stores it; for index > 0 returns the frame between index-1 and index."""
         path = f"/api/v1/sessions/{session_id}/frames/{index}"
-        body = {"enc_out": frame.b64, **self.sampling.json(seed, difference=difference, interpolate=interpolate)}
         params = self.sampling.flat(seed, difference=difference, interpolate=interpolate)
-        return self._frame(path, blob=frame.raw if self.payload == "binary" else None, json=body, params=params)
+        extra = self.sampling.json(seed, difference=difference, interpolate=interpolate)
+        binary = self.payload == "binary"
+        if isinstance(frame, np.ndarray):
+            return self._frame(path, frames={"frame": frame} if binary else None,
+                               json={**images_json(frame=frame), **extra}, params=params)
+        return self._frame(path, blob=frame.raw if binary else None, json={"enc_out": frame.b64, **extra},
+                           params=params)
 
     def interpolate_frames(self, frame0: np.ndarray, frame1: np.ndarray, *, seed: int = 0) -> np.ndarray:
         """Flow B: raw frames to the edge, which calls the cloud itself."""

@@ -254,14 +254,18 @@ class WsEdgeClient:
         return self._frame("interpolate", data=pair.raw if self.payload == "binary" else b"", body=body,
                            flat=self.sampling.flat(seed))
 
-    def session_frame(self, session_id: str, index: int, frame: EncodedBlob, *, difference: float | None = None,
-                      seed: int = 0, interpolate: bool | None = None) -> np.ndarray | None:
+    def session_frame(self, session_id: str, index: int, frame: EncodedBlob | np.ndarray, *,
+                      difference: float | None = None, seed: int = 0, interpolate: bool | None = None
+                      ) -> np.ndarray | None:
         ids = {"session_id": session_id, "index": index}
-        body = {**ids, "enc_out": frame.b64 if self.payload == "json" else "",
-                **self.sampling.json(seed, difference=difference, interpolate=interpolate)}
+        raw = isinstance(frame, np.ndarray)
         flat = {**ids, **self.sampling.flat(seed, difference=difference, interpolate=interpolate)}
-        return self._frame("session_frame", data=frame.raw if self.payload == "binary" else b"", body=body,
-                           flat=flat)
+        if self.payload == "binary":
+            data = pack_frames({"frame": frame}) if raw else frame.raw
+            return self._frame("session_frame", data=data, body={}, flat=flat)
+        content = images_json(frame=frame) if raw else {"enc_out": frame.b64}
+        body = {**ids, **content, **self.sampling.json(seed, difference=difference, interpolate=interpolate)}
+        return self._frame("session_frame", data=b"", body=body, flat=flat)
 
     def interpolate_frames(self, frame0: np.ndarray, frame1: np.ndarray, *, seed: int = 0) -> np.ndarray:
         frames = {"frame0": frame0, "frame1": frame1}

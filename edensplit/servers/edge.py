@@ -26,11 +26,27 @@ from starlette.concurrency import run_in_threadpool
 
 from edensplit.client.http import CloudClient
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import INTERPOLATE, Eden, FrameEncoding, Sampler, interpolate, make_noise, to_uint8
+from edensplit.model import (
+    INTERPOLATE,
+    Eden,
+    FrameEncoding,
+    Sampler,
+    frame_difference,
+    interpolate,
+    make_noise,
+    to_uint8,
+)
 from edensplit.model.config import IGNORED_MODEL_ARGS
 from edensplit.model.seeds import MAX_SEED
 from edensplit.servers.app import Runtime, create_app
-from edensplit.servers.cloud import PAIR, check_frames, frames_from_container, frames_from_json, read_frames_request
+from edensplit.servers.cloud import (
+    PAIR,
+    SINGLE,
+    check_frames,
+    frames_from_container,
+    frames_from_json,
+    read_frames_request,
+)
 from edensplit.servers.runtime import ModelRuntime
 from edensplit.servers.schemas import (
     Envelope,
@@ -53,6 +69,8 @@ from edensplit.wire import (
     pack_frames,
     unpack_encoding,
 )
+from edensplit.wire.container import read_header
+from edensplit.wire.frames import FORMAT as FRAMES_FORMAT
 
 PNG = "image/png"
 ANSWER_TYPES = (FRAMES_MEDIA_TYPE, PNG)
@@ -255,43 +273,69 @@ class InterpolateAPI(EdgeStage):
 class SessionFrameAPI(EdgeStage):
     """POST /api/v1/sessions/{id}/frames/{k}: store frame k's encoding; interpolate (k-1, k) when asked."""
 
-    def __init__(self, sessions_of: Any):
-        self.sessions_of = sessions_of
-
     async def decode_request(self, request: Request, model: Eden) -> InterpolateJob | None:
         session_id, index = request.path_params["session_id"], int(request.path_params["index"])
         kind = media_type(request)
-        answer = response_format(request, ANSWER_TYPES, kind == BLOB_MEDIA_TYPE)
+        answer = response_format(request, ANSWER_TYPES, kind in (BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE))
+        blob = pixels = None
         if kind == JSON:
             req = parse_json(SessionFrameRequest, await request.body())
-            blob, opts, wanted = b64decode_field(req.enc_out, "enc_out"), options_from_json(req), req.interpolate
-        elif kind == BLOB_MEDIA_TYPE:
-            blob, opts = await request.body(), options_from_flat(request.query_params)
+            blob, pixels = await session_input(req)
+            opts, wanted = options_from_json(req), req.interpolate
+        elif kind in (BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE):
+            body = await request.body()
+            if kind == BLOB_MEDIA_TYPE:
+                blob = body
+            else:
+                pixels = frames_from_container(body, SINGLE)[0][0]
+            opts = options_from_flat(request.query_params)
             wanted = _cast(request.query_params.get("interpolate"), str, "interpolate")
             wanted = None if wanted is None else wanted.lower() in ("1", "true", "yes")
         else:
-            raise unsupported(request, (JSON, BLOB_MEDIA_TYPE))
-        return await session_job(model, self.sessions_of(request), session_id, index, blob, opts, wanted,
-                                 request.state.request_id, answer)
+            raise unsupported(request, (JSON, BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE))
+        return await session_job(model, request.app, session_id, index, opts, wanted, request.state.request_id,
+                                 answer, blob=blob, pixels=pixels)
 
 
-async def session_job(model: Eden, sessions: SessionStore, session_id: str, index: int, blob: bytes, opts: Options,
-                      wanted: bool | None, request_id: str, answer: str) -> InterpolateJob | None:
-    """Store frame `index`; return the job interpolating (index-1, index), or None for a store-only frame."""
+async def session_input(req: SessionFrameRequest) -> tuple[bytes | None, np.ndarray | None]:
+    """A JSON session frame carries an encoding (flow A) or the frame itself (flow B): exactly one."""
+    if (req.enc_out is None) == (req.frame is None):
+        raise _invalid("a session frame carries exactly one of 'enc_out' (flow A) and 'frame' (flow B)",
+                       ErrorCode.INVALID_REQUEST)
+    if req.enc_out is not None:
+        return b64decode_field(req.enc_out, "enc_out"), None
+    return None, (await run_in_threadpool(frames_from_json, {"frame": req.frame}, SINGLE))[0]
+
+
+async def session_job(model: Eden, app: FastAPI, session_id: str, index: int, opts: Options, wanted: bool | None,
+                      request_id: str, answer: str, *, blob: bytes | None = None,
+                      pixels: np.ndarray | None = None) -> InterpolateJob | None:
+    """Store frame `index` (its encoding, or flow B: its pixels, encoded at the cloud); return the job
+    interpolating (index-1, index), or None for a store-only frame."""
     if not session_id or len(session_id) > 128 or index < 0:
         raise _invalid("a session id of 1-128 characters and a frame index >= 0 are required")
+    sessions: SessionStore = app.state.sessions
     async with sessions.incoming(session_id, index):
-        encoded = await run_in_threadpool(unpack_encoding, blob, frames=1)
-        check_encoding(model, encoded.encoding)
-        await sessions.put(session_id, index, encoded.encoding)
+        if pixels is not None:
+            encoding = (await encode_at_cloud(app, [pixels], request_id)).encoding
+        else:
+            encoding = (await run_in_threadpool(unpack_encoding, blob, frames=1)).encoding
+        check_encoding(model, encoding)
+        await sessions.put(session_id, index, encoding, pixels)
     if not (index > 0 if wanted is None else wanted):
         return None
     if index == 0:
         raise _invalid("frame 0 has no predecessor to interpolate from")
-    if opts.difference is None:
-        raise _invalid("a session frame needs the pair's raw 'difference' (the client holds both frames' pixels)")
+    needs_difference = _invalid("a session frame needs the pair's raw 'difference' (flow A: the client holds both "
+                                "frames' pixels; flow B sends the frames themselves)")
+    if opts.difference is None and pixels is None:
+        raise needs_difference
     previous = await sessions.get(session_id, index - 1, SESSION_WAIT_S)
-    return make_job(model, previous, encoded.encoding, opts, None, request_id, answer)
+    if opts.difference is None:
+        if previous.pixels is None:
+            raise needs_difference
+        opts.difference = float((await run_in_threadpool(frame_difference, previous.pixels, pixels))[0])
+    return make_job(model, previous.encoding, encoding, opts, None, request_id, answer)
 
 
 class FlowBAPI(EdgeStage):
@@ -305,17 +349,22 @@ class FlowBAPI(EdgeStage):
         return await proxy_job(request.app, model, frames, opts, request.state.request_id, answer)
 
 
-async def proxy_job(app: FastAPI, model: Eden, frames: list[np.ndarray], opts: Options, request_id: str,
-                    answer: str) -> InterpolateJob:
-    """Flow B: encode the pair at the cloud (binary, float32) and build the interpolation job."""
-    cloud = app.state.cloud_client
+async def encode_at_cloud(app: FastAPI, frames: list[np.ndarray], request_id: str) -> EncodedFrames:
+    """Flow B: the edge asks the cloud (binary, float32) for a pair's or one frame's encoding."""
+    cloud: CloudClient = app.state.cloud_client
+    call = cloud.encode if len(frames) == 2 else cloud.encode_frame
     try:
-        pair = await run_in_threadpool(cloud.encode, frames[0], frames[1], request_id=request_id)
+        encoded = await run_in_threadpool(lambda: call(*frames, request_id=request_id))
     except EdenError as exc:
         raise EdenError(f"the cloud failed to encode: {exc.message}", code=ErrorCode.UPSTREAM_ERROR,
                         details={"cloud_code": str(exc.code)}) from None
-    encoded = await run_in_threadpool(unpack_encoding, pair.raw, frames=2)
-    return pair_job(model, encoded, opts, request_id, answer)
+    return await run_in_threadpool(unpack_encoding, encoded.raw, frames=len(frames))
+
+
+async def proxy_job(app: FastAPI, model: Eden, frames: list[np.ndarray], opts: Options, request_id: str,
+                    answer: str) -> InterpolateJob:
+    """Flow B, a pair: encode it at the cloud and build the interpolation job."""
+    return pair_job(model, await encode_at_cloud(app, frames, request_id), opts, request_id, answer)
 
 
 # -- routes ---------------------------------------------------------------------------------------
@@ -324,7 +373,7 @@ EDGE_STAGE = EdgeStage()
 router = APIRouter(prefix="/api/v1", tags=["edge"])
 ws_router = APIRouter()
 INTERPOLATE_API = InterpolateAPI()
-SESSION_API = SessionFrameAPI(lambda request: request.app.state.sessions)
+SESSION_API = SessionFrameAPI()
 FLOW_B_API = FlowBAPI()
 
 _OPTIONS_DOC = "options as query parameters: seed, num_steps, method, difference, vae_scaler, vae_shift"
@@ -336,7 +385,10 @@ _interpolate_body = {"requestBody": {"required": True, "content": {
 _session_body = {"requestBody": {"required": True, "content": {
     JSON: {"schema": SessionFrameRequest.model_json_schema()},
     BLOB_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary", "description":
-                                 f"one frame's enc_out blob (from /encode_frame); {_OPTIONS_DOC}, interpolate"}},
+                                 f"flow A: one frame's enc_out blob (/encode_frame); {_OPTIONS_DOC}, interpolate"}},
+    FRAMES_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary", "description":
+                                   "flow B: a frames container with the frame itself ('frame'); the edge has the cloud "
+                                   f"encode it and computes the difference; {_OPTIONS_DOC}, interpolate"}},
 }}}
 _frames_body = {"requestBody": {"required": True, "content": {
     JSON: {"schema": {"$ref": "#/components/schemas/EncodeRequest"}},
@@ -407,12 +459,19 @@ async def ws_session_frame(req: WsRequest, app: FastAPI, rt: ModelRuntime) -> Ws
     session_id, index = _cast(body.get("session_id"), str, "session_id"), _cast(body.get("index"), int, "index")
     if session_id is None or index is None:
         raise _invalid("a session_frame message needs session_id and index", ErrorCode.INVALID_REQUEST)
-    if req.binary:
-        blob, opts, wanted = req.payload, options_from_flat(req.header), req.header.get("interpolate")
+    blob = pixels = None
+    if req.binary:  # the payload says what it is: a frames container (flow B) or an enc_out blob (flow A)
+        if read_header(req.payload, "payload")[1].get("format") == FRAMES_FORMAT:
+            pixels = frames_from_container(req.payload, SINGLE)[0][0]
+        else:
+            blob = req.payload
+        opts, wanted = options_from_flat(req.header), req.header.get("interpolate")
     else:
         parsed = parse_json(SessionFrameRequest, body)
-        blob, opts, wanted = b64decode_field(parsed.enc_out, "enc_out"), options_from_json(parsed), parsed.interpolate
-    job = await session_job(model, app.state.sessions, session_id, index, blob, opts, wanted, req.request_id, JSON)
+        blob, pixels = await session_input(parsed)
+        opts, wanted = options_from_json(parsed), parsed.interpolate
+    job = await session_job(model, app, session_id, index, opts, wanted, req.request_id, JSON, blob=blob,
+                            pixels=pixels)
     if job is None:
         return WsReply({"session_id": session_id, "stored": index, "request_id": req.request_id})
     frame = await rt.predict(EDGE_STAGE, job)

@@ -76,7 +76,9 @@ class InterpolateRequest(InterpolateOptions):
 
 
 class SessionFrameRequest(InterpolateOptions):
-    enc_out: str = Field(description="base64 of one frame's enc_out blob (from /api/v1/encode_frame)")
+    enc_out: str | None = Field(None, description="flow A: base64 of one frame's enc_out blob (/api/v1/encode_frame)")
+    frame: str | None = Field(None, description="flow B: base64 PNG/JPEG of the frame; the edge has the cloud "
+                                                "encode it and computes the difference itself")
     interpolate: bool | None = Field(None, description="default: true for k > 0; false only stores the frame")
 
 

@@ -17,6 +17,8 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import FrameEncoding
 
@@ -24,9 +26,15 @@ KEEP_FRAMES = 4  # the last frames of a session kept: enough for resends of in-f
 GRACE_S = 2.0  # how long a lookup waits for the request bringing a frame to show up
 
 
+@dataclass(frozen=True)
+class SessionFrame:
+    encoding: FrameEncoding
+    pixels: np.ndarray | None = None  # flow B: the edge holds the frame's pixels too, for the difference
+
+
 @dataclass
 class Session:
-    frames: OrderedDict[int, FrameEncoding] = field(default_factory=OrderedDict)
+    frames: OrderedDict[int, SessionFrame] = field(default_factory=OrderedDict)
     incoming: dict[int, int] = field(default_factory=dict)  # frame index -> requests bringing it
     arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
     touched: float = field(default_factory=time.monotonic)
@@ -73,16 +81,16 @@ class SessionStore:
                     del session.incoming[index]
                 session.arrived.notify_all()  # a waiter for a frame that will not come stops waiting
 
-    async def put(self, session_id: str, index: int, encoding: FrameEncoding) -> None:
+    async def put(self, session_id: str, index: int, encoding: FrameEncoding, pixels: np.ndarray | None = None) -> None:
         session = self._session(session_id)
         async with session.arrived:
-            session.frames[index] = encoding
+            session.frames[index] = SessionFrame(encoding, pixels)
             session.frames.move_to_end(index)
             while len(session.frames) > KEEP_FRAMES:
                 session.frames.popitem(last=False)
             session.arrived.notify_all()
 
-    async def get(self, session_id: str, index: int, wait_s: float, grace_s: float = GRACE_S) -> FrameEncoding:
+    async def get(self, session_id: str, index: int, wait_s: float, grace_s: float = GRACE_S) -> SessionFrame:
         """Frame `index` of the session. Waits up to `wait_s` while a request is bringing it, and `grace_s`
         for such a request to show up (concurrent requests can arrive in any order); else SESSION_NOT_FOUND."""
         session = self._session(session_id)

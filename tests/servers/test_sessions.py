@@ -23,7 +23,7 @@ def test_keeps_the_last_frames_and_the_most_recent_sessions(encoding):
         store = SessionStore(ttl_s=60, max_sessions=2)
         for k in range(KEEP_FRAMES + 2):
             await store.put("a", k, encoding)
-        assert await store.get("a", KEEP_FRAMES + 1, 0.1) is encoding
+        assert (await store.get("a", KEEP_FRAMES + 1, 0.1)).encoding is encoding
         with pytest.raises(EdenError, match="does not hold frame 0"):
             await store.get("a", 0, 0.1, grace_s=0)
         await store.put("b", 0, encoding)
@@ -61,7 +61,7 @@ def test_waits_for_a_frame_that_is_on_its_way_and_not_for_one_that_is_not(encodi
                 await store.put("s", 5, encoding)
 
         task = asyncio.create_task(late())
-        assert await store.get("s", 5, 5, grace_s=0.5) is encoding
+        assert (await store.get("s", 5, 5, grace_s=0.5)).encoding is encoding
         await task
 
         async def bring():
@@ -71,7 +71,7 @@ def test_waits_for_a_frame_that_is_on_its_way_and_not_for_one_that_is_not(encodi
 
         task = asyncio.create_task(bring())
         await asyncio.sleep(0)  # let the bringer announce itself
-        assert await store.get("s", 4, 5) is encoding
+        assert (await store.get("s", 4, 5)).encoding is encoding
         await task
 
         async def fail():
