@@ -233,7 +233,9 @@ async def encode_frame(request: Request, rt: Runtime) -> Response:
 
 # -- WebSocket ------------------------------------------------------------------------------------
 
-def ws_encoder(names: tuple[str, ...]) -> Handler:
+def ws_encoder(api: EncodeAPI) -> Handler:
+    names = api.names
+
     async def handle(req: WsRequest, app: FastAPI, rt: ModelRuntime) -> WsReply:
         body = req.body
         wire_dtype = check_wire_dtype(body.get("wire_dtype", "float32"))
@@ -243,7 +245,7 @@ def ws_encoder(names: tuple[str, ...]) -> Handler:
             frames = await run_in_threadpool(frames_from_json, body, names)
         check_frames(frames, body.get("image_size"))
         job = EncodeJob(np.stack(frames), wire_dtype, req.request_id)
-        result = await rt.run(encode_job, job)
+        result = await rt.predict(api, job)
         meta = encode_metadata(result, job)
         if req.binary:
             return WsReply(meta, data=result.blob)
@@ -253,7 +255,7 @@ def ws_encoder(names: tuple[str, ...]) -> Handler:
     return handle
 
 
-CLOUD_WS_HANDLERS = {"encode": ws_encoder(PAIR), "encode_frame": ws_encoder(SINGLE)}
+CLOUD_WS_HANDLERS = {"encode": ws_encoder(ENCODE_API), "encode_frame": ws_encoder(ENCODE_FRAME_API)}
 ws_router = APIRouter()
 
 

@@ -60,10 +60,6 @@ class ModelRuntime:
         self.started = time.monotonic()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"eden-{stage}")
 
-    @property
-    def ready(self) -> bool:
-        return self.model is not None
-
     def require_model(self) -> Eden:
         if self.model is None:
             raise EdenError(f"the {self.stage} model is not loaded: {self.load_error or 'starting up'}",
