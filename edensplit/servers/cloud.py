@@ -23,7 +23,7 @@ from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import ENCODE, Eden, encode_frames, frame_difference
 from edensplit.servers.app import Runtime, create_app
 from edensplit.servers.runtime import ModelRuntime
-from edensplit.servers.schemas import EncodeData, EncodeFrameRequest, EncodeRequest, Envelope
+from edensplit.servers.schemas import EncodeData, EncodeFrameRequest, EncodeRequest, Envelope, inline_schema
 from edensplit.servers.stage import (
     JSON,
     MULTIPART,
@@ -202,11 +202,11 @@ router = APIRouter(prefix="/api/v1", tags=["cloud"])
 ENCODE_API = EncodeAPI(PAIR)
 ENCODE_FRAME_API = EncodeAPI(SINGLE)
 
-def _frames_body(schema: type, names: tuple[str, ...]) -> dict[str, Any]:
+def frames_body(schema: type, names: tuple[str, ...]) -> dict[str, Any]:
     """The OpenAPI request body of a frames endpoint: JSON, multipart or a frames container."""
     files = {n: {"type": "string", "format": "binary"} for n in names}
     return {"requestBody": {"required": True, "content": {
-        JSON: {"schema": schema.model_json_schema()},
+        JSON: {"schema": inline_schema(schema)},
         MULTIPART: {"schema": {"type": "object", "required": list(names), "properties": {
             **files, "metadata": {"type": "string", "description": "JSON object; may carry image_size [H, W]"}}}},
         FRAMES_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary",
@@ -214,7 +214,7 @@ def _frames_body(schema: type, names: tuple[str, ...]) -> dict[str, Any]:
     }}}
 
 
-@router.post("/encode", response_model=Envelope[EncodeData], openapi_extra=_frames_body(EncodeRequest, PAIR),
+@router.post("/encode", response_model=Envelope[EncodeData], openapi_extra=frames_body(EncodeRequest, PAIR),
              summary="Encode a frame pair into the enc_out blob",
              description="Query `wire_dtype` = float32 (exact, default), float16 or bfloat16. "
                          f"`Accept: {BLOB_MEDIA_TYPE}` (or a binary request) answers with the raw blob.")
@@ -223,7 +223,7 @@ async def encode(request: Request, rt: Runtime) -> Response:
 
 
 @router.post("/encode_frame", response_model=Envelope[EncodeData],
-             openapi_extra=_frames_body(EncodeFrameRequest, SINGLE),
+             openapi_extra=frames_body(EncodeFrameRequest, SINGLE),
              summary="Encode one video frame (frame-once sessions)",
              description="Each frame of a video is encoded once; the blob holds one frame and no difference "
                          "(the client, which holds both frames, computes it). Same options as /encode.")

@@ -43,20 +43,23 @@ from edensplit.servers.cloud import (
     PAIR,
     SINGLE,
     check_frames,
+    frames_body,
     frames_from_container,
     frames_from_json,
     read_frames_request,
 )
 from edensplit.servers.runtime import ModelRuntime
 from edensplit.servers.schemas import (
+    EncodeRequest,
     Envelope,
     InterpolateData,
     InterpolateOptions,
     InterpolateRequest,
     SessionFrameRequest,
+    inline_schema,
 )
 from edensplit.servers.sessions import SessionStore
-from edensplit.servers.stage import JSON, MULTIPART, media_type, response_format, serve, unsupported
+from edensplit.servers.stage import JSON, media_type, response_format, serve, unsupported
 from edensplit.servers.ws import WsReply, WsRequest, serve_websocket
 from edensplit.settings import ServerSettings
 from edensplit.wire import (
@@ -378,22 +381,17 @@ FLOW_B_API = FlowBAPI()
 
 _OPTIONS_DOC = "options as query parameters: seed, num_steps, method, difference, vae_scaler, vae_shift"
 _interpolate_body = {"requestBody": {"required": True, "content": {
-    JSON: {"schema": InterpolateRequest.model_json_schema()},
+    JSON: {"schema": inline_schema(InterpolateRequest)},
     BLOB_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary",
                                  "description": f"the enc_out blob of a pair; {_OPTIONS_DOC}"}},
 }}}
 _session_body = {"requestBody": {"required": True, "content": {
-    JSON: {"schema": SessionFrameRequest.model_json_schema()},
+    JSON: {"schema": inline_schema(SessionFrameRequest)},
     BLOB_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary", "description":
                                  f"flow A: one frame's enc_out blob (/encode_frame); {_OPTIONS_DOC}, interpolate"}},
     FRAMES_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary", "description":
                                    "flow B: a frames container with the frame itself ('frame'); the edge has the cloud "
                                    f"encode it and computes the difference; {_OPTIONS_DOC}, interpolate"}},
-}}}
-_frames_body = {"requestBody": {"required": True, "content": {
-    JSON: {"schema": {"$ref": "#/components/schemas/EncodeRequest"}},
-    MULTIPART: {"schema": {"type": "object", "required": ["frame0", "frame1"]}},
-    FRAMES_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary", "description": _OPTIONS_DOC}},
 }}}
 _ANSWERS = (f"`Accept: {PNG}` or `{FRAMES_MEDIA_TYPE}` (the default for a binary request) answers with the frame "
             "itself instead of the JSON envelope.")
@@ -425,7 +423,8 @@ async def drop_session(session_id: str, request: Request) -> dict[str, Any]:
     return {"status": "success", "data": {"dropped": request.app.state.sessions.drop(session_id)}, "error": None}
 
 
-@router.post("/interpolate_frames", response_model=Envelope[InterpolateData], openapi_extra=_frames_body,
+@router.post("/interpolate_frames", response_model=Envelope[InterpolateData],
+             openapi_extra=frames_body(EncodeRequest, PAIR),
              summary="Flow B: raw frames in, the edge calls the cloud itself",
              description=f"The same inputs as the cloud's /encode; {_OPTIONS_DOC}. {_ANSWERS}")
 async def interpolate_frames_route(request: Request, rt: Runtime) -> Response:

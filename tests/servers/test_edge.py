@@ -176,3 +176,19 @@ def test_flow_b_with_the_cloud_unreachable_is_an_upstream_error(reference):
         r = edge.post("/api/v1/interpolate_frames", content=pack_frames({"frame0": FRAMES[0], "frame1": FRAMES[1]}),
                       headers={"Content-Type": FRAMES_MEDIA_TYPE})
     assert_error(r, 502, "UPSTREAM_ERROR", "the cloud failed to encode: cannot reach the cloud server")
+
+
+def test_openapi_documents_every_body_and_every_reference_resolves(cloud, edge):
+    import json
+    import re
+
+    for client in (cloud, edge):
+        spec = client.get("/openapi.json").json()
+        text = json.dumps(spec)
+        assert "#/$defs/" not in text
+        refs = set(re.findall(r'"#/components/schemas/([^"]+)"', text))
+        assert refs <= set(spec["components"]["schemas"])
+    body = edge.get("/openapi.json").json()["paths"]["/api/v1/sessions/{session_id}/frames/{index}"]["post"]
+    content = body["requestBody"]["content"]
+    assert {"application/json", BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE} <= set(content)
+    assert "sampling_config" in content["application/json"]["schema"]["properties"]
