@@ -63,7 +63,8 @@ class InterpolateOptions(BaseModel):
     """What the edge's requests share: the sampling options (all optional)."""
 
     difference: float | None = Field(None, description="raw mean cosine similarity; defaults to the blob's")
-    vae_scaler: float | None = Field(None, description="defaults to the loaded config (EDEN: 0.179437)")
+    vae_scaler: float | None = Field(None, description="defaults to the loaded config (EDEN: 0.179437). Note: "
+                                     "0.18215 / 0.0 are Stable Diffusion's VAE constants, not EDEN's")
     vae_shift: float | None = Field(None, description="defaults to the loaded config (EDEN: 0.770202)")
     sampling_config: SamplingConfig | None = None
     seed: int | None = Field(None, description="the noise seed of this frame (default 0)")
