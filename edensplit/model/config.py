@@ -58,10 +58,6 @@ class ModelArgs:
             raise ConfigError(f"model_args.mlp_ratio must be positive, got {self.mlp_ratio!r}")
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_dim // self.num_heads
-
-    @property
     def mlp_hidden(self) -> int:
         return int(self.hidden_dim * self.mlp_ratio)
 

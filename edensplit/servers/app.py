@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from edensplit import __version__
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.servers.runtime import ModelRuntime, load_model_for
-from edensplit.servers.schemas import HealthResponse
+from edensplit.servers.schemas import HealthResponse, schema_error
 from edensplit.settings import ServerSettings
 from edensplit.wire.compression import compress, decompress, normalise_codec
 
@@ -255,10 +255,8 @@ def create_app(stage: str, title: str, settings: ServerSettings | None = None,
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
-        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:3])
-        return error_response(ErrorCode.INVALID_REQUEST, f"the request does not match the schema: {where}",
-                              {"errors": errors})
+        error = schema_error(list(exc.errors()))
+        return error_response(error.code, error.message, error.details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

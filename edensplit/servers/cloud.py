@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -23,7 +22,7 @@ from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import ENCODE, Eden, encode_frames, frame_difference
 from edensplit.servers.app import Runtime, create_app
 from edensplit.servers.runtime import ModelRuntime
-from edensplit.servers.schemas import EncodeData, EncodeFrameRequest, EncodeRequest, Envelope, inline_schema
+from edensplit.servers.schemas import EncodeData, EncodeFrameRequest, EncodeRequest, Envelope, inline_schema, parse_body
 from edensplit.servers.stage import (
     JSON,
     MULTIPART,
@@ -84,13 +83,7 @@ async def read_frames_request(request: Request, names: tuple[str, ...] = PAIR) -
     kind = media_type(request)
     if kind == JSON:
         body = await request.body()
-        model = EncodeRequest if names == PAIR else EncodeFrameRequest
-        try:
-            req = model.model_validate_json(body)
-        except ValidationError as exc:
-            where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
-            raise EdenError(f"the request does not match the schema: {where}",
-                            code=ErrorCode.INVALID_REQUEST) from None
+        req = parse_body(EncodeRequest if names == PAIR else EncodeFrameRequest, body)
         frames = await run_in_threadpool(frames_from_json, req.model_dump(), names)
         check_frames(frames, req.image_size)
         return frames, req.metadata or {}

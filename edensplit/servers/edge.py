@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from fastapi import APIRouter, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from edensplit.client.http import CloudClient
@@ -57,6 +56,7 @@ from edensplit.servers.schemas import (
     InterpolateRequest,
     SessionFrameRequest,
     inline_schema,
+    parse_body,
 )
 from edensplit.servers.sessions import SessionStore
 from edensplit.servers.stage import JSON, media_type, response_format, serve, unsupported
@@ -130,15 +130,6 @@ def options_from_json(req: InterpolateOptions) -> Options:
                    num_steps=sampling.num_steps if sampling else None, method=sampling.method if sampling else None,
                    model_args=getattr(req, "model_args", None), ph=_cast(meta.get("ph"), int, "metadata.ph"),
                    pw=_cast(meta.get("pw"), int, "metadata.pw"))
-
-
-def parse_json(model: type, body: bytes | str | dict[str, Any]) -> Any:
-    """Validate a JSON body (or an already parsed WebSocket message) against a request model."""
-    try:
-        return model.model_validate(body) if isinstance(body, dict) else model.model_validate_json(body)
-    except ValidationError as exc:
-        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
-        raise _invalid(f"the request does not match the schema: {where}", ErrorCode.INVALID_REQUEST) from None
 
 
 def check_encoding(model: Eden, enc: FrameEncoding) -> None:
@@ -263,7 +254,7 @@ class InterpolateAPI(EdgeStage):
         kind = media_type(request)
         answer = response_format(request, ANSWER_TYPES, kind == BLOB_MEDIA_TYPE)
         if kind == JSON:
-            req = parse_json(InterpolateRequest, await request.body())
+            req = parse_body(InterpolateRequest, await request.body())
             blob, opts = b64decode_field(req.enc_out, "enc_out"), options_from_json(req)
         elif kind == BLOB_MEDIA_TYPE:
             blob, opts = await request.body(), options_from_flat(request.query_params)
@@ -282,7 +273,7 @@ class SessionFrameAPI(EdgeStage):
         answer = response_format(request, ANSWER_TYPES, kind in (BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE))
         blob = pixels = None
         if kind == JSON:
-            req = parse_json(SessionFrameRequest, await request.body())
+            req = parse_body(SessionFrameRequest, await request.body())
             blob, pixels = await session_input(req)
             opts, wanted = options_from_json(req), req.interpolate
         elif kind in (BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE):
@@ -445,7 +436,7 @@ async def ws_interpolate(req: WsRequest, app: FastAPI, rt: ModelRuntime) -> WsRe
     if req.binary:
         blob, opts = req.payload, options_from_flat(req.header)
     else:
-        parsed = parse_json(InterpolateRequest, req.body)
+        parsed = parse_body(InterpolateRequest, req.body)
         blob, opts = b64decode_field(parsed.enc_out, "enc_out"), options_from_json(parsed)
     encoded = await run_in_threadpool(unpack_encoding, blob, frames=2)
     job = pair_job(model, encoded, opts, req.request_id)
@@ -466,7 +457,7 @@ async def ws_session_frame(req: WsRequest, app: FastAPI, rt: ModelRuntime) -> Ws
             blob = req.payload
         opts, wanted = options_from_flat(req.header), req.header.get("interpolate")
     else:
-        parsed = parse_json(SessionFrameRequest, body)
+        parsed = parse_body(SessionFrameRequest, body)
         blob, pixels = await session_input(parsed)
         opts, wanted = options_from_json(parsed), parsed.interpolate
     job = await session_job(model, app, session_id, index, opts, wanted, req.request_id, JSON, blob=blob,
@@ -484,7 +475,7 @@ async def ws_interpolate_frames(req: WsRequest, app: FastAPI, rt: ModelRuntime) 
         opts = options_from_flat(req.header)
     else:
         frames = await run_in_threadpool(frames_from_json, req.body, PAIR)
-        opts = options_from_json(parse_json(InterpolateOptions, req.body))
+        opts = options_from_json(parse_body(InterpolateOptions, req.body))
     check_frames(frames)
     job = await proxy_job(app, model, frames, opts, req.request_id, JSON)
     frame = await rt.predict(EDGE_STAGE, job)

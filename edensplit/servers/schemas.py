@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edensplit.errors import EdenError, ErrorCode
 
 T = TypeVar("T")
 
@@ -129,3 +131,19 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
         return [resolve(v) for v in node] if isinstance(node, list) else node
 
     return resolve(schema)
+
+
+def schema_error(errors: list[dict[str, Any]]) -> EdenError:
+    """INVALID_REQUEST naming where a body breaks the schema (the first three places), all of them in details."""
+    found = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in errors]
+    where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in found[:3])
+    return EdenError(f"the request does not match the schema: {where}", code=ErrorCode.INVALID_REQUEST,
+                     details={"errors": found})
+
+
+def parse_body(model: type[BaseModel], body: bytes | str | dict[str, Any]) -> Any:
+    """Validate a JSON body (or an already parsed WebSocket message) against a request model."""
+    try:
+        return model.model_validate(body) if isinstance(body, dict) else model.model_validate_json(body)
+    except ValidationError as exc:
+        raise schema_error(exc.errors()) from None

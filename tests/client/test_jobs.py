@@ -4,7 +4,6 @@ and the output order is f0, m01, f1, m12, ..."""
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 
@@ -14,17 +13,22 @@ from tests.conftest import make_frames
 
 
 class Watched:
-    """The real local backend, watched: how many pairs run at once."""
+    """The real local backend, watched: how many pairs run at once. Pair 0 finishes only once pair 1 has
+    started, which can happen only if the stream submits the next pair while the previous one runs."""
 
     def __init__(self, backend: LocalBackend):
         self.backend, self.running, self.most, self.lock = backend, 0, 0, threading.Lock()
+        self.second_started = threading.Event()
 
     def interpolate_pair(self, frame0, frame1, seed, index):
         with self.lock:
             self.running += 1
             self.most = max(self.most, self.running)
+        if index == 1:
+            self.second_started.set()
         try:
-            time.sleep(0.02)  # widen the window in which two pairs can overlap
+            if index == 0:
+                assert self.second_started.wait(timeout=30), "pair 1 never started while pair 0 ran"
             return self.backend.interpolate_pair(frame0, frame1, seed, index)
         finally:
             with self.lock:
