@@ -2,8 +2,9 @@
 
     python benchmarks/golden_errors.py [FIXTURES_DIR]
 
-(default ../shared/fixtures/eden-reference). tests/model/test_golden.py asserts the bounds; this
-prints the measured max absolute errors.
+(default tests/fixtures/eden-reference, the in-repo copy; a folder holding NAME.pt instead of
+NAME.safetensors works too). tests/model/test_golden.py asserts the bounds; this prints the
+measured max absolute errors.
 """
 
 from __future__ import annotations
@@ -18,12 +19,22 @@ import torch
 from edensplit.model import EdenConfig, encode_frames, frame_difference, interpolate, load_model
 from edensplit.model.stages import normalise_difference
 
+DEFAULT_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "eden-reference"
+
+
+def checkpoint(fixtures: Path, name: str) -> Path:
+    """NAME.safetensors (the in-repo copy) or NAME.pt (the original folder), whichever is there."""
+    for suffix in (".safetensors", ".pt"):
+        if (path := fixtures / f"{name}{suffix}").is_file():
+            return path
+    raise FileNotFoundError(f"no {name}.safetensors or {name}.pt in {fixtures}")
+
 
 def errors(fixtures: Path, name: str) -> dict[str, float]:
     meta = json.loads((fixtures / f"{name}.json").read_text())
     ref = dict(np.load(fixtures / f"{name}.npz"))
     config = EdenConfig.from_dict(meta)
-    model = load_model(fixtures / f"{name}.pt", config)
+    model = load_model(checkpoint(fixtures, name), config)
     enc0, enc1 = encode_frames(model, ref["frame0_u8"]), encode_frames(model, ref["frame1_u8"])
     raw = frame_difference(ref["frame0_u8"], ref["frame1_u8"])
     trace: dict = {}
@@ -37,8 +48,12 @@ def errors(fixtures: Path, name: str) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    fixtures = Path(argv[0]) if argv else Path(__file__).resolve().parents[2] / "shared/fixtures/eden-reference"
-    for case in sorted(p.stem for p in fixtures.glob("*.npz")):
+    fixtures = Path(argv[0]) if argv else DEFAULT_FIXTURES
+    cases = sorted(p.stem for p in fixtures.glob("*.npz"))
+    if not cases:
+        print(f"no golden cases (*.npz) in {fixtures}", file=sys.stderr)
+        return 1
+    for case in cases:
         print(case, "  ".join(f"{k} {v:.2e}" for k, v in errors(fixtures, case).items()))
     return 0
 

@@ -19,8 +19,8 @@ from edensplit.servers.launch import ServerProcess
 from edensplit.settings import ServerSettings
 from edensplit.video import make_sample_clip, read_png
 
-FIXTURES = Path(os.environ.get("EDEN_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-                               / "eden-reference"))
+# In-repo golden vectors by default, so a clone tests on its own; EDEN_FIXTURES may point at another copy.
+FIXTURES = Path(os.environ.get("EDEN_FIXTURES", Path(__file__).resolve().parent / "fixtures" / "eden-reference"))
 TINY_ARGS = ModelArgs(hidden_dim=32, num_heads=2, dit_depth=1, decoder_depth=1, qkv_bias=True)
 TINY_CONFIG = EdenConfig(model_args=TINY_ARGS)
 
@@ -29,6 +29,14 @@ TINY_CONFIG = EdenConfig(model_args=TINY_ARGS)
 def fixtures_dir() -> Path:
     assert FIXTURES.is_dir(), f"golden fixtures not found at {FIXTURES} (set EDEN_FIXTURES)"
     return FIXTURES
+
+
+def fixture_checkpoint(folder: Path, name: str) -> Path:
+    """The checkpoint of golden case `name`: NAME.safetensors (in-repo copy) or NAME.pt (the original folder)."""
+    for suffix in (".safetensors", ".pt"):
+        if (path := folder / f"{name}{suffix}").is_file():
+            return path
+    raise FileNotFoundError(f"no {name}.safetensors or {name}.pt in {folder}")
 
 
 @pytest.fixture(scope="session")

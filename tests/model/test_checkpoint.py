@@ -11,7 +11,7 @@ import torch
 from edensplit.errors import CheckpointError, ConfigError
 from edensplit.model import ENCODE, INTERPOLATE, EdenConfig, load_config, load_model
 from edensplit.model.checkpoint import expected_shapes, read_state_dict
-from tests.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG, fixture_checkpoint
 
 
 def released_shapes(fixtures_dir) -> dict[str, tuple[int, ...]]:
@@ -50,7 +50,7 @@ def test_upstream_eval_config_loads_with_released_values(fixtures_dir):
 
 
 def test_stage_models_hold_only_their_weights(fixtures_dir):
-    path = fixtures_dir / "tiny_96x128.pt"
+    path = fixture_checkpoint(fixtures_dir, "tiny_96x128")
     config = EdenConfig.from_dict({"model_args": {"hidden_dim": 96, "num_heads": 6, "dit_depth": 2,
                                                   "decoder_depth": 2, "qkv_bias": True}})
     cloud = load_model(path, config, stages={ENCODE})
@@ -104,7 +104,7 @@ def test_wrong_keys_are_named(tmp_path):
 
 def test_wrong_shapes_are_named(tmp_path, fixtures_dir):
     with pytest.raises(CheckpointError) as err:
-        load_model(fixtures_dir / "tiny_70x100.pt", EdenConfig())  # a D=64 file, the full-size config
+        load_model(fixture_checkpoint(fixtures_dir, "tiny_70x100"), EdenConfig())  # a D=64 file, the full-size config
     message = str(err.value)
     assert "does not match the config" in message
     assert "proj_in.weight: checkpoint (64, 16), config expects (768, 16)" in message

@@ -10,6 +10,7 @@ import torch
 
 from edensplit.model import EdenConfig, encode_frames, frame_difference, interpolate, load_model, make_noise
 from edensplit.model.stages import normalise_difference
+from tests.conftest import fixture_checkpoint
 
 CASES = ["tiny_70x100", "tiny_96x128"]
 
@@ -23,7 +24,7 @@ def case(request, fixtures_dir):
     meta = json.loads((fixtures_dir / f"{request.param}.json").read_text())
     arrays = dict(np.load(fixtures_dir / f"{request.param}.npz"))
     config = EdenConfig.from_dict(meta)
-    model = load_model(fixtures_dir / f"{request.param}.pt", config)
+    model = load_model(fixture_checkpoint(fixtures_dir, request.param), config)
     return meta, arrays, config, model
 
 
