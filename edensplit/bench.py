@@ -148,19 +148,35 @@ def _mb(x: float | None) -> str:
     return "-" if x is None else f"{x / 1e6:.3f}"
 
 
-def format_row(row: Row) -> str:
+# One column per hop, named by the server that counts it (its /metrics): (Row.hops key, column header).
+# Flow A: client→cloud, cloud→client, client→edge, edge→client. Flow B (the edge proxies to the cloud):
+# edge→cloud, cloud→edge, client→edge, edge→client.
+HOP_COLUMNS = (
+    ("cloud_in", "into cloud MB (A: client→cloud, B: edge→cloud)"),
+    ("cloud_out", "out of cloud MB (A: cloud→client, B: cloud→edge)"),
+    ("edge_in", "into edge MB (client→edge)"),
+    ("edge_out", "out of edge MB (edge→client)"),
+)
+COLUMNS = ("transport", "wire dtype", "flow", "output frames/s", "p50 ms", "p95 ms",
+           *(title for _, title in HOP_COLUMNS), "cloud→client→edge MB", "vs local", "frames vs local")
+
+
+def _table_line(cells: list[str] | tuple[str, ...]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def row_cells(row: Row) -> list[str]:
+    """A row's cells, one per entry of COLUMNS ('-' where a hop or figure does not apply)."""
     h = row.hops
-    if row.flow.startswith("b"):  # client -> edge (frames) -> cloud -> edge -> client
-        a_path = None
-        hops = (f"client→edge {_mb(h.get('edge_in'))} | edge→cloud {_mb(h.get('cloud_in'))} | "
-                f"cloud→edge {_mb(h.get('cloud_out'))} | edge→client {_mb(h.get('edge_out'))}")
-    else:
-        a_path = (h.get("cloud_out", 0) + h.get("edge_in", 0)) if h else None
-        hops = (f"client→cloud {_mb(h.get('cloud_in'))} | cloud→client {_mb(h.get('cloud_out'))} | "
-                f"client→edge {_mb(h.get('edge_in'))} | edge→client {_mb(h.get('edge_out'))}")
+    a_path = (h.get("cloud_out", 0) + h.get("edge_in", 0)) if h and not row.flow.startswith("b") else None
     same = "-" if row.error is None else ("identical" if row.error == 0 else f"{row.error:.3f}")
-    return (f"| {row.transport} | {row.dtype} | {row.flow} | {row.fps:.2f} | {row.p50_ms:.0f} | {row.p95_ms:.0f} | "
-            f"{hops if row.hops else '-'} | {_mb(a_path)} | {row.speed:.2f}x | {same} |")
+    return [row.transport, row.dtype, row.flow, f"{row.fps:.2f}", f"{row.p50_ms:.0f}", f"{row.p95_ms:.0f}",
+            *(_mb(h.get(key)) for key, _ in HOP_COLUMNS), _mb(a_path), f"{row.speed:.2f}x", same]
+
+
+def format_row(row: Row) -> str:
+    """One Markdown table row: exactly len(COLUMNS) cells, so it renders under the report's header."""
+    return _table_line(row_cells(row))
 
 
 def report(rows: list[Row], size: tuple[int, int], n_frames: int, window: int) -> str:
@@ -170,13 +186,14 @@ def report(rows: list[Row], size: tuple[int, int], n_frames: int, window: int) -
         f"edensplit bench: {size[0]}x{size[1]}, {n_frames} input frames ({2 * n_frames - 1} output, "
         f"{n_frames - 1} generated), pairs in flight {window}; {os.cpu_count()} cores ({cpu}), {device}, "
         f"torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
-        "Bytes are per generated frame, as counted by the servers; the cloud→client→edge column is the "
-        "flow-A path (cloud out + edge in). 'vs local' is output frames/s relative to --local in one process; "
+        "Bytes are per generated frame (MB), as counted by the servers, one column per hop: flow A's hops are "
+        "client→cloud, cloud→client, client→edge, edge→client; flow B's (the edge forwards to the cloud) "
+        "edge→cloud, cloud→edge, client→edge, edge→client. The cloud→client→edge column is the flow-A path "
+        "(cloud out + edge in). 'vs local' is output frames/s relative to --local in one process; "
         "'frames vs local' the mean absolute difference of the generated frames in grey levels.",
         "",
-        "| transport | wire dtype | flow | output frames/s | p50 ms | p95 ms "
-        "| bytes per generated frame on each hop (MB) | cloud→client→edge MB | vs local | frames vs local |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        _table_line(COLUMNS),
+        "|" + "---|" * len(COLUMNS),
     ]
     lines += [format_row(r) for r in rows]
     return "\n".join(lines) + "\n"

@@ -3,7 +3,7 @@ against --local. (A smoke run at a tiny size; the figures themselves come from r
 
 from __future__ import annotations
 
-from edensplit.bench import run_bench
+from edensplit.bench import COLUMNS, Row, report, run_bench
 
 
 def test_bench_rows_compare_flows_and_check_frames(monkeypatch, model_env, tmp_path):
@@ -27,4 +27,36 @@ def test_bench_rows_compare_flows_and_check_frames(monkeypatch, model_env, tmp_p
     # Flow B with a session: each frame goes to the edge once and is encoded once.
     assert proxy_once.hops["edge_in"] < 0.8 * proxy.hops["edge_in"]
     assert proxy_once.hops["cloud_out"] < 0.8 * proxy.hops["cloud_out"]
-    assert "| ws-binary | float32 | a-once |" in (tmp_path / "bench.md").read_text()
+    text = (tmp_path / "bench.md").read_text()
+    assert "| ws-binary | float32 | a-once |" in text
+    assert {len(cells(line)) for line in text.splitlines() if line.startswith("|")} == {len(COLUMNS)}
+
+
+def cells(line: str) -> list[str]:
+    """A Markdown table line's cells (the line starts and ends with a pipe; no cell holds one)."""
+    assert line.startswith("|") and line.endswith("|"), line
+    return [c.strip() for c in line[1:-1].split("|")]
+
+
+def test_report_table_has_one_cell_per_column_on_every_line():
+    hops = {"cloud_in": 1.5e6, "cloud_out": 2.25e6, "edge_in": 2.5e6, "edge_out": 0.2e6}
+    rows = [Row("local", "float32", "-", 3.0, 300, 320, {}, 1.0, None),
+            Row("http-binary", "float16", "a-pairs", 2.5, 400, 450, hops, 0.83, 0.25),
+            Row("ws-binary", "float32", "b-once", 2.0, 500, 520, {k: v / 2 for k, v in hops.items()}, 0.67, 0.0)]
+    text = report(rows, (48, 64), 4, 2)
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(rows)  # header, separator, one line per row
+    header, separator, *body = (cells(line) for line in table)
+    assert header == list(COLUMNS)
+    assert separator == ["---"] * len(header)
+    for row, line in zip(rows, body, strict=True):
+        assert len(line) == len(header), line
+        by_column = dict(zip(header, line, strict=True))
+        assert by_column["transport"] == row.transport and by_column["flow"] == row.flow
+    a_row, b_row = (dict(zip(header, line, strict=True)) for line in body[1:])
+    # Each hop lands in its own column, in MB; the flow-A path sums cloud out and edge in.
+    assert [a_row[c] for c in COLUMNS[6:10]] == ["1.500", "2.250", "2.500", "0.200"]
+    assert a_row["cloud→client→edge MB"] == "4.750" and a_row["frames vs local"] == "0.250"
+    assert [b_row[c] for c in COLUMNS[6:10]] == ["0.750", "1.125", "1.250", "0.100"]
+    assert b_row["cloud→client→edge MB"] == "-" and b_row["frames vs local"] == "identical"
+    assert body[0][6:11] == ["-"] * 5  # the local row has no hops
