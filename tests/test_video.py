@@ -50,10 +50,13 @@ def test_round_trip_count_size_and_exact_rate(tmp_path, codec, rate):
     info = probe_video(path)
     assert (info.width, info.height) == (64, 48)
     assert info.rate == rate and isinstance(info.rate, Fraction)
-    assert info.frames in (12, None)  # Matroska does not store a frame count
+    assert info.frames == (None if SUFFIX[codec] == ".mkv" else 12)  # Matroska does not store a frame count
     out = list(read_frames(path))
     assert len(out) == 12
     assert all(f.shape == (48, 64, 3) and f.dtype == np.uint8 for f in out)
+    # The frames that come back are the ones written, in order. Measured mean error: 0 lossless, <= 4.31
+    # libx264 (the frames carry sigma-4 noise), 4.06 mpeg4; each frame against its neighbour differs by >= 7.3.
+    assert np.abs(np.stack(out).astype(np.int16) - frames).mean() < 5.5
 
 
 @pytest.mark.parametrize("codec", LOSSLESS)

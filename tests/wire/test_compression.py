@@ -201,16 +201,17 @@ def test_measure_sane():
     assert [(r.codec, r.level) for r in results] == [
         *((c, DEFAULT_LEVELS[c]) for c in CODECS), ("gzip", 6), ("zstd", 3)]
     for r in results:
-        assert isinstance(r, CompressionResult)
         assert r.raw_bytes == len(data)
         assert r.compressed_bytes == len(compress(data, r.codec, r.level))
         assert 0 < r.ratio <= 1.1
         assert r.saved == pytest.approx(1 - r.ratio)
-        assert r.compress_s >= 0 and r.decompress_s >= 0
+        assert 0 <= r.compress_s < 60 and 0 <= r.decompress_s < 60  # timed (an untimed codec would stay at inf)
         assert r.compress_mb_s > 0 and r.decompress_mb_s > 0
     identity = results[0]
     assert identity.ratio == 1.0 and identity.saved == 0.0
-    assert min(r.ratio for r in results) < 0.98  # float16 exponents repeat: something compresses
+    # float16 exponents repeat: every codec with an entropy stage saves bytes (measured ratio 0.919-0.925);
+    # lz4, which only finds repeated strings, does not (measured 1.0003).
+    assert {r.codec for r in results if r.ratio < 0.95} == {"gzip", "deflate", "zstd"}
 
 
 def test_measure_rejects_bad_repeats():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import struct
+
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -47,8 +50,15 @@ def test_one_frame_and_a_non_contiguous_input():
     assert np.array_equal(frames["middle"], frame)
 
 
-def test_media_type():
-    assert FRAMES_MEDIA_TYPE == "application/vnd.edensplit.frames+safetensors"
+def test_media_type_names_the_container_it_labels(pair):
+    """The type says what pack_frames writes: a body any safetensors reader opens (the "+safetensors"
+    suffix) whose format, in the container's own metadata, is the vendor subtype."""
+    data = pack_frames(pair)
+    header_len = struct.unpack("<Q", data[:8])[0]
+    metadata = json.loads(data[8: 8 + header_len])["__metadata__"]  # read per the safetensors spec, not by us
+    assert f"application/vnd.{metadata['format']}+safetensors" == FRAMES_MEDIA_TYPE
+    plain = safetensors.numpy.load(data)
+    assert all(np.array_equal(plain[name], pair[name]) for name in NAMES)
 
 
 def test_pack_refuses_what_is_not_a_frame(pair):

@@ -87,10 +87,11 @@ def test_formats_outside_the_allow_list_are_refused():
         decode_image(_save(Image.new("RGB", (8, 8)), "GIF"))
 
 
-def test_too_many_pixels_are_refused_before_decoding():
-    assert MAX_PIXELS < 9000 * 9000
-    with wire_error(ErrorCode.INVALID_IMAGE, "frame0 is 9000x9000 pixels, more than the limit"):
-        decode_image(_png_claiming(9000, 9000), "frame0")
+@pytest.mark.parametrize(("width", "height"), [(4096, MAX_PIXELS // 4096 + 1), (9000, 9000)],
+                         ids=["one-row-over-the-limit", "9000x9000"])
+def test_too_many_pixels_are_refused_before_decoding(width, height):
+    with wire_error(ErrorCode.INVALID_IMAGE, f"frame0 is {width}x{height} pixels, more than the limit of {MAX_PIXELS}"):
+        decode_image(_png_claiming(width, height), "frame0")
 
 
 def test_pil_decompression_bomb_is_an_invalid_image():
