@@ -1,5 +1,12 @@
-"""The user's original entry point, kept: `uvicorn cloud_server.main:app --port 8000`."""
+"""The user's original entry point, kept: `uvicorn cloud_server.main:app --port 8000` (and gunicorn's
+`cloud_server.main:app`). The app is built on first access, not at import."""
 
-from edensplit.cloud import app
+from typing import Any
 
-__all__ = ["app"]
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        from edensplit.cloud import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

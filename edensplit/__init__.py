@@ -13,8 +13,8 @@ from edensplit.model import (
     load_model,
     noise_seed,
 )
+from edensplit.version import __version__
 
-__version__ = "0.1.0"
 __all__ = [
     "CheckpointError", "ConfigError", "EdenConfig", "EdenError", "FrameEncoding", "InputError",
     "LocalPipeline", "Sampler", "encode_frames", "frame_difference", "interpolate", "load_config",

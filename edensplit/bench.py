@@ -23,7 +23,6 @@ import httpx
 import numpy as np
 import torch
 
-from edensplit.cli import FLOWS, TRANSPORTS
 from edensplit.client.flows import open_backend
 from edensplit.client.jobs import LocalBackend, PairBackend, interpolate_stream
 from edensplit.client.payloads import Sampling
@@ -33,6 +32,8 @@ from edensplit.servers.runtime import load_model_for
 from edensplit.settings import ModelSettings
 from edensplit.video import make_sample_clip, read_frames
 
+TRANSPORTS = ("http-json", "http-binary", "ws-json", "ws-binary")
+FLOWS = ("a-pairs", "a-once", "b-pairs", "b-once")
 _BYTES = re.compile(r'^edensplit_(request|response)_bytes_total\{route="([^"]+)"\} ([0-9.e+]+)$', re.M)
 
 

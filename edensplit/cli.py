@@ -12,12 +12,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from edensplit import __version__
 from edensplit.errors import EdenError
 from edensplit.settings import ClientSettings, ModelSettings, ServerSettings
-
-TRANSPORTS = ("http-json", "http-binary", "ws-json", "ws-binary")
-FLOWS = ("a-pairs", "a-once", "b-pairs", "b-once")
+from edensplit.version import __version__
 
 
 def _flag(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None:
@@ -97,9 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmark transports x wire dtypes x flows against --local")
     _flag(b, "size", default="240x428", help="HxW of the generated clip (default 240x428; 480x854 is the paper's)")
     _flag(b, "frames", type=int, default=6, help="input frames (default 6)")
-    _flag(b, "transports", default=",".join(TRANSPORTS), help=f"comma-separated, of {', '.join(TRANSPORTS)}")
+    _flag(b, "transports", help="comma-separated, of http-json, http-binary, ws-json, ws-binary (default: all)")
     _flag(b, "dtypes", default="float32,float16", help="wire dtypes, comma-separated")
-    _flag(b, "flows", default=",".join(FLOWS), help=f"comma-separated, of {', '.join(FLOWS)}")
+    _flag(b, "flows", help="comma-separated, of a-pairs, a-once, b-pairs, b-once (default: all)")
     _flag(b, "window", type=int, default=2, help="pairs in flight (default 2)")
     _flag(b, "output", help="also write the table to this file")
     return parser
@@ -108,10 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from edensplit.bench import parse_size, run_bench
+    from edensplit.bench import FLOWS, TRANSPORTS, parse_size, run_bench
 
-    run_bench(parse_size(args.size), args.frames, tuple(args.transports.split(",")), tuple(args.dtypes.split(",")),
-              tuple(args.flows.split(",")), args.window, Path(args.output) if args.output else None)
+    transports = tuple(args.transports.split(",")) if args.transports else TRANSPORTS
+    flows = tuple(args.flows.split(",")) if args.flows else FLOWS
+    run_bench(parse_size(args.size), args.frames, transports, tuple(args.dtypes.split(",")), flows, args.window,
+              Path(args.output) if args.output else None)
     return 0
 
 

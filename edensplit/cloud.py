@@ -1,5 +1,24 @@
-"""`uvicorn edensplit.cloud:app`: the cloud server (see edensplit.servers.cloud)."""
+"""`uvicorn edensplit.cloud:app`: the cloud server (see edensplit.servers.cloud).
 
-from edensplit.servers.cloud import app, create_cloud_app
+`app` is built on first access, from the environment: importing this module builds nothing.
+"""
 
-__all__ = ["app", "create_cloud_app"]
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from edensplit.servers.cloud import create_cloud_app
+
+__all__ = ["create_cloud_app"]  # and `app`, through __getattr__
+
+
+@functools.cache
+def _app() -> Any:
+    return create_cloud_app()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return _app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

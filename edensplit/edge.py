@@ -1,5 +1,24 @@
-"""`uvicorn edensplit.edge:app`: the edge server (see edensplit.servers.edge)."""
+"""`uvicorn edensplit.edge:app`: the edge server (see edensplit.servers.edge).
 
-from edensplit.servers.edge import app, create_edge_app
+`app` is built on first access, from the environment: importing this module builds nothing.
+"""
 
-__all__ = ["app", "create_edge_app"]
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from edensplit.servers.edge import create_edge_app
+
+__all__ = ["create_edge_app"]  # and `app`, through __getattr__
+
+
+@functools.cache
+def _app() -> Any:
+    return create_edge_app()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return _app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

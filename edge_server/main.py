@@ -1,5 +1,12 @@
-"""The user's original entry point, kept: `uvicorn edge_server.main:app --port 8001`."""
+"""The user's original entry point, kept: `uvicorn edge_server.main:app --port 8001` (and gunicorn's
+`edge_server.main:app`). The app is built on first access, not at import."""
 
-from edensplit.edge import app
+from typing import Any
 
-__all__ = ["app"]
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        from edensplit.edge import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,12 +10,17 @@ rounding (tests hold them to 1e-5 before rounding to uint8), which is why this i
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from edensplit.errors import EdenError, ErrorCode
+
 J = TypeVar("J")
 R = TypeVar("R")
+HISTORY = 256  # batch sizes remembered, for tests and health: a window, not a log
 
 
 @dataclass
@@ -35,7 +40,7 @@ class Batcher(Generic[J, R]):
         self._queue: list[_Waiting[J]] = []
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        self.batches: list[int] = []  # sizes of the batches run, for tests and metrics
+        self.batches: deque[int] = deque(maxlen=HISTORY)  # sizes of the latest batches run
 
     async def submit(self, job: J) -> R:
         if self._worker is None or self._worker.done():
@@ -52,33 +57,59 @@ class Batcher(Generic[J, R]):
             self._queue.remove(w)
         return batch
 
-    async def _work(self) -> None:
+    async def _fill(self) -> None:
+        """Wait up to `wait_s` for the first job's batch to fill."""
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        while sum(w.key == self._queue[0].key for w in self._queue) < self.max_batch:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _work(self) -> None:
         while True:
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            deadline = loop.time() + self.wait_s
-            while sum(w.key == self._queue[0].key for w in self._queue) < self.max_batch:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except TimeoutError:
-                    break
+            await self._fill()
             batch = [w for w in self._take() if not w.done.cancelled()]
-            if not batch:
-                continue
-            self.batches.append(len(batch))
-            try:
-                results = await self.execute(self.run_batch, [w.job for w in batch])
-            except Exception as exc:  # every request of the batch gets the error (an EdenError keeps its code)
-                for w in batch:
-                    if not w.done.done():
-                        w.done.set_exception(exc)
-                continue
-            for w, result in zip(batch, results, strict=True):
-                if not w.done.done():
-                    w.done.set_result(result)
+            if batch:
+                self.batches.append(len(batch))
+                await self._run(batch)
+
+    async def _run(self, batch: list[_Waiting[J]]) -> None:
+        """Run one batch; any failure, a wrong number of results included, fails every job of it."""
+        try:
+            results = list(await self.execute(self.run_batch, [w.job for w in batch]))
+            if len(results) != len(batch):
+                raise EdenError(f"the model returned {len(results)} results for a batch of {len(batch)}",
+                                code=ErrorCode.MODEL_ERROR)
+        except asyncio.CancelledError:
+            self._fail(batch, EdenError("the server is shutting down", code=ErrorCode.NOT_READY))
+            raise
+        except Exception as exc:  # every request of the batch gets the error (an EdenError keeps its code)
+            self._fail(batch, exc)
+            return
+        for w, result in zip(batch, results, strict=True):
+            if not w.done.done():
+                w.done.set_result(result)
+
+    @staticmethod
+    def _fail(batch: list[_Waiting[J]], exc: BaseException) -> None:
+        for w in batch:
+            if not w.done.done():
+                w.done.set_exception(exc)
+
+    async def close(self) -> None:
+        """Stop the worker; jobs still waiting get NOT_READY instead of waiting forever."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        self._fail(self._queue, EdenError("the server is shutting down", code=ErrorCode.NOT_READY))
+        self._queue.clear()

@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 
 import torch
 
-from edensplit import __version__
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import Eden, load_config, load_model
 from edensplit.servers.batching import Batcher
 from edensplit.settings import DTYPES, ModelSettings
+from edensplit.version import __version__
 
 log = logging.getLogger("edensplit.server")
 R = TypeVar("R")
@@ -53,7 +53,7 @@ class ModelRuntime:
         self.stage = stage
         self.max_inflight = max_inflight
         self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
-        self._batchers: dict[int, Batcher[Any, Any]] = {}
+        self.batchers: dict[Callable[..., Any], Batcher[Any, Any]] = {}
         self.model = model
         self.load_error: str | None = None
         self.inflight = 0
@@ -84,15 +84,16 @@ class ModelRuntime:
         model = self.require_model()
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, model, *args)
 
-    async def predict(self, api: Any, job: Any) -> Any:
-        """api.predict for one job, batched with others of the same api.batch_key when batching is on."""
-        if self.max_batch <= 1 or api.batch_key(job) is None:
-            return (await self.run(api.predict, [job]))[0]
-        shared = getattr(api.predict, "__func__", api.predict)  # APIs sharing a predict share one batcher
-        batcher = self._batchers.get(id(shared))
+    async def predict(self, stage: Any, job: Any) -> Any:
+        """stage.predict for one job on the model thread, batched with others of the same stage.batch_key
+        when batching is on. Stages that share a predict function share one batcher."""
+        if self.max_batch <= 1 or stage.batch_key(job) is None:
+            return (await self.run(stage.predict, [job]))[0]
+        shared = getattr(stage.predict, "__func__", stage.predict)
+        batcher = self.batchers.get(shared)
         if batcher is None:
-            batcher = self._batchers[id(shared)] = Batcher(api.predict, api.batch_key, self.run, self.max_batch,
-                                                        self.batch_wait_s)
+            batcher = self.batchers[shared] = Batcher(stage.predict, stage.batch_key, self.run, self.max_batch,
+                                                      self.batch_wait_s)
         return await batcher.submit(job)
 
     def health(self) -> dict[str, Any]:
@@ -110,5 +111,9 @@ class ModelRuntime:
                         model_args=model.args.as_dict())
         return info
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Stop the batchers' tasks (their waiting jobs fail with NOT_READY), then the model thread."""
+        for batcher in self.batchers.values():
+            await batcher.close()
+        self.batchers.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -61,8 +61,9 @@ class SamplingConfig(BaseModel):
     method: str = Field("euler", description="euler or heun")
 
 
-class InterpolateOptions(BaseModel):
-    """What the edge's requests share: the sampling options (all optional)."""
+class OptionsBody(BaseModel):
+    """The sampling options in the user's JSON shape (all optional). Their types are checked here; their
+    ranges by `edensplit.wire.options.Options`, which every transport's options go through."""
 
     difference: float | None = Field(None, description="raw mean cosine similarity; defaults to the blob's")
     vae_scaler: float | None = Field(None, description="defaults to the loaded config (EDEN: 0.179437). Note: "
@@ -73,16 +74,20 @@ class InterpolateOptions(BaseModel):
     metadata: dict[str, Any] | None = Field(None, description="ph/pw, when sent, must match the blob")
 
 
-class InterpolateRequest(InterpolateOptions):
+class InterpolateRequest(OptionsBody):
     enc_out: str = Field(description="base64 of the enc_out blob from /api/v1/encode")
     model_args: dict[str, Any] | None = Field(None, description="when sent, must match the loaded model")
 
 
-class SessionFrameRequest(InterpolateOptions):
+class SessionFrameRequest(OptionsBody):
     enc_out: str | None = Field(None, description="flow A: base64 of one frame's enc_out blob (/api/v1/encode_frame)")
     frame: str | None = Field(None, description="flow B: base64 PNG/JPEG of the frame; the edge has the cloud "
                                                 "encode it and computes the difference itself")
     interpolate: bool | None = Field(None, description="default: true for k > 0; false only stores the frame")
+
+
+class InterpolateFramesRequest(EncodeRequest, OptionsBody):
+    """Flow B: the cloud's /encode body plus the sampling options."""
 
 
 class InterpolateMetadata(BaseModel):

@@ -1,11 +1,14 @@
-"""WebSocket serving: one connection, many requests in flight, each answered by its request_id.
+"""The WebSocket adapter of the stage contract: one connection, many requests in flight, each answered by
+its request_id.
 
 Messages are JSON text (the user's shapes, base64 payloads) or binary (an EDS1 header naming the
-request, then raw bytes), chunked when large (see edensplit.wire.messages). Each connection admits
-at most `window` unanswered requests; more get an OVERLOADED error. Answers are sent as they are
-ready, which may be out of order: clients match them by request_id. A bad message gets an `error`
-message and the connection and the server keep going. Transport-level ping/pong is uvicorn's
-(every 20 s by default); `{"type": "ping"}` is answered with `{"type": "pong"}` too.
+request and its `content_type`, then raw bytes), chunked when large (see edensplit.wire.messages).
+A message becomes a `StageInput` (a text message's fields are its document and options; a binary
+message's header its options), so each operation is the same code as over HTTP. Each connection
+admits at most `window` unanswered requests; more get an OVERLOADED error. Answers are sent as they
+are ready, which may be out of order: clients match them by request_id. A bad message gets an `error`
+message and the connection and the server keep going. Transport-level ping/pong is uvicorn's (every
+20 s by default); `{"type": "ping"}` is answered with `{"type": "pong"}` too.
 """
 
 from __future__ import annotations
@@ -13,62 +16,73 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import WebSocket, WebSocketDisconnect
+from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketState
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.servers.runtime import ModelRuntime
-from edensplit.wire.messages import CHUNK_BYTES, Reassembler, split_binary, split_text
+from edensplit.servers.contract import JSON, Stage, StageInput, StageReply, check_content_type, run_stage
+from edensplit.servers.envelope import error_body
+from edensplit.wire.messages import CHUNK_BYTES, Reassembler, parse_text, split_binary, split_text
 
 log = logging.getLogger("edensplit.server")
 access_log = logging.getLogger("edensplit.access")
 WS_WINDOW = 8
+INLINE_PARSE_BYTES = 64 * 2**10  # text messages larger than this are parsed on the thread pool
 
 
 @dataclass
 class WsRequest:
-    """One whole request message: the JSON message (or binary header) and the binary payload."""
+    """One whole request message: the JSON message (or binary header), the binary payload, its wire size."""
 
     type: str
     request_id: str
     binary: bool
     header: dict[str, Any]
     payload: bytes = b""
+    size: int = 0
     started: float = field(default_factory=time.perf_counter)
 
     @property
-    def body(self) -> dict[str, Any]:
-        """The JSON message's `payload` object, falling back to the message itself (top-level fields)."""
+    def fields(self) -> dict[str, Any]:
+        """The message's fields with its `payload` object merged in (the user's shape nests them there)."""
         inner = self.header.get("payload")
         return {**self.header, **inner} if isinstance(inner, dict) else self.header
 
-
-@dataclass
-class WsReply:
-    """An answer: JSON `payload` fields for text messages, `data` bytes for binary ones, and metadata."""
-
-    metadata: dict[str, Any]
-    payload: dict[str, Any] | None = None
-    data: bytes = b""
+    def stage_input(self, stage: Stage[Any, Any]) -> StageInput:
+        if self.binary:
+            kind = str(self.header.get("content_type") or stage.binary_inputs[0]).lower()
+            return StageInput(kind, self.payload, None, self.header, self.header, stage.answers[0], self.request_id)
+        fields = self.fields
+        return StageInput(JSON, b"", fields, fields, fields, JSON, self.request_id)
 
 
-Handler = Callable[[WsRequest, FastAPI, ModelRuntime], Awaitable[WsReply]]
+def render(req: WsRequest, reply: StageReply) -> list[str] | list[bytes]:
+    """The reply as WebSocket messages (chunked when large), built on the thread pool."""
+    metadata = reply.metadata or {**reply.data, "request_id": req.request_id}
+    kind = f"{req.type}_result"
+    if req.binary:
+        header = {"type": kind, "request_id": req.request_id, "status": "success", "metadata": metadata}
+        return split_binary(header, reply.body or b"", CHUNK_BYTES)
+    payload = reply.data if reply.metadata else {}
+    return split_text({"type": kind, "request_id": req.request_id, "status": "success", "payload": payload,
+                       "metadata": metadata})
 
 
 class Connection:
     """The per-connection state: reassembly, the window of requests in flight, serialized sends."""
 
-    def __init__(self, websocket: WebSocket, handlers: dict[str, Handler], window: int, max_bytes: int):
-        self.ws, self.handlers, self.window = websocket, handlers, window
+    def __init__(self, websocket: WebSocket, stages: Mapping[str, Stage[Any, Any]], window: int, max_bytes: int):
+        self.ws, self.stages, self.window = websocket, stages, window
         self.reassembler = Reassembler(max_bytes)
+        self.received: dict[tuple[str, Any], int] = {}  # wire bytes of chunked requests still arriving
         self.inflight: set[asyncio.Task[None]] = set()
         self.send_lock = asyncio.Lock()
-        self.app: FastAPI = websocket.app
-        self.runtime: ModelRuntime = websocket.app.state.runtime
+        self.runtime = websocket.app.state.runtime
         self.route = websocket.scope["path"]
         self.metrics = websocket.app.state.metrics
 
@@ -85,25 +99,14 @@ class Connection:
         return sent
 
     async def send_error(self, request_id: Any, exc: EdenError) -> int:
-        message = {"type": "error", "request_id": request_id, "status": "error",
-                   "error": {"code": str(exc.code), "message": exc.message, "details": exc.details}}
+        message = {"type": "error", "request_id": request_id, **error_body(exc.code, exc.message, exc.details)}
         return await self.send(split_text(message))
 
-    async def reply(self, req: WsRequest, reply: WsReply) -> int:
-        kind = f"{req.type}_result"
-        if req.binary:
-            header = {"type": kind, "request_id": req.request_id, "status": "success", "metadata": reply.metadata}
-            return await self.send(split_binary(header, reply.data, CHUNK_BYTES))
-        message = {"type": kind, "request_id": req.request_id, "status": "success", "payload": reply.payload or {},
-                   "metadata": reply.metadata}
-        return await self.send(split_text(message))
-
-    async def handle(self, req: WsRequest, handler: Handler, size: int) -> None:
+    async def handle(self, req: WsRequest, stage: Stage[Any, Any]) -> None:
         status, sent = "success", 0
         try:
-            async with self.runtime.admission():
-                reply = await handler(req, self.app, self.runtime)
-            sent = await self.reply(req, reply)
+            frames = await run_stage(stage, req.stage_input(stage), self.runtime, lambda reply: render(req, reply))
+            sent = await self.send(frames)
         except EdenError as exc:
             status = str(exc.code)
             sent = await self._try_error(req.request_id, exc)
@@ -115,7 +118,7 @@ class Connection:
         finally:
             elapsed = time.perf_counter() - req.started
             access_log.info("%s WS %s %s %s in=%d out=%d %.1fms", req.request_id, self.route, req.type, status,
-                            size, sent, elapsed * 1000)
+                            req.size, sent, elapsed * 1000)
             self.metrics.requests.labels(self.route, "WS", status).inc()
             self.metrics.latency.labels(self.route).observe(elapsed)
 
@@ -125,7 +128,14 @@ class Connection:
         except (WebSocketDisconnect, RuntimeError):
             return 0
 
-    def receive_message(self, message: dict[str, Any]) -> WsRequest | None:
+    def _count(self, key: tuple[str, Any], size: int, whole: bool) -> int:
+        """Wire bytes of a request so far; the total once its last chunk is in."""
+        total = self.received.pop(key, 0) + size
+        if not whole:
+            self.received[key] = total
+        return total
+
+    async def receive_message(self, message: dict[str, Any]) -> WsRequest | None:
         """A whole request from one WebSocket message, None while chunks are missing; EdenError if bad."""
         data, text = message.get("bytes"), message.get("text")
         size = len(data) if data is not None else len(text or "")
@@ -136,16 +146,51 @@ class Connection:
                 return None
             header, payload = whole
             binary = True
+            total = size if "chunks" not in header else self._count(("b", header.get("request_id")), size, True)
         else:
-            header = self.reassembler.feed_text(text or "")
-            if header is None:
-                return None
+            parsed = await self._parse(text or "")
+            rid = parsed.get("request_id")
+            if parsed.get("type") != "chunk":
+                header, total = parsed, size
+            else:
+                joined = self.reassembler.feed_chunk(parsed)
+                total = self._count(("t", rid), size, joined is not None)
+                if joined is None:
+                    return None
+                header = await self._parse(joined)
             payload, binary = b"", False
         rid, kind = header.get("request_id"), header.get("type")
         if not isinstance(rid, str) or not rid:
             raise EdenError("every request needs a non-empty string request_id", code=ErrorCode.INVALID_REQUEST,
                             details={"type": kind})
-        return WsRequest(str(kind), rid, binary, header, payload)
+        return WsRequest(str(kind), rid, binary, header, payload, total)
+
+    @staticmethod
+    async def _parse(text: str) -> dict[str, Any]:
+        return parse_text(text) if len(text) <= INLINE_PARSE_BYTES else await run_in_threadpool(parse_text, text)
+
+    async def dispatch(self, req: WsRequest) -> None:
+        if req.type == "ping":
+            await self.send(split_text({"type": "pong", "request_id": req.request_id}))
+            return
+        stage = self.stages.get(req.type)
+        if stage is None:
+            raise EdenError(f"unknown message type {req.type!r}; this endpoint takes "
+                            f"{', '.join(sorted(self.stages))} or ping", code=ErrorCode.INVALID_REQUEST,
+                            details={"request_id": req.request_id})
+        if req.binary:
+            try:
+                check_content_type(stage, str(req.header.get("content_type") or stage.binary_inputs[0]).lower())
+            except EdenError as exc:
+                exc.details["request_id"] = req.request_id
+                raise
+        if len(self.inflight) >= self.window:
+            raise EdenError(f"{len(self.inflight)} requests in flight on this connection (window "
+                            f"{self.window}); wait for answers", code=ErrorCode.OVERLOADED,
+                            details={"request_id": req.request_id})
+        task = asyncio.create_task(self.handle(req, stage))
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
 
     async def run(self) -> None:
         await self.ws.accept()
@@ -155,24 +200,9 @@ class Connection:
                 if message["type"] == "websocket.disconnect":
                     break
                 try:
-                    req = self.receive_message(message)
-                    if req is None:
-                        continue
-                    if req.type == "ping":
-                        await self.send(split_text({"type": "pong", "request_id": req.request_id}))
-                        continue
-                    handler = self.handlers.get(req.type)
-                    if handler is None:
-                        raise EdenError(f"unknown message type {req.type!r}; this endpoint takes "
-                                        f"{', '.join(sorted(self.handlers))} or ping", code=ErrorCode.INVALID_REQUEST,
-                                        details={"request_id": req.request_id})
-                    if len(self.inflight) >= self.window:
-                        raise EdenError(f"{len(self.inflight)} requests in flight on this connection (window "
-                                        f"{self.window}); wait for answers", code=ErrorCode.OVERLOADED,
-                                        details={"request_id": req.request_id})
-                    task = asyncio.create_task(self.handle(req, handler, len(req.payload) + len(str(req.header))))
-                    self.inflight.add(task)
-                    task.add_done_callback(self.inflight.discard)
+                    req = await self.receive_message(message)
+                    if req is not None:
+                        await self.dispatch(req)
                 except EdenError as exc:
                     await self.send_error(exc.details.get("request_id"), exc)
         except WebSocketDisconnect:
@@ -184,6 +214,8 @@ class Connection:
                 await self.ws.close()
 
 
-async def serve_websocket(websocket: WebSocket, handlers: dict[str, Handler], window: int = WS_WINDOW) -> None:
+async def serve_websocket(websocket: WebSocket, stages: Mapping[str, Stage[Any, Any]],
+                          window: int = WS_WINDOW) -> None:
+    """Serve one WebSocket connection whose message types are the keys of `stages`."""
     settings = websocket.app.state.settings
-    await Connection(websocket, handlers, window, int(settings.max_request_mb * 2**20)).run()
+    await Connection(websocket, stages, window, int(settings.max_request_mb * 2**20)).run()

@@ -143,6 +143,12 @@ class Reassembler:
         message = parse_text(text)
         if message.get("type") != "chunk":
             return message
+        joined = self.feed_chunk(message)
+        return None if joined is None else parse_text(joined)
+
+    def feed_chunk(self, message: dict[str, Any]) -> str | None:
+        """A parsed text chunk in; the whole message's text (not parsed: that may be tens of MB, the caller
+        chooses where to parse it) once its last chunk is in, else None."""
         rid = message.get("request_id")
         data = message.get("data")
         if not isinstance(data, str):
@@ -152,4 +158,4 @@ class Reassembler:
         if len(slot.parts) < slot.chunks:
             return None
         del self._partial[("t", rid)]
-        return parse_text("".join(slot.parts))
+        return "".join(slot.parts)

@@ -67,7 +67,7 @@ def test_an_edge_with_batching_on_answers_concurrent_requests_within_rounding_of
         return [unpack_frames(r.content, ("frame",))[0]["frame"] for r in responses]
 
     batched = asyncio.run(scenario())
-    assert max(b.batches[0] for b in app.state.runtime._batchers.values()) == 3  # one model call for all three
+    assert max(b.batches[0] for b in app.state.runtime.batchers.values()) == 3  # one model call for all three
     reference = LocalPipeline(load_model(None, TINY_CONFIG, allow_random=True, seed=3))
     for k, frame in enumerate(batched):
         exact = reference.interpolate(frames[k], frames[k + 1], seed=10 + k)

@@ -1,0 +1,84 @@
+"""The cloud's stage: decode frames (JSON, multipart or a frames container), run the encoder, answer with
+the enc_out blob (JSON envelope with base64, or the blob itself)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edensplit.errors import EdenError, ErrorCode
+from edensplit.model import Eden, encode_frames, frame_difference
+from edensplit.servers.contract import JSON, StageInput, StageReply
+from edensplit.servers.inputs import FRAME_TYPES, read_frames
+from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, b64encode, pack_encoding
+from edensplit.wire.options import Options
+
+
+@dataclass
+class EncodeJob:
+    frames: np.ndarray  # [F, H, W, 3] uint8: a pair (F = 2) or one video frame (F = 1)
+    wire_dtype: str
+    request_id: str
+    answer: str = JSON  # JSON or BLOB_MEDIA_TYPE
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class EncodeResult:
+    blob: bytes
+    grid: tuple[int, int]
+    difference: float | None  # for a pair only
+
+
+def encode_job(model: Eden, job: EncodeJob) -> EncodeResult:
+    """The cloud's model work: encode F frames (and a pair's difference) into one enc_out blob."""
+    try:
+        enc = encode_frames(model, job.frames)
+        difference = float(frame_difference(job.frames[0], job.frames[1])[0]) if len(job.frames) == 2 else None
+    except EdenError:
+        raise
+    except Exception as exc:
+        raise EdenError(f"the encoder failed: {type(exc).__name__}: {exc}", code=ErrorCode.ENCODE_ERROR) from exc
+    blob = pack_encoding(enc, difference, job.wire_dtype, extra={"request_id": job.request_id})
+    return EncodeResult(blob, enc.geometry.grid, difference)
+
+
+class EncodeStage:
+    """Encode the frames `names` (a pair: /encode; one video frame: /encode_frame) into one blob."""
+
+    inputs = FRAME_TYPES
+    binary_inputs = (FRAMES_MEDIA_TYPE,)
+    answers = (BLOB_MEDIA_TYPE,)
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = names
+
+    def decode(self, inp: StageInput, model: Eden) -> EncodeJob:
+        wire_dtype = Options.from_flat(inp.options).wire_dtype or "float32"
+        frames = read_frames(inp, self.names).frames
+        return EncodeJob(np.stack(frames), wire_dtype, inp.request_id, inp.answer)
+
+    async def prepare(self, job: EncodeJob, model: Eden) -> EncodeJob:
+        return job
+
+    def predict(self, model: Eden, jobs: Sequence[EncodeJob]) -> list[EncodeResult]:
+        return [encode_job(model, job) for job in jobs]
+
+    def batch_key(self, job: EncodeJob) -> None:
+        return None  # one frame at a time is the exact mode: a frame's encoding never depends on its batch
+
+    def encode(self, result: EncodeResult, job: EncodeJob) -> StageReply:
+        height, width = job.frames.shape[1:3]
+        meta: dict[str, Any] = {
+            "ph": result.grid[0], "pw": result.grid[1], "height": height, "width": width,
+            "wire_dtype": job.wire_dtype, "enc_out_size": len(result.blob),
+            "processing_time": round(time.perf_counter() - job.started, 6), "request_id": job.request_id}
+        if result.difference is not None:
+            meta["difference"] = result.difference
+        if job.answer == BLOB_MEDIA_TYPE:
+            return StageReply({}, meta, result.blob, BLOB_MEDIA_TYPE)
+        return StageReply({"enc_out": b64encode(result.blob), "enc_out_size": len(result.blob)}, meta)

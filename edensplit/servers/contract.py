@@ -1,0 +1,95 @@
+"""The per-stage serving contract (after LitServe's LitAPI), the same for every transport.
+
+A stage operation is written once: `decode` a transport-neutral `StageInput` into a job, `prepare` it
+(async work such as a session lookup or a call to another server), `predict` a batch of jobs on the
+model thread, `encode` a result into a `StageReply`. HTTP and WebSocket are thin adapters that turn
+their messages into a `StageInput` and render the `StageReply`; `run_stage` drives the steps, with
+decoding and encoding (JSON, base64, PNG, containers: tens of MB) on the thread pool, whole, so the
+event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+
+from edensplit.errors import EdenError, ErrorCode
+from edensplit.model import Eden
+from edensplit.servers.runtime import ModelRuntime
+
+JSON = "application/json"
+MULTIPART = "multipart/form-data"
+PNG = "image/png"
+J = TypeVar("J")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """One request as every transport delivers it."""
+
+    content_type: str  # the body's media type, lower case, no parameters
+    body: bytes = b""  # the raw body: a binary kind, or JSON / multipart not parsed yet
+    document: Mapping[str, Any] | None = None  # a JSON request already parsed (WebSocket text messages)
+    options: Mapping[str, Any] = field(default_factory=dict)  # flat options: query parameters or message fields
+    params: Mapping[str, Any] = field(default_factory=dict)  # what names the resource: path or message fields
+    answer: str = JSON  # the media type to answer in, negotiated by the transport
+    request_id: str = ""
+    content_type_header: str = ""  # the whole Content-Type (a multipart body's boundary)
+
+
+@dataclass
+class StageReply:
+    """An answer: JSON `data` fields and `metadata`, or a binary `body` of `media_type`."""
+
+    data: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    body: bytes | None = None
+    media_type: str = JSON
+
+
+class Stage(Protocol[J, R]):
+    inputs: tuple[str, ...]  # media types it reads
+    binary_inputs: tuple[str, ...]  # of those, the binary ones (the first: a binary message's default)
+    answers: tuple[str, ...]  # binary media types it answers in (the first: a binary request's default)
+
+    def decode(self, inp: StageInput, model: Eden) -> J:
+        """Parse and validate everything of the request (thread pool); no model compute here."""
+
+    async def prepare(self, job: J, model: Eden) -> Any:
+        """Async work between decoding and the model (sessions, other servers): the job for `predict`, or a
+        StageReply that ends the request without the model."""
+
+    def predict(self, model: Eden, jobs: Sequence[J]) -> list[R]:
+        """The model work for a batch of jobs, on the model thread (a batch of one unless batching is on)."""
+
+    def batch_key(self, job: J) -> Hashable | None:
+        """Jobs with equal keys may share a model call; None: this job is never batched."""
+
+    def encode(self, result: R, job: J) -> StageReply:
+        """The answer for one job (thread pool)."""
+
+
+def check_content_type(stage: Stage[Any, Any], content_type: str) -> None:
+    """UNSUPPORTED_MEDIA_TYPE unless the stage reads `content_type`."""
+    if content_type not in stage.inputs:
+        raise EdenError(f"unsupported content type {content_type or '(none)'!r}; send one of "
+                        f"{', '.join(stage.inputs)}", code=ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+
+
+async def run_stage(stage: Stage[Any, Any], inp: StageInput, runtime: ModelRuntime,
+                    render: Callable[[StageReply], T]) -> T:
+    """decode -> prepare -> predict -> encode inside one admission place; `render` turns the reply into what
+    the transport sends, on the thread pool with the encoding."""
+    async with runtime.admission():
+        model = runtime.require_model()
+        job = await run_in_threadpool(stage.decode, inp, model)
+        prepared = await stage.prepare(job, model)
+        if isinstance(prepared, StageReply):
+            return await run_in_threadpool(render, prepared)
+        result = await runtime.predict(stage, prepared)
+        return await run_in_threadpool(lambda: render(stage.encode(result, prepared)))

@@ -1,0 +1,244 @@
+"""The edge's stages, each an operation of the stage contract over both transports:
+
+- `InterpolateStage`: a pair's enc_out blob (the user's JSON, or the blob with flat options) -> the frame.
+- `SessionFrameStage`: frame-once video sessions: one frame's encoding (flow A) or the frame itself
+  (flow B, encoded at the cloud) in; the edge keeps it and interpolates (k-1, k) from its cache.
+- `FramesStage`: flow B, the edge as proxy: raw frames in, the cloud encodes them, only the frame goes back.
+
+They share the model work (`generate`, batchable) and the answer (the frame as PNG, frames container
+or the JSON envelope with a base64 PNG).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from starlette.concurrency import run_in_threadpool
+
+from edensplit.errors import EdenError, ErrorCode
+from edensplit.model import Eden, FrameEncoding, frame_difference, interpolate, make_noise, to_uint8
+from edensplit.servers.contract import JSON, PNG, StageInput, StageReply
+from edensplit.servers.edge.validation import (
+    InterpolateJob,
+    check_encoding,
+    check_grid,
+    check_model_args,
+    make_job,
+    pair_job,
+)
+from edensplit.servers.inputs import FRAME_TYPES, PAIR, SINGLE, parse_document, read_frames
+from edensplit.servers.schemas import InterpolateFramesRequest, InterpolateRequest, SessionFrameRequest
+from edensplit.servers.sessions import SessionStore
+from edensplit.wire import (
+    BLOB_MEDIA_TYPE,
+    FRAMES_MEDIA_TYPE,
+    EncodedFrames,
+    b64decode_field,
+    b64encode,
+    decode_image,
+    encode_png,
+    pack_frames,
+    unpack_encoding,
+    unpack_frames,
+)
+from edensplit.wire.options import Options
+
+SESSION_WAIT_S = 60.0  # how long a request waits for its predecessor frame while another request brings it
+CloudEncoder = Callable[[list[np.ndarray], str], Awaitable[bytes]]  # frames, request id -> the cloud's blob
+
+
+def generate(model: Eden, jobs: Sequence[InterpolateJob]) -> list[np.ndarray]:
+    """The edge's model work for B pairs of one batch key: noise from each seed, sample, decode -> uint8 frames."""
+    first = jobs[0]
+    noise = torch.cat([make_noise(j.seed, j.enc0.geometry.latent_tokens, model.args.latent_dim) for j in jobs])
+    try:
+        out = interpolate(model, FrameEncoding.cat([j.enc0 for j in jobs]), FrameEncoding.cat([j.enc1 for j in jobs]),
+                          torch.tensor([j.difference for j in jobs]), noise, first.sampler,
+                          vae_scaler=first.vae_scaler, vae_shift=first.vae_shift)
+    except EdenError:
+        raise
+    except Exception as exc:
+        raise EdenError(f"sampling failed: {type(exc).__name__}: {exc}", code=ErrorCode.MODEL_ERROR) from exc
+    return list(to_uint8(out))
+
+
+class EdgeStage:
+    """What every edge operation shares: predict = generate (batchable), encode = the frame."""
+
+    answers = (FRAMES_MEDIA_TYPE, PNG)
+
+    def predict(self, model: Eden, jobs: Sequence[InterpolateJob]) -> list[np.ndarray]:
+        return generate(model, jobs)
+
+    def batch_key(self, job: InterpolateJob) -> Hashable:
+        """Pairs that may share a model call: same size, sampler, VAE constants and wire precision."""
+        return job.enc0.geometry, job.sampler, job.vae_scaler, job.vae_shift, job.enc0.cond_dit.dtype
+
+    def encode(self, frame: np.ndarray, job: InterpolateJob) -> StageReply:
+        meta = {"processing_time": round(time.perf_counter() - job.started, 6), "request_id": job.request_id,
+                "seed": job.seed, "height": frame.shape[0], "width": frame.shape[1]}
+        if job.answer == PNG:
+            return StageReply({}, meta, encode_png(frame), PNG)
+        if job.answer == FRAMES_MEDIA_TYPE:
+            container = pack_frames({"frame": frame}, {"request_id": job.request_id, "seed": str(job.seed)})
+            return StageReply({}, meta, container, FRAMES_MEDIA_TYPE)
+        return StageReply({"generated_frame": b64encode(encode_png(frame))}, meta)
+
+
+class InterpolateStage(EdgeStage):
+    """A pair's blob in, the middle frame out."""
+
+    inputs = (JSON, BLOB_MEDIA_TYPE)
+    binary_inputs = (BLOB_MEDIA_TYPE,)
+
+    def decode(self, inp: StageInput, model: Eden) -> InterpolateJob:
+        if inp.content_type == JSON:
+            req = parse_document(InterpolateRequest, inp)
+            opts, blob = Options.from_json(req), b64decode_field(req.enc_out, "enc_out")
+            check_model_args(model, req.model_args)
+            meta = req.metadata or {}
+        else:
+            opts, blob, meta = Options.from_flat(inp.options), inp.body, {}
+        encoded = unpack_encoding(blob, frames=2)
+        job = pair_job(model, encoded, opts, inp.request_id, inp.answer)
+        check_grid(job.enc0, meta.get("ph"), meta.get("pw"))
+        return job
+
+    async def prepare(self, job: InterpolateJob, model: Eden) -> InterpolateJob:
+        return job
+
+
+@dataclass
+class SessionFrame:
+    """A decoded session frame: which one, what it carries (an encoding, or pixels for the cloud), options."""
+
+    session_id: str
+    index: int
+    options: Options
+    encoding: FrameEncoding | None
+    pixels: np.ndarray | None
+    request_id: str
+    answer: str
+
+
+def session_key(params: Mapping[str, Any]) -> tuple[str, int]:
+    """(session id, frame index) from path parameters or message fields."""
+    session_id, index = params.get("session_id"), params.get("index")
+    if session_id is None or index is None:
+        raise EdenError("a session frame needs session_id and index", code=ErrorCode.INVALID_REQUEST)
+    try:
+        index = int(index)
+    except (TypeError, ValueError):
+        raise EdenError(f"index={index!r} is not a valid int", code=ErrorCode.INVALID_PARAMETER) from None
+    session_id = str(session_id)
+    if not session_id or len(session_id) > 128 or index < 0:
+        raise EdenError("a session id of 1-128 characters and a frame index >= 0 are required",
+                        code=ErrorCode.INVALID_PARAMETER)
+    return session_id, index
+
+
+class SessionFrameStage(EdgeStage):
+    """Store frame k (its encoding, or flow B: its pixels, encoded at the cloud); interpolate (k-1, k) unless
+    asked only to store it."""
+
+    inputs = (JSON, BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE)
+    binary_inputs = (BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE)
+
+    def __init__(self, sessions: SessionStore, cloud: CloudEncoder):
+        self.sessions, self.cloud = sessions, cloud
+
+    def decode(self, inp: StageInput, model: Eden) -> SessionFrame:
+        session_id, index = session_key(inp.params)
+        blob = pixels = None
+        if inp.content_type == JSON:
+            req = parse_document(SessionFrameRequest, inp)
+            if (req.enc_out is None) == (req.frame is None):
+                raise EdenError("a session frame carries exactly one of 'enc_out' (flow A) and 'frame' (flow B)",
+                                code=ErrorCode.INVALID_REQUEST)
+            opts = Options.from_json(req)
+            if req.enc_out is not None:
+                blob = b64decode_field(req.enc_out, "enc_out")
+            else:
+                pixels = decode_image(b64decode_field(req.frame or "", "frame"), "frame")
+        else:
+            opts = Options.from_flat(inp.options)
+            if inp.content_type == BLOB_MEDIA_TYPE:
+                blob = inp.body
+            else:
+                pixels = unpack_frames(inp.body, SINGLE)[0]["frame"]
+        encoding = None
+        if blob is not None:
+            encoding = unpack_encoding(blob, frames=1).encoding
+            check_encoding(model, encoding)
+        return SessionFrame(session_id, index, opts, encoding, pixels, inp.request_id, inp.answer)
+
+    async def prepare(self, frame: SessionFrame, model: Eden) -> InterpolateJob | StageReply:
+        sid, index, opts = frame.session_id, frame.index, frame.options
+        async with self.sessions.incoming(sid, index):
+            encoding = frame.encoding
+            if encoding is None:
+                assert frame.pixels is not None
+                encoding = (await encode_at_cloud(self.cloud, [frame.pixels], frame.request_id)).encoding
+            await self.sessions.put(sid, index, encoding, frame.pixels)
+        if not (index > 0 if opts.interpolate is None else opts.interpolate):
+            return StageReply({"session_id": sid, "stored": index})
+        if index == 0:
+            raise EdenError("frame 0 has no predecessor to interpolate from", code=ErrorCode.INVALID_PARAMETER)
+        needs_difference = EdenError("a session frame needs the pair's raw 'difference' (flow A: the client holds "
+                                     "both frames' pixels; flow B sends the frames themselves)",
+                                     code=ErrorCode.INVALID_PARAMETER)
+        if opts.difference is None and frame.pixels is None:
+            raise needs_difference
+        previous = await self.sessions.get(sid, index - 1, SESSION_WAIT_S)
+        difference = opts.difference
+        if difference is None:
+            if previous.pixels is None:
+                raise needs_difference
+            difference = float((await run_in_threadpool(frame_difference, previous.pixels, frame.pixels))[0])
+        return make_job(model, previous.encoding, encoding, opts, difference, frame.request_id, frame.answer)
+
+
+@dataclass
+class FramesPair:
+    """Flow B: a decoded pair of raw frames and the options."""
+
+    frames: list[np.ndarray]
+    options: Options
+    request_id: str
+    answer: str
+
+
+class FramesStage(EdgeStage):
+    """Flow B: raw frames in (the cloud's /encode inputs); the edge has the cloud encode them."""
+
+    inputs = FRAME_TYPES
+    binary_inputs = (FRAMES_MEDIA_TYPE,)
+
+    def __init__(self, cloud: CloudEncoder):
+        self.cloud = cloud
+
+    def decode(self, inp: StageInput, model: Eden) -> FramesPair:
+        if inp.content_type == JSON:
+            opts = Options.from_json(parse_document(InterpolateFramesRequest, inp))
+        else:
+            opts = Options.from_flat(inp.options)
+        return FramesPair(read_frames(inp, PAIR).frames, opts, inp.request_id, inp.answer)
+
+    async def prepare(self, pair: FramesPair, model: Eden) -> InterpolateJob:
+        encoded = await encode_at_cloud(self.cloud, pair.frames, pair.request_id)
+        return pair_job(model, encoded, pair.options, pair.request_id, pair.answer)
+
+
+async def encode_at_cloud(cloud: CloudEncoder, frames: list[np.ndarray], request_id: str) -> EncodedFrames:
+    """Flow B: the cloud's encoding of a pair or one frame; its failure is this request's UPSTREAM_ERROR."""
+    try:
+        blob = await cloud(frames, request_id)
+    except EdenError as exc:
+        raise EdenError(f"the cloud failed to encode: {exc.message}", code=ErrorCode.UPSTREAM_ERROR,
+                        details={"cloud_code": str(exc.code)}) from None
+    return await run_in_threadpool(unpack_encoding, blob, frames=len(frames))

@@ -1,0 +1,32 @@
+"""OpenAPI request bodies for endpoints that read several media types (FastAPI documents only JSON on
+its own): the JSON schema inlined, and the binary kinds described."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from edensplit.servers.contract import JSON, MULTIPART
+from edensplit.servers.schemas import inline_schema
+from edensplit.wire import FRAMES_MEDIA_TYPE
+
+OPTIONS_DOC = "options as query parameters: seed, num_steps, method, difference, vae_scaler, vae_shift"
+
+
+def binary(description: str) -> dict[str, Any]:
+    return {"schema": {"type": "string", "format": "binary", "description": description}}
+
+
+def request_body(schema: type[BaseModel], **binaries: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` for a body of JSON `schema` or the binary media types given (media type -> content)."""
+    return {"requestBody": {"required": True, "content": {JSON: {"schema": inline_schema(schema)}, **binaries}}}
+
+
+def frames_body(schema: type[BaseModel], names: tuple[str, ...]) -> dict[str, Any]:
+    """The body of a frames endpoint: JSON, multipart or a frames container."""
+    files = {n: {"type": "string", "format": "binary"} for n in names}
+    multipart = {"schema": {"type": "object", "required": list(names), "properties": {
+        **files, "metadata": {"type": "string", "description": "JSON object; may carry image_size [H, W]"}}}}
+    container = binary(f"frames container with uint8 tensors {', '.join(names)}")
+    return request_body(schema, **{MULTIPART: multipart, FRAMES_MEDIA_TYPE: container})
