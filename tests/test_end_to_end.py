@@ -51,13 +51,30 @@ def test_video_over_http_is_bit_identical_to_local(servers, clip, local_run, wor
         assert np.array_equal(out_frames[2 * k + 1], frame)
 
 
-def test_float16_wire_stays_within_one_level_of_float32(servers, clip, local_run, workdir):
+# The 16-bit wire against --local (float32), per generated frame of the 12-frame clip, in grey levels. Measured:
+#   float16:  mean abs error <= 0.0012 (0.0009 on average), max abs error 1 on every frame (a rounding flip);
+#   bfloat16: mean abs error <= 0.0101 (0.0082 on average), max abs error 1 on every frame.
+# Bounds: float16 mean 0.005 (~4x margin), bfloat16 mean 0.03 (~3x margin), max 1 level (the measurement: one
+# level is the smallest error uint8 can show). Bugs they catch, measured on the same clip and seeds: the edge
+# using frame k+1's encoding for both frames: mean up to 1.65 (0.98 on average), max up to 20; the difference
+# ignored (taken as 1.0): mean up to 0.95 (0.71 on average), max up to 7; the previous pair's difference: mean
+# up to 0.087. The README's promise, 1/255 mean abs error (1.0 level), is far looser than either bound.
+WIRE_MEAN_BOUND = {"float16": 0.005, "bfloat16": 0.03}
+
+
+@pytest.mark.parametrize("wire_dtype", ["float16", "bfloat16"])
+def test_16_bit_wire_stays_near_float32(servers, clip, local_run, workdir, wire_dtype):
     cloud, edge = servers
-    out = workdir / "http-f16"
+    out = workdir / f"http-{wire_dtype}"
     run_cli("--video_path", str(clip), "--output_dir", str(out), "--seed", "3", "--save_frames",
-            "--wire_dtype", "float16", "--cloud_url", cloud.url, "--edge_url", edge.url, env={})
-    errors = [np.abs(a.astype(float) - b.astype(float)).mean() for a, b in zip(generated(out), local_run, strict=True)]
-    assert max(errors) <= 1.0, errors  # mean abs error <= 1/255 of the range
+            "--wire_dtype", wire_dtype, "--cloud_url", cloud.url, "--edge_url", edge.url, env={})
+    split = generated(out)
+    assert len(split) == len(local_run) == N_FRAMES - 1
+    means = [float(np.abs(a.astype(float) - b.astype(float)).mean()) for a, b in zip(split, local_run, strict=True)]
+    peaks = [int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(split, local_run, strict=True)]
+    assert max(means) <= WIRE_MEAN_BOUND[wire_dtype], means
+    assert max(peaks) <= 1, peaks
+    assert max(means) > 0, "bit-identical to float32: the encoding did not travel in 16 bits"
 
 
 def test_frame_pair_over_http_equals_local(servers, model_env, workdir):
