@@ -1,7 +1,8 @@
-"""`python -m edensplit ...` is the `edensplit` command."""
+"""`python -m edensplit ...`: the same as the `edensplit` command."""
 
 import sys
 
 from edensplit.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
