@@ -10,6 +10,7 @@ interpolate stage (edge): two `FrameEncoding`s + raw difference + noise -> the m
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +26,14 @@ from edensplit.model.seeds import make_noise
 STD_EPS = 1e-8
 REFERENCE_GRID = (0.0, 0.75, 1.0)
 MAX_STEPS = 64
+# A frame's cosine similarity with itself can round to 1 + 1 ulp in float32 (solid frames): every check of a
+# difference accepts [-1, 1] widened by this much, and the value is used as is, unclamped, as the reference does.
+DIFFERENCE_LIMIT = 1.0 + 1e-6
+
+
+def is_valid_difference(value: float) -> bool:
+    """A raw mean cosine similarity: finite and within [-1, 1] up to float32 rounding."""
+    return math.isfinite(value) and abs(value) <= DIFFERENCE_LIMIT
 METHODS = ("euler", "heun")
 
 

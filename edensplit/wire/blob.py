@@ -9,7 +9,6 @@ is unpickled. A float32 blob round-trips bit for bit.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor
 
 from edensplit.errors import ErrorCode, InputError, WireError
-from edensplit.model.stages import FrameEncoding, Geometry
+from edensplit.model.stages import FrameEncoding, Geometry, is_valid_difference
 from edensplit.wire.container import check_format, load, read_header
 
 FORMAT = "edensplit.enc_out"
@@ -57,7 +56,7 @@ def pack_encoding(enc: FrameEncoding, difference: float | None = None, wire_dtyp
         raise InputError("extra metadata must map str to str")
     if difference is not None:
         difference = float(difference)
-        if not math.isfinite(difference) or abs(difference) > 1:
+        if not is_valid_difference(difference):
             raise InputError(f"difference must be a finite cosine similarity in [-1, 1], got {difference!r}")
     geo = enc.geometry
     if enc.cond_dit.ndim != 3:
@@ -152,7 +151,7 @@ def _difference(text: str | None) -> float | None:
         value = float(text)
     except ValueError:
         raise _invalid(f"metadata difference={text!r} is not a number") from None
-    if not math.isfinite(value) or abs(value) > 1:
+    if not is_valid_difference(value):
         raise _invalid(f"metadata difference={text!r} is not a finite cosine similarity in [-1, 1]")
     return value
 

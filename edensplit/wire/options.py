@@ -15,13 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.seeds import MAX_SEED
-from edensplit.model.stages import MAX_STEPS, METHODS
+from edensplit.model.stages import DIFFERENCE_LIMIT, MAX_STEPS, METHODS
 from edensplit.wire.blob import WIRE_DTYPES
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="the noise seed of this frame (default 0)")]
 NumSteps = Annotated[int, Field(ge=1, le=MAX_STEPS, description="2 = the reference grid (0, 0.75, 1)")]
 Method = Literal["euler", "heun"]
-Difference = Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False,
+Difference = Annotated[float, Field(ge=-DIFFERENCE_LIMIT, le=DIFFERENCE_LIMIT, allow_inf_nan=False,
                                     description="the raw mean cosine similarity of the pair's frames")]
 VaeScaler = Annotated[float, Field(gt=0, allow_inf_nan=False, description="EDEN: 0.179437")]
 VaeShift = Annotated[float, Field(allow_inf_nan=False, description="EDEN: 0.770202")]

@@ -3,7 +3,6 @@ with a specific code."""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import Eden, FrameEncoding, Sampler
 from edensplit.model.config import IGNORED_MODEL_ARGS
+from edensplit.model.stages import is_valid_difference
 from edensplit.servers.contract import JSON
 from edensplit.wire import EncodedFrames
 from edensplit.wire.options import Options
@@ -68,7 +68,7 @@ def make_job(model: Eden, enc0: FrameEncoding, enc1: FrameEncoding, opts: Option
         raise EdenError(f"the two frames' encodings differ in size ({enc0.geometry.height}x{enc0.geometry.width} vs "
                         f"{enc1.geometry.height}x{enc1.geometry.width})", code=ErrorCode.SHAPE_MISMATCH)
     difference = difference if opts.difference is None else opts.difference
-    if difference is None or not math.isfinite(difference) or abs(difference) > 1:
+    if difference is None or not is_valid_difference(difference):
         raise EdenError(f"difference must be the raw mean cosine similarity in [-1, 1], got {difference!r}",
                         code=ErrorCode.INVALID_PARAMETER)
     sampler = Sampler(2 if opts.num_steps is None else opts.num_steps, opts.method or "euler")
