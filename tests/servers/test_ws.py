@@ -7,9 +7,18 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from edensplit.model import LocalPipeline, load_model
-from edensplit.wire import b64decode_field, b64encode, decode_image, encode_png, pack_frames, unpack_encoding
+from edensplit.model import LocalPipeline, encode_frames, frame_difference, load_model
+from edensplit.wire import (
+    b64decode_field,
+    b64encode,
+    decode_image,
+    encode_png,
+    pack_frames,
+    unpack_encoding,
+    unpack_frames,
+)
 from edensplit.wire.messages import pack_binary, split_binary, split_text, unpack_binary
 from tests.conftest import TINY_CONFIG, make_frames
 
@@ -53,35 +62,51 @@ def test_frames_at_the_top_level_are_accepted(cloud):
         assert receive_whole(ws)[0]["status"] == "success"
 
 
-def test_binary_messages_name_their_request_and_several_are_in_flight(cloud):
-    frames = pack_frames({"frame0": FRAMES[0], "frame1": FRAMES[1]})
+@pytest.fixture(scope="module")
+def encoder():
+    return load_model(None, TINY_CONFIG, stages={"encode"}, allow_random=True, seed=3)  # the cloud fixture's
+
+
+def test_binary_messages_name_their_request_and_several_are_in_flight(cloud, encoder):
+    pairs = {f"b{i}": make_frames(2, 40, 70, seed=10 + i) for i in range(4)}  # a different pair per request
     with cloud.websocket_connect("/ws/encode") as ws:
-        for i in range(4):
-            ws.send_bytes(pack_binary({"type": "encode", "request_id": f"b{i}", "wire_dtype": "float16"}, frames))
+        for rid, pair in pairs.items():
+            ws.send_bytes(pack_binary({"type": "encode", "request_id": rid, "wire_dtype": "float16"},
+                                      pack_frames({"frame0": pair[0], "frame1": pair[1]})))
         answers = {}
         for _ in range(4):
             header, blob = receive_whole(ws)
             answers[header["request_id"]] = (header, blob)
-    assert set(answers) == {"b0", "b1", "b2", "b3"}
-    for header, blob in answers.values():
-        assert header["type"] == "encode_result" and unpack_encoding(blob).wire_dtype == "float16"
+    assert set(answers) == set(pairs)
+    for rid, (header, blob) in answers.items():  # each answer is its own request's encoding, not another's
+        assert header["type"] == "encode_result"
+        decoded = unpack_encoding(blob, frames=2)
+        expected = encode_frames(encoder, pairs[rid])
+        assert decoded.wire_dtype == "float16"
+        assert torch.equal(decoded.encoding.cond_dit, expected.cond_dit.to(torch.float16))
+        assert decoded.difference == float(frame_difference(pairs[rid][0], pairs[rid][1])[0])
 
 
-def test_chunked_messages_reassemble(cloud):
+def test_chunked_messages_reassemble(cloud, encoder):
     frames = pack_frames({"frame0": FRAMES[0], "frame1": FRAMES[1]})
+    expected = encode_frames(encoder, FRAMES)
     with cloud.websocket_connect("/ws/encode") as ws:
         chunks = split_binary({"type": "encode", "request_id": "c1"}, frames, chunk_bytes=1000)
         assert len(chunks) > 5
         for chunk in chunks:
             ws.send_bytes(chunk)
         header, blob = receive_whole(ws)
-        assert header["request_id"] == "c1" and unpack_encoding(blob).encoding.cond_dit.shape[0] == 2
+        assert header["request_id"] == "c1"
+        assert torch.equal(unpack_encoding(blob, frames=2).encoding.cond_dit, expected.cond_dit)  # the whole frames
         text = split_text({"type": "encode", "request_id": "c2", "payload": {
             "frame0": b64encode(encode_png(FRAMES[0])), "frame1": b64encode(encode_png(FRAMES[1]))}}, chunk_bytes=500)
         assert len(text) > 5
         for chunk in text:
             ws.send_text(chunk)
-        assert receive_whole(ws)[0]["request_id"] == "c2"
+        answer = receive_whole(ws)[0]
+        assert answer["request_id"] == "c2" and answer["status"] == "success", answer
+        remote = unpack_encoding(b64decode_field(answer["payload"]["enc_out"], "enc_out"), frames=2)
+        assert torch.equal(remote.encoding.cond_dec, expected.cond_dec)
 
 
 BAD_MESSAGES = [
@@ -145,10 +170,13 @@ def test_session_messages_over_ws_store_and_interpolate(cloud, edge):
                                   blobs[0]))
         header, payload = receive_whole(ws)
         assert header["metadata"]["stored"] == 0 and payload == b""
+        difference = float(frame_difference(FRAMES[0], FRAMES[1])[0])
         ws.send_bytes(pack_binary({"type": "session_frame", "request_id": "s1", "session_id": "v", "index": 1,
-                                   "difference": 0.95, "seed": 2}, blobs[1]))
+                                   "difference": difference, "seed": 2}, blobs[1]))
         header, payload = receive_whole(ws)
-        assert header["type"] == "session_frame_result" and len(payload) > 0
+        assert header["type"] == "session_frame_result"
+        expected = LocalPipeline(load_model(None, TINY_CONFIG, allow_random=True, seed=3)).interpolate(*FRAMES, seed=2)
+        np.testing.assert_array_equal(unpack_frames(payload, ("frame",))[0]["frame"], expected)  # (0, 1), seed 2
         ws.send_bytes(pack_binary({"type": "session_frame", "request_id": "s2", "session_id": "other", "index": 1,
                                    "difference": 0.95, "seed": 2}, blobs[1]))
         header, _ = receive_whole(ws)
