@@ -35,6 +35,8 @@ class ServerSettings(ModelSettings):
 
     max_request_mb: float = Field(512, gt=0, description="largest request body, MiB; MAX_REQUEST_MB")
     max_inflight: int = Field(8, ge=1, description="requests admitted at once; more get 503 OVERLOADED")
+    max_pixels: int = Field(2 * 4096 * 2160, ge=1, description="pixels of all frames of one request (413 past "
+                            "it, before decoding); the default holds a pair of 4K frames; MAX_PIXELS")
     cloud_server_url: str = Field("http://localhost:8000", description="the cloud, for the edge's flow B")
     max_batch: int = Field(1, ge=1, le=64, description="edge: pairs per model call (1 = exact mode)")
     batch_wait_ms: float = Field(5.0, ge=0, description="edge: how long a batch waits to fill")

@@ -17,6 +17,7 @@ from edensplit.errors import EdenError, ErrorCode
 from edensplit.servers.contract import JSON, MULTIPART, StageInput
 from edensplit.servers.schemas import EncodeFrameRequest, EncodeRequest, parse_body
 from edensplit.wire import FRAMES_MEDIA_TYPE, b64decode_field, decode_image, unpack_frames
+from edensplit.wire.nesting import check_depth
 
 PAIR = ("frame0", "frame1")
 SINGLE = ("frame",)
@@ -26,7 +27,10 @@ M = TypeVar("M", bound=BaseModel)
 
 def parse_document(model: type[M], inp: StageInput) -> M:
     """The JSON request (already parsed, or the body) validated against `model`; INVALID_REQUEST if not."""
-    return parse_body(model, dict(inp.document) if inp.document is not None else inp.body)
+    if inp.document is not None:
+        return parse_body(model, dict(inp.document))
+    check_depth(inp.body, "the JSON body")
+    return parse_body(model, inp.body)
 
 
 @dataclass
@@ -37,12 +41,13 @@ class Frames:
     metadata: dict[str, Any]
 
 
-def read_frames(inp: StageInput, names: tuple[str, ...]) -> Frames:
-    """Frames `names` from a JSON, multipart or frames-container request, checked to share one size."""
+def read_frames(inp: StageInput, names: tuple[str, ...], max_pixels: int | None = None) -> Frames:
+    """Frames `names` from a JSON, multipart or frames-container request, checked to share one size;
+    `max_pixels` bounds them all together, checked from their headers before any is decoded."""
     if inp.content_type == JSON:
         req = parse_document(EncodeRequest if names == PAIR else EncodeFrameRequest, inp)
         fields = req.model_dump()
-        frames = [decode_image(b64decode_field(fields[n], n), n) for n in names]
+        frames = decode_images({n: b64decode_field(fields[n], n) for n in names}, max_pixels)
         check_frames(frames, req.image_size)
         return Frames(frames, req.metadata or {})
     if inp.content_type == MULTIPART:
@@ -50,16 +55,26 @@ def read_frames(inp: StageInput, names: tuple[str, ...]) -> Frames:
         missing = [n for n in names if n not in files]
         if missing:
             raise EdenError(f"multipart upload needs a file part named {missing[0]!r}", code=ErrorCode.INVALID_REQUEST)
-        frames = [decode_image(files[n], n) for n in names]
+        frames = decode_images({n: files[n] for n in names}, max_pixels)
         metadata = _json_object(fields.get("metadata"))
         check_frames(frames, metadata.pop("image_size", None))
         return Frames(frames, metadata)
     if inp.content_type == FRAMES_MEDIA_TYPE:
-        unpacked, metadata = unpack_frames(inp.body, names)
+        unpacked, metadata = unpack_frames(inp.body, names, max_pixels)
         frames = [unpacked[n] for n in names]
         check_frames(frames)
         return Frames(frames, dict(metadata))
     raise EdenError(f"unsupported content type {inp.content_type!r}", code=ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+
+
+def decode_images(images: dict[str, bytes], max_pixels: int | None) -> list[np.ndarray]:
+    """Decode images in order, each within what is left of the request's pixel budget."""
+    frames = []
+    for name, data in images.items():
+        frames.append(decode_image(data, name, max_pixels))
+        if max_pixels is not None:
+            max_pixels -= frames[-1].shape[0] * frames[-1].shape[1]
+    return frames
 
 
 def check_frames(frames: list[np.ndarray], image_size: Any = None) -> None:
@@ -97,6 +112,7 @@ def parse_multipart(body: bytes, content_type: str) -> tuple[dict[str, bytes], d
 def _json_object(raw: str | None) -> dict[str, Any]:
     if raw is None:
         return {}
+    check_depth(raw, "the multipart 'metadata' field")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:

@@ -132,6 +132,10 @@ class RequestContextMiddleware:
             delivered = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(inner, replay, send)
+        try:
+            await self.app(inner, replay, send)
+        finally:
+            if "route" in inner:
+                scope["route"] = inner["route"]  # the log line and the metrics name the route it matched
 
 

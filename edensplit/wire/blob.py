@@ -19,6 +19,7 @@ from torch import Tensor
 from edensplit.errors import ErrorCode, InputError, WireError
 from edensplit.model.stages import FrameEncoding, Geometry, is_valid_difference
 from edensplit.wire.container import check_format, load, read_header
+from edensplit.wire.images import check_pixels
 
 FORMAT = "edensplit.enc_out"
 VERSION = "1"
@@ -86,10 +87,11 @@ def read_blob_header(data: bytes) -> dict[str, str]:
     return metadata
 
 
-def unpack_encoding(data: bytes, *, frames: int | None = None) -> EncodedFrames:
+def unpack_encoding(data: bytes, *, frames: int | None = None, max_pixels: int | None = None) -> EncodedFrames:
     """enc_out blob bytes -> EncodedFrames (CPU tensors in the wire dtype), every field checked.
 
-    `frames`, when given, is the number of frames the caller expects (2 for a pair).
+    `frames`, when given, is the number of frames the caller expects (2 for a pair); `max_pixels`, a
+    caller's budget for the frames the blob stands for, is checked from the header, before loading.
     """
     metadata = read_blob_header(data)
     for key in REQUIRED:
@@ -101,6 +103,7 @@ def unpack_encoding(data: bytes, *, frames: int | None = None) -> EncodedFrames:
     height, width, multiple, patch, count, dim = (_uints(metadata, k, 1)[0] for k in
                                                   ("height", "width", "multiple", "patch", "frames", "hidden_dim"))
     grid, pad = tuple(_uints(metadata, "grid", 2)), tuple(_uints(metadata, "pad", 4, minimum=0))
+    check_pixels(height * width * count, max_pixels, WHAT)
     geo = Geometry(height, width, multiple, patch)
     if grid != geo.grid:
         raise _shape(f"grid {list(grid)} does not fit a {height}x{width} frame (expected {list(geo.grid)})")

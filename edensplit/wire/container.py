@@ -14,6 +14,7 @@ from typing import Any
 from safetensors import SafetensorError
 
 from edensplit.errors import ErrorCode, WireError
+from edensplit.wire.nesting import check_depth
 
 MAX_HEADER_BYTES = 1 << 20
 METADATA_KEY = "__metadata__"
@@ -43,6 +44,7 @@ def read_header(data: bytes, what: str) -> tuple[dict[str, dict[str, Any]], dict
                          f"more than the limit of {MAX_HEADER_BYTES}")
     if 8 + length > size:
         raise _bad(what, f"is truncated: its header claims {length} bytes but only {size - 8} follow")
+    check_depth(bytes(data[8:8 + length]), f"{what} header", ErrorCode.INVALID_BLOB)
     try:
         header = json.loads(bytes(data[8:8 + length]).decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError) as e:

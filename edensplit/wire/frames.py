@@ -6,6 +6,7 @@ image codec on either side, and it is as safe to read as the enc_out blob (no co
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,7 +14,7 @@ import safetensors.numpy
 
 from edensplit.errors import ErrorCode, InputError, WireError
 from edensplit.wire.container import METADATA_KEY, check_format, load, read_header
-from edensplit.wire.images import MAX_PIXELS
+from edensplit.wire.images import MAX_PIXELS, check_pixels
 
 FORMAT = "edensplit.frames"
 VERSION = "1"
@@ -47,10 +48,13 @@ def pack_frames(frames: dict[str, np.ndarray], metadata: dict[str, str] | None =
     return safetensors.numpy.save(arrays, metadata={"format": FORMAT, "version": VERSION, **metadata})
 
 
-def unpack_frames(data: bytes, names: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Container bytes -> (exactly the frames `names`, uint8 [H, W, 3], in that order; the caller's metadata)."""
-    _, metadata = read_header(data, WHAT)
+def unpack_frames(data: bytes, names: Sequence[str], max_pixels: int | None = None
+                  ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Container bytes -> (exactly the frames `names`, uint8 [H, W, 3], in that order; the caller's metadata).
+    `max_pixels`, a caller's budget for all frames together, is checked from the header, before loading."""
+    header, metadata = read_header(data, WHAT)
     check_format(metadata, FORMAT, VERSION, WHAT)
+    check_pixels(sum(math.prod(entry["shape"][:2]) for entry in header.values()), max_pixels, WHAT)
     arrays = load(data, WHAT, safetensors.numpy.load)
     if set(arrays) != set(names):
         raise WireError(f"{WHAT} holds frames {sorted(arrays)}, expected {sorted(names)}", code=ErrorCode.INVALID_BLOB)

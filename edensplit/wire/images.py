@@ -20,8 +20,9 @@ MAX_PIXELS = 8192 * 8192
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 
 
-def decode_image(data: bytes, field: str = "frame") -> np.ndarray:
-    """PNG/JPEG (or WebP/BMP) bytes -> contiguous uint8 RGB [H, W, 3]; alpha is dropped, 16-bit scaled to 8."""
+def decode_image(data: bytes, field: str = "frame", max_pixels: int | None = None) -> np.ndarray:
+    """PNG/JPEG (or WebP/BMP) bytes -> contiguous uint8 RGB [H, W, 3]; alpha is dropped, 16-bit scaled to 8.
+    `max_pixels`, a caller's budget, is checked from the header too (PAYLOAD_TOO_LARGE past it)."""
     if not data:
         raise WireError(f"{field} is empty: expected a PNG or JPEG image", code=ErrorCode.INVALID_IMAGE)
     try:
@@ -30,6 +31,7 @@ def decode_image(data: bytes, field: str = "frame") -> np.ndarray:
             if width * height > MAX_PIXELS:
                 raise WireError(f"{field} is {width}x{height} pixels, more than the limit of {MAX_PIXELS}",
                                 code=ErrorCode.INVALID_IMAGE)
+            check_pixels(width * height, max_pixels, field)
             img.load()
             return _to_rgb(img)
     except WireError:
@@ -39,6 +41,13 @@ def decode_image(data: bytes, field: str = "frame") -> np.ndarray:
     except Exception as e:  # PIL raises many kinds (OSError, SyntaxError, struct.error, ...) on bad bytes
         raise WireError(f"{field} is not a PNG or JPEG image ({type(e).__name__}: {e})",
                         code=ErrorCode.INVALID_IMAGE) from e
+
+
+def check_pixels(pixels: int, max_pixels: int | None, what: str) -> None:
+    """PAYLOAD_TOO_LARGE when `pixels` exceed a request's pixel budget (None: no budget)."""
+    if max_pixels is not None and pixels > max_pixels:
+        raise WireError(f"{what} has {pixels} pixels, over this request's budget of {max_pixels} (the server's "
+                        "MAX_PIXELS)", code=ErrorCode.PAYLOAD_TOO_LARGE)
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:

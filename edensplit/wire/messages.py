@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edensplit.errors import ErrorCode, WireError
+from edensplit.wire.nesting import check_depth
 
 MAGIC = b"EDS1"
 CHUNK_BYTES = 8 * 2**20
@@ -40,6 +41,7 @@ def unpack_binary(data: bytes) -> tuple[dict[str, Any], bytes]:
     (size,) = _LEN.unpack_from(data, 4)
     if size > MAX_HEADER_BYTES or 8 + size > len(data):
         raise _bad(f"binary message header length {size} does not fit the message of {len(data)} bytes")
+    check_depth(data[8: 8 + size], "binary message header")
     try:
         header = json.loads(data[8: 8 + size])
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -50,6 +52,7 @@ def unpack_binary(data: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 def parse_text(text: str) -> dict[str, Any]:
+    check_depth(text, "text message")
     try:
         message = json.loads(text)
     except json.JSONDecodeError as exc:

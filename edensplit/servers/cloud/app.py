@@ -13,5 +13,5 @@ from edensplit.settings import ServerSettings
 def create_cloud_app(settings: ServerSettings | None = None, model: Eden | None = None) -> FastAPI:
     """The cloud app; settings from the environment unless given; with `model`, that model is used instead
     of loading one at start-up."""
-    return create_app(ENCODE, "edensplit cloud (EDEN encoder)", settings or ServerSettings(), model,
-                      routers=[cloud_router()])
+    settings = settings or ServerSettings()
+    return create_app(ENCODE, "edensplit cloud (EDEN encoder)", settings, model, routers=[cloud_router(settings)])

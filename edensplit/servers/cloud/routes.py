@@ -12,12 +12,14 @@ from edensplit.servers.inputs import PAIR, SINGLE
 from edensplit.servers.openapi import frames_body
 from edensplit.servers.schemas import EncodeData, EncodeFrameRequest, EncodeRequest, Envelope
 from edensplit.servers.ws import serve_websocket
+from edensplit.settings import ServerSettings
 from edensplit.wire import BLOB_MEDIA_TYPE
 
 
-def cloud_router() -> APIRouter:
+def cloud_router(settings: ServerSettings) -> APIRouter:
     """The cloud's HTTP and WebSocket routes over one pair of stages."""
-    stages = {"encode": EncodeStage(PAIR), "encode_frame": EncodeStage(SINGLE)}
+    budget = settings.max_pixels
+    stages = {"encode": EncodeStage(PAIR, budget), "encode_frame": EncodeStage(SINGLE, budget)}
     router = APIRouter()
 
     @router.post("/api/v1/encode", tags=["cloud"], response_model=Envelope[EncodeData],

@@ -54,12 +54,12 @@ class EncodeStage:
     binary_inputs = (FRAMES_MEDIA_TYPE,)
     answers = (BLOB_MEDIA_TYPE,)
 
-    def __init__(self, names: tuple[str, ...]):
-        self.names = names
+    def __init__(self, names: tuple[str, ...], max_pixels: int | None = None):
+        self.names, self.max_pixels = names, max_pixels
 
     def decode(self, inp: StageInput, model: Eden) -> EncodeJob:
         wire_dtype = Options.from_flat(inp.options).wire_dtype or "float32"
-        frames = read_frames(inp, self.names).frames
+        frames = read_frames(inp, self.names, self.max_pixels).frames
         return EncodeJob(np.stack(frames), wire_dtype, inp.request_id, inp.answer)
 
     async def prepare(self, job: EncodeJob, model: Eden) -> EncodeJob:

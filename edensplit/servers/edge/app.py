@@ -24,7 +24,7 @@ def create_edge_app(settings: ServerSettings | None = None, model: Eden | None =
         return await cloud.encode_blob(frames, request_id=request_id)
 
     app = create_app(INTERPOLATE, "edensplit edge (EDEN sampler + decoder)", settings, model,
-                     routers=[edge_router(sessions, encode_at_cloud)], on_shutdown=[cloud.aclose])
+                     routers=[edge_router(settings, sessions, encode_at_cloud)], on_shutdown=[cloud.aclose])
     app.state.sessions = sessions
     app.state.cloud_client = cloud
     return app

@@ -23,6 +23,7 @@ from edensplit.servers.schemas import (
 )
 from edensplit.servers.sessions import SessionStore
 from edensplit.servers.ws import serve_websocket
+from edensplit.settings import ServerSettings
 from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE
 
 ANSWERS = (f"`Accept: {PNG}` or `{FRAMES_MEDIA_TYPE}` (the default for a binary request) answers with the frame "
@@ -35,10 +36,11 @@ SESSION_BODY = request_body(SessionFrameRequest, **{
                               f"encode it and computes the difference; {OPTIONS_DOC}, interpolate")})
 
 
-def edge_router(sessions: SessionStore, cloud: CloudEncoder) -> APIRouter:
+def edge_router(settings: ServerSettings, sessions: SessionStore, cloud: CloudEncoder) -> APIRouter:
     """The edge's HTTP and WebSocket routes over its three stages."""
-    stages = {"interpolate": InterpolateStage(), "session_frame": SessionFrameStage(sessions, cloud),
-              "interpolate_frames": FramesStage(cloud)}
+    budget = settings.max_pixels
+    stages = {"interpolate": InterpolateStage(budget), "session_frame": SessionFrameStage(sessions, cloud, budget),
+              "interpolate_frames": FramesStage(cloud, budget)}
     router = APIRouter()
 
     @router.post("/api/v1/interpolate", tags=["edge"], response_model=Envelope[InterpolateData],

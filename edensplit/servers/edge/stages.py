@@ -96,6 +96,9 @@ class InterpolateStage(EdgeStage):
     inputs = (JSON, BLOB_MEDIA_TYPE)
     binary_inputs = (BLOB_MEDIA_TYPE,)
 
+    def __init__(self, max_pixels: int | None = None):
+        self.max_pixels = max_pixels
+
     def decode(self, inp: StageInput, model: Eden) -> InterpolateJob:
         if inp.content_type == JSON:
             req = parse_document(InterpolateRequest, inp)
@@ -104,7 +107,7 @@ class InterpolateStage(EdgeStage):
             meta = req.metadata or {}
         else:
             opts, blob, meta = Options.from_flat(inp.options), inp.body, {}
-        encoded = unpack_encoding(blob, frames=2)
+        encoded = unpack_encoding(blob, frames=2, max_pixels=self.max_pixels)
         job = pair_job(model, encoded, opts, inp.request_id, inp.answer)
         check_grid(job.enc0, meta.get("ph"), meta.get("pw"))
         return job
@@ -149,8 +152,8 @@ class SessionFrameStage(EdgeStage):
     inputs = (JSON, BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE)
     binary_inputs = (BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE)
 
-    def __init__(self, sessions: SessionStore, cloud: CloudEncoder):
-        self.sessions, self.cloud = sessions, cloud
+    def __init__(self, sessions: SessionStore, cloud: CloudEncoder, max_pixels: int | None = None):
+        self.sessions, self.cloud, self.max_pixels = sessions, cloud, max_pixels
 
     def decode(self, inp: StageInput, model: Eden) -> SessionFrame:
         session_id, index = session_key(inp.params)
@@ -164,16 +167,16 @@ class SessionFrameStage(EdgeStage):
             if req.enc_out is not None:
                 blob = b64decode_field(req.enc_out, "enc_out")
             else:
-                pixels = decode_image(b64decode_field(req.frame or "", "frame"), "frame")
+                pixels = decode_image(b64decode_field(req.frame or "", "frame"), "frame", self.max_pixels)
         else:
             opts = Options.from_flat(inp.options)
             if inp.content_type == BLOB_MEDIA_TYPE:
                 blob = inp.body
             else:
-                pixels = unpack_frames(inp.body, SINGLE)[0]["frame"]
+                pixels = unpack_frames(inp.body, SINGLE, self.max_pixels)[0]["frame"]
         encoding = None
         if blob is not None:
-            encoding = unpack_encoding(blob, frames=1).encoding
+            encoding = unpack_encoding(blob, frames=1, max_pixels=self.max_pixels).encoding
             check_encoding(model, encoding)
         return SessionFrame(session_id, index, opts, encoding, pixels, inp.request_id, inp.answer)
 
@@ -219,15 +222,15 @@ class FramesStage(EdgeStage):
     inputs = FRAME_TYPES
     binary_inputs = (FRAMES_MEDIA_TYPE,)
 
-    def __init__(self, cloud: CloudEncoder):
-        self.cloud = cloud
+    def __init__(self, cloud: CloudEncoder, max_pixels: int | None = None):
+        self.cloud, self.max_pixels = cloud, max_pixels
 
     def decode(self, inp: StageInput, model: Eden) -> FramesPair:
         if inp.content_type == JSON:
             opts = Options.from_json(parse_document(InterpolateFramesRequest, inp))
         else:
             opts = Options.from_flat(inp.options)
-        return FramesPair(read_frames(inp, PAIR).frames, opts, inp.request_id, inp.answer)
+        return FramesPair(read_frames(inp, PAIR, self.max_pixels).frames, opts, inp.request_id, inp.answer)
 
     async def prepare(self, pair: FramesPair, model: Eden) -> InterpolateJob:
         encoded = await encode_at_cloud(self.cloud, pair.frames, pair.request_id)

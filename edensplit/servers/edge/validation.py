@@ -33,9 +33,15 @@ class InterpolateJob:
 
 
 def check_encoding(model: Eden, enc: FrameEncoding) -> None:
+    """An encoding this model can sample from: its hidden size, patch and padding multiple are the model's."""
     if enc.cond_dit.shape[-1] != model.args.hidden_dim:
         raise EdenError(f"enc_out has hidden size {enc.cond_dit.shape[-1]}, the loaded model "
                         f"{model.args.hidden_dim}: cloud and edge run different models", code=ErrorCode.MODEL_MISMATCH)
+    geo, args = enc.geometry, model.args
+    if (geo.patch, geo.multiple) != (args.patch_size, args.pad_multiple):
+        raise EdenError(f"enc_out has patch {geo.patch} and padding multiple {geo.multiple}, the loaded model "
+                        f"{args.patch_size} and {args.pad_multiple}: cloud and edge run different models",
+                        code=ErrorCode.MODEL_MISMATCH)
 
 
 def check_model_args(model: Eden, model_args: dict[str, Any] | None) -> None:
