@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edensplit.client.flows import FrameOnceClient, open_backend
 from edensplit.client.jobs import interpolate_video
-from edensplit.client.ws import WsCloudClient, WsEdgeClient
+from edensplit.client.services import Cloud, Edge
+from edensplit.client.ws import WsTransport
 from edensplit.model import encode_frames, load_model
 from edensplit.servers.launch import ServerProcess, free_port
 from edensplit.video import read_frames
@@ -98,7 +99,7 @@ def test_payloads_over_16_mib_pass_a_plain_uvicorn_server(servers):
     cloud, _ = servers
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (2, 3072, 3072, 3), dtype=np.uint8)  # 56 MB of frames in, a 19 MB blob out
-    client = WsCloudClient(cloud.url, payload="binary")
+    client = Cloud(WsTransport(cloud.url, path=Cloud.WS_PATH), payload="binary")
     try:
         encoded = client.encode(frames[0], frames[1])
     finally:
@@ -149,7 +150,7 @@ class Saboteur:
     def interpolate_pair(self, frame0, frame1, seed, index):
         self.calls.append(index)
         if index == self.cut_at:
-            self.backend.cloud.channel._conn.socket.shutdown(socket.SHUT_RDWR)
+            self.backend.cloud.transport._conn.socket.shutdown(socket.SHUT_RDWR)
         if index == self.restart_at:
             self.edge.stop()
             self.edge.start()
@@ -159,14 +160,15 @@ class Saboteur:
 def test_killed_connections_mid_video_still_give_every_frame_exactly_once(model_env, clip, local_run, workdir):
     with ServerProcess("edensplit.cloud:app", env=model_env, log_path=workdir / "kill-cloud.log") as cloud, \
             ServerProcess("edensplit.edge:app", env=model_env, log_path=workdir / "kill-edge.log") as edge:
-        backend = FrameOnceClient(WsCloudClient(cloud.url, timeout=60), WsEdgeClient(edge.url, timeout=60))
+        backend = FrameOnceClient(Cloud(WsTransport(cloud.url, path=Cloud.WS_PATH, timeout=60)),
+                                  Edge(WsTransport(edge.url, path=Edge.WS_PATH, timeout=60)))
         saboteur = Saboteur(backend, edge, cut_at=3, restart_at=6)
         try:
             result = interpolate_video(saboteur, clip, Path(workdir) / "killed", seed=3, save_frames=True,
                                        progress=False, codec="ffv1")
         finally:
             backend.close()
-    assert backend.cloud.channel.reconnects >= 1 and backend.edge.channel.reconnects >= 1
+    assert backend.cloud.transport.reconnects >= 1 and backend.edge.transport.reconnects >= 1
     assert backend.resent >= 1  # the restarted edge had lost the session; the client rebuilt it
     assert sorted(saboteur.calls) == list(range(N_FRAMES - 1))
     assert result.frames_out == 2 * N_FRAMES - 1

@@ -14,29 +14,18 @@ from __future__ import annotations
 
 import threading
 import uuid
-from typing import Any, Protocol
 
 import numpy as np
 
-from edensplit.client.payloads import EncodedBlob
+from edensplit.client.http import HttpTransport
+from edensplit.client.requests import EncodedBlob, check_payload
+from edensplit.client.services import Cloud, Edge
+from edensplit.client.ws import WsTransport
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import frame_difference
+from edensplit.wire.options import Options
 
 KEEP_BLOBS = 4
-
-
-class Cloud(Protocol):
-    def encode(self, frame0: np.ndarray, frame1: np.ndarray) -> EncodedBlob: ...
-    def encode_frame(self, frame: np.ndarray) -> EncodedBlob: ...
-    def close(self) -> None: ...
-
-
-class Edge(Protocol):
-    def interpolate(self, pair: EncodedBlob, *, seed: int = 0) -> np.ndarray: ...
-    def session_frame(self, session_id: str, index: int, frame: EncodedBlob, *, difference: float | None = None,
-                      seed: int = 0, interpolate: bool | None = None) -> np.ndarray | None: ...
-    def interpolate_frames(self, frame0: np.ndarray, frame1: np.ndarray, *, seed: int = 0) -> np.ndarray: ...
-    def close(self) -> None: ...
 
 
 class SplitClient:
@@ -46,9 +35,11 @@ class SplitClient:
         self.cloud, self.edge = cloud, edge
 
     def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int = 0, index: int = 0) -> np.ndarray:
+        """Both frames to the cloud, their blob to the edge, the middle frame back."""
         return self.edge.interpolate(self.cloud.encode(frame0, frame1), seed=seed)
 
     def close(self) -> None:
+        """Close both servers' transports."""
         self.cloud.close()
         self.edge.close()
 
@@ -82,9 +73,11 @@ class FrameOnceClient(SplitClient):
         return blob
 
     def difference(self, frame0: np.ndarray, frame1: np.ndarray) -> float | None:
+        """The pair's raw mean cosine similarity, sent with frame k (flow A)."""
         return float(frame_difference(frame0, frame1)[0])  # the client holds both frames' pixels
 
     def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int = 0, index: int = 0) -> np.ndarray:
+        """Send frame index+1 once (frame 0 first, store-only); resend frame index if the edge lost it."""
         session = self.session_id
         if index == 0:
             self.edge.session_frame(session, 0, self.payload(0, frame0), interpolate=False)
@@ -114,12 +107,15 @@ class FrameOnceProxyClient(FrameOnceClient):
         super().__init__(cloud=None, edge=edge)  # type: ignore[arg-type]
 
     def payload(self, index: int, frame: np.ndarray) -> np.ndarray:
+        """The frame itself: the edge has the cloud encode it."""
         return frame
 
     def difference(self, frame0: np.ndarray, frame1: np.ndarray) -> None:
+        """None: the edge holds both frames' pixels and computes it."""
         return None
 
     def close(self) -> None:
+        """Close the edge's transport."""
         self.edge.close()
 
 
@@ -130,38 +126,42 @@ class EdgeProxyClient:
         self.edge = edge
 
     def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int = 0, index: int = 0) -> np.ndarray:
+        """Both raw frames to the edge; the middle frame back."""
         return self.edge.interpolate_frames(frame0, frame1, seed=seed)
 
     def close(self) -> None:
+        """Close the edge's transport."""
         self.edge.close()
 
 
 def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow: str = "a", frame_once: bool = True,
-                 payload: str = "binary", wire_dtype: str = "float32", sampling: Any = None, timeout: float = 30.0,
-                 retries: int = 3, compress: str | None = None) -> SplitClient | EdgeProxyClient:
-    """The backend for a transport (http, ws) and flow (a, b); each frame travels once unless not frame_once."""
-    if transport == "http":
-        from edensplit.client.http import CloudClient as CloudCls
-        from edensplit.client.http import EdgeClient as EdgeCls
-    elif transport == "ws":
-        from edensplit.client.ws import WsCloudClient as CloudCls
-        from edensplit.client.ws import WsEdgeClient as EdgeCls
-    else:
+                 payload: str = "binary", wire_dtype: str = "float32", options: Options | None = None,
+                 timeout: float = 30.0, retries: int = 3, compress: str | None = None,
+                 sampling: Options | None = None) -> SplitClient | EdgeProxyClient:
+    """The backend for a transport (http, ws) and flow (a, b); each frame travels once unless not frame_once.
+
+    `options` (num_steps, method, ...) go with every edge request; `sampling` is its old name, kept until the
+    CLI and the bench pass `options`."""
+    if transport not in ("http", "ws"):
         raise EdenError(f"unknown transport {transport!r}: use http or ws", code=ErrorCode.INVALID_PARAMETER)
-    common: dict[str, Any] = {"payload": payload, "timeout": timeout, "retries": retries}
-    if compress:
-        if transport != "http":
-            raise EdenError("compression is offered for HTTP only (WebSocket permessage-deflate does not pay "
-                            "on tensors; see docs/protocol.md)", code=ErrorCode.INVALID_PARAMETER)
-        common["compress"] = compress
-    edge = EdgeCls(edge_url, sampling=sampling, **common)
+    if flow not in ("a", "b"):
+        raise EdenError(f"unknown flow {flow!r}: use a or b", code=ErrorCode.INVALID_PARAMETER)
+    if compress and transport != "http":
+        raise EdenError("compression is offered for HTTP only (WebSocket permessage-deflate does not pay "
+                        "on tensors; see docs/protocol.md)", code=ErrorCode.INVALID_PARAMETER)
+    body = check_payload(payload)
+    Options.from_flat({"wire_dtype": wire_dtype})  # refuse a bad value before connecting anywhere
+
+    def connect(url: str, name: str, ws_path: str) -> HttpTransport | WsTransport:
+        if transport == "http":
+            return HttpTransport(url, timeout=timeout, retries=retries, compress=compress, name=name)
+        return WsTransport(url, path=ws_path, timeout=timeout, retries=retries, name=name)
+
+    edge = Edge(connect(edge_url, "edge server", Edge.WS_PATH), payload=body, options=options or sampling)
     if flow == "b":
         return FrameOnceProxyClient(edge) if frame_once else EdgeProxyClient(edge)
-    if flow != "a":
-        edge.close()
-        raise EdenError(f"unknown flow {flow!r}: use a or b", code=ErrorCode.INVALID_PARAMETER)
     try:
-        cloud = CloudCls(cloud_url, wire_dtype=wire_dtype, **common)
+        cloud = Cloud(connect(cloud_url, "cloud server", Cloud.WS_PATH), payload=body, wire_dtype=wire_dtype)
     except EdenError:
         edge.close()
         raise

@@ -1,13 +1,15 @@
-"""WebSocket clients: one reused connection per server, many requests in flight, reconnection.
+"""The WebSocket transport: one reused connection per server endpoint, many requests in flight, reconnection.
 
-`WsChannel` owns the connection: a reader thread matches answers to requests by request_id, at most
+`WsTransport` owns the connection: a reader thread matches answers to requests by request_id, at most
 `window` requests are unanswered at once, and when the connection drops the reader reconnects (with
 backoff) and resends every unanswered request. Answers to a request that was already answered are
 dropped, so a resend never yields a frame twice. Pings (every `ping_interval` s, `ping_timeout` to
 answer) notice a dead peer. permessage-deflate is off: on float tensors it costs far more CPU time
 than the bytes it saves (see docs/protocol.md, Compression).
 
-`WsCloudClient` and `WsEdgeClient` have the HTTP clients' methods, so every flow runs on either.
+A `Call` with a binary body travels as an EDS1 binary message (its options, identity fields and
+`content_type` in the header); one with a JSON document as a text message with the document as
+`payload`. Either is chunked when large (edensplit.wire.messages).
 """
 
 from __future__ import annotations
@@ -17,21 +19,51 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
-from edensplit import __version__
-from edensplit.client.http import RetryPolicy, ServerError
-from edensplit.client.payloads import EncodedBlob, Sampling, frame_from_container, frame_from_json, images_json
+from edensplit.client.requests import JSON, Answer, Call
+from edensplit.client.transport import CLIENT_VERSION, RetryPolicy, server_error
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.wire import WIRE_DTYPES, pack_frames
 from edensplit.wire.messages import CHUNK_BYTES, Reassembler, split_binary, split_text
 
 log = logging.getLogger("edensplit.client")
-Payload = Literal["json", "binary"]
+RETRY_CODES = frozenset({ErrorCode.OVERLOADED, ErrorCode.NOT_READY})
+PING = Call("ping", "/health", {}, JSON, JSON, document={})
+
+
+def ws_url(base_url: str, path: str = "") -> str:
+    """http://host:port + path -> ws://host:port/path (https -> wss); ws:// URLs are kept."""
+    base = base_url.rstrip("/")
+    if base.startswith("http"):
+        base = "ws" + base[4:]
+    return base + path
+
+
+def message(call: Call, request_id: str) -> dict[str, Any]:
+    """The JSON message (text) or EDS1 header (binary) of `call`: type, request_id, identity fields, options;
+    a binary one names its payload's media type, a JSON one carries its document as `payload`."""
+    head = {"type": call.operation, "request_id": request_id, **call.ids, **call.options}
+    if call.binary:
+        head["content_type"] = call.content_type
+    else:
+        head["payload"] = call.document or {}
+    return head
+
+
+def frames_of(call: Call, request_id: str, chunk_bytes: int = CHUNK_BYTES) -> list[Any]:
+    """The WebSocket messages carrying `call` (several when it is over `chunk_bytes`)."""
+    head = message(call, request_id)
+    return split_binary(head, call.body or b"", chunk_bytes) if call.binary else split_text(head, chunk_bytes)
+
+
+def answer_of(header: dict[str, Any], payload: bytes, call: Call) -> Answer:
+    """A success message -> Answer: `metadata`, the JSON `payload` fields, the binary payload."""
+    data = header.get("payload")
+    kind = header.get("content_type") or (call.accept if payload else JSON)
+    return Answer(header.get("metadata") or {}, data if isinstance(data, dict) else {}, payload, kind)
 
 
 @dataclass
@@ -41,15 +73,17 @@ class _Pending:
     answer: tuple[dict[str, Any], bytes] | None = None
 
 
-class WsChannel:
-    """A reconnecting WebSocket to one endpoint; `request` is thread-safe and blocks for its answer."""
+class WsTransport:
+    """A reconnecting WebSocket to one endpoint; `send` is thread-safe and blocks for its answer."""
 
-    def __init__(self, url: str, *, binary: bool = True, window: int = 4, timeout: float = 30.0, retries: int = 3,
+    def __init__(self, url: str, *, path: str = "", window: int = 4, timeout: float = 30.0, retries: int = 3,
                  chunk_bytes: int = CHUNK_BYTES, ping_interval: float = 10.0, ping_timeout: float = 10.0,
-                 name: str = "server"):
-        self.url, self.binary, self.timeout, self.name = url, binary, timeout, name
+                 close_timeout: float = 2.0, name: str = "server"):
+        """`url`: ws(s):// or http(s):// base URL, `path` appended (e.g. Cloud.WS_PATH). Connects now."""
+        self.url, self.timeout, self.name = ws_url(url, path), timeout, name
         self.retry = RetryPolicy(retries)
         self.chunk_bytes, self.ping_interval, self.ping_timeout = chunk_bytes, ping_interval, ping_timeout
+        self.close_timeout = close_timeout
         self.reconnects = 0
         self._window = threading.BoundedSemaphore(window)
         self._lock = threading.Lock()  # guards _pending, _ready, _conn
@@ -65,10 +99,9 @@ class WsChannel:
     # -- connection ----------------------------------------------------------------------------------
 
     def _connect(self) -> ClientConnection:
-        return connect(self.url, legacy=True, open_timeout=min(self.timeout, 10.0), close_timeout=2.0, compression=None,
-                       max_size=2 * self.chunk_bytes + 2**20, ping_interval=self.ping_interval,
-                       ping_timeout=self.ping_timeout,
-                       additional_headers={"X-Client-Version": f"edensplit/{__version__}"})
+        return connect(self.url, legacy=True, open_timeout=min(self.timeout, 10.0), close_timeout=self.close_timeout,
+                       compression=None, max_size=2 * self.chunk_bytes + 2**20, ping_interval=self.ping_interval,
+                       ping_timeout=self.ping_timeout, additional_headers={"X-Client-Version": CLIENT_VERSION})
 
     def _connect_with_retries(self, deadline: float) -> ClientConnection:
         attempt = 0
@@ -88,8 +121,8 @@ class WsChannel:
         while not self._closed:
             reassembler = Reassembler(max_bytes=2**34)
             try:
-                for message in self._conn:
-                    self._deliver(message, reassembler)
+                for received in self._conn:
+                    self._deliver(received, reassembler)
             except ConnectionClosed:
                 pass
             except Exception:  # a bug must not kill the reader silently
@@ -124,12 +157,12 @@ class WsChannel:
             p.answer = ({"type": "error", "error": {"code": str(exc.code), "message": exc.message}}, b"")
             p.done.set()
 
-    def _deliver(self, message: str | bytes, reassembler: Reassembler) -> None:
+    def _deliver(self, received: str | bytes, reassembler: Reassembler) -> None:
         try:
-            if isinstance(message, bytes):
-                whole = reassembler.feed_binary(message)
+            if isinstance(received, bytes):
+                whole = reassembler.feed_binary(received)
             else:
-                text = reassembler.feed_text(message)
+                text = reassembler.feed_text(received)
                 whole = None if text is None else (text, b"")
         except EdenError as exc:
             log.warning("%s: unreadable message: %s", self.name, exc.message)
@@ -154,14 +187,12 @@ class WsChannel:
 
     # -- requests ------------------------------------------------------------------------------------
 
-    def request(self, message: dict[str, Any], data: bytes = b"") -> tuple[dict[str, Any], bytes]:
-        """Send one request (binary: `message` is the header and `data` the payload) and wait for its answer."""
+    def send(self, call: Call) -> Answer:
+        """Send `call` and wait for its answer; OVERLOADED / NOT_READY are retried with back-off."""
         attempt = 0
         while True:
             rid = uuid.uuid4().hex
-            header = {**message, "request_id": rid}
-            frames = split_binary(header, data, self.chunk_bytes) if self.binary else split_text(header,
-                                                                                               self.chunk_bytes)
+            frames = frames_of(call, rid, self.chunk_bytes)
             with self._window:
                 pending = _Pending(frames)
                 with self._lock:
@@ -175,103 +206,26 @@ class WsChannel:
             if not answered:
                 raise EdenError(f"no answer from the {self.name} at {self.url} within the timeout",
                                 code=ErrorCode.UPSTREAM_ERROR)
-            answer, payload = pending.answer or ({}, b"")
-            if answer.get("type") != "error":
-                return answer, payload
-            error = answer.get("error") or {}
-            code = ErrorCode(error.get("code", "INTERNAL_ERROR"))
-            if code in (ErrorCode.OVERLOADED, ErrorCode.NOT_READY) and attempt < self.retry.retries:
+            header, payload = pending.answer or ({}, b"")
+            if header.get("type") != "error":
+                return answer_of(header, payload, call)
+            error = server_error(header.get("error"), server=f"{self.name} {self.url}",
+                                 fallback=f"unreadable error message {str(header)[:200]}")
+            if error.code in RETRY_CODES and attempt < self.retry.retries:
                 time.sleep(self.retry.delay(attempt))
                 attempt += 1
                 continue
-            raise ServerError(error.get("message", "error"), code=code, status=code.status,
-                              server=f"{self.name} {self.url}")
+            raise error
+
+    def health(self) -> dict[str, Any]:
+        """An application-level ping: {"status": "ok", ...} once the server's pong arrives."""
+        self.send(PING)
+        return {"status": "ok", "url": self.url, "reconnects": self.reconnects}
 
     def close(self) -> None:
+        """Close the connection; the reader stops instead of reconnecting."""
         self._closed = True
         try:
             self._conn.close()
         except Exception:  # closing a connection that is already gone
             log.debug("%s: close failed", self.name, exc_info=True)
-
-
-def ws_url(base_url: str, path: str) -> str:
-    """http://host:port -> ws://host:port/path (https -> wss)."""
-    base = base_url.rstrip("/")
-    if base.startswith("http"):
-        base = "ws" + base[4:]
-    return base + path
-
-
-class WsCloudClient:
-    """The cloud over WS /ws/encode: `encode` (a pair) and `encode_frame` (one frame)."""
-
-    def __init__(self, base_url: str, *, payload: Payload = "binary", wire_dtype: str = "float32",
-                 **kwargs: Any):
-        if wire_dtype not in WIRE_DTYPES:
-            raise EdenError(f"wire_dtype must be one of {', '.join(WIRE_DTYPES)}", code=ErrorCode.INVALID_PARAMETER)
-        self.wire_dtype, self.payload = wire_dtype, payload
-        self.channel = WsChannel(ws_url(base_url, "/ws/encode"), binary=payload == "binary", name="cloud server",
-                                 **kwargs)
-
-    def _encode(self, kind: str, frames: dict[str, np.ndarray]) -> EncodedBlob:
-        if self.payload == "binary":
-            _, blob = self.channel.request({"type": kind, "wire_dtype": self.wire_dtype}, pack_frames(frames))
-            return EncodedBlob.from_bytes(blob)
-        message = {"type": kind, "wire_dtype": self.wire_dtype, "payload": images_json(**frames)}
-        answer, _ = self.channel.request(message)
-        return EncodedBlob.from_json(answer["payload"]["enc_out"], answer["metadata"])
-
-    def encode(self, frame0: np.ndarray, frame1: np.ndarray) -> EncodedBlob:
-        return self._encode("encode", {"frame0": frame0, "frame1": frame1})
-
-    def encode_frame(self, frame: np.ndarray) -> EncodedBlob:
-        return self._encode("encode_frame", {"frame": frame})
-
-    def close(self) -> None:
-        self.channel.close()
-
-
-class WsEdgeClient:
-    """The edge over WS /ws/interpolate: pairs, frame-once sessions and flow B."""
-
-    def __init__(self, base_url: str, *, payload: Payload = "binary", sampling: Sampling | None = None,
-                 **kwargs: Any):
-        self.payload, self.sampling = payload, sampling or Sampling()
-        self.channel = WsChannel(ws_url(base_url, "/ws/interpolate"), binary=payload == "binary",
-                                 name="edge server", **kwargs)
-
-    def _frame(self, kind: str, *, data: bytes, body: dict[str, Any], flat: dict[str, Any]) -> np.ndarray | None:
-        if self.payload == "binary":
-            answer, payload = self.channel.request({"type": kind, **flat}, data)
-            return frame_from_container(payload) if payload else None
-        answer, _ = self.channel.request({"type": kind, "payload": body})
-        generated = (answer.get("payload") or {}).get("generated_frame")
-        return frame_from_json(generated) if generated else None
-
-    def interpolate(self, pair: EncodedBlob, *, seed: int = 0) -> np.ndarray:
-        body = {"enc_out": pair.b64 if self.payload == "json" else "", **self.sampling.json(seed)}
-        return self._frame("interpolate", data=pair.raw if self.payload == "binary" else b"", body=body,
-                           flat=self.sampling.flat(seed))
-
-    def session_frame(self, session_id: str, index: int, frame: EncodedBlob | np.ndarray, *,
-                      difference: float | None = None, seed: int = 0, interpolate: bool | None = None
-                      ) -> np.ndarray | None:
-        ids = {"session_id": session_id, "index": index}
-        raw = isinstance(frame, np.ndarray)
-        flat = {**ids, **self.sampling.flat(seed, difference=difference, interpolate=interpolate)}
-        if self.payload == "binary":
-            data = pack_frames({"frame": frame}) if raw else frame.raw
-            return self._frame("session_frame", data=data, body={}, flat=flat)
-        content = images_json(frame=frame) if raw else {"enc_out": frame.b64}
-        body = {**ids, **content, **self.sampling.json(seed, difference=difference, interpolate=interpolate)}
-        return self._frame("session_frame", data=b"", body=body, flat=flat)
-
-    def interpolate_frames(self, frame0: np.ndarray, frame1: np.ndarray, *, seed: int = 0) -> np.ndarray:
-        frames = {"frame0": frame0, "frame1": frame1}
-        body = {**images_json(**frames), **self.sampling.json(seed)} if self.payload == "json" else {}
-        data = pack_frames(frames) if self.payload == "binary" else b""
-        return self._frame("interpolate_frames", data=data, body=body, flat=self.sampling.flat(seed))
-
-    def close(self) -> None:
-        self.channel.close()

@@ -1,0 +1,200 @@
+"""Request building and answer parsing, separate from how the bytes travel (HTTP or WebSocket).
+
+One function per operation turns frames, blobs and `Options` into a transport-neutral `Call`, doing only
+the work for the payload actually sent: a binary call packs a frames container or passes the blob as is
+(no base64, no PNG); a JSON call builds the user's JSON document (no container packing). The transports
+(`edensplit.client.http`, `edensplit.client.ws`) send a `Call` and hand back a normalised `Answer`, which
+`blob_from` and `frame_from` read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from edensplit.errors import EdenError, ErrorCode
+from edensplit.wire import (
+    BLOB_MEDIA_TYPE,
+    FRAMES_MEDIA_TYPE,
+    b64decode_field,
+    b64encode,
+    decode_image,
+    encode_png,
+    pack_frames,
+    read_blob_header,
+    unpack_frames,
+)
+from edensplit.wire.options import Options
+
+JSON = "application/json"
+Payload = Literal["binary", "json"]
+PAYLOADS = ("binary", "json")
+
+
+@dataclass(frozen=True)
+class EncodedBlob:
+    """The cloud's answer: an enc_out blob (raw bytes, or the base64 text as received, passed on as is)."""
+
+    blob: bytes | None
+    blob_b64: str | None
+    grid: tuple[int, int]
+    difference: float | None  # a pair's raw mean cosine similarity; None for one frame
+    size: int  # bytes of the blob
+
+    @property
+    def raw(self) -> bytes:
+        """The blob's bytes (decoded from base64 only if it came as JSON)."""
+        return self.blob if self.blob is not None else b64decode_field(self.blob_b64 or "", "enc_out")
+
+    @property
+    def b64(self) -> str:
+        """The blob as base64 (encoded only if it came as bytes)."""
+        return self.blob_b64 if self.blob_b64 is not None else b64encode(self.raw)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> EncodedBlob:
+        """A binary answer: the grid and difference come from the blob's own header."""
+        header = read_blob_header(blob)
+        ph, pw = (int(v) for v in header["grid"].split(","))
+        diff = header.get("difference")
+        return cls(blob, None, (ph, pw), None if diff is None else float(diff), len(blob))
+
+    @classmethod
+    def from_json(cls, enc_out: str, metadata: dict[str, Any]) -> EncodedBlob:
+        """A JSON answer: the base64 text kept as is, the grid from the answer's metadata."""
+        size = metadata.get("enc_out_size")
+        return cls(None, enc_out, (int(metadata["ph"]), int(metadata["pw"])), metadata.get("difference"),
+                   int(size) if size is not None else len(enc_out) * 3 // 4)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request, whatever carries it: HTTP (path, query, body) or WebSocket (type, header, payload)."""
+
+    operation: str  # the WebSocket message type; the answer's type is f"{operation}_result"
+    path: str  # the HTTP path, identity fields filled in
+    options: dict[str, Any]  # flat options: HTTP query parameters, WebSocket message fields
+    content_type: str  # JSON, or the binary body's media type
+    accept: str  # the answer type wanted
+    body: bytes | None = None  # binary calls
+    document: dict[str, Any] | None = None  # JSON calls: the user's JSON shape
+    ids: dict[str, Any] = field(default_factory=dict)  # path-like fields (session_id, index) a WS message carries
+    request_id: str | None = None  # HTTP X-Request-ID (WebSocket makes its own per attempt)
+
+    @property
+    def binary(self) -> bool:
+        """Whether the call carries a binary body (else a JSON document)."""
+        return self.body is not None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A success answer, normalised across transports: metadata, JSON data fields, binary body."""
+
+    metadata: dict[str, Any]
+    data: dict[str, Any]
+    body: bytes = b""
+    content_type: str = JSON
+
+
+def check_payload(payload: str) -> Payload:
+    """`payload` if it is binary or json, else INVALID_PARAMETER (a typo must not silently pick one)."""
+    if payload not in PAYLOADS:
+        raise EdenError(f"payload must be binary or json, got {payload!r}", code=ErrorCode.INVALID_PARAMETER)
+    return payload  # type: ignore[return-value]
+
+
+def _images(frames: dict[str, np.ndarray]) -> dict[str, str]:
+    """{name: base64 PNG}: the JSON API's images."""
+    return {name: b64encode(encode_png(frame)) for name, frame in frames.items()}
+
+
+def _frames_call(operation: str, path: str, frames: dict[str, np.ndarray], options: Options, payload: Payload,
+                 accept: str, *, ids: dict[str, Any] | None = None, request_id: str | None = None,
+                 flat_options: bool = False) -> Call:
+    """A call carrying raw frames: a frames container (binary) or base64 PNGs (JSON)."""
+    if payload == "binary":
+        return Call(operation, path, options.flat(), FRAMES_MEDIA_TYPE, accept, body=pack_frames(frames),
+                    ids=ids or {}, request_id=request_id)
+    if flat_options:  # the cloud's wire_dtype: a query parameter (or WS message field) in JSON calls too
+        query, document = options.flat(), _images(frames)
+    else:  # the edge's options: the user's JSON shape, sampling_config nested
+        query, document = {}, {**_images(frames), **options.json_fields()}
+    return Call(operation, path, query, JSON, JSON, document=document, ids=ids or {}, request_id=request_id)
+
+
+# -- the cloud ------------------------------------------------------------------------------------
+
+def encode(frame0: np.ndarray, frame1: np.ndarray, options: Options, *, payload: Payload,
+           request_id: str | None = None) -> Call:
+    """A pair -> its enc_out blob (cloud). Options: wire_dtype (a query parameter in both payloads)."""
+    return _frames_call("encode", "/api/v1/encode", {"frame0": frame0, "frame1": frame1}, options, payload,
+                        BLOB_MEDIA_TYPE, request_id=request_id, flat_options=True)
+
+
+def encode_frame(frame: np.ndarray, options: Options, *, payload: Payload, request_id: str | None = None) -> Call:
+    """One video frame -> its enc_out blob (cloud, frame-once sessions)."""
+    return _frames_call("encode_frame", "/api/v1/encode_frame", {"frame": frame}, options, payload, BLOB_MEDIA_TYPE,
+                        request_id=request_id, flat_options=True)
+
+
+# -- the edge -------------------------------------------------------------------------------------
+
+def interpolate(pair: EncodedBlob, options: Options, *, payload: Payload) -> Call:
+    """A pair's blob -> the middle frame (edge)."""
+    path = "/api/v1/interpolate"
+    if payload == "binary":
+        return Call("interpolate", path, options.flat(), BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, body=pair.raw)
+    document = {"enc_out": pair.b64, **options.json_fields(), "metadata": {"ph": pair.grid[0], "pw": pair.grid[1]}}
+    return Call("interpolate", path, {}, JSON, JSON, document=document)
+
+
+def session_frame(session_id: str, index: int, frame: EncodedBlob | np.ndarray, options: Options, *,
+                  payload: Payload) -> Call:
+    """Frame `index` of a frame-once session: its blob (flow A) or the frame itself (flow B)."""
+    path, ids = f"/api/v1/sessions/{session_id}/frames/{index}", {"session_id": session_id, "index": index}
+    if isinstance(frame, np.ndarray):
+        return _frames_call("session_frame", path, {"frame": frame}, options, payload, FRAMES_MEDIA_TYPE, ids=ids)
+    if payload == "binary":
+        return Call("session_frame", path, options.flat(), BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, body=frame.raw,
+                    ids=ids)
+    return Call("session_frame", path, {}, JSON, JSON, document={"enc_out": frame.b64, **options.json_fields()},
+                ids=ids)
+
+
+def interpolate_frames(frame0: np.ndarray, frame1: np.ndarray, options: Options, *, payload: Payload) -> Call:
+    """Flow B: raw frames to the edge, which has the cloud encode them."""
+    return _frames_call("interpolate_frames", "/api/v1/interpolate_frames", {"frame0": frame0, "frame1": frame1},
+                        options, payload, FRAMES_MEDIA_TYPE)
+
+
+# -- answers --------------------------------------------------------------------------------------
+
+def _unreadable(what: str, exc: Exception) -> EdenError:
+    return EdenError(f"unreadable {what} answer: {type(exc).__name__}: {exc}", code=ErrorCode.UPSTREAM_ERROR)
+
+
+def blob_from(answer: Answer) -> EncodedBlob:
+    """The cloud's answer -> an EncodedBlob (the raw blob, or its base64 text as received)."""
+    if answer.body:
+        return EncodedBlob.from_bytes(answer.body)
+    try:
+        return EncodedBlob.from_json(answer.data["enc_out"], {**answer.data, **answer.metadata})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _unreadable("encode", exc) from None
+
+
+def frame_from(answer: Answer) -> np.ndarray | None:
+    """The edge's answer -> the generated frame, or None for a store-only session answer."""
+    if answer.body:
+        if answer.content_type.startswith("image/"):
+            return decode_image(answer.body, "generated_frame")
+        return unpack_frames(answer.body, ("frame",))[0]["frame"]
+    generated = answer.data.get("generated_frame")
+    if generated:
+        return decode_image(b64decode_field(generated, "generated_frame"), "generated_frame")
+    if "stored" in answer.data or "stored" in answer.metadata:
+        return None
+    raise EdenError("the edge answered with neither a frame nor a stored frame index", code=ErrorCode.UPSTREAM_ERROR)
