@@ -96,8 +96,8 @@ def test_a_connection_answers_8_unanswered_requests_and_refuses_a_9th_meanwhile(
 
 def test_a_connection_holds_16_chunked_messages_in_progress_and_refuses_a_17th(cloud):
     frames = {f"p{i}": make_frames(1, 40, 70, seed=20 + i)[0] for i in range(MAX_CHUNKED + 2)}
-    expected = {rid: encode_frames(load_model(None, TINY_CONFIG, stages={"encode"}, allow_random=True, seed=3),
-                                   frame) for rid, frame in frames.items()}
+    encoder = load_model(None, TINY_CONFIG, stages={"encode"}, allow_random=True, seed=3)  # the cloud fixture's
+    expected = {rid: encode_frames(encoder, frame) for rid, frame in frames.items()}
 
     def chunks(rid: str) -> list[bytes] | list[str]:
         """Two chunks: binary messages for even ids, JSON text chunks for odd ones (both count)."""
