@@ -25,9 +25,14 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     NOT_ACCEPTABLE = "NOT_ACCEPTABLE"  # the Accept header names no format this endpoint can answer in
     NOT_FOUND = "NOT_FOUND"
+    UNAUTHORIZED = "UNAUTHORIZED"  # a server with EDENSPLIT_API_KEY set, and no or another bearer key
+    IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"  # a request id reused with another body, or a session frame
+    # resent with other content
     SESSION_NOT_FOUND = "SESSION_NOT_FOUND"  # a session cache the server no longer has: resend
     OVERLOADED = "OVERLOADED"  # too much work in flight: retry after a moment
-    NOT_READY = "NOT_READY"  # the model is not loaded (yet)
+    NOT_READY = "NOT_READY"  # the model is not loaded (yet), or the server is shutting down
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # the request's deadline passed before its answer was ready
+    CANCELLED = "CANCELLED"  # the caller went away; the work was dropped (logged, never sent)
     UPSTREAM_ERROR = "UPSTREAM_ERROR"  # a server this one called failed (flow B)
     ENCODE_ERROR = "ENCODE_ERROR"  # the encoder failed on valid input (a server fault)
     MODEL_ERROR = "MODEL_ERROR"  # sampling or decoding failed on valid input (a server fault)
@@ -44,6 +49,8 @@ _STATUS = {
     ErrorCode.MODEL_MISMATCH: 422, ErrorCode.INVALID_PARAMETER: 422, ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415, ErrorCode.NOT_ACCEPTABLE: 406, ErrorCode.NOT_FOUND: 404,
     ErrorCode.SESSION_NOT_FOUND: 409, ErrorCode.OVERLOADED: 503, ErrorCode.NOT_READY: 503,
+    ErrorCode.UNAUTHORIZED: 401, ErrorCode.IDEMPOTENCY_CONFLICT: 409, ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.CANCELLED: 499,
     ErrorCode.UPSTREAM_ERROR: 502, ErrorCode.ENCODE_ERROR: 500, ErrorCode.MODEL_ERROR: 500,
     ErrorCode.INTERNAL_ERROR: 500,
 }

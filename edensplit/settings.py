@@ -35,6 +35,8 @@ class ServerSettings(ModelSettings):
 
     max_request_mb: float = Field(512, gt=0, description="largest request body, MiB; MAX_REQUEST_MB")
     max_inflight: int = Field(8, ge=1, description="requests admitted at once; more get 503 OVERLOADED")
+    request_timeout_s: float | None = Field(300.0, gt=0, description="a request's deadline unless it sends its "
+                                            "own (X-Request-Timeout, WS timeout_s); 504 past it; REQUEST_TIMEOUT_S")
     max_pixels: int = Field(2 * 4096 * 2160, ge=1, description="pixels of all frames of one request (413 past "
                             "it, before decoding); the default holds a pair of 4K frames; MAX_PIXELS")
     cloud_server_url: str = Field("http://localhost:8000", description="the cloud, for the edge's flow B")

@@ -98,7 +98,7 @@ def test_every_transport_and_flow_is_bit_identical_to_local(servers, clip, local
 def test_payloads_over_16_mib_pass_a_plain_uvicorn_server(servers):
     cloud, _ = servers
     rng = np.random.default_rng(0)
-    frames = rng.integers(0, 256, (2, 3072, 3072, 3), dtype=np.uint8)  # 56 MB of frames in, a 19 MB blob out
+    frames = rng.integers(0, 256, (2, 2944, 2976, 3), dtype=np.uint8)  # 53 MB in, a 17.5 MB blob out (< MAX_PIXELS)
     client = Cloud(WsTransport(cloud.url, path=Cloud.WS_PATH), payload="binary")
     try:
         encoded = client.encode(frames[0], frames[1])

@@ -196,9 +196,12 @@ class Sampler:
         object.__setattr__(self, "time_grid", grid)
 
     def run(self, velocity: Callable[[Tensor, float], Tensor], x: Tensor,
-            trace: list[Tensor] | None = None) -> Tensor:
-        """Integrate dx/dt = v(x, t) over the grid from the noise x; `trace` collects each step's state."""
+            trace: list[Tensor] | None = None, check: Callable[[], None] | None = None) -> Tensor:
+        """Integrate dx/dt = v(x, t) over the grid from the noise x; `trace` collects each step's state;
+        `check`, called before each step, may raise to stop (a deadline passed, the caller went away)."""
         for t0, t1 in itertools.pairwise(self.time_grid):
+            if check is not None:
+                check()
             dt = t1 - t0
             v = velocity(x, t0)
             if self.method == "heun":
@@ -215,11 +218,13 @@ REFERENCE_SAMPLER = Sampler()
 @torch.inference_mode()
 def interpolate(model: Eden, enc0: FrameEncoding, enc1: FrameEncoding, difference: Tensor, noise: Tensor,
                 sampler: Sampler = REFERENCE_SAMPLER, *, vae_scaler: float | None = None,
-                vae_shift: float | None = None, trace: dict[str, object] | None = None) -> Tensor:
+                vae_shift: float | None = None, trace: dict[str, object] | None = None,
+                check: Callable[[], None] | None = None) -> Tensor:
     """The interpolate stage: B pairs of encodings -> middle frames [B, 3, H, W], float in [0, 1].
 
     `difference` is the raw mean cosine similarity [B]; `noise` the initial latents [B, M, L].
-    `trace`, when given, receives the sampler states ("latents") and "decoded_padded".
+    `trace`, when given, receives the sampler states ("latents") and "decoded_padded"; `check` is called
+    between sampler steps and before decoding, and may raise to stop the work.
     """
     _require(model, INTERPOLATE)
     geo, B = enc0.geometry, len(enc0)
@@ -247,7 +252,9 @@ def interpolate(model: Eden, enc0: FrameEncoding, enc1: FrameEncoding, differenc
         return model.velocity(x, torch.full((B,), t, device=device), diff_emb, ctx, grid)
 
     states: list[Tensor] | None = [] if trace is not None else None
-    x = sampler.run(velocity, noise.to(device, dtype), states)
+    x = sampler.run(velocity, noise.to(device, dtype), states, check)
+    if check is not None:
+        check()
     z = x / scaler + shift
     dec_ctx = model.temporal_context(model.decoder_blocks, enc0.cond_dec, enc1.cond_dec, grid, pooled=False)
     img = model.decode(z, dec_ctx, grid).float()

@@ -10,6 +10,9 @@ event loop only moves bytes.
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -28,6 +31,49 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
+class Cancellation:
+    """A request's deadline and whether its caller went away: checked before the model takes a job and by
+    the model thread between sampler steps, so abandoned or late work stops early."""
+
+    def __init__(self, timeout_s: float | None = None):
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._gone = threading.Event()
+
+    def caller_gone(self) -> None:
+        self._gone.set()
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def stopped(self) -> bool:
+        return self._gone.is_set() or (self.deadline is not None and time.monotonic() >= self.deadline)
+
+    def check(self) -> None:
+        """Raise CANCELLED or DEADLINE_EXCEEDED when the work should stop."""
+        if self._gone.is_set():
+            raise EdenError("the caller went away; the work was dropped", code=ErrorCode.CANCELLED)
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise EdenError("the request's deadline passed before its answer was ready",
+                            code=ErrorCode.DEADLINE_EXCEEDED)
+
+
+MAX_TIMEOUT_S = 24 * 3600.0
+
+
+def request_timeout(value: Any, default: float | None, name: str = "X-Request-Timeout") -> float | None:
+    """A request's time budget in seconds: its own (a positive decimal number), else the server's default."""
+    if value is None or value == "":
+        return default
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not (0 < seconds <= MAX_TIMEOUT_S) or isinstance(value, bool):
+        raise EdenError(f"{name} must be a positive number of seconds (at most {MAX_TIMEOUT_S:.0f}), got {value!r}",
+                        code=ErrorCode.INVALID_PARAMETER)
+    return seconds
+
+
 @dataclass(frozen=True)
 class StageInput:
     """One request as every transport delivers it."""
@@ -40,6 +86,7 @@ class StageInput:
     answer: str = JSON  # the media type to answer in, negotiated by the transport
     request_id: str = ""
     content_type_header: str = ""  # the whole Content-Type (a multipart body's boundary)
+    cancellation: Cancellation = field(default_factory=Cancellation)
 
 
 @dataclass
@@ -83,13 +130,20 @@ def check_content_type(stage: Stage[Any, Any], content_type: str) -> None:
 
 async def run_stage(stage: Stage[Any, Any], inp: StageInput, runtime: ModelRuntime,
                     render: Callable[[StageReply], T]) -> T:
-    """decode -> prepare -> predict -> encode inside one admission place; `render` turns the reply into what
-    the transport sends, on the thread pool with the encoding."""
-    async with runtime.admission():
-        model = runtime.require_model()
-        job = await run_in_threadpool(stage.decode, inp, model)
-        prepared = await stage.prepare(job, model)
-        if isinstance(prepared, StageReply):
-            return await run_in_threadpool(render, prepared)
-        result = await runtime.predict(stage, prepared)
-        return await run_in_threadpool(lambda: render(stage.encode(result, prepared)))
+    """decode -> prepare -> predict -> encode inside one admission place and the request's deadline; `render`
+    turns the reply into what the transport sends, on the thread pool with the encoding."""
+    cancel = inp.cancellation
+    try:
+        async with asyncio.timeout(cancel.remaining()), runtime.admission():
+            cancel.check()
+            model = runtime.require_model()
+            job = await run_in_threadpool(stage.decode, inp, model)
+            prepared = await stage.prepare(job, model)
+            if isinstance(prepared, StageReply):
+                return await run_in_threadpool(render, prepared)
+            cancel.check()
+            result = await runtime.predict(stage, prepared, cancel)
+            return await run_in_threadpool(lambda: render(stage.encode(result, prepared)))
+    except TimeoutError:
+        raise EdenError("the request's deadline passed before its answer was ready",
+                        code=ErrorCode.DEADLINE_EXCEEDED) from None

@@ -3,13 +3,24 @@ options, path parameters, the answer negotiated from Accept), a `StageReply` bec
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.servers.contract import JSON, Stage, StageInput, StageReply, check_content_type, run_stage
+from edensplit.servers.contract import (
+    JSON,
+    Cancellation,
+    Stage,
+    StageInput,
+    StageReply,
+    check_content_type,
+    request_timeout,
+    run_stage,
+)
 from edensplit.servers.envelope import success_body
 
 
@@ -45,10 +56,31 @@ def render(reply: StageReply) -> Response:
 
 
 async def serve(stage: Stage[Any, Any], request: Request) -> Response:
-    """Run one HTTP request through `stage`: the body is read whole before a model place is taken."""
+    """Run one HTTP request through `stage`: the body is read whole before a model place is taken, and a
+    caller that disconnects meanwhile has its work dropped (CANCELLED, logged, never sent)."""
     kind = media_type(request)
     check_content_type(stage, kind)
     answer = response_format(request.headers.get("accept", ""), stage.answers, kind in stage.binary_inputs)
+    timeout = request_timeout(request.headers.get("x-request-timeout"), request.app.state.settings.request_timeout_s)
+    cancellation = Cancellation(timeout)
     inp = StageInput(kind, await request.body(), None, request.query_params, request.path_params, answer,
-                     request.state.request_id, request.headers.get("content-type", ""))
-    return await run_stage(stage, inp, request.app.state.runtime, render)
+                     request.state.request_id, request.headers.get("content-type", ""), cancellation)
+    work = asyncio.ensure_future(run_stage(stage, inp, request.app.state.runtime, render))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if work.done():
+        return work.result()
+    cancellation.caller_gone()
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError, EdenError):
+        await work  # until the model thread lets go of it
+    raise EdenError("the caller went away; the work was dropped", code=ErrorCode.CANCELLED)
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client disconnects (the body is read: the next message can only be a disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

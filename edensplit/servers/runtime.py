@@ -79,16 +79,29 @@ class ModelRuntime:
         finally:
             self.inflight -= 1
 
-    async def run(self, fn: Callable[..., R], *args: Any) -> R:
-        """Run fn(model, *args) on the model thread."""
+    async def run(self, fn: Callable[..., R], *args: Any, cancellation: Any = None) -> R:
+        """Run fn(model, *args) on the model thread. If the caller is cancelled meanwhile, the cancellation is
+        told (the model thread stops at its next check) and the call still waits for the thread to let go,
+        so what counts as in flight is what the model thread really holds."""
         model = self.require_model()
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, model, *args)
+        future = self._executor.submit(fn, model, *args)
+        done = asyncio.wrap_future(future)
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            if cancellation is not None:
+                cancellation.caller_gone()
+            future.cancel()  # a call still queued never runs; a running one stops at its next check
+            await asyncio.wait([done])
+            if not done.cancelled():
+                done.exception()  # retrieved: the caller is gone, the outcome goes nowhere
+            raise
 
-    async def predict(self, stage: Any, job: Any) -> Any:
+    async def predict(self, stage: Any, job: Any, cancellation: Any = None) -> Any:
         """stage.predict for one job on the model thread, batched with others of the same stage.batch_key
         when batching is on. Stages that share a predict function share one batcher."""
         if self.max_batch <= 1 or stage.batch_key(job) is None:
-            return (await self.run(stage.predict, [job]))[0]
+            return (await self.run(stage.predict, [job], cancellation=cancellation))[0]
         shared = getattr(stage.predict, "__func__", stage.predict)
         batcher = self.batchers.get(shared)
         if batcher is None:

@@ -25,9 +25,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketState
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.servers.contract import JSON, Stage, StageInput, StageReply, check_content_type, run_stage
+from edensplit.servers.contract import (
+    JSON,
+    Cancellation,
+    Stage,
+    StageInput,
+    StageReply,
+    check_content_type,
+    request_timeout,
+    run_stage,
+)
 from edensplit.servers.envelope import error_body
-from edensplit.wire.messages import CHUNK_BYTES, Reassembler, parse_text, split_binary, split_text
+from edensplit.wire.messages import CHUNK_BYTES, Reassembler, parse_text, split_binary, split_text, unpack_binary
 
 log = logging.getLogger("edensplit.server")
 access_log = logging.getLogger("edensplit.access")
@@ -53,12 +62,14 @@ class WsRequest:
         inner = self.header.get("payload")
         return {**self.header, **inner} if isinstance(inner, dict) else self.header
 
-    def stage_input(self, stage: Stage[Any, Any]) -> StageInput:
+    def stage_input(self, stage: Stage[Any, Any], default_timeout_s: float | None) -> StageInput:
+        cancellation = Cancellation(request_timeout(self.header.get("timeout_s"), default_timeout_s, "timeout_s"))
         if self.binary:
             kind = str(self.header.get("content_type") or stage.binary_inputs[0]).lower()
-            return StageInput(kind, self.payload, None, self.header, self.header, stage.answers[0], self.request_id)
+            return StageInput(kind, self.payload, None, self.header, self.header, stage.answers[0], self.request_id,
+                              cancellation=cancellation)
         fields = self.fields
-        return StageInput(JSON, b"", fields, fields, fields, JSON, self.request_id)
+        return StageInput(JSON, b"", fields, fields, fields, JSON, self.request_id, cancellation=cancellation)
 
 
 def render(req: WsRequest, reply: StageReply) -> list[str] | list[bytes]:
@@ -83,6 +94,7 @@ class Connection:
         self.inflight: set[asyncio.Task[None]] = set()
         self.send_lock = asyncio.Lock()
         self.runtime = websocket.app.state.runtime
+        self.settings = websocket.app.state.settings
         self.route = websocket.scope["path"]
         self.metrics = websocket.app.state.metrics
 
@@ -103,10 +115,12 @@ class Connection:
         return await self.send(split_text(message))
 
     async def handle(self, req: WsRequest, stage: Stage[Any, Any]) -> None:
-        status, sent = "success", 0
+        status, sent = str(ErrorCode.CANCELLED), 0  # until an answer or an error is sent
         try:
-            frames = await run_stage(stage, req.stage_input(stage), self.runtime, lambda reply: render(req, reply))
+            inp = req.stage_input(stage, self.settings.request_timeout_s)
+            frames = await run_stage(stage, inp, self.runtime, lambda reply: render(req, reply))
             sent = await self.send(frames)
+            status = "success"
         except EdenError as exc:
             status = str(exc.code)
             sent = await self._try_error(req.request_id, exc)
@@ -141,12 +155,14 @@ class Connection:
         size = len(data) if data is not None else len(text or "")
         self.metrics.bytes_in.labels(self.route).inc(size)
         if data is not None:
-            whole = self.reassembler.feed_binary(data)
+            header, payload = unpack_binary(data)
+            whole = self.reassembler.feed_parts(header, payload)
+            total = size if "chunks" not in header else self._count(("b", header.get("request_id")), size,
+                                                                    whole is not None)
             if whole is None:
                 return None
             header, payload = whole
             binary = True
-            total = size if "chunks" not in header else self._count(("b", header.get("request_id")), size, True)
         else:
             parsed = await self._parse(text or "")
             rid = parsed.get("request_id")
@@ -204,6 +220,8 @@ class Connection:
                     if req is not None:
                         await self.dispatch(req)
                 except EdenError as exc:
+                    pending = self.reassembler.pending()  # forget the count of a chunked message refused
+                    self.received = {k: v for k, v in self.received.items() if k in pending}
                     await self.send_error(exc.details.get("request_id"), exc)
         except WebSocketDisconnect:
             pass

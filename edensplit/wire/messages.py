@@ -123,9 +123,16 @@ class Reassembler:
                        code=ErrorCode.PAYLOAD_TOO_LARGE, request_id=rid)
         return slot
 
+    def pending(self) -> set[tuple[str, Any]]:
+        """The (kind, request_id) of the chunked messages in progress."""
+        return set(self._partial)
+
     def feed_binary(self, data: bytes) -> tuple[dict[str, Any], bytes] | None:
         """A whole (header, payload), or None while chunks are still missing."""
-        header, payload = unpack_binary(data)
+        return self.feed_parts(*unpack_binary(data))
+
+    def feed_parts(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes] | None:
+        """`feed_binary` for a message whose header was already split off."""
         if "chunks" not in header:
             if len(payload) > self.max_bytes:
                 raise _bad(f"message over the server's limit of {self.max_bytes} bytes",

@@ -12,7 +12,7 @@ import numpy as np
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import Eden, encode_frames, frame_difference
-from edensplit.servers.contract import JSON, StageInput, StageReply
+from edensplit.servers.contract import JSON, Cancellation, StageInput, StageReply
 from edensplit.servers.inputs import FRAME_TYPES, read_frames
 from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, b64encode, pack_encoding
 from edensplit.wire.options import Options
@@ -24,6 +24,7 @@ class EncodeJob:
     wire_dtype: str
     request_id: str
     answer: str = JSON  # JSON or BLOB_MEDIA_TYPE
+    cancellation: Cancellation = field(default_factory=Cancellation)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -36,6 +37,7 @@ class EncodeResult:
 
 def encode_job(model: Eden, job: EncodeJob) -> EncodeResult:
     """The cloud's model work: encode F frames (and a pair's difference) into one enc_out blob."""
+    job.cancellation.check()
     try:
         enc = encode_frames(model, job.frames)
         difference = float(frame_difference(job.frames[0], job.frames[1])[0]) if len(job.frames) == 2 else None
@@ -60,7 +62,7 @@ class EncodeStage:
     def decode(self, inp: StageInput, model: Eden) -> EncodeJob:
         wire_dtype = Options.from_flat(inp.options).wire_dtype or "float32"
         frames = read_frames(inp, self.names, self.max_pixels).frames
-        return EncodeJob(np.stack(frames), wire_dtype, inp.request_id, inp.answer)
+        return EncodeJob(np.stack(frames), wire_dtype, inp.request_id, inp.answer, inp.cancellation)
 
     async def prepare(self, job: EncodeJob, model: Eden) -> EncodeJob:
         return job

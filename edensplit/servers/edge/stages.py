@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import Eden, FrameEncoding, frame_difference, interpolate, make_noise, to_uint8
-from edensplit.servers.contract import JSON, PNG, StageInput, StageReply
+from edensplit.servers.contract import JSON, PNG, Cancellation, StageInput, StageReply
 from edensplit.servers.edge.validation import (
     InterpolateJob,
     check_encoding,
@@ -59,12 +59,18 @@ def generate(model: Eden, jobs: Sequence[InterpolateJob]) -> list[np.ndarray]:
     try:
         out = interpolate(model, FrameEncoding.cat([j.enc0 for j in jobs]), FrameEncoding.cat([j.enc1 for j in jobs]),
                           torch.tensor([j.difference for j in jobs]), noise, first.sampler,
-                          vae_scaler=first.vae_scaler, vae_shift=first.vae_shift)
+                          vae_scaler=first.vae_scaler, vae_shift=first.vae_shift, check=lambda: stop_if_all(jobs))
     except EdenError:
         raise
     except Exception as exc:
         raise EdenError(f"sampling failed: {type(exc).__name__}: {exc}", code=ErrorCode.MODEL_ERROR) from exc
     return list(to_uint8(out))
+
+
+def stop_if_all(jobs: Sequence[InterpolateJob]) -> None:
+    """Stop a batch's sampling once none of its callers can use the answer."""
+    if all(j.cancellation.stopped() for j in jobs):
+        jobs[0].cancellation.check()
 
 
 class EdgeStage:
@@ -108,7 +114,7 @@ class InterpolateStage(EdgeStage):
         else:
             opts, blob, meta = Options.from_flat(inp.options), inp.body, {}
         encoded = unpack_encoding(blob, frames=2, max_pixels=self.max_pixels)
-        job = pair_job(model, encoded, opts, inp.request_id, inp.answer)
+        job = pair_job(model, encoded, opts, inp.request_id, inp.answer, inp.cancellation)
         check_grid(job.enc0, meta.get("ph"), meta.get("pw"))
         return job
 
@@ -127,6 +133,7 @@ class SessionFrame:
     pixels: np.ndarray | None
     request_id: str
     answer: str
+    cancellation: Cancellation
 
 
 def session_key(params: Mapping[str, Any]) -> tuple[str, int]:
@@ -178,7 +185,7 @@ class SessionFrameStage(EdgeStage):
         if blob is not None:
             encoding = unpack_encoding(blob, frames=1, max_pixels=self.max_pixels).encoding
             check_encoding(model, encoding)
-        return SessionFrame(session_id, index, opts, encoding, pixels, inp.request_id, inp.answer)
+        return SessionFrame(session_id, index, opts, encoding, pixels, inp.request_id, inp.answer, inp.cancellation)
 
     async def prepare(self, frame: SessionFrame, model: Eden) -> InterpolateJob | StageReply:
         sid, index, opts = frame.session_id, frame.index, frame.options
@@ -203,7 +210,8 @@ class SessionFrameStage(EdgeStage):
             if previous.pixels is None:
                 raise needs_difference
             difference = float((await run_in_threadpool(frame_difference, previous.pixels, frame.pixels))[0])
-        return make_job(model, previous.encoding, encoding, opts, difference, frame.request_id, frame.answer)
+        return make_job(model, previous.encoding, encoding, opts, difference, frame.request_id, frame.answer,
+                        frame.cancellation)
 
 
 @dataclass
@@ -214,6 +222,7 @@ class FramesPair:
     options: Options
     request_id: str
     answer: str
+    cancellation: Cancellation
 
 
 class FramesStage(EdgeStage):
@@ -230,11 +239,12 @@ class FramesStage(EdgeStage):
             opts = Options.from_json(parse_document(InterpolateFramesRequest, inp))
         else:
             opts = Options.from_flat(inp.options)
-        return FramesPair(read_frames(inp, PAIR, self.max_pixels).frames, opts, inp.request_id, inp.answer)
+        return FramesPair(read_frames(inp, PAIR, self.max_pixels).frames, opts, inp.request_id, inp.answer,
+                          inp.cancellation)
 
     async def prepare(self, pair: FramesPair, model: Eden) -> InterpolateJob:
         encoded = await encode_at_cloud(self.cloud, pair.frames, pair.request_id)
-        return pair_job(model, encoded, pair.options, pair.request_id, pair.answer)
+        return pair_job(model, encoded, pair.options, pair.request_id, pair.answer, pair.cancellation)
 
 
 async def encode_at_cloud(cloud: CloudEncoder, frames: list[np.ndarray], request_id: str) -> EncodedFrames:

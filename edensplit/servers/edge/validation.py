@@ -11,7 +11,7 @@ from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import Eden, FrameEncoding, Sampler
 from edensplit.model.config import IGNORED_MODEL_ARGS
 from edensplit.model.stages import is_valid_difference
-from edensplit.servers.contract import JSON
+from edensplit.servers.contract import JSON, Cancellation
 from edensplit.wire import EncodedFrames
 from edensplit.wire.options import Options
 
@@ -29,6 +29,7 @@ class InterpolateJob:
     vae_shift: float | None
     request_id: str
     answer: str = JSON
+    cancellation: Cancellation = field(default_factory=Cancellation)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -66,7 +67,7 @@ def check_grid(enc: FrameEncoding, ph: Any, pw: Any) -> None:
 
 
 def make_job(model: Eden, enc0: FrameEncoding, enc1: FrameEncoding, opts: Options, difference: float | None,
-             request_id: str, answer: str = JSON) -> InterpolateJob:
+             request_id: str, answer: str = JSON, cancellation: Cancellation | None = None) -> InterpolateJob:
     """The job for a pair of encodings; `difference` is the pair's when the options carry none."""
     check_encoding(model, enc0)
     check_encoding(model, enc1)
@@ -79,11 +80,11 @@ def make_job(model: Eden, enc0: FrameEncoding, enc1: FrameEncoding, opts: Option
                         code=ErrorCode.INVALID_PARAMETER)
     sampler = Sampler(2 if opts.num_steps is None else opts.num_steps, opts.method or "euler")
     return InterpolateJob(enc0, enc1, float(difference), opts.seed or 0, sampler, opts.vae_scaler, opts.vae_shift,
-                          request_id, answer)
+                          request_id, answer, cancellation or Cancellation())
 
 
-def pair_job(model: Eden, encoded: EncodedFrames, opts: Options, request_id: str, answer: str = JSON
-             ) -> InterpolateJob:
+def pair_job(model: Eden, encoded: EncodedFrames, opts: Options, request_id: str, answer: str = JSON,
+             cancellation: Cancellation | None = None) -> InterpolateJob:
     """The job for a pair's blob: its two encodings, its difference unless the options override it."""
     enc = encoded.encoding
-    return make_job(model, enc[0], enc[1], opts, encoded.difference, request_id, answer)
+    return make_job(model, enc[0], enc[1], opts, encoded.difference, request_id, answer, cancellation)
