@@ -25,7 +25,6 @@ import torch
 
 from edensplit.client.flows import open_backend
 from edensplit.client.jobs import LocalBackend, PairBackend, interpolate_stream
-from edensplit.client.payloads import Sampling
 from edensplit.model import ALL_STAGES, LocalPipeline
 from edensplit.servers.launch import ServerProcess
 from edensplit.servers.runtime import load_model_for
@@ -121,8 +120,7 @@ def run_bench(size: tuple[int, int] = (240, 428), n_frames: int = 6, transports:
                 for dtype in dtypes if not flow.startswith("b") else ("float32",):
                     kind, payload = transport.split("-")
                     backend = open_backend(cloud_url=cloud.url, edge_url=edge.url, transport=kind, payload=payload,
-                                           flow=flow[0], frame_once=flow.endswith("once"), wire_dtype=dtype,
-                                           sampling=Sampling())
+                                           flow=flow[0], frame_once=flow.endswith("once"), wire_dtype=dtype,)
                     try:
                         run_once(backend, frames[:2], 1)  # warm-up: connections, first-call costs
                         before = {"cloud": wire_bytes(cloud.url), "edge": wire_bytes(edge.url)}

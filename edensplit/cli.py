@@ -137,14 +137,15 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         where = f"locally ({model.weights_source} on {model.device})"
     else:
         from edensplit.client.flows import open_backend
-        from edensplit.client.payloads import Sampling
+        from edensplit.wire.options import Options
 
         cs = ClientSettings(**_overrides(args, ("cloud_server_url", "edge_server_url", "edensplit_timeout",
                                                 "edensplit_retries")))
         frame_once = bool(args.video_path) and not args.pairs
         backend = open_backend(cloud_url=cs.cloud_server_url, edge_url=cs.edge_server_url, transport=args.transport,
                                flow=args.flow, frame_once=frame_once, payload=args.payload,
-                               wire_dtype=args.wire_dtype, sampling=Sampling(args.num_steps, args.method),
+                               wire_dtype=args.wire_dtype,
+                               options=Options(num_steps=args.num_steps, method=args.method),
                                timeout=cs.edensplit_timeout, retries=cs.edensplit_retries,
                                compress=None if args.compress == "none" else args.compress)
         mode = "frame-once session" if frame_once else "pairs"

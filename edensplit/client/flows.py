@@ -136,12 +136,10 @@ class EdgeProxyClient:
 
 def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow: str = "a", frame_once: bool = True,
                  payload: str = "binary", wire_dtype: str = "float32", options: Options | None = None,
-                 timeout: float = 30.0, retries: int = 3, compress: str | None = None,
-                 sampling: Options | None = None) -> SplitClient | EdgeProxyClient:
+                 timeout: float = 30.0, retries: int = 3, compress: str | None = None
+                 ) -> SplitClient | EdgeProxyClient:
     """The backend for a transport (http, ws) and flow (a, b); each frame travels once unless not frame_once.
-
-    `options` (num_steps, method, ...) go with every edge request; `sampling` is its old name, kept until the
-    CLI and the bench pass `options`."""
+    `options` (num_steps, method, ...) go with every edge request."""
     if transport not in ("http", "ws"):
         raise EdenError(f"unknown transport {transport!r}: use http or ws", code=ErrorCode.INVALID_PARAMETER)
     if flow not in ("a", "b"):
@@ -157,7 +155,7 @@ def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow
             return HttpTransport(url, timeout=timeout, retries=retries, compress=compress, name=name)
         return WsTransport(url, path=ws_path, timeout=timeout, retries=retries, name=name)
 
-    edge = Edge(connect(edge_url, "edge server", Edge.WS_PATH), payload=body, options=options or sampling)
+    edge = Edge(connect(edge_url, "edge server", Edge.WS_PATH), payload=body, options=options)
     if flow == "b":
         return FrameOnceProxyClient(edge) if frame_once else EdgeProxyClient(edge)
     try:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from edensplit.client import RetryPolicy
 from edensplit.model import LocalPipeline, encode_frames, frame_difference, load_model
 from edensplit.model.config import EdenConfig, ModelArgs
 from edensplit.wire import (
@@ -171,7 +172,7 @@ def test_flow_b_with_the_cloud_unreachable_is_an_upstream_error(reference):
 
     model = load_model(None, TINY_CONFIG, stages={"interpolate"}, allow_random=True, seed=3)
     app = create_edge_app(ServerSettings(cloud_server_url="http://127.0.0.1:9"), model)
-    app.state.cloud_client.retry = type(app.state.cloud_client.retry)(retries=0)
+    app.state.cloud_client.transport.retry = RetryPolicy(retries=0)
     with TestClient(app) as edge:
         r = edge.post("/api/v1/interpolate_frames", content=pack_frames({"frame0": FRAMES[0], "frame1": FRAMES[1]}),
                       headers={"Content-Type": FRAMES_MEDIA_TYPE})

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from fastapi import FastAPI
 
+from edensplit.client import AsyncCloud, AsyncHttpTransport
 from edensplit.model import INTERPOLATE, Eden
 from edensplit.servers.app import create_app
 from edensplit.servers.edge.routes import edge_router
-from edensplit.servers.edge.upstream import AsyncCloudClient
 from edensplit.servers.sessions import SessionStore
 from edensplit.settings import ServerSettings
 
@@ -18,10 +18,13 @@ def create_edge_app(settings: ServerSettings | None = None, model: Eden | None =
     of loading one at start-up."""
     settings = settings or ServerSettings()
     sessions = SessionStore(settings.session_ttl_s, settings.max_sessions)
-    cloud = AsyncCloudClient(settings.cloud_server_url)
+    cloud = AsyncCloud(AsyncHttpTransport(settings.cloud_server_url, name="cloud server"))
 
     async def encode_at_cloud(frames: list[np.ndarray], request_id: str) -> bytes:
-        return await cloud.encode_blob(frames, request_id=request_id)
+        """Flow B: the cloud's float32 blob of a pair or one frame (binary, no base64)."""
+        if len(frames) == 2:
+            return (await cloud.encode(*frames, request_id=request_id)).raw
+        return (await cloud.encode_frame(frames[0], request_id=request_id)).raw
 
     app = create_app(INTERPOLATE, "edensplit edge (EDEN sampler + decoder)", settings, model,
                      routers=[edge_router(settings, sessions, encode_at_cloud)], on_shutdown=[cloud.aclose])
