@@ -21,7 +21,8 @@ class ErrorCode(StrEnum):
     SHAPE_MISMATCH = "SHAPE_MISMATCH"  # tensors that do not fit the grid, or ph/pw that do not match
     MODEL_MISMATCH = "MODEL_MISMATCH"  # model_args or hidden size differ from the loaded model
     INVALID_PARAMETER = "INVALID_PARAMETER"  # an out-of-range override (seed, num_steps, vae_scaler, ...)
-    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"  # a body over MAX_REQUEST_MB, or frames over MAX_PIXELS
+    BODY_TIMEOUT = "BODY_TIMEOUT"  # the request body did not arrive within BODY_TIMEOUT_S
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     NOT_ACCEPTABLE = "NOT_ACCEPTABLE"  # the Accept header names no format this endpoint can answer in
     NOT_FOUND = "NOT_FOUND"
@@ -46,7 +47,7 @@ class ErrorCode(StrEnum):
 _STATUS = {
     ErrorCode.INVALID_REQUEST: 422, ErrorCode.INVALID_BASE64: 400, ErrorCode.INVALID_IMAGE: 400,
     ErrorCode.FRAME_SIZE_MISMATCH: 400, ErrorCode.INVALID_BLOB: 400, ErrorCode.SHAPE_MISMATCH: 422,
-    ErrorCode.MODEL_MISMATCH: 422, ErrorCode.INVALID_PARAMETER: 422, ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.MODEL_MISMATCH: 422, ErrorCode.INVALID_PARAMETER: 422, ErrorCode.PAYLOAD_TOO_LARGE: 413, ErrorCode.BODY_TIMEOUT: 408,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415, ErrorCode.NOT_ACCEPTABLE: 406, ErrorCode.NOT_FOUND: 404,
     ErrorCode.SESSION_NOT_FOUND: 409, ErrorCode.OVERLOADED: 503, ErrorCode.NOT_READY: 503,
     ErrorCode.UNAUTHORIZED: 401, ErrorCode.IDEMPOTENCY_CONFLICT: 409, ErrorCode.DEADLINE_EXCEEDED: 504,

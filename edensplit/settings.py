@@ -37,6 +37,19 @@ class ServerSettings(ModelSettings):
     max_inflight: int = Field(8, ge=1, description="requests admitted at once; more get 503 OVERLOADED")
     request_timeout_s: float | None = Field(300.0, gt=0, description="a request's deadline unless it sends its "
                                             "own (X-Request-Timeout, WS timeout_s); 504 past it; REQUEST_TIMEOUT_S")
+    body_timeout_s: float = Field(60.0, gt=0, description="a request body must arrive within this (408 "
+                                  "BODY_TIMEOUT); it is read before a model place is taken; BODY_TIMEOUT_S")
+    max_body_reads: int = Field(64, ge=1, description="request bodies read at once; more get 503; MAX_BODY_READS")
+    body_memory_mb: float = Field(1024, gt=0, description="MiB held by bodies being read or decompressed and "
+                                  "WebSocket messages being reassembled, all together; 503 past it; BODY_MEMORY_MB")
+    max_ws_connections: int = Field(64, ge=1, description="WebSocket connections at once; MAX_WS_CONNECTIONS")
+    idempotency_cache_mb: float = Field(256, ge=0, description="recent answers kept for retried requests (by "
+                                        "request id); 0 turns replays off; IDEMPOTENCY_CACHE_MB")
+    edensplit_api_key: str | None = Field(None, description="when set, every route but /health* requires "
+                                          "Authorization: Bearer <key>; EDENSPLIT_API_KEY")
+    edensplit_ca_cert: Path | None = Field(None, description="edge, flow B: CA bundle for the cloud's TLS "
+                                           "certificate; EDENSPLIT_CA_CERT")
+    warmup: bool = Field(True, description="run one small model pass before reporting ready; WARMUP")
     max_pixels: int = Field(2 * 4096 * 2160, ge=1, description="pixels of all frames of one request (413 past "
                             "it, before decoding); the default holds a pair of 4K frames; MAX_PIXELS")
     cloud_server_url: str = Field("http://localhost:8000", description="the cloud, for the edge's flow B")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -18,7 +20,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import Eden
-from edensplit.servers.envelope import error_response
+from edensplit.servers.budget import ByteBudget
+from edensplit.servers.envelope import error_response, log_refusal
+from edensplit.servers.idempotency import IdempotencyCache
 from edensplit.servers.metrics import Metrics
 from edensplit.servers.middleware import RequestContextMiddleware
 from edensplit.servers.runtime import ModelRuntime, load_model_for
@@ -62,7 +66,7 @@ def health_router() -> APIRouter:
     @router.get("/health/ready", response_model=HealthResponse, summary="200 once the model is loaded, else 503")
     async def ready(request: Request) -> Response:
         info = runtime_of(request).health()
-        return JSONResponse(info, status_code=200 if info["model_loaded"] else 503)
+        return JSONResponse(info, status_code=200 if info["ready"] else 503)
 
     @router.get("/metrics", summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:
@@ -71,11 +75,35 @@ def health_router() -> APIRouter:
     return router
 
 
+def drain_on_sigterm(runtime: ModelRuntime) -> Callable[[], None]:
+    """Chain a SIGTERM handler that stops admission before the server's own (uvicorn's) handler runs;
+    returns what undoes it. Only the main thread can listen to signals: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        runtime.draining = True
+        log.warning("%s server: SIGTERM, admitting nothing new; finishing %d requests in flight", runtime.stage,
+                    runtime.inflight)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
+
+    def restore() -> None:
+        if signal.getsignal(signal.SIGTERM) is handler:
+            signal.signal(signal.SIGTERM, previous)
+    return restore
+
+
 def create_app(stage: str, title: str, settings: ServerSettings, model: Eden | None = None, *,
-               routers: Sequence[APIRouter] = (), on_shutdown: Sequence[Callable[[], Awaitable[Any]]] = ()
-               ) -> FastAPI:
-    """An app for `stage` whose model is `model`, or is loaded once at start-up (lifespan) and kept resident;
-    `on_shutdown` closes what the stage's routes hold (clients of other servers)."""
+               routers: Sequence[APIRouter] = (), on_shutdown: Sequence[Callable[[], Awaitable[Any]]] = (),
+               warm_up: Callable[[Eden], Any] | None = None) -> FastAPI:
+    """An app for `stage` whose model is `model`, or is loaded once at start-up (lifespan) and kept resident,
+    then warmed up (`warm_up`, one small pass) before the server reports ready; `on_shutdown` closes what
+    the stage's routes hold (clients of other servers). On SIGTERM it stops admitting and finishes what is
+    in flight (uvicorn waits for it, up to its graceful-shutdown timeout)."""
     configure_logging()
     metrics = Metrics(stage)
 
@@ -88,9 +116,12 @@ def create_app(stage: str, title: str, settings: ServerSettings, model: Eden | N
             except EdenError as exc:  # stay up, not ready: /health says why, requests get 503 NOT_READY
                 rt.load_error = exc.message
                 log.error("%s server cannot load its model (not ready; see /health): %s", stage, exc.message)
+        await run_in_threadpool(rt.warm_up, warm_up if settings.warmup else None)
+        restore = drain_on_sigterm(rt)
         try:
             yield
         finally:
+            restore()
             for close in on_shutdown:
                 await close()
             await rt.close()
@@ -99,15 +130,18 @@ def create_app(stage: str, title: str, settings: ServerSettings, model: Eden | N
                   description="See docs/protocol.md for the binary formats and the error codes.")
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.budget = ByteBudget(int(settings.body_memory_mb * 2**20))
+    app.state.idempotency = IdempotencyCache(int(settings.idempotency_cache_mb * 2**20))
+    app.state.websockets = 0  # connections open
     app.state.runtime = ModelRuntime(stage, settings.max_inflight, model, max_batch=settings.max_batch,
                                      batch_wait_s=settings.batch_wait_ms / 1000)
     metrics.inflight.set_function(lambda: app.state.runtime.inflight)
-    app.add_middleware(RequestContextMiddleware, max_body=int(settings.max_request_mb * 2**20), metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, settings=settings, metrics=metrics, budget=app.state.budget,
+                       idempotency=app.state.idempotency)
 
     @app.exception_handler(EdenError)
     async def eden_error(request: Request, exc: EdenError) -> JSONResponse:
-        if exc.code.status >= 500:
-            log.error("%s %s: %s", request_id(request), exc.code, exc.message)
+        log_refusal(request_id(request), exc)
         return error_response(exc.code, exc.message, exc.details)
 
     @app.exception_handler(RequestValidationError)

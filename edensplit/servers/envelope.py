@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from edensplit.errors import ErrorCode
+from edensplit.errors import EdenError, ErrorCode
+
+log = logging.getLogger("edensplit.server")
 
 
 def success_body(data: dict[str, Any]) -> dict[str, Any]:
@@ -19,7 +22,17 @@ def error_body(code: ErrorCode, message: str, details: dict[str, Any] | None = N
 
 
 def error_response(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
-    headers = {"Retry-After": "1"} if code in (ErrorCode.OVERLOADED, ErrorCode.NOT_READY) else None
+    """The envelope with the code's status; an answer worth retrying says when (Retry-After, seconds)."""
+    retry_after = (details or {}).get("retry_after_s", 1)
+    headers = {"Retry-After": str(retry_after)} if code in (ErrorCode.OVERLOADED, ErrorCode.NOT_READY) else None
     return JSONResponse(error_body(code, message, details), status_code=code.status, headers=headers)
 
 
+QUIET = {ErrorCode.OVERLOADED: logging.INFO, ErrorCode.NOT_READY: logging.INFO, ErrorCode.CANCELLED: logging.INFO,
+         ErrorCode.DEADLINE_EXCEEDED: logging.INFO, ErrorCode.UPSTREAM_ERROR: logging.WARNING}
+
+
+def log_refusal(rid: str, exc: EdenError) -> None:
+    """A server-side failure (5xx) at ERROR; backpressure, deadlines and another server's fault below that."""
+    if exc.code.status >= 500 or exc.code in QUIET:
+        log.log(QUIET.get(exc.code, logging.ERROR), "%s %s: %s", rid, exc.code, exc.message)

@@ -115,7 +115,7 @@ def _json_object(raw: str | None) -> dict[str, Any]:
     check_depth(raw, "the multipart 'metadata' field")
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, or an integer too long to convert
         value = None
     if not isinstance(value, dict):
         raise EdenError("the multipart 'metadata' field must be a JSON object", code=ErrorCode.INVALID_REQUEST)

@@ -3,6 +3,7 @@ line and the request metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -12,8 +13,12 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edensplit.errors import EdenError, ErrorCode
+from edensplit.servers.auth import check_access
+from edensplit.servers.budget import ByteBudget
 from edensplit.servers.envelope import error_response
+from edensplit.servers.idempotency import IdempotencyCache, digest
 from edensplit.servers.metrics import Metrics
+from edensplit.settings import ServerSettings
 from edensplit.wire.compression import compress, decompress, normalise_codec
 
 access_log = logging.getLogger("edensplit.access")
@@ -36,35 +41,36 @@ def response_codec(accept_encoding: str | None) -> str | None:
     return next((c for c in RESPONSE_CODECS if offered.get(c, 0) > 0), None)
 
 
-class RequestContextMiddleware:
-    """Per HTTP request: read or make X-Request-ID and echo it, enforce the body limit, undo a request's
-    Content-Encoding and apply a fast one the client accepts to binary responses, count bytes on the
-    wire, and write one log line (request id, route, status, bytes in/out, milliseconds) plus metrics."""
+class Abandoned(Exception):
+    """The client went away while its request was being read."""
 
-    def __init__(self, app: ASGIApp, *, max_body: int, metrics: Metrics):
-        self.app, self.max_body, self.metrics = app, max_body, metrics
+
+class RequestContextMiddleware:
+    """Per HTTP request: read or make X-Request-ID and echo it; read the whole body (and undo its
+    Content-Encoding) before the app runs, under a read deadline, a bound on concurrent reads and the
+    server's byte budget, so slow or huge uploads never hold a model place; replay the answer of a retried
+    request; compress binary answers with a fast codec the client accepts; count bytes on the wire, and
+    write one log line (request id, route, status, bytes in/out, milliseconds) plus metrics."""
+
+    def __init__(self, app: ASGIApp, *, settings: ServerSettings, metrics: Metrics, budget: ByteBudget,
+                 idempotency: IdempotencyCache):
+        self.app, self.metrics, self.budget, self.idempotency = app, metrics, budget, idempotency
+        self.max_body = int(settings.max_request_mb * 2**20)
+        self.body_timeout_s, self.max_body_reads = settings.body_timeout_s, settings.max_body_reads
+        self.api_key = settings.edensplit_api_key
+        self.reading = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        rid = headers.get("x-request-id") or uuid.uuid4().hex
+        client_id = headers.get("x-request-id")
+        rid = client_id or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
-        start, counts, status = time.perf_counter(), {"in": 0, "out": 0}, [500]
-        declared = headers.get("content-length")
-        too_large = declared is not None and declared.isdigit() and int(declared) > self.max_body
+        start, counts, status = time.perf_counter(), {"in": 0, "out": 0, "held": 0}, [500]
         out_codec = response_codec(headers.get("accept-encoding"))
         held: list[Message] = []
-
-        async def counting_receive() -> Message:
-            message = await receive()
-            if message["type"] == "http.request":
-                counts["in"] += len(message.get("body", b""))
-                if counts["in"] > self.max_body:
-                    raise EdenError(f"request body over the limit of {self.max_body} bytes",
-                                    code=ErrorCode.PAYLOAD_TOO_LARGE)
-            return message
 
         async def tagging_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -86,19 +92,30 @@ class RequestContextMiddleware:
                 counts["out"] += len(message.get("body", b""))
             await send(message)
 
+        abandoned = False
         try:
-            if too_large:
-                response = error_response(ErrorCode.PAYLOAD_TOO_LARGE,
-                                          f"request body of {declared} bytes is over the limit of {self.max_body}")
-                await response(scope, receive, tagging_send)
-            elif headers.get("content-encoding", "identity").strip().lower() != "identity":
-                await self._decoded(scope, counting_receive, tagging_send, headers["content-encoding"])
+            check_access(scope, self.api_key)
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                body, inner = await self._read(scope, receive, headers, counts)
+                key = f"http:{client_id}" if client_id else None
+                await self._answer(inner, body, receive, tagging_send, key)
+                if "route" in inner:
+                    scope["route"] = inner["route"]  # the log line and the metrics name the route it matched
             else:
-                await self.app(scope, counting_receive, tagging_send)
+                await self.app(scope, receive, tagging_send)
+        except Abandoned:
+            abandoned, status[0] = True, 499
+        except EdenError as exc:
+            response = error_response(exc.code, exc.message, exc.details)
+            if exc.code == ErrorCode.UNAUTHORIZED:
+                response.headers["WWW-Authenticate"] = "Bearer"
+            await response(scope, receive, tagging_send)
         finally:
+            self.budget.release(counts["held"])
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             elapsed = time.perf_counter() - start
-            access_log.info("%s %s %s %d in=%d out=%d %.1fms client=%s", rid, scope["method"], scope["path"],
+            what = "abandoned upload" if abandoned else rid
+            access_log.info("%s %s %s %d in=%d out=%d %.1fms client=%s", what, scope["method"], scope["path"],
                             status[0], counts["in"], counts["out"], elapsed * 1000,
                             headers.get("x-client-version", "-"))
             self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
@@ -106,36 +123,93 @@ class RequestContextMiddleware:
             self.metrics.bytes_in.labels(route).inc(counts["in"])
             self.metrics.bytes_out.labels(route).inc(counts["out"])
 
-    async def _decoded(self, scope: Scope, receive: Receive, send: Send, encoding: str) -> None:
-        """Run the app on the decompressed body of a request sent with a Content-Encoding."""
+    async def _read(self, scope: Scope, receive: Receive, headers: Headers, counts: dict[str, int]
+                    ) -> tuple[bytes, Scope]:
+        """The whole body, decompressed, and the scope the app sees (its headers describing that body)."""
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise EdenError(f"request body of {declared} bytes is over the limit of {self.max_body}",
+                            code=ErrorCode.PAYLOAD_TOO_LARGE)
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        codec = None if encoding == "identity" else normalise_codec(encoding)
+        if self.reading >= self.max_body_reads:
+            raise EdenError(f"{self.reading} request bodies are being read (limit {self.max_body_reads}); retry "
+                            "shortly", code=ErrorCode.OVERLOADED, details={"retry_after_s": 1})
+        self.reading += 1
         try:
-            codec = normalise_codec(encoding)
-            chunks, more = [], True
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return
-                chunks.append(message.get("body", b""))
-                more = message.get("more_body", False)
-            body = await run_in_threadpool(decompress, b"".join(chunks), codec, self.max_body)
-        except EdenError as exc:
-            await error_response(exc.code, exc.message)(scope, receive, send)
-            return
+            chunks = await self._receive_body(receive, counts)
+        finally:
+            self.reading -= 1
+        body = b"".join(chunks)
+        if codec is None:
+            return body, scope
+        self.budget.reserve(self.max_body, "decompressed request bodies")  # the most it can inflate to
+        counts["held"] += self.max_body
+        body = await run_in_threadpool(decompress, body, codec, self.max_body)
+        self.budget.release(self.max_body - len(body))
+        counts["held"] -= self.max_body - len(body)
         raw = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
-        inner = {**scope, "headers": [*raw, (b"content-length", str(len(body)).encode())]}
+        return body, {**scope, "headers": [*raw, (b"content-length", str(len(body)).encode())]}
+
+    async def _receive_body(self, receive: Receive, counts: dict[str, int]) -> list[bytes]:
+        chunks: list[bytes] = []
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                more = True
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise Abandoned
+                    chunk = message.get("body", b"")
+                    counts["in"] += len(chunk)
+                    if counts["in"] > self.max_body:
+                        raise EdenError(f"request body over the limit of {self.max_body} bytes",
+                                        code=ErrorCode.PAYLOAD_TOO_LARGE)
+                    self.budget.reserve(len(chunk))
+                    counts["held"] += len(chunk)
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            raise EdenError(f"the request body did not arrive within {self.body_timeout_s:g} s (received "
+                            f"{counts['in']} bytes)", code=ErrorCode.BODY_TIMEOUT) from None
+        return chunks
+
+    async def _answer(self, scope: Scope, body: bytes, receive: Receive, send: Send, key: str | None) -> None:
+        """Run the app on `body`, or replay the stored answer of the same request (same id, same content)."""
         delivered = False
 
-        async def replay() -> Message:
+        async def replay_body() -> Message:
             nonlocal delivered
             if delivered:
-                return await receive()
+                return await receive()  # only a disconnect can come now
             delivered = True
             return {"type": "http.request", "body": body, "more_body": False}
 
+        if key is None:
+            await self.app(scope, replay_body, send)
+            return
+        headers = Headers(scope=scope)
+        request_digest = await run_in_threadpool(
+            digest, scope["method"], scope["path"], scope.get("query_string", b""),
+            headers.get("content-type", ""), headers.get("accept", ""), body)
+        stored = await self.idempotency.begin(key, request_digest)
+        if stored is not None:
+            start, parts = stored.answer
+            await send({**start, "headers": [*start["headers"], (b"x-idempotent-replay", b"true")]})
+            await send({"type": "http.response.body", "body": parts, "more_body": False})
+            return
+        captured: list[Message] = []
+
+        async def capturing_send(message: Message) -> None:
+            captured.append({**message, "headers": list(message.get("headers", []))})  # before send edits them
+            await send(message)
+
+        answer = None
         try:
-            await self.app(inner, replay, send)
+            await self.app(scope, replay_body, capturing_send)
+            start = next((m for m in captured if m["type"] == "http.response.start"), None)
+            if start is not None and 200 <= start["status"] < 300:
+                parts = b"".join(m.get("body", b"") for m in captured if m["type"] == "http.response.body")
+                answer = ({**start, "headers": list(start["headers"])}, parts)
         finally:
-            if "route" in inner:
-                scope["route"] = inner["route"]  # the log line and the metrics name the route it matched
-
-
+            self.idempotency.finish(key, answer, len(answer[1]) if answer else 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,9 @@ class ModelRuntime:
         self.model = model
         self.load_error: str | None = None
         self.inflight = 0
+        self.ready = False  # loaded and warmed up
+        self.draining = False  # shutting down: admit nothing new
+        self.model_s = 0.0  # a moving average of one model call's seconds, for Retry-After
         self.started = time.monotonic()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"eden-{stage}")
 
@@ -69,10 +73,13 @@ class ModelRuntime:
     @contextlib.asynccontextmanager
     async def admission(self) -> AsyncIterator[None]:
         """Hold one of `max_inflight` places for a request's whole life, or refuse it now."""
+        if self.draining:
+            raise EdenError(f"the {self.stage} server is shutting down; retry on another or once it is back",
+                            code=ErrorCode.NOT_READY, details={"retry_after_s": 5})
         if self.inflight >= self.max_inflight:
             raise EdenError(f"the {self.stage} server has {self.inflight} requests in flight "
                             f"(limit {self.max_inflight}); retry shortly", code=ErrorCode.OVERLOADED,
-                            details={"retry_after_s": 1})
+                            details={"retry_after_s": self.retry_after_s()})
         self.inflight += 1
         try:
             yield
@@ -84,7 +91,7 @@ class ModelRuntime:
         told (the model thread stops at its next check) and the call still waits for the thread to let go,
         so what counts as in flight is what the model thread really holds."""
         model = self.require_model()
-        future = self._executor.submit(fn, model, *args)
+        future = self._executor.submit(self._timed, fn, model, *args)
         done = asyncio.wrap_future(future)
         try:
             return await asyncio.shield(done)
@@ -96,6 +103,25 @@ class ModelRuntime:
             if not done.cancelled():
                 done.exception()  # retrieved: the caller is gone, the outcome goes nowhere
             raise
+
+    def _timed(self, fn: Callable[..., R], *args: Any) -> R:
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.model_s = 0.8 * self.model_s + 0.2 * (time.perf_counter() - started)
+
+    def retry_after_s(self) -> int:
+        """When a refused request may find room: the work ahead of it on the model thread, at least 1 s."""
+        return max(1, math.ceil(self.model_s * self.inflight))
+
+    def warm_up(self, warm: Callable[[Eden], Any] | None) -> None:
+        """One small pass through the model (first-call costs paid before the server says it is ready)."""
+        if warm is not None and self.model is not None:
+            started = time.perf_counter()
+            warm(self.model)
+            log.info("%s stage warmed up in %.2f s", self.stage, time.perf_counter() - started)
+        self.ready = self.model is not None
 
     async def predict(self, stage: Any, job: Any, cancellation: Any = None) -> Any:
         """stage.predict for one job on the model thread, batched with others of the same stage.batch_key
@@ -112,8 +138,10 @@ class ModelRuntime:
     def health(self) -> dict[str, Any]:
         model = self.model
         info: dict[str, Any] = {
-            "status": "ok" if model is not None else ("error" if self.load_error else "loading"),
-            "stage": self.stage, "model_loaded": model is not None, "version": __version__,
+            "status": "draining" if self.draining else "ok" if self.ready else "error" if self.load_error
+            else "loading",
+            "stage": self.stage, "model_loaded": model is not None, "ready": self.ready and not self.draining,
+            "version": __version__,
             "uptime_s": round(time.monotonic() - self.started, 3), "inflight": self.inflight,
             "error": self.load_error, "max_batch": self.max_batch,
         }

@@ -106,9 +106,10 @@ class InterpolateData(BaseModel):
 class HealthResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
-    status: Literal["ok", "loading", "error"]
+    status: Literal["ok", "loading", "error", "draining"]
     stage: str
     model_loaded: bool
+    ready: bool = Field(False, description="loaded, warmed up and admitting requests")
     device: str | None = None
     dtype: str | None = None
     weights_source: str | None = Field(None, description="checkpoint path, or 'random (seed N)'")

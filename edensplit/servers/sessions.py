@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import FrameEncoding
@@ -38,6 +39,13 @@ class Session:
     incoming: dict[int, int] = field(default_factory=dict)  # frame index -> requests bringing it
     arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
     touched: float = field(default_factory=time.monotonic)
+
+
+def same_encoding(a: FrameEncoding, b: FrameEncoding) -> bool:
+    """Equal tensors (in the same wire precision) and geometry: the same frame."""
+    return a.geometry == b.geometry and all(
+        x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)
+        for x, y in ((a.cond_dit, b.cond_dit), (a.cond_dec, b.cond_dec), (a.mean, b.mean), (a.std, b.std)))
 
 
 class SessionStore:
@@ -82,7 +90,14 @@ class SessionStore:
                 session.arrived.notify_all()  # a waiter for a frame that will not come stops waiting
 
     async def put(self, session_id: str, index: int, encoding: FrameEncoding, pixels: np.ndarray | None = None) -> None:
+        """Store frame `index`; the same frame sent again is fine, another content under its index is
+        IDEMPOTENCY_CONFLICT (a frame is never silently replaced)."""
         session = self._session(session_id)
+        held = session.frames.get(index)
+        if held is not None and not same_encoding(held.encoding, encoding):
+            raise EdenError(f"session {session_id!r} already holds another frame {index}; a frame's content never "
+                            "changes within a session (a new video needs a new session id)",
+                            code=ErrorCode.IDEMPOTENCY_CONFLICT, details={"session_id": session_id, "index": index})
         async with session.arrived:
             session.frames[index] = SessionFrame(encoding, pixels)
             session.frames.move_to_end(index)

@@ -14,6 +14,7 @@ message and the connection and the server keep going. Transport-level ping/pong 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketState
 
 from edensplit.errors import EdenError, ErrorCode
+from edensplit.servers.auth import check_access, deny
 from edensplit.servers.contract import (
     JSON,
     Cancellation,
@@ -35,7 +37,8 @@ from edensplit.servers.contract import (
     request_timeout,
     run_stage,
 )
-from edensplit.servers.envelope import error_body
+from edensplit.servers.envelope import error_body, error_response, log_refusal
+from edensplit.servers.idempotency import digest
 from edensplit.wire.messages import CHUNK_BYTES, Reassembler, parse_text, split_binary, split_text, unpack_binary
 
 log = logging.getLogger("edensplit.server")
@@ -54,7 +57,16 @@ class WsRequest:
     header: dict[str, Any]
     payload: bytes = b""
     size: int = 0
+    raw: str = ""  # a text message's JSON text, for its digest
     started: float = field(default_factory=time.perf_counter)
+
+    def digest(self) -> str:
+        """What identifies the request's content (its id aside), for idempotent replays."""
+        if not self.binary:
+            return digest(self.raw)
+        volatile = ("request_id", "chunk", "chunks", "timeout_s")
+        return digest(json.dumps({k: v for k, v in self.header.items() if k not in volatile}, sort_keys=True),
+                      self.payload)
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -95,6 +107,9 @@ class Connection:
         self.send_lock = asyncio.Lock()
         self.runtime = websocket.app.state.runtime
         self.settings = websocket.app.state.settings
+        self.budget = websocket.app.state.budget
+        self.idempotency = websocket.app.state.idempotency
+        self.running: set[str] = set()  # request ids in flight on this connection
         self.route = websocket.scope["path"]
         self.metrics = websocket.app.state.metrics
 
@@ -117,12 +132,12 @@ class Connection:
     async def handle(self, req: WsRequest, stage: Stage[Any, Any]) -> None:
         status, sent = str(ErrorCode.CANCELLED), 0  # until an answer or an error is sent
         try:
-            inp = req.stage_input(stage, self.settings.request_timeout_s)
-            frames = await run_stage(stage, inp, self.runtime, lambda reply: render(req, reply))
+            frames = await self.answer(req, stage)
             sent = await self.send(frames)
             status = "success"
         except EdenError as exc:
             status = str(exc.code)
+            log_refusal(req.request_id, exc)
             sent = await self._try_error(req.request_id, exc)
         except Exception as exc:  # a fault, not the caller's: log it, answer INTERNAL_ERROR, keep serving
             log.exception("%s %s failed", req.request_id, req.type)
@@ -136,50 +151,84 @@ class Connection:
             self.metrics.requests.labels(self.route, "WS", status).inc()
             self.metrics.latency.labels(self.route).observe(elapsed)
 
+    async def answer(self, req: WsRequest, stage: Stage[Any, Any]) -> list[str] | list[bytes]:
+        """The request's answer messages: run through the stage, or replayed for a retried request."""
+        key = f"ws:{req.request_id}"
+        request_digest = await run_in_threadpool(req.digest)
+        stored = await self.idempotency.begin(key, request_digest)
+        if stored is not None:
+            return stored.answer
+        frames = None
+        try:
+            inp = req.stage_input(stage, self.settings.request_timeout_s)
+            frames = await run_stage(stage, inp, self.runtime, lambda reply: render(req, reply))
+            return frames
+        finally:
+            self.idempotency.finish(key, frames, sum(len(f) for f in frames or ()))
+
     async def _try_error(self, request_id: Any, exc: EdenError) -> int:
         try:
             return await self.send_error(request_id, exc)
         except (WebSocketDisconnect, RuntimeError):
             return 0
 
-    def _count(self, key: tuple[str, Any], size: int, whole: bool) -> int:
-        """Wire bytes of a request so far; the total once its last chunk is in."""
-        total = self.received.pop(key, 0) + size
-        if not whole:
-            self.received[key] = total
+    def _hold(self, key: tuple[str, Any], size: int) -> None:
+        """Count a chunk's bytes against the server's budget while its message is being reassembled."""
+        try:
+            self.budget.reserve(size, "request bodies and WebSocket messages being reassembled")
+        except EdenError as exc:
+            self.reassembler.drop(key)
+            self._release(key)
+            exc.details["request_id"] = key[1]
+            raise
+        self.received[key] = self.received.get(key, 0) + size
+
+    def _release(self, key: tuple[str, Any]) -> int:
+        """A chunked message is whole (or refused): give its bytes back; its wire size."""
+        total = self.received.pop(key, 0)
+        self.budget.release(total)
         return total
+
+    def _forget_refused(self) -> None:
+        pending = self.reassembler.pending()
+        for key in [k for k in self.received if k not in pending]:
+            self._release(key)
 
     async def receive_message(self, message: dict[str, Any]) -> WsRequest | None:
         """A whole request from one WebSocket message, None while chunks are missing; EdenError if bad."""
         data, text = message.get("bytes"), message.get("text")
         size = len(data) if data is not None else len(text or "")
         self.metrics.bytes_in.labels(self.route).inc(size)
+        raw = ""
         if data is not None:
             header, payload = unpack_binary(data)
+            key = ("b", header.get("request_id")) if "chunks" in header else None
+            if key is not None:
+                self._hold(key, size)
             whole = self.reassembler.feed_parts(header, payload)
-            total = size if "chunks" not in header else self._count(("b", header.get("request_id")), size,
-                                                                    whole is not None)
             if whole is None:
                 return None
+            total = size if key is None else self._release(key)
             header, payload = whole
             binary = True
         else:
             parsed = await self._parse(text or "")
-            rid = parsed.get("request_id")
             if parsed.get("type") != "chunk":
-                header, total = parsed, size
+                header, total, raw = parsed, size, text or ""
             else:
-                joined = self.reassembler.feed_chunk(parsed)
-                total = self._count(("t", rid), size, joined is not None)
-                if joined is None:
+                key = ("t", parsed.get("request_id"))
+                self._hold(key, size)
+                raw = self.reassembler.feed_chunk(parsed) or ""
+                if not raw:
                     return None
-                header = await self._parse(joined)
+                total = self._release(key)
+                header = await self._parse(raw)
             payload, binary = b"", False
         rid, kind = header.get("request_id"), header.get("type")
         if not isinstance(rid, str) or not rid:
             raise EdenError("every request needs a non-empty string request_id", code=ErrorCode.INVALID_REQUEST,
                             details={"type": kind})
-        return WsRequest(str(kind), rid, binary, header, payload, total)
+        return WsRequest(str(kind), rid, binary, header, payload, total, raw)
 
     @staticmethod
     async def _parse(text: str) -> dict[str, Any]:
@@ -200,13 +249,19 @@ class Connection:
             except EdenError as exc:
                 exc.details["request_id"] = req.request_id
                 raise
+        if req.request_id in self.running:
+            raise EdenError(f"request {req.request_id!r} is already in flight on this connection; a retry waits "
+                            "for its answer, a new request needs a new id", code=ErrorCode.IDEMPOTENCY_CONFLICT,
+                            details={"request_id": req.request_id})
         if len(self.inflight) >= self.window:
             raise EdenError(f"{len(self.inflight)} requests in flight on this connection (window "
                             f"{self.window}); wait for answers", code=ErrorCode.OVERLOADED,
                             details={"request_id": req.request_id})
         task = asyncio.create_task(self.handle(req, stage))
         self.inflight.add(task)
+        self.running.add(req.request_id)
         task.add_done_callback(self.inflight.discard)
+        task.add_done_callback(lambda _: self.running.discard(req.request_id))
 
     async def run(self) -> None:
         await self.ws.accept()
@@ -220,12 +275,13 @@ class Connection:
                     if req is not None:
                         await self.dispatch(req)
                 except EdenError as exc:
-                    pending = self.reassembler.pending()  # forget the count of a chunked message refused
-                    self.received = {k: v for k, v in self.received.items() if k in pending}
+                    self._forget_refused()
                     await self.send_error(exc.details.get("request_id"), exc)
         except WebSocketDisconnect:
             pass
         finally:
+            for key in list(self.received):
+                self._release(key)
             for task in list(self.inflight):
                 task.cancel()
             if self.ws.client_state == WebSocketState.CONNECTED:
@@ -234,6 +290,25 @@ class Connection:
 
 async def serve_websocket(websocket: WebSocket, stages: Mapping[str, Stage[Any, Any]],
                           window: int = WS_WINDOW) -> None:
-    """Serve one WebSocket connection whose message types are the keys of `stages`."""
-    settings = websocket.app.state.settings
-    await Connection(websocket, stages, window, int(settings.max_request_mb * 2**20)).run()
+    """Serve one WebSocket connection whose message types are the keys of `stages` (after the bearer key,
+    when the server has one, and within the server's cap on connections)."""
+    state = websocket.app.state
+    settings = state.settings
+    try:
+        check_access(websocket.scope, settings.edensplit_api_key)
+        if state.websockets >= settings.max_ws_connections:
+            raise EdenError(f"the server has {state.websockets} WebSocket connections open (limit "
+                            f"{settings.max_ws_connections}); retry shortly", code=ErrorCode.OVERLOADED,
+                            details={"retry_after_s": 1})
+    except EdenError as exc:
+        state.metrics.requests.labels(websocket.scope["path"], "WS", str(exc.code)).inc()
+        response = error_response(exc.code, exc.message, exc.details)
+        if exc.code == ErrorCode.UNAUTHORIZED:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        await deny(websocket, response)
+        return
+    state.websockets += 1
+    try:
+        await Connection(websocket, stages, window, int(settings.max_request_mb * 2**20)).run()
+    finally:
+        state.websockets -= 1

@@ -44,7 +44,7 @@ def unpack_binary(data: bytes) -> tuple[dict[str, Any], bytes]:
     check_depth(data[8: 8 + size], "binary message header")
     try:
         header = json.loads(data[8: 8 + size])
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except ValueError:  # not JSON, not UTF-8, or an integer too long to convert
         raise _bad("binary message header is not JSON") from None
     if not isinstance(header, dict):
         raise _bad("binary message header must be a JSON object")
@@ -57,6 +57,8 @@ def parse_text(text: str) -> dict[str, Any]:
         message = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _bad(f"text message is not JSON: {exc.msg} at position {exc.pos}") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise _bad(f"text message is not usable JSON: {exc}") from None
     if not isinstance(message, dict):
         raise _bad("a message must be a JSON object")
     return message
@@ -122,6 +124,10 @@ class Reassembler:
             raise _bad(f"message over the server's limit of {self.max_bytes} bytes",
                        code=ErrorCode.PAYLOAD_TOO_LARGE, request_id=rid)
         return slot
+
+    def drop(self, key: tuple[str, Any]) -> None:
+        """Forget a chunked message in progress (kind "b" or "t", request_id)."""
+        self._partial.pop(key, None)
 
     def pending(self) -> set[tuple[str, Any]]:
         """The (kind, request_id) of the chunked messages in progress."""

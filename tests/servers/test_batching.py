@@ -127,7 +127,7 @@ def test_an_edge_with_batching_on_answers_concurrent_requests_within_rounding_of
 
     model.decode = recording_decode
     # max_batch 3: the batch runs as soon as the third request is in; the long wait only covers a loaded machine.
-    app = create_edge_app(ServerSettings(max_batch=3, batch_wait_ms=30_000), model)
+    app = create_edge_app(ServerSettings(max_batch=3, batch_wait_ms=30_000, warmup=False), model)  # counts decodes
 
     async def scenario():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge") as client:

@@ -45,11 +45,11 @@ def test_solid_frames_in_a_websocket_session(cloud, edge):
     with cloud.websocket_connect("/ws/encode") as ws:
         for i in range(2):
             frame = pack_frames({"frame": solid(g)})
-            ws.send_bytes(pack_binary({"type": "encode_frame", "request_id": f"f{i}"}, frame))
+            ws.send_bytes(pack_binary({"type": "encode_frame", "request_id": f"solid-f{i}"}, frame))
             blobs.append(unpack_binary(ws.receive()["bytes"])[1])
     with edge.websocket_connect("/ws/interpolate") as ws:
         for i, blob in enumerate(blobs):
-            ws.send_bytes(pack_binary({"type": "session_frame", "request_id": f"s{i}", "session_id": "solid",
+            ws.send_bytes(pack_binary({"type": "session_frame", "request_id": f"solid-s{i}", "session_id": "solid",
                                        "index": i, "difference": difference, "seed": 1}, blob))
             message = ws.receive()
             header = unpack_binary(message["bytes"])[0] if message.get("bytes") else json.loads(message["text"])

@@ -153,7 +153,7 @@ def _http_answer(response) -> Answer:
 
 
 def send_http(client, case: Case) -> Answer:
-    headers = {"X-Request-ID": "same-id"}
+    headers = {"X-Request-ID": _session(case, "id")}  # one id per request: ids are idempotency keys
     if case.op == "session_frame":
         session = _session(case, "http")
         stored = client.post(f"/api/v1/sessions/{session}/frames/0", content=FRAME_BLOBS[0],
@@ -194,14 +194,15 @@ def send_ws(client, case: Case) -> Answer:
         ids: dict[str, Any] = {}
         if case.op == "session_frame":
             ids = {"session_id": _session(case, "ws"), "index": case.index}
-            ws.send_bytes(pack_binary({"type": "session_frame", "request_id": "store", "session_id": ids["session_id"],
-                                       "index": 0}, FRAME_BLOBS[0]))
+            session = ids["session_id"]  # request ids are idempotency keys: one per request
+            store = {"type": "session_frame", "request_id": f"store-{session}", "session_id": session, "index": 0}
+            ws.send_bytes(pack_binary(store, FRAME_BLOBS[0]))
             assert _ws_answer(ws.receive()).result == "stored"
         if case.content_type == JSON:
-            ws.send_text(json.dumps({"type": case.op, "request_id": "same-id", **ids, **case.options,
+            ws.send_text(json.dumps({"type": case.op, "request_id": _session(case, "id"), **ids, **case.options,
                                      "payload": case.body}))
         else:
-            header = {"type": case.op, "request_id": "same-id", **ids, **case.options}
+            header = {"type": case.op, "request_id": _session(case, "id"), **ids, **case.options}
             if case.media_type:
                 header["content_type"] = case.media_type
             ws.send_bytes(pack_binary(header, case.body))

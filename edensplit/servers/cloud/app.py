@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from edensplit.model import ENCODE, Eden
 from edensplit.servers.app import create_app
 from edensplit.servers.cloud.routes import cloud_router
+from edensplit.servers.cloud.stages import warm_up
 from edensplit.settings import ServerSettings
 
 
@@ -14,4 +15,5 @@ def create_cloud_app(settings: ServerSettings | None = None, model: Eden | None 
     """The cloud app; settings from the environment unless given; with `model`, that model is used instead
     of loading one at start-up."""
     settings = settings or ServerSettings()
-    return create_app(ENCODE, "edensplit cloud (EDEN encoder)", settings, model, routers=[cloud_router(settings)])
+    return create_app(ENCODE, "edensplit cloud (EDEN encoder)", settings, model, routers=[cloud_router(settings)],
+                      warm_up=warm_up)

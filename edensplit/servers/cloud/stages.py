@@ -49,6 +49,11 @@ def encode_job(model: Eden, job: EncodeJob) -> EncodeResult:
     return EncodeResult(blob, enc.geometry.grid, difference)
 
 
+def warm_up(model: Eden) -> None:
+    """One small encoding (first-call costs paid before the server reports ready)."""
+    encode_frames(model, np.zeros((64, 64, 3), np.uint8))
+
+
 class EncodeStage:
     """Encode the frames `names` (a pair: /encode; one video frame: /encode_frame) into one blob."""
 

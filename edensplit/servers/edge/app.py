@@ -9,6 +9,7 @@ from edensplit.client import AsyncCloud, AsyncHttpTransport
 from edensplit.model import INTERPOLATE, Eden
 from edensplit.servers.app import create_app
 from edensplit.servers.edge.routes import edge_router
+from edensplit.servers.edge.stages import warm_up
 from edensplit.servers.sessions import SessionStore
 from edensplit.settings import ServerSettings
 
@@ -27,7 +28,8 @@ def create_edge_app(settings: ServerSettings | None = None, model: Eden | None =
         return (await cloud.encode_frame(frames[0], request_id=request_id)).raw
 
     app = create_app(INTERPOLATE, "edensplit edge (EDEN sampler + decoder)", settings, model,
-                     routers=[edge_router(settings, sessions, encode_at_cloud)], on_shutdown=[cloud.aclose])
+                     routers=[edge_router(settings, sessions, encode_at_cloud)], on_shutdown=[cloud.aclose],
+                     warm_up=warm_up)
     app.state.sessions = sessions
     app.state.cloud_client = cloud
     return app

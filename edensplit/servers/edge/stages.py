@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import Eden, FrameEncoding, frame_difference, interpolate, make_noise, to_uint8
+from edensplit.model.stages import geometry_for
 from edensplit.servers.contract import JSON, PNG, Cancellation, StageInput, StageReply
 from edensplit.servers.edge.validation import (
     InterpolateJob,
@@ -65,6 +66,14 @@ def generate(model: Eden, jobs: Sequence[InterpolateJob]) -> list[np.ndarray]:
     except Exception as exc:
         raise EdenError(f"sampling failed: {type(exc).__name__}: {exc}", code=ErrorCode.MODEL_ERROR) from exc
     return list(to_uint8(out))
+
+
+def warm_up(model: Eden) -> None:
+    """One small sampling and decoding, from zero encodings (the edge holds no encoder to make real ones)."""
+    geo = geometry_for(model, 64, 64)
+    zeros = torch.zeros(1, geo.tokens, model.args.hidden_dim)
+    enc = FrameEncoding(zeros, zeros, torch.zeros(1), torch.ones(1), geo)
+    interpolate(model, enc, enc, torch.ones(1), make_noise(0, geo.latent_tokens, model.args.latent_dim))
 
 
 def stop_if_all(jobs: Sequence[InterpolateJob]) -> None:

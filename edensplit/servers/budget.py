@@ -1,0 +1,23 @@
+"""A byte budget shared by everything a server holds for requests not yet admitted: HTTP bodies being read
+or decompressed and WebSocket messages being reassembled. Past it, new bytes are refused with 503
+OVERLOADED instead of growing the process without bound."""
+
+from __future__ import annotations
+
+from edensplit.errors import EdenError, ErrorCode
+
+
+class ByteBudget:
+    """Reserve bytes before holding them, release them when done; `reserve` never blocks."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+
+    def reserve(self, n: int, what: str = "request bodies") -> None:
+        if self.used + n > self.limit:
+            raise EdenError(f"the server holds {self.used} bytes of {what} being read (limit {self.limit}); "
+                            "retry shortly", code=ErrorCode.OVERLOADED, details={"retry_after_s": 1})
+        self.used += n
+
+    def release(self, n: int) -> None:
+        self.used = max(0, self.used - n)

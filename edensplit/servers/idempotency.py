@@ -1,0 +1,84 @@
+"""Idempotency: a request's id (X-Request-ID, a WebSocket message's request_id) is its idempotency key.
+
+Recent successful answers are kept, keyed by id with a digest of the request, within a byte bound
+(IDEMPOTENCY_CACHE_MB, least recently used dropped first): a retried request gets the same answer
+without being computed again. The same id with another request is refused (409 IDEMPOTENCY_CONFLICT);
+a duplicate of a request still running waits for it. Errors are never kept, so a retry of a failed
+request runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from edensplit.errors import EdenError, ErrorCode
+
+
+def digest(*parts: bytes | str) -> str:
+    """What identifies a request's content (blake2b: ~1 GB/s, run it off the event loop on large bodies)."""
+    h = hashlib.blake2b(digest_size=20)
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+@dataclass
+class Stored:
+    digest: str
+    answer: Any  # what the transport replays: an HTTP response's parts, or WebSocket messages
+    size: int
+
+
+def conflict(key: str) -> EdenError:
+    return EdenError(f"request id {key!r} was used for another request; use a new id per request (reuse it only "
+                     "to retry the same request)", code=ErrorCode.IDEMPOTENCY_CONFLICT)
+
+
+class IdempotencyCache:
+    """Answers by key, bounded by `max_bytes`; `begin` says whether to replay, to refuse or to run."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.size = max_bytes, 0
+        self._done: OrderedDict[str, Stored] = OrderedDict()
+        self._running: dict[str, tuple[str, asyncio.Event]] = {}
+        self.replays = 0
+
+    async def begin(self, key: str, request_digest: str) -> Stored | None:
+        """The stored answer to replay, or None: the caller runs the request and then calls `finish`.
+        IDEMPOTENCY_CONFLICT if the key belongs to another request."""
+        while True:
+            stored = self._done.get(key)
+            if stored is not None:
+                if stored.digest != request_digest:
+                    raise conflict(key)
+                self._done.move_to_end(key)
+                self.replays += 1
+                return stored
+            running = self._running.get(key)
+            if running is None:
+                self._running[key] = (request_digest, asyncio.Event())
+                return None
+            if running[0] != request_digest:
+                raise conflict(key)
+            await running[1].wait()  # the original's answer, or (if it failed) our turn to run
+
+    def finish(self, key: str, answer: Any = None, size: int = 0) -> None:
+        """The request `begin` let run is done: keep its answer if it succeeded (answer not None)."""
+        request_digest, done = self._running.pop(key, ("", None))
+        if answer is not None and self.max_bytes > 0 and size <= self.max_bytes:
+            self._done[key] = Stored(request_digest, answer, size)
+            self.size += size
+            while self.size > self.max_bytes:
+                _, old = self._done.popitem(last=False)
+                self.size -= old.size
+        if done is not None:
+            done.set()
+
+    def __len__(self) -> int:
+        return len(self._done)
