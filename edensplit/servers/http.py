@@ -30,7 +30,8 @@ def media_type(request: Request) -> str:
 
 
 def response_format(accept: str, binary_types: tuple[str, ...], binary_request: bool) -> str:
-    """JSON, or one of `binary_types`, from the Accept header; a binary request defaults to binary."""
+    """JSON, or one of `binary_types`, from the Accept header; a binary request defaults to binary. An Accept
+    that names only types this endpoint cannot answer in is NOT_ACCEPTABLE."""
     accepted = [part.split(";")[0].strip().lower() for part in accept.split(",")]
     accepted = [a for a in accepted if a]
     for candidate in accepted:
@@ -38,7 +39,7 @@ def response_format(accept: str, binary_types: tuple[str, ...], binary_request: 
             return candidate
         if candidate == JSON:
             return JSON
-    if accepted and not any(a in ("*/*", "application/*") for a in accepted) and not binary_request:
+    if accepted and not any(a in ("*/*", "application/*") for a in accepted):
         raise EdenError(f"cannot answer in {', '.join(accepted)}; use {JSON} or {', '.join(binary_types)}",
                         code=ErrorCode.NOT_ACCEPTABLE)
     return binary_types[0] if binary_request else JSON

@@ -202,7 +202,8 @@ class Connection:
         raw = ""
         if data is not None:
             header, payload = unpack_binary(data)
-            key = ("b", header.get("request_id")) if "chunks" in header else None
+            rid = header.get("request_id")
+            key = ("b", rid) if "chunks" in header and isinstance(rid, str) else None
             if key is not None:
                 self._hold(key, size)
             whole = self.reassembler.feed_parts(header, payload)
@@ -215,14 +216,22 @@ class Connection:
             parsed = await self._parse(text or "")
             if parsed.get("type") != "chunk":
                 header, total, raw = parsed, size, text or ""
+                if size > self.reassembler.max_bytes:
+                    raise EdenError(f"message over the server's limit of {self.reassembler.max_bytes} bytes",
+                                    code=ErrorCode.PAYLOAD_TOO_LARGE, details={"request_id": parsed.get("request_id")})
             else:
                 key = ("t", parsed.get("request_id"))
-                self._hold(key, size)
+                if isinstance(key[1], str):
+                    self._hold(key, size)
                 raw = self.reassembler.feed_chunk(parsed) or ""
                 if not raw:
                     return None
                 total = self._release(key)
-                header = await self._parse(raw)
+                try:
+                    header = await self._parse(raw)
+                except EdenError as exc:
+                    exc.details["request_id"] = key[1]  # the chunks named their request
+                    raise
             payload, binary = b"", False
         rid, kind = header.get("request_id"), header.get("type")
         if not isinstance(rid, str) or not rid:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from edensplit.errors import ErrorCode, InputError, WireError
 from edensplit.model.stages import FrameEncoding, Geometry, is_valid_difference
-from edensplit.wire.container import check_format, load, read_header
+from edensplit.wire.container import canonical, check_format, load, read_header
 from edensplit.wire.images import check_pixels
 
 FORMAT = "edensplit.enc_out"
@@ -77,7 +77,7 @@ def pack_encoding(enc: FrameEncoding, difference: float | None = None, wire_dtyp
                 "wire_dtype": wire_dtype, **extra}
     if difference is not None:
         metadata["difference"] = repr(difference)
-    return safetensors.torch.save(tensors, metadata=metadata)
+    return canonical(safetensors.torch.save(tensors, metadata=metadata))
 
 
 def read_blob_header(data: bytes) -> dict[str, str]:

@@ -27,6 +27,20 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+def canonical(data: bytes) -> bytes:
+    """A container with its header's keys sorted (safetensors writes them in a random order): the same
+    tensors and metadata give the same bytes, so a resent request is recognisably the same request. The
+    header keeps its length (the same JSON reordered, padded as before), so no tensor offset moves."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    if METADATA_KEY in header:
+        header[METADATA_KEY] = dict(sorted(header[METADATA_KEY].items()))
+    text = json.dumps(dict(sorted(header.items())), separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > length:  # not the writer's compact JSON after all: leave the container as it is
+        return data
+    return data[:8] + text + b" " * (length - len(text)) + data[8 + length:]
+
+
 def _bad(what: str, problem: str) -> WireError:
     return WireError(f"{what} {problem}", code=ErrorCode.INVALID_BLOB)
 

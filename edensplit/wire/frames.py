@@ -13,7 +13,7 @@ import numpy as np
 import safetensors.numpy
 
 from edensplit.errors import ErrorCode, InputError, WireError
-from edensplit.wire.container import METADATA_KEY, check_format, load, read_header
+from edensplit.wire.container import METADATA_KEY, canonical, check_format, load, read_header
 from edensplit.wire.images import MAX_PIXELS, check_pixels
 
 FORMAT = "edensplit.frames"
@@ -45,7 +45,7 @@ def pack_frames(frames: dict[str, np.ndarray], metadata: dict[str, str] | None =
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise InputError("frames metadata must map str to str")
     arrays = {name: np.ascontiguousarray(frame) for name, frame in frames.items()}
-    return safetensors.numpy.save(arrays, metadata={"format": FORMAT, "version": VERSION, **metadata})
+    return canonical(safetensors.numpy.save(arrays, metadata={"format": FORMAT, "version": VERSION, **metadata}))
 
 
 def unpack_frames(data: bytes, names: Sequence[str], max_pixels: int | None = None

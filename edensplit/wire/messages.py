@@ -102,8 +102,8 @@ class Reassembler:
         self._partial: dict[tuple[str, Any], _Partial] = {}
 
     def _slot(self, kind: str, rid: Any, index: Any, total: Any, size: int) -> _Partial:
-        if rid is None:
-            raise _bad("a chunk must carry its request_id")
+        if not isinstance(rid, str) or not rid:
+            raise _bad("a chunk must carry its request_id, a non-empty string")
         if not (isinstance(index, int) and isinstance(total, int) and 0 <= index < total):
             raise _bad(f"chunk {index!r} of {total!r} is not a valid chunk index", request_id=rid)
         key = (kind, rid)

@@ -152,7 +152,7 @@ def session_key(params: Mapping[str, Any]) -> tuple[str, int]:
         raise EdenError("a session frame needs session_id and index", code=ErrorCode.INVALID_REQUEST)
     try:
         index = int(index)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise EdenError(f"index={index!r} is not a valid int", code=ErrorCode.INVALID_PARAMETER) from None
     session_id = str(session_id)
     if not session_id or len(session_id) > 128 or index < 0:

@@ -59,7 +59,7 @@ def check_grid(enc: FrameEncoding, ph: Any, pw: Any) -> None:
     grid = enc.geometry.grid
     try:
         sent = tuple(None if v is None else int(v) for v in (ph, pw))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise EdenError(f"metadata ph/pw ({ph!r}, {pw!r}) must be integers", code=ErrorCode.INVALID_PARAMETER) from None
     if any(v is not None and v != g for v, g in zip(sent, grid, strict=True)):
         raise EdenError(f"metadata ph/pw ({ph}, {pw}) do not match the enc_out grid {grid}",
