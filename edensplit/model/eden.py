@@ -174,6 +174,9 @@ def _blocks_of(tokens: Tensor, grid: tuple[int, int], pooled: bool) -> Tensor:
     return t.reshape(B, (ph // 2) * (pw // 2), 4, C)
 
 
+FrameContext = tuple[list[Tensor], list[Tensor]]  # per DiT block, per decoder block: one frame's keys/values
+
+
 class Eden(nn.Module):
     """EDEN: `encode_tokens` is the cloud stage's network; `velocity` and `decode` the edge's."""
 
@@ -235,11 +238,13 @@ class Eden(nn.Module):
 
     # -- interpolate stage ----------------------------------------------------------------------
 
-    def temporal_context(self, blocks: nn.ModuleList, tokens0: Tensor, tokens1: Tensor,
-                         grid: tuple[int, int], pooled: bool) -> list[tuple[Tensor, Tensor]]:
-        """Each block's keys/values of both frames' tokens: computed once per request, reused every step."""
-        t0, t1 = _blocks_of(tokens0, grid, pooled), _blocks_of(tokens1, grid, pooled)
-        return [(b.temp_attn.context_kv(t0), b.temp_attn.context_kv(t1)) for b in blocks]
+    def frame_context(self, cond_dit: Tensor, cond_dec: Tensor, grid: tuple[int, int]) -> FrameContext:
+        """What frames contribute to every block's temporal attention: the keys/values of their tokens, per DiT
+        block (2x2-pooled neighbourhoods) and per decoder block. They depend on the frame alone, so a video's
+        inner frame computes them once for both pairs it belongs to, and every sampler step reuses them."""
+        dit, dec = _blocks_of(cond_dit, grid, pooled=True), _blocks_of(cond_dec, grid, pooled=False)
+        return ([b.temp_attn.context_kv(dit) for b in self.dit_blocks],
+                [b.temp_attn.context_kv(dec) for b in self.decoder_blocks])
 
     def condition(self, difference: Tensor) -> Tensor:
         """The normalised difference scalar [B] -> its embedding [B, D], shared by every step."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from edensplit.errors import ErrorCode, InputError
-from edensplit.model.eden import ENCODE, INTERPOLATE, Eden
+from edensplit.model.eden import ENCODE, INTERPOLATE, Eden, FrameContext
 from edensplit.model.seeds import make_noise
 
 STD_EPS = 1e-8
@@ -216,15 +218,33 @@ REFERENCE_SAMPLER = Sampler()
 
 
 @torch.inference_mode()
+def frame_context(model: Eden, enc: FrameEncoding) -> FrameContext:
+    """`Eden.frame_context` of encoded frames, on the model's device and in its dtype (see there)."""
+    _require(model, INTERPOLATE)
+    enc = enc.to(model.device, model.dtype)
+    return model.frame_context(enc.cond_dit, enc.cond_dec, enc.geometry.grid)
+
+
+def cat_contexts(contexts: Sequence[FrameContext]) -> FrameContext:
+    """Frames' contexts joined along the batch, block by block (a batch of pairs)."""
+    if len(contexts) == 1:
+        return contexts[0]
+    return ([torch.cat(kv) for kv in zip(*(c[0] for c in contexts), strict=True)],
+            [torch.cat(kv) for kv in zip(*(c[1] for c in contexts), strict=True)])
+
+
+@torch.inference_mode()
 def interpolate(model: Eden, enc0: FrameEncoding, enc1: FrameEncoding, difference: Tensor, noise: Tensor,
                 sampler: Sampler = REFERENCE_SAMPLER, *, vae_scaler: float | None = None,
                 vae_shift: float | None = None, trace: dict[str, object] | None = None,
-                check: Callable[[], None] | None = None) -> Tensor:
+                check: Callable[[], None] | None = None,
+                contexts: tuple[FrameContext, FrameContext] | None = None) -> Tensor:
     """The interpolate stage: B pairs of encodings -> middle frames [B, 3, H, W], float in [0, 1].
 
     `difference` is the raw mean cosine similarity [B]; `noise` the initial latents [B, M, L].
     `trace`, when given, receives the sampler states ("latents") and "decoded_padded"; `check` is called
-    between sampler steps and before decoding, and may raise to stop the work.
+    between sampler steps and before decoding, and may raise to stop the work. `contexts`, the two frames'
+    `frame_context`s when the caller keeps them (a video's frames), saves computing them again.
     """
     _require(model, INTERPOLATE)
     geo, B = enc0.geometry, len(enc0)
@@ -246,7 +266,8 @@ def interpolate(model: Eden, enc0: FrameEncoding, enc1: FrameEncoding, differenc
 
     diff = normalise_difference(difference.to(device), cfg.cos_sim_mean, cfg.cos_sim_std)
     diff_emb = model.condition(diff)
-    ctx = model.temporal_context(model.dit_blocks, enc0.cond_dit, enc1.cond_dit, grid, pooled=True)
+    ctx0, ctx1 = contexts or (frame_context(model, enc0), frame_context(model, enc1))
+    ctx = list(zip(ctx0[0], ctx1[0], strict=True))
 
     def velocity(x: Tensor, t: float) -> Tensor:
         return model.velocity(x, torch.full((B,), t, device=device), diff_emb, ctx, grid)
@@ -256,7 +277,7 @@ def interpolate(model: Eden, enc0: FrameEncoding, enc1: FrameEncoding, differenc
     if check is not None:
         check()
     z = x / scaler + shift
-    dec_ctx = model.temporal_context(model.decoder_blocks, enc0.cond_dec, enc1.cond_dec, grid, pooled=False)
+    dec_ctx = list(zip(ctx0[1], ctx1[1], strict=True))
     img = model.decode(z, dec_ctx, grid).float()
     mean = ((enc0.mean + enc1.mean) / 2).view(B, 1, 1, 1)
     std = ((enc0.std + enc1.std) / 2).view(B, 1, 1, 1)
@@ -268,11 +289,45 @@ def interpolate(model: Eden, enc0: FrameEncoding, enc1: FrameEncoding, differenc
 
 
 class LocalPipeline:
-    """Both stages in one process: frame0, frame1 -> middle frame. The split's reference."""
+    """Both stages in one process: frame0, frame1 -> middle frame. The split's reference.
+
+    For a video (`video_pair`), each frame is encoded once and its temporal keys/values computed once,
+    kept for the next pair it belongs to: the same frames as pair at a time, bit for bit."""
+
+    KEEP = 4  # frames of the current video kept (pairs in flight come in any order within a small window)
 
     def __init__(self, model: Eden, sampler: Sampler = REFERENCE_SAMPLER):
         self.model = model
         self.sampler = sampler
+        self._frames: OrderedDict[int, tuple[FrameEncoding, FrameContext]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.computed = 0  # frames encoded and contextualised by `video_pair`, for tests
+
+    def begin_video(self) -> None:
+        with self._lock:
+            self._frames.clear()
+
+    def _frame(self, index: int, frame: np.ndarray | Tensor) -> tuple[FrameEncoding, FrameContext]:
+        with self._lock:
+            held = self._frames.get(index)
+        if held is None:  # computed outside the lock: two threads may both compute it, to the same values
+            enc = encode_frames(self.model, frame)
+            held = (enc, frame_context(self.model, enc))
+            with self._lock:
+                self.computed += 1
+                self._frames[index] = held
+                while len(self._frames) > self.KEEP:
+                    self._frames.popitem(last=False)
+        return held
+
+    def video_pair(self, frame0: np.ndarray | Tensor, frame1: np.ndarray | Tensor, seed: int, index: int
+                   ) -> np.ndarray:
+        """Pair (index, index + 1) of the current video -> the middle frame, uint8 [H, W, 3]."""
+        (enc0, ctx0), (enc1, ctx1) = self._frame(index, frame0), self._frame(index + 1, frame1)
+        noise = self.noise_for(seed, enc0.geometry)
+        out = interpolate(self.model, enc0, enc1, frame_difference(frame0, frame1), noise, self.sampler,
+                          contexts=(ctx0, ctx1))
+        return to_uint8(out)[0]
 
     def noise_for(self, seed: int, geometry: Geometry) -> Tensor:
         return make_noise(seed, geometry.latent_tokens, self.model.args.latent_dim)

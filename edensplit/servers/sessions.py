@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -22,15 +23,50 @@ import torch
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import FrameEncoding
+from edensplit.model.eden import FrameContext
 
 KEEP_FRAMES = 4  # the last frames of a session kept: enough for resends of in-flight pairs
 GRACE_S = 2.0  # how long a lookup waits for the request bringing a frame to show up
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class SessionFrame:
     encoding: FrameEncoding
     pixels: np.ndarray | None = None  # flow B: the edge holds the frame's pixels too, for the difference
+    context: FrameContext | None = None  # its temporal keys/values, once computed (see ContextCache)
+
+
+class ContextCache:
+    """Session frames' temporal keys/values (`frame_context`): computed once per frame on the model thread
+    and reused by the next pair, within a byte bound (CONTEXT_CACHE_MB, least recently stored dropped
+    first; a dropped context is computed again, to the same values)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.size = max_bytes, 0
+        self._held: OrderedDict[int, tuple[SessionFrame, int]] = OrderedDict()
+        self._lock = threading.Lock()  # the model thread stores, the event loop forgets
+
+    def keep(self, frame: SessionFrame, context: FrameContext) -> None:
+        size = sum(t.numel() * t.element_size() for part in context for t in part)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            self._forget(frame)
+            frame.context = context
+            self._held[id(frame)] = (frame, size)
+            self.size += size
+            while self.size > self.max_bytes:
+                self._forget(next(iter(self._held.values()))[0])
+
+    def forget(self, frame: SessionFrame) -> None:
+        with self._lock:
+            self._forget(frame)
+
+    def _forget(self, frame: SessionFrame) -> None:
+        held = self._held.pop(id(frame), None)
+        if held is not None:
+            self.size -= held[1]
+        frame.context = None
 
 
 @dataclass
@@ -51,8 +87,9 @@ def same_encoding(a: FrameEncoding, b: FrameEncoding) -> bool:
 class SessionStore:
     """Sessions by id, least recently used dropped past `max_sessions`, idle ones after `ttl_s`."""
 
-    def __init__(self, ttl_s: float, max_sessions: int):
+    def __init__(self, ttl_s: float, max_sessions: int, context_mb: float = 4096):
         self.ttl_s, self.max_sessions = ttl_s, max_sessions
+        self.contexts = ContextCache(int(context_mb * 2**20))
         self._sessions: OrderedDict[str, Session] = OrderedDict()
 
     def __len__(self) -> int:
@@ -89,9 +126,10 @@ class SessionStore:
                     del session.incoming[index]
                 session.arrived.notify_all()  # a waiter for a frame that will not come stops waiting
 
-    async def put(self, session_id: str, index: int, encoding: FrameEncoding, pixels: np.ndarray | None = None) -> None:
-        """Store frame `index`; the same frame sent again is fine, another content under its index is
-        IDEMPOTENCY_CONFLICT (a frame is never silently replaced)."""
+    async def put(self, session_id: str, index: int, encoding: FrameEncoding, pixels: np.ndarray | None = None
+                  ) -> SessionFrame:
+        """Store frame `index` and return what the session holds for it; the same frame sent again is fine,
+        another content under its index is IDEMPOTENCY_CONFLICT (a frame is never silently replaced)."""
         session = self._session(session_id)
         held = session.frames.get(index)
         if held is not None and not same_encoding(held.encoding, encoding):
@@ -99,11 +137,17 @@ class SessionStore:
                             "changes within a session (a new video needs a new session id)",
                             code=ErrorCode.IDEMPOTENCY_CONFLICT, details={"session_id": session_id, "index": index})
         async with session.arrived:
-            session.frames[index] = SessionFrame(encoding, pixels)
+            if held is None:
+                session.frames[index] = SessionFrame(encoding, pixels)
             session.frames.move_to_end(index)
             while len(session.frames) > KEEP_FRAMES:
-                session.frames.popitem(last=False)
+                self.contexts.forget(session.frames.popitem(last=False)[1])
+            newest = max(session.frames)
+            for k, frame in session.frames.items():
+                if k < newest - 1:  # only the newest two frames have a pair still to come
+                    self.contexts.forget(frame)
             session.arrived.notify_all()
+            return session.frames[index]
 
     async def get(self, session_id: str, index: int, wait_s: float, grace_s: float = GRACE_S) -> SessionFrame:
         """Frame `index` of the session. Waits up to `wait_s` while a request is bringing it, and `grace_s`

@@ -33,7 +33,8 @@ def hand_interpolate(model: Eden, enc0: FrameEncoding, enc1: FrameEncoding, raw_
     cfg, geo, B = model.config, enc0.geometry, len(enc0)
     enc0, enc1 = enc0.to("cpu", model.dtype), enc1.to("cpu", model.dtype)
     diff_emb = model.condition(normalise_difference(raw_difference, cfg.cos_sim_mean, cfg.cos_sim_std))
-    ctx = model.temporal_context(model.dit_blocks, enc0.cond_dit, enc1.cond_dit, geo.grid, pooled=True)
+    (dit0, dec0), (dit1, dec1) = (model.frame_context(e.cond_dit, e.cond_dec, geo.grid) for e in (enc0, enc1))
+    ctx = list(zip(dit0, dit1, strict=True))
 
     def v(x: Tensor, t: float) -> Tensor:
         return model.velocity(x, torch.full((B,), t, dtype=torch.float64), diff_emb, ctx, geo.grid)
@@ -47,7 +48,7 @@ def hand_interpolate(model: Eden, enc0: FrameEncoding, enc1: FrameEncoding, raw_
             k0 = v(x, t0)
             x = x + dt * (k0 + v(x + dt * k0, t1)) / 2
         states.append(x)
-    dec_ctx = model.temporal_context(model.decoder_blocks, enc0.cond_dec, enc1.cond_dec, geo.grid, pooled=False)
+    dec_ctx = list(zip(dec0, dec1, strict=True))
     img = model.decode(x / cfg.vae_scaler + cfg.vae_shift, dec_ctx, geo.grid)
     mean = ((enc0.mean + enc1.mean) / 2).double().view(B, 1, 1, 1)
     std = ((enc0.std + enc1.std) / 2).double().view(B, 1, 1, 1)

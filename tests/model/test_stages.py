@@ -160,3 +160,18 @@ def test_bfloat16_compute_stays_close_to_float32(tiny_model):
               f32.interpolate(frames[1], frames[2]), frames[0], frames[1]]
     for other in others:
         assert mean_error(low, other) > 4 * mean_error(low, ref)
+
+
+def test_a_video_computes_each_frame_once_and_gives_the_pair_at_a_time_frames(tiny_model):
+    """Per-frame encodings and temporal keys/values, kept for the next pair: bit-identical to pairs."""
+    frames = make_frames(5, 40, 70, seed=11)
+    pipeline = LocalPipeline(tiny_model)
+    pipeline.begin_video()
+    per_frame = [pipeline.video_pair(frames[k], frames[k + 1], seed=k, index=k) for k in range(4)]
+    assert pipeline.computed == 5  # each of the 5 frames once; pair at a time computes 8
+    for k, frame in enumerate(per_frame):
+        np.testing.assert_array_equal(frame, pipeline.interpolate(frames[k], frames[k + 1], seed=k))
+    pipeline.begin_video()  # a new video forgets the last one's frames
+    other = make_frames(2, 40, 70, seed=12)
+    np.testing.assert_array_equal(pipeline.video_pair(other[0], other[1], seed=0, index=0),
+                                  pipeline.interpolate(other[0], other[1], seed=0))

@@ -193,3 +193,32 @@ def test_openapi_documents_every_body_and_every_reference_resolves(cloud, edge):
     content = body["requestBody"]["content"]
     assert {"application/json", BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE} <= set(content)
     assert "sampling_config" in content["application/json"]["schema"]["properties"]
+
+
+def test_a_session_computes_each_frames_temporal_keys_values_once(reference):
+    """Per-frame keys/values kept with the session frame: 5 frames, 4 pairs, 5 computations (pairs: 8), and
+    the frames equal the pair-at-a-time ones bit for bit."""
+    from fastapi.testclient import TestClient
+
+    from edensplit.servers.edge import create_edge_app
+    from edensplit.settings import ServerSettings
+
+    model = load_model(None, TINY_CONFIG, stages={"interpolate"}, allow_random=True, seed=3)
+    calls = []
+    original = model.frame_context
+    model.frame_context = lambda *a: calls.append(1) or original(*a)
+    frames = make_frames(5, 40, 70, seed=9)
+    blobs = [session_blob(f) for f in frames]
+    headers = {"Content-Type": BLOB_MEDIA_TYPE}
+    with TestClient(create_edge_app(ServerSettings(warmup=False), model)) as edge:
+        assert edge.post("/api/v1/sessions/kv/frames/0", content=blobs[0], headers=headers).status_code == 200
+        for k in range(1, 5):
+            diff = float(frame_difference(frames[k - 1], frames[k])[0])
+            r = edge.post(f"/api/v1/sessions/kv/frames/{k}", params={"difference": diff, "seed": k}, content=blobs[k],
+                          headers=headers)
+            assert r.status_code == 200, r.text
+            np.testing.assert_array_equal(unpack_frames(r.content, ("frame",))[0]["frame"],
+                                          reference.interpolate(frames[k - 1], frames[k], seed=k))
+        assert len(calls) == 5
+        cache = edge.app.state.sessions.contexts
+        assert 0 < cache.size <= 2 * max(size for _, size in cache._held.values())  # the newest two frames only

@@ -22,7 +22,8 @@ from starlette.concurrency import run_in_threadpool
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import Eden, FrameEncoding, frame_difference, interpolate, make_noise, to_uint8
-from edensplit.model.stages import geometry_for
+from edensplit.model.eden import FrameContext
+from edensplit.model.stages import cat_contexts, frame_context, geometry_for
 from edensplit.servers.contract import JSON, PNG, Cancellation, StageInput, StageReply
 from edensplit.servers.edge.validation import (
     InterpolateJob,
@@ -53,14 +54,30 @@ SESSION_WAIT_S = 60.0  # how long a request waits for its predecessor frame whil
 CloudEncoder = Callable[[list[np.ndarray], str], Awaitable[bytes]]  # frames, request id -> the cloud's blob
 
 
+def contexts_of(model: Eden, job: InterpolateJob) -> tuple[FrameContext, FrameContext]:
+    """The pair's two frames' temporal keys/values: a session frame's kept one, else computed (and kept)."""
+    contexts = []
+    for held, enc in zip(job.held, (job.enc0, job.enc1), strict=True):
+        context = held.context if held is not None else None
+        if context is None:
+            context = frame_context(model, enc)
+            if held is not None and job.keep is not None:
+                job.keep(held, context)
+        contexts.append(context)
+    return contexts[0], contexts[1]
+
+
 def generate(model: Eden, jobs: Sequence[InterpolateJob]) -> list[np.ndarray]:
     """The edge's model work for B pairs of one batch key: noise from each seed, sample, decode -> uint8 frames."""
     first = jobs[0]
     noise = torch.cat([make_noise(j.seed, j.enc0.geometry.latent_tokens, model.args.latent_dim) for j in jobs])
     try:
+        pairs = [contexts_of(model, j) for j in jobs]
+        contexts = cat_contexts([p[0] for p in pairs]), cat_contexts([p[1] for p in pairs])
         out = interpolate(model, FrameEncoding.cat([j.enc0 for j in jobs]), FrameEncoding.cat([j.enc1 for j in jobs]),
                           torch.tensor([j.difference for j in jobs]), noise, first.sampler,
-                          vae_scaler=first.vae_scaler, vae_shift=first.vae_shift, check=lambda: stop_if_all(jobs))
+                          vae_scaler=first.vae_scaler, vae_shift=first.vae_shift, check=lambda: stop_if_all(jobs),
+                          contexts=contexts)
     except EdenError:
         raise
     except Exception as exc:
@@ -203,7 +220,7 @@ class SessionFrameStage(EdgeStage):
             if encoding is None:
                 assert frame.pixels is not None
                 encoding = (await encode_at_cloud(self.cloud, [frame.pixels], frame.request_id)).encoding
-            await self.sessions.put(sid, index, encoding, frame.pixels)
+            current = await self.sessions.put(sid, index, encoding, frame.pixels)
         if not (index > 0 if opts.interpolate is None else opts.interpolate):
             return StageReply({"session_id": sid, "stored": index})
         if index == 0:
@@ -219,8 +236,10 @@ class SessionFrameStage(EdgeStage):
             if previous.pixels is None:
                 raise needs_difference
             difference = float((await run_in_threadpool(frame_difference, previous.pixels, frame.pixels))[0])
-        return make_job(model, previous.encoding, encoding, opts, difference, frame.request_id, frame.answer,
-                        frame.cancellation)
+        job = make_job(model, previous.encoding, current.encoding, opts, difference, frame.request_id, frame.answer,
+                       frame.cancellation)
+        job.held, job.keep = (previous, current), self.sessions.contexts.keep
+        return job
 
 
 @dataclass
