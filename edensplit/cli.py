@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(src, "crf", type=int, default=18, help="libx264 quality, 0-51 (default 18)")
     _flag(src, "save_frames", action="store_true", help="also write each generated frame as a PNG")
     _flag(src, "no_progress", action="store_true", help="no progress bar")
+    _flag(src, "no_resume", action="store_true",
+          help="start over even if an interrupted run of the same job left its frames (resumed by default)")
     run = p.add_argument_group("where it runs")
     _flag(run, "local", action="store_true", help="run both stages in this process, no servers (the reference)")
     _flag(run, "cloud_url", dest="cloud_server_url", help="default CLOUD_SERVER_URL or http://localhost:8000")
@@ -74,8 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
           help="enc_out dtype on the wire; float32 is exact")
     _flag(run, "compress", choices=["none", "zstd"], default="none",
           help="HTTP: zstd-compress binary bodies both ways (pays only on links slower than ~20 MB/s)")
-    _flag(run, "timeout", dest="edensplit_timeout", type=float, help="seconds per request (default 30)")
-    _flag(run, "retries", dest="edensplit_retries", type=int, help="retries on connection errors (default 3)")
+    _flag(run, "timeout", dest="edensplit_timeout", type=float, help="seconds per request attempt (default 30)")
+    _flag(run, "retry_for", dest="edensplit_retry_for", type=float,
+          help="seconds of outage (connection errors, 503, 504) a request rides out before the job fails "
+               "(default EDENSPLIT_RETRY_FOR or 60)")
+    _flag(run, "retries", dest="edensplit_retries", type=int,
+          help="at most this many retries per request (default EDENSPLIT_RETRIES or 100: --retry_for ends them first)")
+    _flag(run, "api_key", dest="edensplit_api_key",
+          help="bearer key the servers require (default EDENSPLIT_API_KEY; the variable keeps it out of `ps`)")
+    _flag(run, "ca_cert", dest="edensplit_ca_cert",
+          help="PEM CA bundle to verify https/wss servers (default EDENSPLIT_CA_CERT)")
     _flag(run, "num_steps", type=int, default=2, help="sampler steps (2 = the reference grid)")
     _flag(run, "method", choices=["euler", "heun"], default="euler", help="sampler")
     _model_flags(p)
@@ -114,8 +124,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+CLIENT_FIELDS = ("cloud_server_url", "edge_server_url", "edensplit_timeout", "edensplit_retries",
+                 "edensplit_retry_for", "edensplit_api_key", "edensplit_ca_cert")
+
+
+def _say(message: str) -> None:
+    print(f"edensplit interpolate: {message}", file=sys.stderr)
+
+
 def cmd_interpolate(args: argparse.Namespace) -> int:
-    from edensplit.client.jobs import LocalBackend, interpolate_pair_files, interpolate_video
+    """Run one job; Ctrl-C says in one line how to resume (status 130), and a failed video job how many of its
+    frames are kept for the rerun."""
+    from pathlib import Path
+
+    from edensplit.client.resume import saved_frames, state_dir
     from edensplit.video import probe_video, read_png
 
     if bool(args.video_path) == bool(args.frame_0_path or args.frame_1_path):
@@ -127,7 +149,37 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     else:
         for path in (args.frame_0_path, args.frame_1_path):
             read_png(path)
+    output = Path(args.output_dir) / ("interpolated.mp4" if args.video_path else "interpolated.png")
+    backend: Any = None
+    try:
+        backend, where, fingerprint = _open_backend(args)
+        return _run_job(args, backend, where, fingerprint)
+    except KeyboardInterrupt:
+        if args.video_path:
+            done = saved_frames(output)
+            _say(f"interrupted with {done} generated frames saved in {state_dir(output)}; run the same command "
+                 "again to resume")
+        else:
+            _say("interrupted; run the same command again")
+        return 130
+    except EdenError as exc:
+        done = saved_frames(output) if args.video_path else 0
+        if done:
+            raise EdenError(f"{exc.message} ({done} generated frames are saved: run the same command again to resume)",
+                            code=exc.code) from None
+        raise
+    finally:
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()
+
+
+def _open_backend(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
+    """The backend the options ask for, where it runs (for the summary line), and the options that change the
+    generated frames (a resumed job must have the same)."""
+    sampler = {"num_steps": args.num_steps, "method": args.method}
     if args.local:
+        from edensplit.client.jobs import LocalBackend
         from edensplit.model import ALL_STAGES, LocalPipeline, Sampler
         from edensplit.servers.runtime import load_model_for
 
@@ -135,27 +187,34 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         model = load_model_for(ALL_STAGES, settings)
         backend: Any = LocalBackend(LocalPipeline(model, Sampler(args.num_steps, args.method)))
         where = f"locally ({model.weights_source} on {model.device})"
-    else:
-        from edensplit.client.flows import open_backend
-        from edensplit.wire.options import Options
+        return backend, where, {**sampler, "model": str(model.weights_source), "dtype": settings.eden_dtype}
+    from edensplit.client.flows import open_backend
+    from edensplit.wire.options import Options
 
-        cs = ClientSettings(**_overrides(args, ("cloud_server_url", "edge_server_url", "edensplit_timeout",
-                                                "edensplit_retries")))
-        frame_once = bool(args.video_path) and not args.pairs
-        backend = open_backend(cloud_url=cs.cloud_server_url, edge_url=cs.edge_server_url, transport=args.transport,
-                               flow=args.flow, frame_once=frame_once, payload=args.payload,
-                               wire_dtype=args.wire_dtype,
-                               options=Options(num_steps=args.num_steps, method=args.method),
-                               timeout=cs.edensplit_timeout, retries=cs.edensplit_retries,
-                               compress=None if args.compress == "none" else args.compress)
-        mode = "frame-once session" if frame_once else "pairs"
-        where = (f"{args.transport.upper()} {args.payload}, flow {args.flow.upper()}, {mode}, cloud "
-                 f"{cs.cloud_server_url}, edge {cs.edge_server_url}")
+    cs = ClientSettings(**_overrides(args, CLIENT_FIELDS))
+    frame_once = bool(args.video_path) and not args.pairs
+    backend = open_backend(cloud_url=cs.cloud_server_url, edge_url=cs.edge_server_url, transport=args.transport,
+                           flow=args.flow, frame_once=frame_once, payload=args.payload, wire_dtype=args.wire_dtype,
+                           options=Options(**sampler), timeout=cs.edensplit_timeout, retries=cs.edensplit_retries,
+                           retry_for=cs.edensplit_retry_for,
+                           compress=None if args.compress == "none" else args.compress,
+                           api_key=cs.api_key(), ca_cert=cs.edensplit_ca_cert)
+    mode = "frame-once session" if frame_once else "pairs"
+    where = (f"{args.transport.upper()} {args.payload}, flow {args.flow.upper()}, {mode}, cloud "
+             f"{cs.cloud_server_url}, edge {cs.edge_server_url}")
+    return backend, where, {**sampler, "model": "servers", "wire_dtype": args.wire_dtype}
+
+
+def _run_job(args: argparse.Namespace, backend: Any, where: str, fingerprint: dict[str, Any]) -> int:
+    from edensplit.client.jobs import interpolate_pair_files, interpolate_video
+
     if args.video_path:
         result = interpolate_video(backend, args.video_path, args.output_dir, seed=args.seed, codec=args.codec,
-                                   crf=args.crf, save_frames=args.save_frames, progress=not args.no_progress)
+                                   crf=args.crf, save_frames=args.save_frames, progress=not args.no_progress,
+                                   resume=not args.no_resume, fingerprint=fingerprint, say=_say)
+        resumed = f", resumed after {result.resumed_from} generated frames" if result.resumed_from else ""
         print(f"wrote {result.output}: {result.frames_in} frames in, {result.frames_out} out, "
-              f"{result.seconds:.1f} s, {where}")
+              f"{result.seconds:.1f} s{resumed}, {where}")
     else:
         result = interpolate_pair_files(backend, args.frame_0_path, args.frame_1_path, args.output_dir,
                                         seed=args.seed)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -60,11 +60,25 @@ class ServerSettings(ModelSettings):
 
 
 class ClientSettings(BaseSettings):
-    """Where the servers are and how patiently to talk to them."""
+    """Where the servers are, how patiently to talk to them, and how to prove who we are to them."""
 
     model_config = SettingsConfigDict(extra="ignore")
 
     cloud_server_url: str = "http://localhost:8000"
     edge_server_url: str = "http://localhost:8001"
-    edensplit_timeout: float = Field(30.0, gt=0)
-    edensplit_retries: int = Field(3, ge=0)
+    edensplit_timeout: float = Field(30.0, gt=0, description="seconds per request attempt; EDENSPLIT_TIMEOUT")
+    # The same defaults as edensplit.client.transport's DEFAULT_RETRIES / DEFAULT_RETRY_FOR (a test holds them
+    # equal; not imported, so reading settings does not import the client).
+    edensplit_retries: int = Field(100, ge=0, description="at most this many retries per request; the retry_for "
+                                   "budget ends them first by default; EDENSPLIT_RETRIES")
+    edensplit_retry_for: float = Field(60.0, ge=0, description="seconds of outage a request rides out (from its "
+                                       "first failure) before the job fails; EDENSPLIT_RETRY_FOR")
+    edensplit_api_key: SecretStr | None = Field(None, description="sent as Authorization: Bearer to both servers; "
+                                                "EDENSPLIT_API_KEY")
+    edensplit_ca_cert: Path | None = Field(None, description="a PEM CA bundle to verify https/wss servers' "
+                                           "certificates; EDENSPLIT_CA_CERT")
+
+    def api_key(self) -> str | None:
+        """The bearer key in clear, for the transports (None when unset or empty)."""
+        key = self.edensplit_api_key.get_secret_value() if self.edensplit_api_key is not None else ""
+        return key or None

@@ -8,18 +8,28 @@
   frame goes to the edge once and is encoded once.
 
 Each is a `PairBackend` for `edensplit.client.jobs`; all give the same frames (exact mode).
+
+A session's edge requests go one at a time, in frame order (the cloud's work for the next frames still
+overlaps them): a request for frame k+1 waits at the edge for frame k, holding one of the edge's
+MAX_INFLIGHT places, so if frame k's request were refused (503) meanwhile, k+1 would hold the place
+until its wait ran out (409 SESSION_NOT_FOUND) while k could not get in. In order, an overloaded edge
+only ever answers 200 or 503.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
 from edensplit.client.http import HttpTransport
 from edensplit.client.requests import EncodedBlob, check_payload
 from edensplit.client.services import Cloud, Edge
+from edensplit.client.transport import DEFAULT_RETRIES, DEFAULT_RETRY_FOR
 from edensplit.client.ws import WsTransport
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import frame_difference
@@ -46,19 +56,29 @@ class SplitClient:
 
 class FrameOnceClient(SplitClient):
     """Flow A with a session: frame k is encoded once and shipped once. Pairs come in index order (several
-    may be in flight). The edge's cache is rebuilt from what this client holds if it is lost."""
+    may be in flight: their cloud requests overlap, their edge requests go in order). The edge's cache is
+    rebuilt from what this client holds if it is lost."""
+
+    TURN_TIMEOUT_S = 3600.0  # a pair waits this long at most for the previous pair's edge request
 
     def __init__(self, cloud: Cloud, edge: Edge):
         super().__init__(cloud, edge)
         self.session_id = uuid.uuid4().hex
         self._blobs: dict[int, EncodedBlob] = {}
         self._lock = threading.Lock()
+        self._turn_changed = threading.Condition(self._lock)
+        self._first: int | None = None  # the first pair of this video's stream (its left frame is stored first)
+        self._next: int | None = None  # the pair whose edge request may go now
+        self._failed: BaseException | None = None
         self.resent = 0  # frames sent again because the edge had lost them
 
-    def begin_video(self) -> None:
-        """A new video: a new session, so no frame of the last one is ever taken for this one's."""
+    def begin_video(self, start: int = 0) -> None:
+        """A new video, whose first pair is `start` (a resumed job's first pair to do): a new session, so no
+        frame of the last one is ever taken for this one's."""
         with self._lock:
             self.session_id, self._blobs = uuid.uuid4().hex, {}
+            self._first = self._next = start
+            self._failed = None
 
     def payload(self, index: int, frame: np.ndarray) -> EncodedBlob | np.ndarray:
         """What the edge gets for frame `index`: its encoding (kept for resends; re-encoded if evicted)."""
@@ -76,26 +96,54 @@ class FrameOnceClient(SplitClient):
         """The pair's raw mean cosine similarity, sent with frame k (flow A)."""
         return float(frame_difference(frame0, frame1)[0])  # the client holds both frames' pixels
 
+    @contextlib.contextmanager
+    def _turn(self, index: int) -> Iterator[bool]:
+        """Hold pair `index`'s turn at the edge: wait until the previous pair's edge request is answered. Yields
+        whether this is the stream's first pair. A failed pair fails the ones waiting after it."""
+        with self._lock:
+            if self._next is None:  # pairs sent without begin_video: the first one seen starts the session
+                self._first = self._next = index
+            if not self._turn_changed.wait_for(lambda: self._failed is not None or self._next == index,
+                                               timeout=self.TURN_TIMEOUT_S):
+                raise EdenError(f"pair {index} waited {self.TURN_TIMEOUT_S:.0f} s for pair {self._next} (pairs must "
+                                "be sent in order)", code=ErrorCode.INVALID_PARAMETER)
+            if self._failed is not None:
+                raise EdenError(f"pair {index} not sent: an earlier pair of the session failed "
+                                f"({self._failed})", code=ErrorCode.UPSTREAM_ERROR)
+            first = index == self._first
+        try:
+            yield first
+        except BaseException as exc:
+            with self._lock:
+                self._failed = exc
+                self._turn_changed.notify_all()
+            raise
+        with self._lock:
+            self._next = index + 1
+            self._turn_changed.notify_all()
+
     def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int = 0, index: int = 0) -> np.ndarray:
-        """Send frame index+1 once (frame 0 first, store-only); resend frame index if the edge lost it."""
-        session = self.session_id
-        if index == 0:
-            self.edge.session_frame(session, 0, self.payload(0, frame0), interpolate=False)
+        """Send frame index+1 once (the stream's first pair stores frame index first); resend frame index if the
+        edge lost it."""
         sent, difference = self.payload(index + 1, frame1), self.difference(frame0, frame1)
-        for attempt in range(3):
-            try:
-                frame = self.edge.session_frame(session, index + 1, sent, difference=difference, seed=seed)
-            except EdenError as exc:
-                if exc.code != ErrorCode.SESSION_NOT_FOUND or attempt == 2:
-                    raise
-                with self._lock:
-                    self.resent += 1
+        with self._turn(index) as first:
+            session = self.session_id
+            if first:
                 self.edge.session_frame(session, index, self.payload(index, frame0), interpolate=False)
-                continue
-            if frame is None:
-                raise EdenError("the edge stored the frame but answered without interpolating",
-                                code=ErrorCode.UPSTREAM_ERROR)
-            return frame
+            for attempt in range(3):
+                try:
+                    frame = self.edge.session_frame(session, index + 1, sent, difference=difference, seed=seed)
+                except EdenError as exc:
+                    if exc.code != ErrorCode.SESSION_NOT_FOUND or attempt == 2:
+                        raise
+                    with self._lock:
+                        self.resent += 1
+                    self.edge.session_frame(session, index, self.payload(index, frame0), interpolate=False)
+                    continue
+                if frame is None:
+                    raise EdenError("the edge stored the frame but answered without interpolating",
+                                    code=ErrorCode.UPSTREAM_ERROR)
+                return frame
         raise AssertionError("unreachable")
 
 
@@ -136,10 +184,12 @@ class EdgeProxyClient:
 
 def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow: str = "a", frame_once: bool = True,
                  payload: str = "binary", wire_dtype: str = "float32", options: Options | None = None,
-                 timeout: float = 30.0, retries: int = 3, compress: str | None = None
+                 timeout: float = 30.0, retries: int = DEFAULT_RETRIES, retry_for: float = DEFAULT_RETRY_FOR,
+                 compress: str | None = None, api_key: str | None = None, ca_cert: str | Path | None = None
                  ) -> SplitClient | EdgeProxyClient:
     """The backend for a transport (http, ws) and flow (a, b); each frame travels once unless not frame_once.
-    `options` (num_steps, method, ...) go with every edge request."""
+    `options` (num_steps, method, ...) go with every edge request; `retries` / `retry_for` bound each request's
+    retries; `api_key` is sent as a bearer key and `ca_cert` verifies https/wss servers."""
     if transport not in ("http", "ws"):
         raise EdenError(f"unknown transport {transport!r}: use http or ws", code=ErrorCode.INVALID_PARAMETER)
     if flow not in ("a", "b"):
@@ -149,11 +199,13 @@ def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow
                         "on tensors; see docs/protocol.md)", code=ErrorCode.INVALID_PARAMETER)
     body = check_payload(payload)
     Options.from_flat({"wire_dtype": wire_dtype})  # refuse a bad value before connecting anywhere
+    access = {"timeout": timeout, "retries": retries, "retry_for": retry_for, "api_key": api_key,
+              "ca_cert": ca_cert}
 
     def connect(url: str, name: str, ws_path: str) -> HttpTransport | WsTransport:
         if transport == "http":
-            return HttpTransport(url, timeout=timeout, retries=retries, compress=compress, name=name)
-        return WsTransport(url, path=ws_path, timeout=timeout, retries=retries, name=name)
+            return HttpTransport(url, compress=compress, name=name, **access)  # type: ignore[arg-type]
+        return WsTransport(url, path=ws_path, name=name, **access)  # type: ignore[arg-type]
 
     edge = Edge(connect(edge_url, "edge server", Edge.WS_PATH), payload=body, options=options)
     if flow == "b":

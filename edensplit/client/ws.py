@@ -1,11 +1,16 @@
 """The WebSocket transport: one reused connection per server endpoint, many requests in flight, reconnection.
 
-`WsTransport` owns the connection: a reader thread matches answers to requests by request_id, at most
-`window` requests are unanswered at once, and when the connection drops the reader reconnects (with
-backoff) and resends every unanswered request. Answers to a request that was already answered are
-dropped, so a resend never yields a frame twice. Pings (every `ping_interval` s, `ping_timeout` to
-answer) notice a dead peer. permessage-deflate is off: on float tensors it costs far more CPU time
-than the bytes it saves (see docs/protocol.md, Compression).
+`WsTransport` owns the connection: a reader thread per connection matches answers to requests by
+request_id, and at most `window` requests are unanswered at once. Each request keeps one request id (its
+idempotency key) and one retry budget (`edensplit.client.transport.RetryPolicy`) for its whole life: when
+the connection drops, when no answer comes within `timeout`, or when the server answers OVERLOADED,
+NOT_READY or DEADLINE_EXCEEDED (or a transient UPSTREAM_ERROR), the request reconnects if need be and is
+sent again with the same id, after a full-jitter back-off (never shorter than the error's
+`retry_after_s`), until `retry_for` seconds have passed since its first failure. A handshake refused
+with a 4xx (401 without the right bearer key) or a certificate that does not verify is final. Answers to
+a request that was already answered are dropped, so a resend never yields a frame twice. Pings (every
+`ping_interval` s, `ping_timeout` to answer) notice a dead peer. permessage-deflate is off: on float
+tensors it costs far more CPU time than the bytes it saves (see docs/protocol.md, Compression).
 
 A `Call` with a binary body travels as an EDS1 binary message (its options, identity fields and
 `content_type` in the header); one with a JSON document as a text message with the document as
@@ -14,23 +19,37 @@ A `Call` with a binary body travels as an EDS1 binary message (its options, iden
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from edensplit.client.requests import JSON, Answer, Call
-from edensplit.client.transport import CLIENT_VERSION, RetryPolicy, server_error
+from edensplit.client.transport import (
+    CLIENT_VERSION,
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_FOR,
+    RETRY_STATUSES,
+    RetryBudget,
+    RetryPolicy,
+    ServerError,
+    bearer_headers,
+    parse_retry_after,
+    server_error,
+    should_retry,
+    tls_context,
+    tls_failure,
+)
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.wire.messages import CHUNK_BYTES, Reassembler, split_binary, split_text
 
 log = logging.getLogger("edensplit.client")
-RETRY_CODES = frozenset({ErrorCode.OVERLOADED, ErrorCode.NOT_READY})
 PING = Call("ping", "/health", {}, JSON, JSON, document={})
 
 
@@ -68,94 +87,150 @@ def answer_of(header: dict[str, Any], payload: bytes, call: Call) -> Answer:
 
 @dataclass
 class _Pending:
-    frames: list[Any]
-    done: threading.Event = field(default_factory=threading.Event)
+    """One request waiting for its answer: the connection it was last sent on, and how the wait ended."""
+
+    conn: ClientConnection | None = None
     answer: tuple[dict[str, Any], bytes] | None = None
+    lost: bool = False  # the connection it was sent on dropped before the answer came
+    event: threading.Event = field(default_factory=threading.Event)
+
+
+class _Closed(EdenError):
+    """The transport was closed while a request waited."""
 
 
 class WsTransport:
     """A reconnecting WebSocket to one endpoint; `send` is thread-safe and blocks for its answer."""
 
-    def __init__(self, url: str, *, path: str = "", window: int = 4, timeout: float = 30.0, retries: int = 3,
-                 chunk_bytes: int = CHUNK_BYTES, ping_interval: float = 10.0, ping_timeout: float = 10.0,
-                 close_timeout: float = 2.0, name: str = "server"):
-        """`url`: ws(s):// or http(s):// base URL, `path` appended (e.g. Cloud.WS_PATH). Connects now."""
+    def __init__(self, url: str, *, path: str = "", window: int = 4, timeout: float = 30.0,
+                 retries: int = DEFAULT_RETRIES, retry_for: float = DEFAULT_RETRY_FOR, chunk_bytes: int = CHUNK_BYTES,
+                 ping_interval: float = 10.0, ping_timeout: float = 10.0, close_timeout: float = 2.0,
+                 name: str = "server", api_key: str | None = None, ca_cert: str | Path | None = None,
+                 retry_policy: RetryPolicy | None = None):
+        """`url`: ws(s):// or http(s):// base URL, `path` appended (e.g. Cloud.WS_PATH). `api_key` goes in the
+        handshake's `Authorization: Bearer`; `ca_cert` (wss): the CA bundle that signed the server's
+        certificate; `retry_policy` replaces `retries`/`retry_for` (and sets the back-off). Connects now
+        (riding out an outage of up to `retry_for` seconds)."""
         self.url, self.timeout, self.name = ws_url(url, path), timeout, name
-        self.retry = RetryPolicy(retries)
+        self.retry = retry_policy or RetryPolicy(retries, retry_for)
         self.chunk_bytes, self.ping_interval, self.ping_timeout = chunk_bytes, ping_interval, ping_timeout
         self.close_timeout = close_timeout
-        self.reconnects = 0
+        context = tls_context(ca_cert)
+        self._ssl = context if self.url.startswith("wss://") else None  # websockets refuses ssl= on ws://
+        self._headers = {"X-Client-Version": CLIENT_VERSION, **bearer_headers(api_key)}
+        self.connections = 0
         self._window = threading.BoundedSemaphore(window)
-        self._lock = threading.Lock()  # guards _pending, _ready, _conn
+        self._lock = threading.Lock()  # guards _pending and _conn
+        self._connect_lock = threading.Lock()  # one thread (re)connects at a time
         self._send_lock = threading.Lock()
+        self._stop = threading.Event()  # set by close(): back-off waits end at once
         self._pending: dict[str, _Pending] = {}
-        self._ready = False
-        self._closed = False
-        self._conn = self._connect_with_retries(deadline=time.monotonic() + timeout)
-        self._ready = True
-        self._reader = threading.Thread(target=self._read_forever, name=f"edensplit-ws-{name}", daemon=True)
-        self._reader.start()
+        self._conn: ClientConnection | None = None
+        self._connection(self.retry.budget())
+
+    @property
+    def reconnects(self) -> int:
+        """Connections made after the first one."""
+        return max(self.connections - 1, 0)
 
     # -- connection ----------------------------------------------------------------------------------
 
     def _connect(self) -> ClientConnection:
         return connect(self.url, legacy=True, open_timeout=min(self.timeout, 10.0), close_timeout=self.close_timeout,
                        compression=None, max_size=2 * self.chunk_bytes + 2**20, ping_interval=self.ping_interval,
-                       ping_timeout=self.ping_timeout, additional_headers={"X-Client-Version": CLIENT_VERSION})
+                       ping_timeout=self.ping_timeout, additional_headers=self._headers, ssl=self._ssl)
 
-    def _connect_with_retries(self, deadline: float) -> ClientConnection:
-        attempt = 0
-        while True:
-            try:
-                return self._connect()
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
-                if self._closed or time.monotonic() >= deadline:
-                    raise EdenError(f"cannot reach the {self.name} at {self.url}: {type(exc).__name__}: {exc}",
-                                    code=ErrorCode.UPSTREAM_ERROR) from None
-                time.sleep(self.retry.delay(attempt))
-                attempt += 1
-            except InvalidURI as exc:
-                raise EdenError(f"invalid WebSocket URL {self.url}: {exc}", code=ErrorCode.INVALID_PARAMETER) from None
+    def _refused(self, exc: InvalidStatus) -> ServerError:
+        """A handshake answered with an HTTP error (401 without the right key, 503 while starting...)."""
+        response = exc.response
+        try:
+            error = json.loads(response.body or b"")["error"]
+        except (ValueError, KeyError, TypeError):
+            error = None
+        body = (response.body or b"").decode(errors="replace")[:200]
+        return server_error(error, server=f"{self.name} {self.url}", status=response.status_code,
+                            fallback=f"handshake refused: HTTP {response.status_code}: {body}",
+                            retry_after=parse_retry_after(response.headers.get("Retry-After")))
 
-    def _read_forever(self) -> None:
-        while not self._closed:
-            reassembler = Reassembler(max_bytes=2**34)
-            try:
-                for received in self._conn:
-                    self._deliver(received, reassembler)
-            except ConnectionClosed:
-                pass
-            except Exception:  # a bug must not kill the reader silently
-                log.exception("%s: reader failed", self.name)
-            with self._lock:
-                self._ready = False
-            if self._closed:
-                return
-            log.warning("%s: connection to %s lost; reconnecting", self.name, self.url)
-            self._reconnect()
+    def _connection(self, budget: RetryBudget) -> ClientConnection:
+        """The live connection, or a new one: transient failures are retried within `budget`; a refusal that
+        is not transient (a 4xx, a certificate that does not verify) is final."""
+        with self._connect_lock:
+            while True:
+                with self._lock:
+                    if self._conn is not None:
+                        return self._conn
+                if self._stop.is_set():
+                    raise _Closed(f"the connection to the {self.name} was closed", code=ErrorCode.UPSTREAM_ERROR)
+                try:
+                    conn = self._connect()
+                except InvalidURI as exc:
+                    raise EdenError(f"invalid WebSocket URL {self.url}: {exc}",
+                                    code=ErrorCode.INVALID_PARAMETER) from None
+                except InvalidStatus as exc:
+                    error = self._refused(exc)
+                    if exc.response.status_code not in RETRY_STATUSES or not should_retry(error):
+                        raise error from None
+                    self._back_off(budget, error, error.retry_after)
+                except (OSError, InvalidHandshake, TimeoutError) as exc:
+                    tls = tls_failure(exc)
+                    if tls is not None:
+                        raise EdenError(f"TLS failure talking to the {self.name} at {self.url}: {tls} (a server "
+                                        "certificate signed by another CA needs --ca_cert / EDENSPLIT_CA_CERT)",
+                                        code=ErrorCode.UPSTREAM_ERROR) from None
+                    cannot = EdenError(f"cannot reach the {self.name} at {self.url}: {type(exc).__name__}: {exc}",
+                                       code=ErrorCode.UPSTREAM_ERROR)
+                    self._back_off(budget, cannot)
+                else:
+                    with self._lock:
+                        self._conn = conn
+                        self.connections += 1
+                    if self.connections > 1:
+                        log.warning("%s: reconnected to %s", self.name, self.url)
+                    threading.Thread(target=self._read, args=(conn,), name=f"edensplit-ws-{self.name}",
+                                     daemon=True).start()
+                    return conn
 
-    def _reconnect(self) -> None:
-        while not self._closed:
-            try:
-                conn = self._connect_with_retries(deadline=time.monotonic() + self.timeout)
-            except EdenError as exc:
-                self._fail_pending(exc)  # nobody can wait forever; keep trying for later requests
-                continue
-            with self._lock:
-                self._conn, self._ready = conn, True
-                resend = list(self._pending.values())
-            self.reconnects += 1
-            log.warning("%s: reconnected; resending %d unanswered requests", self.name, len(resend))
-            for pending in resend:
-                self._send(pending.frames)
-            return
+    def _back_off(self, budget: RetryBudget, error: EdenError, retry_after: float | None = None) -> None:
+        """Wait before the next attempt, or raise `error` (its message saying for how long it was tried)."""
+        delay = budget.next_delay(retry_after)
+        if delay is None:
+            error.message += f" (gave up after {budget.summary()})"
+            raise error
+        log.log(logging.WARNING if budget.retries == 1 else logging.INFO, "%s: %s; retry %d in %.2f s",
+                self.name, error.message, budget.retries, delay)
+        if self._stop.wait(delay):
+            raise _Closed(f"the connection to the {self.name} was closed", code=ErrorCode.UPSTREAM_ERROR)
 
-    def _fail_pending(self, exc: EdenError) -> None:
+    def _read(self, conn: ClientConnection) -> None:
+        """Deliver the answers arriving on `conn` until it closes; then every request sent on it is lost."""
+        reassembler = Reassembler(max_bytes=2**34)
+        try:
+            for received in conn:
+                self._deliver(received, reassembler)
+        except ConnectionClosed:
+            pass
+        except Exception:  # a bug must not kill the reader silently
+            log.exception("%s: reader failed", self.name)
+        self._lost(conn)
+
+    def _lost(self, conn: ClientConnection) -> None:
+        """`conn` is gone: forget it, and wake every request waiting for an answer on it."""
         with self._lock:
-            pending, self._pending = self._pending, {}
-        for p in pending.values():
-            p.answer = ({"type": "error", "error": {"code": str(exc.code), "message": exc.message}}, b"")
-            p.done.set()
+            if self._conn is conn:
+                self._conn = None
+            waiting = [p for p in self._pending.values() if p.conn is conn and p.answer is None]
+            for pending in waiting:
+                pending.lost = True
+        if waiting and not self._stop.is_set():
+            log.warning("%s: connection to %s lost with %d requests unanswered; they are sent again",
+                        self.name, self.url, len(waiting))
+        for pending in waiting:
+            pending.event.set()
+        try:
+            conn.close()
+        except Exception:  # closing a connection that is already gone
+            log.debug("%s: close failed", self.name, exc_info=True)
 
     def _deliver(self, received: str | bytes, reassembler: Reassembler) -> None:
         try:
@@ -172,50 +247,76 @@ class WsTransport:
         header, payload = whole
         with self._lock:
             pending = self._pending.get(str(header.get("request_id")))
-        if pending is None or pending.done.is_set():
-            return  # an answer to a request already answered (resent after a reconnect): dropped
-        pending.answer = (header, payload)
-        pending.done.set()
+            if pending is None or pending.answer is not None:
+                return  # an answer to a request already answered (sent again after a reconnect): dropped
+            pending.answer = (header, payload)
+        pending.event.set()
 
-    def _send(self, frames: list[Any]) -> None:
+    def _send_on(self, conn: ClientConnection, pending: _Pending, frames: list[Any]) -> None:
+        """Send `frames` on `conn` for `pending`; a connection that fails meanwhile counts as lost."""
+        with self._lock:
+            if pending.answer is not None:
+                return  # the answer to an earlier attempt came during the back-off: nothing to send
+            pending.conn, pending.lost = conn, False
+            pending.event.clear()
+            alive = self._conn is conn
+        if not alive:
+            self._lost(conn)
+            return
         try:
             with self._send_lock:
                 for frame in frames:
-                    self._conn.send(frame)
+                    conn.send(frame)
         except (ConnectionClosed, OSError):
-            pass  # the reader notices, reconnects and resends every unanswered request
+            self._lost(conn)  # the reader may not have noticed yet
 
     # -- requests ------------------------------------------------------------------------------------
 
     def send(self, call: Call) -> Answer:
-        """Send `call` and wait for its answer; OVERLOADED / NOT_READY are retried with back-off."""
-        attempt = 0
-        while True:
-            rid = uuid.uuid4().hex
-            frames = frames_of(call, rid, self.chunk_bytes)
-            with self._window:
-                pending = _Pending(frames)
-                with self._lock:
-                    self._pending[rid] = pending
-                    ready = self._ready
-                if ready:
-                    self._send(frames)
-                answered = pending.done.wait(self.timeout + self.timeout * self.retry.retries)
+        """Send `call` and wait for its answer: one request id for all its attempts; reconnection, timeouts and
+        transient error answers retried within the retry budget (see the module docstring)."""
+        rid = call.request_id or uuid.uuid4().hex  # the idempotency key of this request, and only of it
+        frames = frames_of(call, rid, self.chunk_bytes)
+        budget = self.retry.budget()
+        pending = _Pending()
+        with self._window:
+            with self._lock:
+                self._pending[rid] = pending
+            try:
+                while True:
+                    self._send_on(self._connection(budget), pending, frames)
+                    header, payload = self._wait(pending, budget)
+                    if not header:
+                        continue  # lost or timed out: sent again (same id) after the back-off
+                    if header.get("type") != "error":
+                        return answer_of(header, payload, call)
+                    error = server_error(header.get("error"), server=f"{self.name} {self.url}",
+                                         fallback=f"unreadable error message {str(header)[:200]}")
+                    if not should_retry(error):
+                        raise error
+                    with self._lock:
+                        pending.answer = None  # this attempt's answer: the next attempt waits for its own
+                    self._back_off(budget, error, error.retry_after)
+            except _Closed:
+                raise EdenError(f"the connection to the {self.name} at {self.url} was closed before request "
+                                f"{rid} was answered", code=ErrorCode.UPSTREAM_ERROR) from None
+            finally:
                 with self._lock:
                     self._pending.pop(rid, None)
-            if not answered:
-                raise EdenError(f"no answer from the {self.name} at {self.url} within the timeout",
-                                code=ErrorCode.UPSTREAM_ERROR)
-            header, payload = pending.answer or ({}, b"")
-            if header.get("type") != "error":
-                return answer_of(header, payload, call)
-            error = server_error(header.get("error"), server=f"{self.name} {self.url}",
-                                 fallback=f"unreadable error message {str(header)[:200]}")
-            if error.code in RETRY_CODES and attempt < self.retry.retries:
-                time.sleep(self.retry.delay(attempt))
-                attempt += 1
-                continue
-            raise error
+
+    def _wait(self, pending: _Pending, budget: RetryBudget) -> tuple[dict[str, Any], bytes]:
+        """The answer; or ({}, b"") after backing off when the connection was lost or no answer came in time."""
+        answered = pending.event.wait(self.timeout)
+        if self._stop.is_set():
+            raise _Closed("closed", code=ErrorCode.UPSTREAM_ERROR)
+        with self._lock:
+            answer, lost = pending.answer, pending.lost
+        if answer is not None:
+            return answer
+        why = "the connection was lost" if answered and lost else f"none within {self.timeout:g} s"
+        self._back_off(budget, EdenError(f"no answer from the {self.name} at {self.url}: {why}",
+                                         code=ErrorCode.UPSTREAM_ERROR))
+        return {}, b""
 
     def health(self) -> dict[str, Any]:
         """An application-level ping: {"status": "ok", ...} once the server's pong arrives."""
@@ -223,9 +324,15 @@ class WsTransport:
         return {"status": "ok", "url": self.url, "reconnects": self.reconnects}
 
     def close(self) -> None:
-        """Close the connection; the reader stops instead of reconnecting."""
-        self._closed = True
-        try:
-            self._conn.close()
-        except Exception:  # closing a connection that is already gone
-            log.debug("%s: close failed", self.name, exc_info=True)
+        """Close the connection; waiting requests fail at once, and nothing reconnects."""
+        self._stop.set()
+        with self._lock:
+            conn, self._conn = self._conn, None
+            waiting = list(self._pending.values())
+        for pending in waiting:
+            pending.event.set()
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # closing a connection that is already gone
+                log.debug("%s: close failed", self.name, exc_info=True)

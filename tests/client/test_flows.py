@@ -1,13 +1,17 @@
 """The flows over the typed clients: a frame-once session the edge lost is rebuilt (store-only resend of frame
-k-1, then frame k again) and gives the same frame; open_backend refuses bad choices before connecting."""
+k-1, then frame k again) and gives the same frame; a session's edge requests go in order, one at a time, and a
+resumed one starts by storing its first frame; open_backend refuses bad choices before connecting."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
 
 from edensplit.client.flows import FrameOnceClient, SplitClient, open_backend
 from edensplit.client.http import HttpTransport
+from edensplit.client.jobs import interpolate_stream
 from edensplit.client.requests import Answer, Call
 from edensplit.client.services import Cloud, Edge
 from edensplit.client.transport import ServerError
@@ -76,3 +80,58 @@ def test_open_backend_refuses_bad_choices_before_connecting(kwargs, phrase):
     with pytest.raises(EdenError, match=phrase) as err:
         open_backend(cloud_url=nowhere, edge_url=nowhere, **{"transport": "ws", **kwargs})
     assert err.value.code == ErrorCode.INVALID_PARAMETER
+
+
+class SlowFirstCloud:
+    """The in-process cloud, but the encoding of frame 1 waits until frame 2's has started: pair 1's request
+    is ready for the edge before pair 0's."""
+
+    def __init__(self, cloud: Cloud):
+        self.cloud, self.second_started = cloud, threading.Event()
+
+    def encode_frame(self, frame):
+        if np.array_equal(frame, FRAMES[2]):
+            self.second_started.set()
+        elif np.array_equal(frame, FRAMES[1]):
+            assert self.second_started.wait(30), "pair 1 never started while pair 0 encoded"
+        return self.cloud.encode_frame(frame)
+
+
+class Watching(Recording):
+    """Recording, and how many edge requests were in flight at once."""
+
+    def __init__(self, inner: HttpTransport):
+        super().__init__(inner)
+        self.running, self.most, self.lock = 0, 0, threading.Lock()
+
+    def send(self, call: Call) -> Answer:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            return super().send(call)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_a_sessions_edge_requests_go_in_frame_order_one_at_a_time(cloud, edge):
+    """Pairs overlap at the cloud, but frame k+1 reaches the edge only after frame k is answered: a request
+    waiting at the edge for its predecessor would hold an admission place the predecessor may need."""
+    recording = Watching(HttpTransport("http://testserver", client=edge, name="edge server"))
+    client = FrameOnceClient(SlowFirstCloud(Cloud(HttpTransport("http://testserver", client=cloud))),  # type: ignore[arg-type]
+                             Edge(recording))
+    stream = list(interpolate_stream(client, FRAMES, base_seed=3, window=2))
+    assert [entry[1] for entry in recording.log] == [0, 1, 2] and recording.most == 1
+    pairs = SplitClient(Cloud(HttpTransport("http://testserver", client=cloud)),
+                        Edge(HttpTransport("http://testserver", client=edge)))
+    for k in range(2):
+        assert np.array_equal(stream[2 * k + 1][0], pairs.interpolate_pair(FRAMES[k], FRAMES[k + 1],
+                                                                           noise_seed(3, k)))
+
+
+def test_a_resumed_session_starts_by_storing_its_first_frame(cloud, edge):
+    recording = Recording(HttpTransport("http://testserver", client=edge, name="edge server"))
+    client = FrameOnceClient(Cloud(HttpTransport("http://testserver", client=cloud)), Edge(recording))
+    list(interpolate_stream(client, FRAMES[1:], base_seed=3, window=2, start=1))
+    assert recording.log == [["session_frame", 1, False, "ok"], ["session_frame", 2, None, "ok"]]

@@ -1,14 +1,21 @@
 """Video jobs stream: frames are pulled as they are needed, a bounded number of pairs is in flight,
-and the output order is f0, m01, f1, m12, ..."""
+and the output order is f0, m01, f1, m12, ... Jobs are resumable (the same job run again goes on from its last
+saved frame, and gives the same file; another job's state is dropped, saying why) and never leave an
+unfinished file at the output path."""
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
+import pytest
 
-from edensplit.client.jobs import LocalBackend, interpolate_stream
+from edensplit.client.jobs import JobResult, LocalBackend, interpolate_pair_files, interpolate_stream, interpolate_video
+from edensplit.client.resume import JobState, saved_frames, state_dir
+from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import LocalPipeline, noise_seed
+from edensplit.video import make_sample_clip, write_png
 from tests.conftest import make_frames
 
 
@@ -56,3 +63,132 @@ def test_frames_are_pulled_lazily_and_pairs_overlap_up_to_the_window(tiny_model)
         assert np.array_equal(out[2 * k][0], frames[k])
         expected = LocalPipeline(tiny_model).interpolate(frames[k], frames[k + 1], seed=noise_seed(5, k))
         assert np.array_equal(out[2 * k + 1][0], expected)
+
+
+# -- resumable jobs and the temporary name --------------------------------------------------------
+
+class Interrupted(LocalBackend):
+    """The local backend, counting the pairs it is asked for; pair `stop_at` raises KeyboardInterrupt (Ctrl-C
+    arriving while it runs) once the pairs before it are in the output."""
+
+    def __init__(self, pipeline: LocalPipeline, stop_at: int | None = None):
+        super().__init__(pipeline)
+        self.stop_at, self.pairs, self.lock = stop_at, [], threading.Lock()
+
+    def interpolate_pair(self, frame0, frame1, seed, index=0):
+        with self.lock:
+            self.pairs.append(index)
+        if index == self.stop_at:
+            raise KeyboardInterrupt
+        return super().interpolate_pair(frame0, frame1, seed, index)
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory) -> Path:
+    return make_sample_clip(tmp_path_factory.mktemp("resume") / "in.mkv", n_frames=10, width=64, height=48)
+
+
+def run_job(backend, clip: Path, out: Path, codec: str = "ffv1", **kwargs) -> JobResult:
+    return interpolate_video(backend, clip, out, seed=3, codec=codec, progress=False, resume=True,
+                             fingerprint={"num_steps": 2}, **kwargs)
+
+
+@pytest.mark.parametrize("codec", ["ffv1", "libx264"])
+def test_an_interrupted_job_resumes_from_its_last_frame_and_equals_an_uninterrupted_one(tiny_model, long_clip,
+                                                                                          tmp_path, codec):
+    pipeline = LocalPipeline(tiny_model)
+    whole = run_job(LocalBackend(pipeline), long_clip, tmp_path / "whole", codec)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        run_job(Interrupted(pipeline, stop_at=5), long_clip, out, codec)
+    assert not (out / "interpolated.mp4").exists()  # nothing at the output path while unfinished
+    done = saved_frames(out / "interpolated.mp4")
+    assert 3 <= done <= 5  # pairs 0-4 finished; the window (2) may hold the last ones back
+    said: list[str] = []
+    rerun = Interrupted(pipeline)
+    result = run_job(rerun, long_clip, out, codec, say=said.append)
+    assert sorted(rerun.pairs) == list(range(done, 9)) and result.resumed_from == done
+    assert said == [f"resuming {out / 'interpolated.mp4'}: {done} generated frames already done (state in "
+                    f"{state_dir(out / 'interpolated.mp4')})"]
+    assert not state_dir(out / "interpolated.mp4").exists() and (result.frames_in, result.frames_out) == (10, 19)
+    # The same file, byte for byte (the lossy codec too: the video is written again from the same frames).
+    assert (out / "interpolated.mp4").read_bytes() == whole.output.read_bytes()
+
+
+def test_another_seed_or_input_starts_over_and_says_why(tiny_model, long_clip, tmp_path):
+    pipeline = LocalPipeline(tiny_model)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_job(Interrupted(pipeline, stop_at=4), long_clip, out)
+    said: list[str] = []
+    again = Interrupted(pipeline)
+    interpolate_video(again, long_clip, out, seed=4, codec="ffv1", progress=False, resume=True,
+                      fingerprint={"num_steps": 2}, say=said.append)
+    assert sorted(again.pairs) == list(range(9))
+    assert len(said) == 1 and "another job (seed 3 -> 4); starting over" in said[0]
+    copy = tmp_path / "copy.mkv"
+    copy.write_bytes(long_clip.read_bytes())
+    with pytest.raises(KeyboardInterrupt):
+        interpolate_video(Interrupted(pipeline, stop_at=4), long_clip, out, seed=4, codec="ffv1", progress=False,
+                          resume=True, fingerprint={"num_steps": 2})
+    said.clear()
+    interpolate_video(LocalBackend(pipeline), copy, out, seed=4, codec="ffv1", progress=False, resume=True,
+                      fingerprint={"num_steps": 2}, say=said.append)
+    assert len(said) == 1 and "another job (the input); starting over" in said[0]
+
+
+def test_without_resume_a_saved_state_is_dropped(tiny_model, long_clip, tmp_path):
+    pipeline = LocalPipeline(tiny_model)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_job(Interrupted(pipeline, stop_at=4), long_clip, out)
+    again = Interrupted(pipeline)
+    said: list[str] = []
+    interpolate_video(again, long_clip, out, seed=3, codec="ffv1", progress=False, resume=False,
+                      fingerprint={"num_steps": 2}, say=said.append)
+    assert sorted(again.pairs) == list(range(9)) and "--no_resume: starting" in said[0]
+
+
+def test_an_unreadable_saved_frame_is_done_again_with_those_after_it(tiny_model, long_clip, tmp_path):
+    pipeline = LocalPipeline(tiny_model)
+    whole = run_job(LocalBackend(pipeline), long_clip, tmp_path / "whole")
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_job(Interrupted(pipeline, stop_at=6), long_clip, out)
+    state = state_dir(out / "interpolated.mp4")
+    assert saved_frames(out / "interpolated.mp4") >= 4
+    (state / "frames" / "000002.png").write_bytes(b"\x89PNG truncated by a crash")
+    rerun = Interrupted(pipeline)
+    run_job(rerun, long_clip, out)
+    assert sorted(rerun.pairs) == list(range(2, 9))
+    assert (out / "interpolated.mp4").read_bytes() == whole.output.read_bytes()
+
+
+def test_a_job_already_running_on_the_same_output_is_refused(long_clip, tmp_path):
+    output = tmp_path / "interpolated.mp4"
+    first = JobState(output, {"seed": 0})
+    first.open()
+    try:
+        with pytest.raises(EdenError, match="another edensplit job is writing"):
+            JobState(output, {"seed": 0}).open()
+    finally:
+        first.close()
+
+
+def test_a_frame_pair_is_written_under_a_temporary_name(tiny_model, tmp_path):
+    frames = make_frames(2, 40, 70)
+    paths = [write_png(tmp_path / f"f{i}.png", f) for i, f in enumerate(frames)]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "interpolated.png").write_bytes(b"an older result")
+
+    class Failing:
+        def interpolate_pair(self, *args):
+            assert not (out / "interpolated.png").exists()  # the old result is gone before the new is made
+            raise EdenError("the edge is down", code=ErrorCode.UPSTREAM_ERROR)
+
+    with pytest.raises(EdenError):
+        interpolate_pair_files(Failing(), paths[0], paths[1], out)
+    assert list(out.iterdir()) == []
+    result = interpolate_pair_files(LocalBackend(LocalPipeline(tiny_model)), paths[0], paths[1], out, seed=2)
+    assert [p.name for p in out.iterdir()] == ["interpolated.png"] and result.output == out / "interpolated.png"

@@ -19,7 +19,8 @@ def create_edge_app(settings: ServerSettings | None = None, model: Eden | None =
     of loading one at start-up."""
     settings = settings or ServerSettings()
     sessions = SessionStore(settings.session_ttl_s, settings.max_sessions)
-    cloud = AsyncCloud(AsyncHttpTransport(settings.cloud_server_url, name="cloud server"))
+    cloud = AsyncCloud(AsyncHttpTransport(settings.cloud_server_url, name="cloud server",
+                                          api_key=settings.edensplit_api_key, ca_cert=settings.edensplit_ca_cert))
 
     async def encode_at_cloud(frames: list[np.ndarray], request_id: str) -> bytes:
         """Flow B: the cloud's float32 blob of a pair or one frame (binary, no base64)."""

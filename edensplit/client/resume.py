@@ -1,0 +1,193 @@
+"""Resumable video jobs: the state a job keeps next to its output, so that the same command, run again after
+a crash, a Ctrl-C or a failed server, goes on from the last completed frame.
+
+The state of the job writing `OUT/interpolated.mp4` is the folder `OUT/.interpolated.mp4.job/`:
+
+- `job.json`: the job's fingerprint: the input (resolved path, size, modification time in ns) and every
+  option that changes the generated frames (seed, sampler, wire dtype; for `--local` the model and its
+  dtype). A state with another fingerprint is another job's: it is removed and the job starts over,
+  saying what differs.
+- `frames/NNNNNN.png`: generated frame k, written losslessly as soon as the output reaches it (to a
+  temporary name, then renamed, so a file there is always whole). The frames done are the files
+  000000, 000001, ... up to the first gap; pairs in flight when the job stopped (at most the window)
+  are not there and are redone.
+- `partial.mp4` (the output's suffix): the output video while it is written. It is renamed to the
+  output path only when its last frame is in, then the folder is removed: the output path never holds
+  an unfinished video.
+- `lock`: held (flock) while a job runs, so two runs of one command cannot write the same state.
+
+A rerun writes the output video again from the start: the input frames are decoded again and the
+generated ones read back from `frames/`, then the job goes on from the first frame not done (a
+frame-once session starts again there, with one store-only request). The PNGs are lossless, so the
+result is the uninterrupted run's frame for frame whatever the codec (lossy libx264 included: its input
+frames are the same), and a rerun with another `--codec`/`--crf` still reuses them. Memory stays flat in
+the video's length (frames stream through one at a time); the disk holds the PNGs, about what
+`--save_frames` writes, until the job completes.
+
+Why not re-read the partial output video instead: with the default lossy codec the resumed part would be
+re-encoded from decoded frames (worse at each resume), and a video cut off by a crash has no index (MP4
+writes it last) and cannot be read at all. PNGs survive a SIGKILL; writing the video again costs far
+less than one generated frame.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from edensplit.errors import EdenError, ErrorCode, InputError
+from edensplit.video import read_png, write_png
+
+STATE_VERSION = 1
+Say = Callable[[str], None]
+
+
+def state_dir(output: Path) -> Path:
+    """The state folder of the job writing `output`: `.NAME.job` next to it."""
+    return output.parent / f".{output.name}.job"
+
+
+def saved_frames(output: Path) -> int:
+    """How many generated frames of the job writing `output` are saved (0 without a state)."""
+    return _contiguous(state_dir(output) / "frames")
+
+
+def _frame_name(k: int) -> str:
+    return f"{k:06d}.png"
+
+
+def _contiguous(frames_dir: Path) -> int:
+    """The frames 0, 1, ... present in `frames_dir` up to the first gap."""
+    if not frames_dir.is_dir():
+        return 0
+    names = {p.name for p in frames_dir.iterdir()}
+    k = 0
+    while _frame_name(k) in names:
+        k += 1
+    return k
+
+
+def input_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What identifies an input file: its resolved path, size and modification time (ns)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _differences(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
+    """A short account of how two fingerprints differ ("seed 3 -> 4, the input")."""
+    parts = []
+    for key in sorted(set(saved) | set(wanted)):
+        if saved.get(key) == wanted.get(key):
+            continue
+        parts.append("the input" if key == "input" else f"{key} {saved.get(key)} -> {wanted.get(key)}")
+    return ", ".join(parts) or "an older state format"
+
+
+class JobState:
+    """The on-disk state of one video job (see the module docstring): open, commit frames, finish."""
+
+    def __init__(self, output: str | os.PathLike[str], fingerprint: Mapping[str, Any], *, resume: bool = True,
+                 say: Say | None = None):
+        self.output = Path(output)
+        self.dir = state_dir(self.output)
+        self.frames_dir = self.dir / "frames"
+        self.partial = self.dir / f"partial{self.output.suffix}"
+        self.fingerprint = {"version": STATE_VERSION, **fingerprint}
+        self.resume, self.say = resume, say or (lambda message: None)
+        self._lock: IO[str] | None = None
+
+    def open(self) -> int:
+        """Take the job's lock and return how many generated frames are already done: those of a saved state
+        with this fingerprint, else 0 (another job's state, or --no_resume: removed, and said so)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.dir / "lock", "a+")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise EdenError(f"another edensplit job is writing {self.output} (its state {self.dir} is locked)",
+                            code=ErrorCode.INVALID_PARAMETER) from None
+        saved = self._saved_fingerprint()
+        done = _contiguous(self.frames_dir) if saved == self.fingerprint else 0
+        if done and self.resume:
+            self.say(f"resuming {self.output}: {done} generated frames already done (state in {self.dir})")
+        else:
+            if done:
+                self.say(f"--no_resume: starting {self.output} over ({done} saved frames in {self.dir} dropped)")
+            elif saved is not None and saved != self.fingerprint and _contiguous(self.frames_dir):
+                self.say(f"{self.dir} holds the state of another job ({_differences(saved, self.fingerprint)}); "
+                         "starting over")
+            done = 0
+            shutil.rmtree(self.frames_dir, ignore_errors=True)
+            self._write_fingerprint()
+        self.frames_dir.mkdir(exist_ok=True)
+        self.partial.unlink(missing_ok=True)
+        self.output.unlink(missing_ok=True)  # an older output there would look like this job's result
+        return done
+
+    def _saved_fingerprint(self) -> dict[str, Any] | None:
+        try:
+            saved = json.loads((self.dir / "job.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return saved.get("fingerprint") if isinstance(saved, dict) else None
+
+    def _write_fingerprint(self) -> None:
+        tmp = self.dir / ".job.json.tmp"
+        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "output": self.output.name}, indent=1))
+        os.replace(tmp, self.dir / "job.json")
+
+    def frame_path(self, k: int) -> Path:
+        """Where generated frame k is kept."""
+        return self.frames_dir / _frame_name(k)
+
+    def commit(self, k: int, frame: np.ndarray) -> Path:
+        """Keep generated frame k (whole or not at all: written to a temporary name, then renamed)."""
+        tmp = self.frames_dir / f".{_frame_name(k)}.tmp"
+        write_png(tmp, frame)
+        final = self.frame_path(k)
+        os.replace(tmp, final)
+        return final
+
+    def read(self, k: int, shape: tuple[int, ...]) -> np.ndarray | None:
+        """Saved frame k, or None if it is unreadable or not of `shape` (then it and those after it are
+        dropped, to be done again)."""
+        try:
+            frame = read_png(self.frame_path(k))
+        except InputError:
+            frame = None
+        if frame is None or frame.shape != shape:
+            self.drop_from(k)
+            return None
+        return frame
+
+    def drop_from(self, k: int) -> None:
+        """Forget generated frames k, k+1, ..."""
+        for path in self.frames_dir.glob("*.png"):
+            if path.stem.isdigit() and int(path.stem) >= k:
+                path.unlink(missing_ok=True)
+
+    def finish(self) -> Path:
+        """The job is complete: the partial video becomes the output, and the state goes."""
+        os.replace(self.partial, self.output)
+        self.discard()
+        return self.output
+
+    def discard(self) -> None:
+        """Remove the state (a finished job, or an input that cannot make a job)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.close()
+
+    def close(self) -> None:
+        """Release the lock (the state stays for a rerun)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
