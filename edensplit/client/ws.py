@@ -3,10 +3,12 @@
 `WsTransport` owns the connection: a reader thread per connection matches answers to requests by
 request_id, and at most `window` requests are unanswered at once. Each request keeps one request id (its
 idempotency key) and one retry budget (`edensplit.client.transport.RetryPolicy`) for its whole life: when
-the connection drops, when no answer comes within `timeout`, or when the server answers OVERLOADED,
-NOT_READY or DEADLINE_EXCEEDED (or a transient UPSTREAM_ERROR), the request reconnects if need be and is
-sent again with the same id, after a full-jitter back-off (never shorter than the error's
-`retry_after_s`), until `retry_for` seconds have passed since its first failure. A handshake refused
+the connection drops, or when the server answers OVERLOADED, NOT_READY or DEADLINE_EXCEEDED (or a
+transient UPSTREAM_ERROR), the request reconnects if need be and is sent again with the same id, after a
+full-jitter back-off (never shorter than the error's `retry_after_s`), until `retry_for` seconds have
+passed since its first failure. A request still unanswered after `timeout` on a live connection is
+waited for again within the same budget, not sent again on that connection (the server refuses an id
+already in flight on a connection as a conflict). A handshake refused
 with a 4xx (401 without the right bearer key) or a certificate that does not verify is final. Answers to
 a request that was already answered are dropped, so a resend never yields a frame twice. Pings (every
 `ping_interval` s, `ping_timeout` to answer) notice a dead peer. permessage-deflate is off: on float
@@ -253,10 +255,15 @@ class WsTransport:
         pending.event.set()
 
     def _send_on(self, conn: ClientConnection, pending: _Pending, frames: list[Any]) -> None:
-        """Send `frames` on `conn` for `pending`; a connection that fails meanwhile counts as lost."""
+        """Send `frames` on `conn` for `pending`, unless they are already there unanswered (a request id in flight
+        on a connection is never sent on it again: the server would refuse it as a conflict); a connection that
+        fails meanwhile counts as lost."""
         with self._lock:
             if pending.answer is not None:
                 return  # the answer to an earlier attempt came during the back-off: nothing to send
+            if pending.conn is conn and not pending.lost:
+                pending.event.clear()
+                return  # sent on this live connection and not answered yet: wait on
             pending.conn, pending.lost = conn, False
             pending.event.clear()
             alive = self._conn is conn
@@ -287,7 +294,7 @@ class WsTransport:
                     self._send_on(self._connection(budget), pending, frames)
                     header, payload = self._wait(pending, budget)
                     if not header:
-                        continue  # lost or timed out: sent again (same id) after the back-off
+                        continue  # lost: sent again (same id) on a new connection; timed out: waited for again
                     if header.get("type") != "error":
                         return answer_of(header, payload, call)
                     error = server_error(header.get("error"), server=f"{self.name} {self.url}",
@@ -295,7 +302,7 @@ class WsTransport:
                     if not should_retry(error):
                         raise error
                     with self._lock:
-                        pending.answer = None  # this attempt's answer: the next attempt waits for its own
+                        pending.answer, pending.conn = None, None  # answered: the next attempt is sent anew
                     self._back_off(budget, error, error.retry_after)
             except _Closed:
                 raise EdenError(f"the connection to the {self.name} at {self.url} was closed before request "
@@ -313,7 +320,7 @@ class WsTransport:
             answer, lost = pending.answer, pending.lost
         if answer is not None:
             return answer
-        why = "the connection was lost" if answered and lost else f"none within {self.timeout:g} s"
+        why = "the connection was lost" if answered and lost else f"none within {self.timeout:g} s"  # then: wait on
         self._back_off(budget, EdenError(f"no answer from the {self.name} at {self.url}: {why}",
                                          code=ErrorCode.UPSTREAM_ERROR))
         return {}, b""

@@ -240,14 +240,15 @@ def test_http_connection_failures_give_up_after_retry_for_with_a_message_saying_
 
 # -- WebSocket -------------------------------------------------------------------------------------
 
-Script = Callable[[dict[str, Any], int], "list[str] | dict[str, Any] | None"]
+Script = Callable[[dict[str, Any], int], "str | float | dict[str, Any] | None"]
 
 
 class Peer:
     """A WebSocket server on 127.0.0.1 (own thread and loop). Each binary request's header is recorded and
     `script(header, n)` (n: requests so far) says what to do: an error code to answer with (a dict
-    {"code", "details"}), "drop" to abort the connection unanswered, or None to answer like the edge's
-    store-only session frame. `refuse`: an HTTP status to refuse handshakes with."""
+    {"code", "details"}), "drop" to abort the connection unanswered, seconds (a float) to wait before
+    answering, or None to answer at once like the edge's store-only session frame. `refuse`: an HTTP status
+    to refuse handshakes with."""
 
     def __init__(self, script: Script | None = None, port: int = 0, refuse: int | None = None):
         self.script = script or (lambda header, n: None)
@@ -278,6 +279,8 @@ class Peer:
             if action == "drop":
                 ws.transport.abort()
                 return
+            if isinstance(action, float):  # a slow answer
+                await asyncio.sleep(action)
             rid = header["request_id"]
             if isinstance(action, dict):
                 await ws.send(pack_binary({"type": "error", "request_id": rid, "status": "error",
@@ -343,6 +346,20 @@ def test_ws_a_dropped_connection_is_reopened_and_the_request_sent_again_with_its
         peer.close()
     assert answer.metadata == {"stored": 0} and transport.reconnects == 1
     assert len(peer.requests) == 2 and peer.requests[0]["request_id"] == peer.requests[1]["request_id"]
+
+
+def test_ws_a_slow_answer_is_waited_for_not_sent_again_on_the_same_connection():
+    """Past `timeout` the request is waited for again (within the budget): sending its id again on the connection
+    it is in flight on would be refused by the server as a conflict."""
+    peer = Peer(lambda header, n: 1.5)
+    transport = WsTransport(peer.url, timeout=0.5, retry_policy=FAST, close_timeout=0.5, ping_interval=0.2,
+                            ping_timeout=5)
+    try:
+        answer = transport.send(CALL)
+    finally:
+        transport.close()
+        peer.close()
+    assert answer.metadata == {"stored": 0} and len(peer.requests) == 1 and transport.reconnects == 0
 
 
 def test_ws_rides_out_a_server_that_comes_up_late():
