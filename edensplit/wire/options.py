@@ -25,7 +25,7 @@ Difference = Annotated[float, Field(ge=-DIFFERENCE_LIMIT, le=DIFFERENCE_LIMIT, a
                                     description="the raw mean cosine similarity of the pair's frames")]
 VaeScaler = Annotated[float, Field(gt=0, allow_inf_nan=False, description="EDEN: 0.179437")]
 VaeShift = Annotated[float, Field(allow_inf_nan=False, description="EDEN: 0.770202")]
-WireDtype = Literal["float32", "float16", "bfloat16"]
+WireDtype = Literal["float32", "float16", "bfloat16", "int8"]
 
 # What each constraint means, for messages that name the option and the rule it breaks.
 RULES = {

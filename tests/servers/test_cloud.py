@@ -138,8 +138,8 @@ def test_malformed_transport_level_requests(cloud):
                  415, "UNSUPPORTED_MEDIA_TYPE", "text/plain")
     assert_error(cloud.post("/api/v1/encode", content=b"garbage", headers={"Content-Type": FRAMES_MEDIA_TYPE}),
                  400, "INVALID_BLOB", "frames container")
-    assert_error(cloud.post("/api/v1/encode?wire_dtype=int8", json=json_body()),
-                 422, "INVALID_PARAMETER", "wire_dtype 'int8'")
+    assert_error(cloud.post("/api/v1/encode?wire_dtype=int4", json=json_body()),
+                 422, "INVALID_PARAMETER", "wire_dtype 'int4'")
     assert_error(cloud.post("/api/v1/encode", json=json_body(), headers={"Accept": "text/html"}),
                  406, "NOT_ACCEPTABLE", "text/html")
     assert_error(cloud.post("/api/v1/encode", files={"frame0": ("a.png", b"x", "image/png")},

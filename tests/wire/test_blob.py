@@ -100,6 +100,7 @@ def test_half_precision_blobs_are_about_half_the_size(pair):
     sizes = {dt: len(pack_encoding(pair, wire_dtype=dt)) for dt in WIRE_DTYPES}
     assert 0.45 < sizes["float16"] / sizes["float32"] < 0.6
     assert 0.45 < sizes["bfloat16"] / sizes["float32"] < 0.6
+    assert sizes["int8"] < 0.4 * sizes["float32"]  # D = 32 here: the per-token scales weigh 1/8
 
 
 def test_full_size_pair_blob_size():
@@ -113,6 +114,59 @@ def test_full_size_pair_blob_size():
     f32, f16 = len(pack_encoding(enc)), len(pack_encoding(enc, wire_dtype="float16"))
     assert payload <= f32 < payload * 1.01
     assert payload / 2 <= f16 < payload / 2 * 1.01
+    int8 = len(pack_encoding(enc, wire_dtype="int8"))  # a byte per value and a float32 scale per token
+    assert payload / 4 * (1 + 4 / d) <= int8 < payload / 4 * (1 + 4 / d) * 1.01
+
+
+# --- int8: symmetric per-token quantisation --------------------------------------------------------
+
+
+def test_int8_round_trips_within_half_a_step_per_token():
+    torch.manual_seed(0)
+    geo = Geometry(HEIGHT, WIDTH)
+    tokens = torch.randn(2, geo.tokens, 32) * torch.logspace(-3, 2, geo.tokens)[None, :, None]  # wide range
+    tokens[0, 3] = 0  # an all-zero token
+    enc = FrameEncoding(tokens, -tokens, torch.rand(2), torch.rand(2) + 0.1, geo)
+    out = unpack_encoding(pack_encoding(enc, 0.5, wire_dtype="int8"))
+    assert out.wire_dtype == "int8" and out.difference == 0.5
+    for name in ("cond_dit", "cond_dec"):
+        got, want = getattr(out.encoding, name), getattr(enc, name)
+        assert got.dtype == torch.float32
+        step = want.abs().amax(dim=-1, keepdim=True) / 127  # each token's own scale
+        assert bool(((got - want).abs() <= step / 2 + 1e-7 * want.abs()).all())  # the stated bound
+        assert bool((got[0, 3] == 0).all())
+    assert torch.equal(out.encoding.mean, enc.mean) and torch.equal(out.encoding.std, enc.std)
+
+
+@pytest.fixture(scope="module")
+def int8_parts(pair) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    blob = pack_encoding(pair, 0.5, wire_dtype="int8")
+    return safetensors.torch.load(blob), read_blob_header(blob)
+
+
+def test_an_int8_blob_with_bad_scales_is_refused(int8_parts):
+    tensors = int8_parts[0]
+    with wire_error(ErrorCode.INVALID_BLOB, "expected ['cond_dec', 'cond_dec_scale', 'cond_dit', 'cond_dit_scale'"):
+        unpack_encoding(craft(int8_parts, drop=("cond_dit_scale",)))
+    with wire_error(ErrorCode.SHAPE_MISMATCH, "tensor cond_dec_scale is [2, 15], expected [frames, ph*pw]"):
+        unpack_encoding(craft(int8_parts, tensors={"cond_dec_scale": tensors["cond_dec_scale"][:, 1:].contiguous()}))
+    nan = tensors["cond_dit_scale"].clone()
+    nan[0, 0] = torch.nan
+    with wire_error(ErrorCode.INVALID_BLOB, "tensor cond_dit_scale holds non-finite values"):
+        unpack_encoding(craft(int8_parts, tensors={"cond_dit_scale": nan}))
+    with wire_error(ErrorCode.INVALID_BLOB, "cond_dit_scale holds scales that are not positive"):
+        unpack_encoding(craft(int8_parts, tensors={"cond_dit_scale": -tensors["cond_dit_scale"]}))
+    with wire_error(ErrorCode.INVALID_BLOB, "tensor cond_dit_scale is float16, expected float32"):
+        unpack_encoding(craft(int8_parts, tensors={"cond_dit_scale": tensors["cond_dit_scale"].half()}))
+    with wire_error(ErrorCode.INVALID_BLOB, "tensor cond_dit is float32, expected int8"):
+        unpack_encoding(craft(int8_parts, tensors={"cond_dit": tensors["cond_dit"].float()}))
+    with wire_error(ErrorCode.INVALID_BLOB, "holds tensors"):  # a float blob claiming int8: no scales
+        unpack_encoding(craft((safetensors.torch.load(pack_encoding(pair_of(int8_parts))), int8_parts[1])))
+
+
+def pair_of(parts) -> FrameEncoding:
+    """The (dequantised) encoding an int8 blob's parts stand for."""
+    return unpack_encoding(craft(parts)).encoding
 
 
 def test_single_frame_blob(pair):
@@ -156,8 +210,8 @@ def test_extra_metadata_round_trips(pair):
 def test_pack_refuses_reserved_extra_keys_and_unknown_dtypes(pair):
     with pytest.raises(InputError, match="reserved keys \\['grid'\\]"):
         pack_encoding(pair, extra={"grid": "1,1"})
-    with pytest.raises(InputError, match="unknown wire dtype 'int8'"):
-        pack_encoding(pair, wire_dtype="int8")
+    with pytest.raises(InputError, match="unknown wire dtype 'int4'"):
+        pack_encoding(pair, wire_dtype="int4")
     with pytest.raises(InputError, match="difference"):
         pack_encoding(pair, float("nan"))
 
@@ -224,8 +278,8 @@ def test_wrong_format_or_version(parts, metadata, phrase):
 
 
 def test_unknown_wire_dtype(parts):
-    with wire_error(ErrorCode.INVALID_BLOB, "unknown wire_dtype 'int8'"):
-        unpack_encoding(craft(parts, metadata={"wire_dtype": "int8"}))
+    with wire_error(ErrorCode.INVALID_BLOB, "unknown wire_dtype 'int4'"):
+        unpack_encoding(craft(parts, metadata={"wire_dtype": "int4"}))
 
 
 def test_cond_tensor_not_in_the_declared_dtype(parts):
