@@ -57,6 +57,8 @@ class ServerSettings(ModelSettings):
     batch_wait_ms: float = Field(5.0, ge=0, description="edge: how long a batch waits to fill")
     session_ttl_s: float = Field(300, gt=0, description="idle video sessions are dropped after this")
     max_sessions: int = Field(64, ge=1, description="sessions cached at once (least recently used dropped)")
+    context_cache_mb: float = Field(4096, ge=0, description="edge: session frames' temporal keys/values kept for "
+                                    "their next pair (computed again when dropped); CONTEXT_CACHE_MB")
 
 
 class ClientSettings(BaseSettings):

@@ -18,7 +18,7 @@ def create_edge_app(settings: ServerSettings | None = None, model: Eden | None =
     """The edge app; settings from the environment unless given; with `model`, that model is used instead
     of loading one at start-up."""
     settings = settings or ServerSettings()
-    sessions = SessionStore(settings.session_ttl_s, settings.max_sessions)
+    sessions = SessionStore(settings.session_ttl_s, settings.max_sessions, settings.context_cache_mb)
     cloud = AsyncCloud(AsyncHttpTransport(settings.cloud_server_url, name="cloud server",
                                           api_key=settings.edensplit_api_key, ca_cert=settings.edensplit_ca_cert))
 
