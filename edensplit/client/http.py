@@ -56,6 +56,7 @@ class _HttpBase:
         self.verify: Any = tls_context(ca_cert) or True  # an SSLContext trusting the CA bundle, or the defaults
         self.headers = {"X-Client-Version": CLIENT_VERSION, "Accept-Encoding": compress or "identity",
                         **bearer_headers(api_key)}
+        self.closed = False  # once closed, a request failing because of it is not retried
 
     def url(self, path: str) -> str:
         """Absolute, so a client built elsewhere (a TestClient) needs no base URL of ours."""
@@ -108,6 +109,9 @@ class _HttpBase:
                     response: httpx.Response | None = None) -> float:
         """After a failed attempt: the seconds to wait before retrying it, or raise the final error (one that
         is not transient, or the retries or the outage budget spent)."""
+        if self.closed:
+            raise EdenError(f"the connection to the {self.name} at {self.base_url} was closed",
+                            code=ErrorCode.UPSTREAM_ERROR) from None
         if exc is not None:
             tls = tls_failure(exc)
             if tls is not None:
@@ -173,7 +177,8 @@ class HttpTransport(_HttpBase):
         return self.request("GET", "/health", headers=self.headers).json()
 
     def close(self) -> None:
-        """Close the connection pool (not a client handed in)."""
+        """Close the connection pool (not a client handed in); requests in flight fail, without retries."""
+        self.closed = True
         if self._owned:
             self.http.close()
 
@@ -214,5 +219,6 @@ class AsyncHttpTransport(_HttpBase):
         return (await self.request("GET", "/health", headers=self.headers)).json()
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool; requests in flight fail, without retries."""
+        self.closed = True
         await self.http.aclose()

@@ -109,6 +109,24 @@ class JobResult:
     resumed_from: int = 0  # generated frames a previous run of the job had done
 
 
+class _Keeping:
+    """A backend whose generated frames are kept in the job's state by the pair's own thread as they arrive (the
+    PNG encoding overlaps the other pairs and the video writing)."""
+
+    def __init__(self, backend: PairBackend, state: JobState):
+        self.backend, self.state = backend, state
+
+    def begin_video(self, start: int = 0) -> None:
+        begin = getattr(self.backend, "begin_video", None)
+        if begin is not None:
+            begin(start) if start else begin()
+
+    def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int, index: int) -> np.ndarray:
+        frame = self.backend.interpolate_pair(frame0, frame1, seed, index)
+        self.state.commit(index, frame)
+        return frame
+
+
 def _keep_copy(source: Path, target: Path) -> None:
     """`target` as a copy of `source` (a hard link where the filesystem allows: no second write)."""
     target.unlink(missing_ok=True)
@@ -171,13 +189,12 @@ def _write_video(backend: PairBackend, video_path: str | Path, info: Any, state:
             frames_in, frames_out = frames_in + 1, frames_out + 2
         pair = done
         bar = tqdm(total=total, initial=done, unit="pair", desc="interpolating", disable=not progress, leave=False)
-        for frame, generated in interpolate_stream(backend, frames, seed, window, start=done):
+        for frame, generated in interpolate_stream(_Keeping(backend, state), frames, seed, window, start=done):
             writer.write(frame)
             frames_out += 1
             if generated:
-                kept = state.commit(pair, frame)
                 if generated_dir:
-                    _keep_copy(kept, generated_dir / f"{pair:06d}.png")
+                    _keep_copy(state.frame_path(pair), generated_dir / f"{pair:06d}.png")
                 pair += 1
                 bar.update()
             else:

@@ -7,10 +7,10 @@ The state of the job writing `OUT/interpolated.mp4` is the folder `OUT/.interpol
   option that changes the generated frames (seed, sampler, wire dtype; for `--local` the model and its
   dtype). A state with another fingerprint is another job's: it is removed and the job starts over,
   saying what differs.
-- `frames/NNNNNN.png`: generated frame k, written losslessly as soon as the output reaches it (to a
-  temporary name, then renamed, so a file there is always whole). The frames done are the files
-  000000, 000001, ... up to the first gap; pairs in flight when the job stopped (at most the window)
-  are not there and are redone.
+- `frames/NNNNNN.png`: generated frame k, written losslessly (fast zlib level) by the thread that got
+  it, as soon as it arrives (to a temporary name, then renamed, so a file there is always whole). The
+  frames done are the files 000000, 000001, ... up to the first gap; pairs in flight when the job
+  stopped (at most the window) are not there, and are redone.
 - `partial.mp4` (the output's suffix): the output video while it is written. It is renamed to the
   output path only when its last frame is in, then the folder is removed: the output path never holds
   an unfinished video.
@@ -36,16 +36,19 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from PIL import Image
 
 from edensplit.errors import EdenError, ErrorCode, InputError
-from edensplit.video import read_png, write_png
+from edensplit.video import read_png
 
 STATE_VERSION = 1
+PNG_LEVEL = 1
 Say = Callable[[str], None]
 
 
@@ -129,6 +132,7 @@ class JobState:
             shutil.rmtree(self.frames_dir, ignore_errors=True)
             self._write_fingerprint()
         self.frames_dir.mkdir(exist_ok=True)
+        self.drop_from(done)  # frames kept past a gap (in flight when the job stopped) are done again
         self.partial.unlink(missing_ok=True)
         self.output.unlink(missing_ok=True)  # an older output there would look like this job's result
         return done
@@ -150,9 +154,11 @@ class JobState:
         return self.frames_dir / _frame_name(k)
 
     def commit(self, k: int, frame: np.ndarray) -> Path:
-        """Keep generated frame k (whole or not at all: written to a temporary name, then renamed)."""
-        tmp = self.frames_dir / f".{_frame_name(k)}.tmp"
-        write_png(tmp, frame)
+        """Keep generated frame k (whole or not at all: written to a temporary name, then renamed). Thread-safe:
+        frames may be kept in any order (the frames done are those up to the first gap)."""
+        tmp = self.frames_dir / f".{_frame_name(k)}.{threading.get_ident()}.tmp"
+        # zlib level 1: a 480p frame in ~50 ms instead of ~180 ms at the default level, ~15% larger
+        Image.fromarray(np.ascontiguousarray(frame)).save(tmp, format="PNG", compress_level=PNG_LEVEL)
         final = self.frame_path(k)
         os.replace(tmp, final)
         return final
@@ -170,9 +176,9 @@ class JobState:
         return frame
 
     def drop_from(self, k: int) -> None:
-        """Forget generated frames k, k+1, ..."""
-        for path in self.frames_dir.glob("*.png"):
-            if path.stem.isdigit() and int(path.stem) >= k:
+        """Forget generated frames k, k+1, ... (and temporary files a stopped job left)."""
+        for path in self.frames_dir.iterdir():
+            if path.name.endswith(".tmp") or (path.suffix == ".png" and path.stem.isdigit() and int(path.stem) >= k):
                 path.unlink(missing_ok=True)
 
     def finish(self) -> Path:

@@ -195,6 +195,8 @@ class WsTransport:
 
     def _back_off(self, budget: RetryBudget, error: EdenError, retry_after: float | None = None) -> None:
         """Wait before the next attempt, or raise `error` (its message saying for how long it was tried)."""
+        if self._stop.is_set():
+            raise _Closed(f"the connection to the {self.name} was closed", code=ErrorCode.UPSTREAM_ERROR)
         delay = budget.next_delay(retry_after)
         if delay is None:
             error.message += f" (gave up after {budget.summary()})"
