@@ -3,7 +3,8 @@
     python benchmarks/soak.py [--requests N] [--warmup W] [--max-seconds S] [--seed K] [--output PATH]
 
 Starts a cloud and an edge (uvicorn subprocesses on 127.0.0.1, the tiny random model, MAX_REQUEST_MB = 8,
-MAX_PIXELS = 2,000,000: tests/servers/test_hostile.py's SERVER_ENV), then sends a seeded random mix: half
+MAX_PIXELS = 2,000,000, glibc's mmap threshold fixed so that RSS follows what a server holds:
+tests/servers/test_hostile.py's SERVER_ENV, which says why), then sends a seeded random mix: half
 valid requests of every kind, half the hostile corpus of tests/servers/test_hostile.py (bad JSON, lying
 headers, bombs, bodies over the limit, WebSocket framing attacks...), over HTTP (one keep-alive client
 per server) and WebSocket (one connection per server, reconnected if lost). Each case is followed by a

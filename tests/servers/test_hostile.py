@@ -73,10 +73,11 @@ SERVER_ENV = {"EDEN_RANDOM_WEIGHTS": "1", "DEVICE": "cpu", "MAX_REQUEST_MB": str
               "MALLOC_MMAP_THRESHOLD_": "131072"}
 # Memory bounds. A case may make a server hold its body (at most MAX_REQUEST_MB = 8 MiB) a few times over: the
 # bytes read, a decompressed or reassembled copy, the parsed JSON, the decoded base64. 64 MB is eight such
-# copies; measured on this project's machine, the costliest case took +24 MB, the corpus +49 MB at its peak.
+# copies; measured on this project's machine: the costliest case +27 MB, the corpus +38 MB at its peak, +4 MB
+# at its end.
 PER_CASE_PEAK_MB = 64  # one case's peak RSS over the RSS before it
 CORPUS_PEAK_MB = 128  # the highest RSS during the corpus over the RSS after warm-up
-CORPUS_END_MB = 64  # the RSS after the corpus over the RSS after warm-up (what a server keeps: caches, heap)
+CORPUS_END_MB = 32  # the RSS after the corpus over the RSS after warm-up (what a server keeps: caches, heap)
 
 # -- payloads ---------------------------------------------------------------------------------------------
 
