@@ -32,7 +32,6 @@ less than one generated frame.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -46,6 +45,11 @@ from PIL import Image
 
 from edensplit.errors import EdenError, ErrorCode, InputError
 from edensplit.video import read_png
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked against each other
+    fcntl = None  # type: ignore[assignment]
 
 STATE_VERSION = 1
 PNG_LEVEL = 1
@@ -113,7 +117,8 @@ class JobState:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.dir / "lock", "a+")  # noqa: SIM115 - held until close()
         try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.close()
             raise EdenError(f"another edensplit job is writing {self.output} (its state {self.dir} is locked)",
