@@ -12,8 +12,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+GPU_BATCH = 8  # the default dynamic batch on a GPU in half precision (set from the benchmark's best batch)
+
+
 def default_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_max_batch(settings: ServerSettings) -> int:
+    """MAX_BATCH if set; else batching on a CUDA device in half precision (where a batch is nearly free and
+    frames already differ from float32 by rounding), and the exact mode (one request per call) otherwise."""
+    if settings.max_batch is not None:
+        return settings.max_batch
+    return GPU_BATCH if settings.device.startswith("cuda") and settings.eden_dtype != "float32" else 1
 
 
 class ModelSettings(BaseSettings):
@@ -28,6 +39,8 @@ class ModelSettings(BaseSettings):
     eden_random_weights: bool = Field(False, description="allow random weights when MODEL_PATH is unset")
     eden_random_seed: int = Field(0, description="seed of the random weights")
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads for the model")
+    eden_compile: bool = Field(False, description="torch.compile the model's hot functions (warmed up before the "
+                               "server reports ready); EDEN_COMPILE")
 
 
 class ServerSettings(ModelSettings):
@@ -53,7 +66,9 @@ class ServerSettings(ModelSettings):
     max_pixels: int = Field(2 * 4096 * 2160, ge=1, description="pixels of all frames of one request (413 past "
                             "it, before decoding); the default holds a pair of 4K frames; MAX_PIXELS")
     cloud_server_url: str = Field("http://localhost:8000", description="the cloud, for the edge's flow B")
-    max_batch: int = Field(1, ge=1, le=64, description="edge: pairs per model call (1 = exact mode)")
+    max_batch: int | None = Field(None, ge=1, le=64, description="requests per model call with dynamic batching; "
+                                  "default: 1 (the exact mode) except on CUDA in bfloat16/float16, "
+                                  "GPU_BATCH; MAX_BATCH")
     batch_wait_ms: float = Field(5.0, ge=0, description="edge: how long a batch waits to fill")
     session_ttl_s: float = Field(300, gt=0, description="idle video sessions are dropped after this")
     max_sessions: int = Field(64, ge=1, description="sessions cached at once (least recently used dropped)")

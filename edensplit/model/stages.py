@@ -147,13 +147,20 @@ def _require(model: Eden, stage: str) -> None:
 
 
 @torch.inference_mode()
-def encode_frames(model: Eden, frames: np.ndarray | Tensor) -> FrameEncoding:
-    """The encode stage: pad, normalise per frame, run the conditioning encoder (one frame at a time)."""
+def encode_frames(model: Eden, frames: np.ndarray | Tensor, batched: bool = False) -> FrameEncoding:
+    """The encode stage: pad, normalise per frame, run the conditioning encoder. One frame at a time is the
+    exact mode (a frame's encoding never depends on what it was sent with); `batched` runs all frames as one
+    call (a GPU's fast path: the same values up to float rounding)."""
     _require(model, ENCODE)
     x = as_frames(frames).to(model.device)
     geo = geometry_for(model, x.shape[-2], x.shape[-1])
     top, bottom, left, right = geo.padding
     padded = F.pad(x, (left, right, top, bottom), mode="replicate")
+    if batched:
+        mean = padded.mean(dim=(1, 2, 3))
+        std = padded.flatten(1).std(dim=1) + STD_EPS
+        dit, dec = model.encode_tokens(((padded - mean.view(-1, 1, 1, 1)) / std.view(-1, 1, 1, 1)).to(model.dtype))
+        return FrameEncoding(dit, dec, mean, std, geo)
     dits, decs, means, stds = [], [], [], []
     for frame in padded.split(1):
         mean, std = frame.mean(), frame.std() + STD_EPS

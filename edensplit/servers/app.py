@@ -27,7 +27,7 @@ from edensplit.servers.metrics import Metrics
 from edensplit.servers.middleware import RequestContextMiddleware
 from edensplit.servers.runtime import ModelRuntime, load_model_for
 from edensplit.servers.schemas import HealthResponse, schema_error
-from edensplit.settings import ServerSettings
+from edensplit.settings import ServerSettings, resolve_max_batch
 from edensplit.version import __version__
 
 log = logging.getLogger("edensplit.server")
@@ -133,7 +133,7 @@ def create_app(stage: str, title: str, settings: ServerSettings, model: Eden | N
     app.state.budget = ByteBudget(int(settings.body_memory_mb * 2**20))
     app.state.idempotency = IdempotencyCache(int(settings.idempotency_cache_mb * 2**20))
     app.state.websockets = 0  # connections open
-    app.state.runtime = ModelRuntime(stage, settings.max_inflight, model, max_batch=settings.max_batch,
+    app.state.runtime = ModelRuntime(stage, settings.max_inflight, model, max_batch=resolve_max_batch(settings),
                                      batch_wait_s=settings.batch_wait_ms / 1000)
     metrics.inflight.set_function(lambda: app.state.runtime.inflight)
     app.add_middleware(RequestContextMiddleware, settings=settings, metrics=metrics, budget=app.state.budget,

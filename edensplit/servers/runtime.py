@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import Eden, load_config, load_model
+from edensplit.model import ENCODE, INTERPOLATE, Eden, load_config, load_model
 from edensplit.servers.batching import Batcher
 from edensplit.settings import DTYPES, ModelSettings
 from edensplit.version import __version__
@@ -43,7 +43,22 @@ def load_model_for(stages: Iterable[str], settings: ModelSettings) -> Eden:
                     stage, model.weights_source)
     else:
         log.info("%s stage: loaded %s on %s", stage, model.weights_source, settings.device)
+    if settings.eden_compile:
+        compile_model(model)
     return model
+
+
+COMPILED = ("encode_tokens", "frame_context", "velocity", "decode")
+
+
+def compile_model(model: Eden) -> None:
+    """torch.compile the model's hot functions in place (shapes dynamic: one compilation serves every frame
+    size). The first call of each compiles, so the server's warm-up pays it before it reports ready.
+    Compiled float32 may differ from eager by float rounding: the exact mode is eager."""
+    names = [n for n in COMPILED if (ENCODE if n == "encode_tokens" else INTERPOLATE) in model.stages]
+    for name in names:
+        setattr(model, name, torch.compile(getattr(model, name), dynamic=True))
+    log.info("compiling %s with torch.compile (first calls are slow)", ", ".join(names))
 
 
 class ModelRuntime:

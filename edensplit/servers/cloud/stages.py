@@ -4,7 +4,7 @@ the enc_out blob (JSON envelope with base64, or the blob itself)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,26 @@ def warm_up(model: Eden) -> None:
     encode_frames(model, np.zeros((64, 64, 3), np.uint8))
 
 
+def encode_batch(model: Eden, jobs: Sequence[EncodeJob]) -> list[EncodeResult]:
+    """Several requests' frames through the encoder as one call (dynamic batching), each its own blob."""
+    for job in jobs:
+        job.cancellation.check()
+    try:
+        enc = encode_frames(model, np.concatenate([job.frames for job in jobs]), batched=True).to("cpu")
+    except EdenError:
+        raise
+    except Exception as exc:
+        raise EdenError(f"the encoder failed: {type(exc).__name__}: {exc}", code=ErrorCode.ENCODE_ERROR) from exc
+    results, start = [], 0
+    for job in jobs:
+        part = enc[start:start + len(job.frames)]
+        start += len(job.frames)
+        difference = float(frame_difference(job.frames[0], job.frames[1])[0]) if len(job.frames) == 2 else None
+        blob = pack_encoding(part, difference, job.wire_dtype, extra={"request_id": job.request_id})
+        results.append(EncodeResult(blob, part.geometry.grid, difference))
+    return results
+
+
 class EncodeStage:
     """Encode the frames `names` (a pair: /encode; one video frame: /encode_frame) into one blob."""
 
@@ -73,10 +93,13 @@ class EncodeStage:
         return job
 
     def predict(self, model: Eden, jobs: Sequence[EncodeJob]) -> list[EncodeResult]:
-        return [encode_job(model, job) for job in jobs]
+        if len(jobs) == 1:
+            return [encode_job(model, jobs[0])]  # the exact mode: one frame at a time
+        return encode_batch(model, jobs)
 
-    def batch_key(self, job: EncodeJob) -> None:
-        return None  # one frame at a time is the exact mode: a frame's encoding never depends on its batch
+    def batch_key(self, job: EncodeJob) -> Hashable:
+        """Requests whose frames may share one encoder call (only when MAX_BATCH > 1, e.g. on a GPU)."""
+        return job.frames.shape[1:], job.wire_dtype
 
     def encode(self, result: EncodeResult, job: EncodeJob) -> StageReply:
         height, width = job.frames.shape[1:3]
