@@ -62,6 +62,8 @@ class ServerSettings(ModelSettings):
                                           "Authorization: Bearer <key>; EDENSPLIT_API_KEY")
     edensplit_ca_cert: Path | None = Field(None, description="edge, flow B: CA bundle for the cloud's TLS "
                                            "certificate; EDENSPLIT_CA_CERT")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line; "
+                                                "LOG_FORMAT")
     warmup: bool = Field(True, description="run one small model pass before reporting ready; WARMUP")
     max_pixels: int = Field(2 * 4096 * 2160, ge=1, description="pixels of all frames of one request (413 past "
                             "it, before decoding); the default holds a pair of 4K frames; MAX_PIXELS")

@@ -23,6 +23,7 @@ from edensplit.model import Eden
 from edensplit.servers.budget import ByteBudget
 from edensplit.servers.envelope import error_response, log_refusal
 from edensplit.servers.idempotency import IdempotencyCache
+from edensplit.servers.logs import configure_logging
 from edensplit.servers.metrics import Metrics
 from edensplit.servers.middleware import RequestContextMiddleware
 from edensplit.servers.runtime import ModelRuntime, load_model_for
@@ -31,16 +32,6 @@ from edensplit.settings import ServerSettings, resolve_max_batch
 from edensplit.version import __version__
 
 log = logging.getLogger("edensplit.server")
-
-
-def configure_logging() -> None:
-    """Give edensplit's loggers a handler when the host (uvicorn) did not."""
-    ours = logging.getLogger("edensplit")
-    ours.setLevel(logging.INFO)
-    if not ours.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        ours.addHandler(handler)
 
 
 def request_id(request: Request) -> str:
@@ -104,7 +95,7 @@ def create_app(stage: str, title: str, settings: ServerSettings, model: Eden | N
     then warmed up (`warm_up`, one small pass) before the server reports ready; `on_shutdown` closes what
     the stage's routes hold (clients of other servers). On SIGTERM it stops admitting and finishes what is
     in flight (uvicorn waits for it, up to its graceful-shutdown timeout)."""
-    configure_logging()
+    configure_logging(settings.log_format)
     metrics = Metrics(stage)
 
     @contextlib.asynccontextmanager
@@ -136,28 +127,34 @@ def create_app(stage: str, title: str, settings: ServerSettings, model: Eden | N
     app.state.runtime = ModelRuntime(stage, settings.max_inflight, model, max_batch=resolve_max_batch(settings),
                                      batch_wait_s=settings.batch_wait_ms / 1000)
     metrics.inflight.set_function(lambda: app.state.runtime.inflight)
+    metrics.queue_depth.set_function(lambda: app.state.runtime.queued)
+    app.state.runtime.on_batch = metrics.batch_size.observe
     app.add_middleware(RequestContextMiddleware, settings=settings, metrics=metrics, budget=app.state.budget,
                        idempotency=app.state.idempotency)
 
     @app.exception_handler(EdenError)
     async def eden_error(request: Request, exc: EdenError) -> JSONResponse:
+        request.state.error_code = str(exc.code)
         log_refusal(request_id(request), exc)
         return error_response(exc.code, exc.message, exc.details)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         error = schema_error(list(exc.errors()))
+        request.state.error_code = str(error.code)
         return error_response(error.code, error.message, error.details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = ErrorCode.NOT_FOUND if exc.status_code in (404, 405) else ErrorCode.INVALID_REQUEST
+        request.state.error_code = str(code)
         response = error_response(code, f"{request.method} {request.url.path}: {exc.detail}")
         response.status_code = exc.status_code
         return response
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
+        request.state.error_code = str(ErrorCode.INTERNAL_ERROR)
         log.exception("%s unhandled error on %s", request_id(request), request.url.path)
         return error_response(ErrorCode.INTERNAL_ERROR, f"internal error ({type(exc).__name__}); "
                               f"see the server log for request {request_id(request)}")

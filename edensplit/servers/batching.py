@@ -34,8 +34,10 @@ class Batcher(Generic[J, R]):
     """Collects jobs into batches of equal key and runs them as `await execute(run_batch, jobs) -> results`."""
 
     def __init__(self, run_batch: Callable[..., Sequence[R]], key: Callable[[J], Hashable],
-                 execute: Callable[..., Any], max_batch: int, wait_s: float):
+                 execute: Callable[..., Any], max_batch: int, wait_s: float,
+                 on_batch: Callable[[int], None] | None = None):
         self.run_batch, self.key, self.execute = run_batch, key, execute
+        self.on_batch = on_batch or (lambda size: None)
         self.max_batch, self.wait_s = max_batch, wait_s
         self._queue: list[_Waiting[J]] = []
         self._wakeup = asyncio.Event()
@@ -80,6 +82,7 @@ class Batcher(Generic[J, R]):
             batch = [w for w in self._take() if not w.done.cancelled()]
             if batch:
                 self.batches.append(len(batch))
+                self.on_batch(len(batch))
                 await self._run(batch)
 
     async def _run(self, batch: list[_Waiting[J]]) -> None:

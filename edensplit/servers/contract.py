@@ -87,6 +87,7 @@ class StageInput:
     request_id: str = ""
     content_type_header: str = ""  # the whole Content-Type (a multipart body's boundary)
     cancellation: Cancellation = field(default_factory=Cancellation)
+    received: float = field(default_factory=time.perf_counter)  # when the request arrived (its first byte)
 
 
 @dataclass
@@ -129,21 +130,37 @@ def check_content_type(stage: Stage[Any, Any], content_type: str) -> None:
 
 
 async def run_stage(stage: Stage[Any, Any], inp: StageInput, runtime: ModelRuntime,
-                    render: Callable[[StageReply], T]) -> T:
+                    render: Callable[[StageReply], T], timings: dict[str, float] | None = None) -> T:
     """decode -> prepare -> predict -> encode inside one admission place and the request's deadline; `render`
-    turns the reply into what the transport sends, on the thread pool with the encoding."""
+    turns the reply into what the transport sends, on the thread pool with the encoding. `timings` receives
+    the seconds of each step (admission_wait, decode, prepare, model, encode) it got to."""
     cancel = inp.cancellation
+    steps = {} if timings is None else timings
+    clock, step = inp.received, "admission_wait"
+
+    def lap(next_step: str) -> None:  # the step running ends, the next begins
+        nonlocal clock, step
+        now = time.perf_counter()
+        steps[step], clock, step = now - clock, now, next_step
+
     try:
         async with asyncio.timeout(cancel.remaining()), runtime.admission():
+            lap("decode")
             cancel.check()
             model = runtime.require_model()
             job = await run_in_threadpool(stage.decode, inp, model)
+            lap("prepare")
             prepared = await stage.prepare(job, model)
             if isinstance(prepared, StageReply):
+                lap("encode")
                 return await run_in_threadpool(render, prepared)
+            lap("model")
             cancel.check()
             result = await runtime.predict(stage, prepared, cancel)
+            lap("encode")
             return await run_in_threadpool(lambda: render(stage.encode(result, prepared)))
     except TimeoutError:
         raise EdenError("the request's deadline passed before its answer was ready",
                         code=ErrorCode.DEADLINE_EXCEEDED) from None
+    finally:
+        lap("")  # the step it ended in, done or failed

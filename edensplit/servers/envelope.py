@@ -34,5 +34,7 @@ QUIET = {ErrorCode.OVERLOADED: logging.INFO, ErrorCode.NOT_READY: logging.INFO, 
 
 def log_refusal(rid: str, exc: EdenError) -> None:
     """A server-side failure (5xx) at ERROR; backpressure, deadlines and another server's fault below that."""
-    if exc.code.status >= 500 or exc.code in QUIET:
-        log.log(QUIET.get(exc.code, logging.ERROR), "%s %s: %s", rid, exc.code, exc.message)
+    if exc.code.status >= 500 or exc.code in QUIET:  # a fault keeps its traceback (in the log, never the answer)
+        fault = exc.code not in QUIET
+        log.log(QUIET.get(exc.code, logging.ERROR), "%s %s: %s", rid, exc.code, exc.message,
+                exc_info=exc if fault else None, extra={"request_id": rid, "code": str(exc.code)})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 from fastapi import Request
@@ -65,8 +66,11 @@ async def serve(stage: Stage[Any, Any], request: Request) -> Response:
     timeout = request_timeout(request.headers.get("x-request-timeout"), request.app.state.settings.request_timeout_s)
     cancellation = Cancellation(timeout)
     inp = StageInput(kind, await request.body(), None, request.query_params, request.path_params, answer,
-                     request.state.request_id, request.headers.get("content-type", ""), cancellation)
-    work = asyncio.ensure_future(run_stage(stage, inp, request.app.state.runtime, render))
+                     request.state.request_id, request.headers.get("content-type", ""), cancellation,
+                     request.scope.get("state", {}).get("received", time.perf_counter()))
+    timings: dict[str, float] = {}
+    work = asyncio.ensure_future(run_stage(stage, inp, request.app.state.runtime, render, timings))
+    work.add_done_callback(lambda _: request.app.state.metrics.observe_stages(request.scope["route"].path, timings))
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)

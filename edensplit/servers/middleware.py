@@ -67,8 +67,9 @@ class RequestContextMiddleware:
         headers = Headers(scope=scope)
         client_id = headers.get("x-request-id")
         rid = client_id or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
         start, counts, status = time.perf_counter(), {"in": 0, "out": 0, "held": 0}, [500]
+        state = scope.setdefault("state", {})
+        state["request_id"], state["received"] = rid, start
         out_codec = response_codec(headers.get("accept-encoding"))
         held: list[Message] = []
 
@@ -105,7 +106,9 @@ class RequestContextMiddleware:
                 await self.app(scope, receive, tagging_send)
         except Abandoned:
             abandoned, status[0] = True, 499
+            state["error_code"] = str(ErrorCode.CANCELLED)
         except EdenError as exc:
+            state["error_code"] = str(exc.code)
             response = error_response(exc.code, exc.message, exc.details)
             if exc.code == ErrorCode.UNAUTHORIZED:
                 response.headers["WWW-Authenticate"] = "Bearer"
@@ -117,8 +120,14 @@ class RequestContextMiddleware:
             what = "abandoned upload" if abandoned else rid
             access_log.info("%s %s %s %d in=%d out=%d %.1fms client=%s", what, scope["method"], scope["path"],
                             status[0], counts["in"], counts["out"], elapsed * 1000,
-                            headers.get("x-client-version", "-"))
+                            headers.get("x-client-version", "-"), extra={
+                                "request_id": rid, "transport": "http", "method": scope["method"], "route": route,
+                                "path": scope["path"], "status": status[0], "code": state.get("error_code"),
+                                "bytes_in": counts["in"], "bytes_out": counts["out"], "ms": round(elapsed * 1000, 1),
+                                "client": headers.get("x-client-version")})
             self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
+            if status[0] >= 400:
+                self.metrics.errors.labels(route, state.get("error_code") or f"HTTP_{status[0]}").inc()
             self.metrics.latency.labels(route).observe(elapsed)
             self.metrics.bytes_in.labels(route).inc(counts["in"])
             self.metrics.bytes_out.labels(route).inc(counts["out"])

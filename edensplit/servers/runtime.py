@@ -76,6 +76,8 @@ class ModelRuntime:
         self.ready = False  # loaded and warmed up
         self.draining = False  # shutting down: admit nothing new
         self.model_s = 0.0  # a moving average of one model call's seconds, for Retry-After
+        self.queued = 0  # model calls submitted, not started
+        self.on_batch: Callable[[int], None] = lambda size: None  # told each model call's batch size
         self.started = time.monotonic()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"eden-{stage}")
 
@@ -106,6 +108,7 @@ class ModelRuntime:
         told (the model thread stops at its next check) and the call still waits for the thread to let go,
         so what counts as in flight is what the model thread really holds."""
         model = self.require_model()
+        self.queued += 1
         future = self._executor.submit(self._timed, fn, model, *args)
         done = asyncio.wrap_future(future)
         try:
@@ -113,13 +116,15 @@ class ModelRuntime:
         except asyncio.CancelledError:
             if cancellation is not None:
                 cancellation.caller_gone()
-            future.cancel()  # a call still queued never runs; a running one stops at its next check
+            if future.cancel():  # a call still queued never runs; a running one stops at its next check
+                self.queued -= 1
             await asyncio.wait([done])
             if not done.cancelled():
                 done.exception()  # retrieved: the caller is gone, the outcome goes nowhere
             raise
 
     def _timed(self, fn: Callable[..., R], *args: Any) -> R:
+        self.queued -= 1
         started = time.perf_counter()
         try:
             return fn(*args)
@@ -142,12 +147,13 @@ class ModelRuntime:
         """stage.predict for one job on the model thread, batched with others of the same stage.batch_key
         when batching is on. Stages that share a predict function share one batcher."""
         if self.max_batch <= 1 or stage.batch_key(job) is None:
+            self.on_batch(1)
             return (await self.run(stage.predict, [job], cancellation=cancellation))[0]
         shared = getattr(stage.predict, "__func__", stage.predict)
         batcher = self.batchers.get(shared)
         if batcher is None:
             batcher = self.batchers[shared] = Batcher(stage.predict, stage.batch_key, self.run, self.max_batch,
-                                                      self.batch_wait_s)
+                                                      self.batch_wait_s, on_batch=self.on_batch)
         return await batcher.submit(job)
 
     def health(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +43,7 @@ class ContextCache:
 
     def __init__(self, max_bytes: int):
         self.max_bytes, self.size = max_bytes, 0
+        self.on_lookup: Callable[[str], None] = lambda result: None  # told "hit" or "miss" per lookup
         self._held: OrderedDict[int, tuple[SessionFrame, int]] = OrderedDict()
         self._lock = threading.Lock()  # the model thread stores, the event loop forgets
 
@@ -57,6 +58,12 @@ class ContextCache:
             self.size += size
             while self.size > self.max_bytes:
                 self._forget(next(iter(self._held.values()))[0])
+
+    def lookup(self, frame: SessionFrame) -> FrameContext | None:
+        """The frame's kept context, or None (to compute); counted as a hit or a miss."""
+        context = frame.context
+        self.on_lookup("hit" if context is not None else "miss")
+        return context
 
     def forget(self, frame: SessionFrame) -> None:
         with self._lock:
@@ -90,6 +97,7 @@ class SessionStore:
     def __init__(self, ttl_s: float, max_sessions: int, context_mb: float = 4096):
         self.ttl_s, self.max_sessions = ttl_s, max_sessions
         self.contexts = ContextCache(int(context_mb * 2**20))
+        self.on_lookup: Callable[[str], None] = lambda result: None  # told "hit" or "miss" per predecessor lookup
         self._sessions: OrderedDict[str, Session] = OrderedDict()
 
     def __len__(self) -> int:
@@ -160,12 +168,14 @@ class SessionStore:
                 now = loop.time()
                 until = start + (wait_s if index in session.incoming else min(grace_s, wait_s))
                 if now >= until:
+                    self.on_lookup("miss")
                     raise EdenError(f"session {session_id!r} does not hold frame {index} (expired, evicted or the "
                                     "edge restarted): send that frame's encoding again",
                                     code=ErrorCode.SESSION_NOT_FOUND,
                                     details={"session_id": session_id, "missing_index": index})
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(session.arrived.wait(), until - now)
+            self.on_lookup("hit")
             return session.frames[index]
 
     def drop(self, session_id: str) -> bool:

@@ -79,9 +79,10 @@ class WsRequest:
         if self.binary:
             kind = str(self.header.get("content_type") or stage.binary_inputs[0]).lower()
             return StageInput(kind, self.payload, None, self.header, self.header, stage.answers[0], self.request_id,
-                              cancellation=cancellation)
+                              cancellation=cancellation, received=self.started)
         fields = self.fields
-        return StageInput(JSON, b"", fields, fields, fields, JSON, self.request_id, cancellation=cancellation)
+        return StageInput(JSON, b"", fields, fields, fields, JSON, self.request_id, cancellation=cancellation,
+                          received=self.started)
 
 
 def render(req: WsRequest, reply: StageReply) -> list[str] | list[bytes]:
@@ -130,9 +131,9 @@ class Connection:
         return await self.send(split_text(message))
 
     async def handle(self, req: WsRequest, stage: Stage[Any, Any]) -> None:
-        status, sent = str(ErrorCode.CANCELLED), 0  # until an answer or an error is sent
+        status, sent, timings = str(ErrorCode.CANCELLED), 0, {}  # status: until an answer or an error is sent
         try:
-            frames = await self.answer(req, stage)
+            frames = await self.answer(req, stage, timings)
             sent = await self.send(frames)
             status = "success"
         except EdenError as exc:
@@ -147,11 +148,18 @@ class Connection:
         finally:
             elapsed = time.perf_counter() - req.started
             access_log.info("%s WS %s %s %s in=%d out=%d %.1fms", req.request_id, self.route, req.type, status,
-                            req.size, sent, elapsed * 1000)
+                            req.size, sent, elapsed * 1000, extra={
+                                "request_id": req.request_id, "transport": "ws", "method": "WS", "route": self.route,
+                                "type": req.type, "status": status, "code": None if status == "success" else status,
+                                "bytes_in": req.size, "bytes_out": sent, "ms": round(elapsed * 1000, 1)})
             self.metrics.requests.labels(self.route, "WS", status).inc()
             self.metrics.latency.labels(self.route).observe(elapsed)
+            self.metrics.observe_stages(self.route, timings)
+            if status != "success":
+                self.metrics.errors.labels(self.route, status).inc()
 
-    async def answer(self, req: WsRequest, stage: Stage[Any, Any]) -> list[str] | list[bytes]:
+    async def answer(self, req: WsRequest, stage: Stage[Any, Any], timings: dict[str, float]
+                     ) -> list[str] | list[bytes]:
         """The request's answer messages: run through the stage, or replayed for a retried request."""
         key = f"ws:{req.request_id}"
         request_digest = await run_in_threadpool(req.digest)
@@ -161,7 +169,7 @@ class Connection:
         frames = None
         try:
             inp = req.stage_input(stage, self.settings.request_timeout_s)
-            frames = await run_stage(stage, inp, self.runtime, lambda reply: render(req, reply))
+            frames = await run_stage(stage, inp, self.runtime, lambda reply: render(req, reply), timings)
             return frames
         finally:
             self.idempotency.finish(key, frames, sum(len(f) for f in frames or ()))

@@ -32,5 +32,9 @@ def create_edge_app(settings: ServerSettings | None = None, model: Eden | None =
                      routers=[edge_router(settings, sessions, encode_at_cloud)], on_shutdown=[cloud.aclose],
                      warm_up=warm_up)
     app.state.sessions = sessions
+    metrics = app.state.metrics
+    metrics.sessions.set_function(lambda: len(sessions))
+    sessions.on_lookup = lambda result: metrics.session_lookups.labels(result).inc()
+    sessions.contexts.on_lookup = lambda result: metrics.context_lookups.labels(result).inc()
     app.state.cloud_client = cloud
     return app

@@ -58,11 +58,11 @@ def contexts_of(model: Eden, job: InterpolateJob) -> tuple[FrameContext, FrameCo
     """The pair's two frames' temporal keys/values: a session frame's kept one, else computed (and kept)."""
     contexts = []
     for held, enc in zip(job.held, (job.enc0, job.enc1), strict=True):
-        context = held.context if held is not None else None
+        context = job.contexts.lookup(held) if held is not None and job.contexts is not None else None
         if context is None:
             context = frame_context(model, enc)
-            if held is not None and job.keep is not None:
-                job.keep(held, context)
+            if held is not None and job.contexts is not None:
+                job.contexts.keep(held, context)
         contexts.append(context)
     return contexts[0], contexts[1]
 
@@ -238,7 +238,7 @@ class SessionFrameStage(EdgeStage):
             difference = float((await run_in_threadpool(frame_difference, previous.pixels, frame.pixels))[0])
         job = make_job(model, previous.encoding, current.encoding, opts, difference, frame.request_id, frame.answer,
                        frame.cancellation)
-        job.held, job.keep = (previous, current), self.sessions.contexts.keep
+        job.held, job.contexts = (previous, current), self.sessions.contexts
         return job
 
 

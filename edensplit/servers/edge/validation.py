@@ -4,14 +4,12 @@ with a specific code."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import Eden, FrameEncoding, Sampler
 from edensplit.model.config import IGNORED_MODEL_ARGS
-from edensplit.model.eden import FrameContext
 from edensplit.model.stages import is_valid_difference
 from edensplit.servers.contract import JSON, Cancellation
 from edensplit.wire import EncodedFrames
@@ -33,7 +31,7 @@ class InterpolateJob:
     answer: str = JSON
     cancellation: Cancellation = field(default_factory=Cancellation)
     held: tuple[Any, Any] = (None, None)  # session frames of enc0/enc1, whose temporal keys/values are kept
-    keep: Callable[[Any, FrameContext], None] | None = None  # how to keep a context computed for one
+    contexts: Any = None  # the session store's ContextCache, which keeps them
     started: float = field(default_factory=time.perf_counter)
 
 
