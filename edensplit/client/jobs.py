@@ -41,13 +41,17 @@ class PairBackend(Protocol):
 
 
 class LocalBackend:
-    """Both stages in this process: `edensplit interpolate --local`."""
+    """Both stages in this process: `edensplit interpolate --local`. A video's frames are each encoded once,
+    their temporal keys/values computed once (`LocalPipeline.video_pair`, keyed by frame index)."""
 
     def __init__(self, pipeline: LocalPipeline):
         self.pipeline = pipeline
 
+    def begin_video(self, start: int = 0) -> None:
+        self.pipeline.begin_video()  # frames are keyed by index: a resumed video may start anywhere
+
     def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int, index: int = 0) -> np.ndarray:
-        return self.pipeline.interpolate(frame0, frame1, seed=seed)
+        return self.pipeline.video_pair(frame0, frame1, seed, index)
 
 
 def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> Future[T]:

@@ -87,7 +87,10 @@ def geometry_for(model: Eden, height: int, width: int) -> Geometry:
 
 def as_frames(frames: np.ndarray | Tensor) -> Tensor:
     """uint8 RGB [H, W, 3] / [B, H, W, 3] (numpy or torch) or float [B, 3, H, W] in [0, 1] -> float32 [B, 3, H, W]."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
+    if isinstance(frames, np.ndarray):  # a read-only array (decoded from bytes) is copied, not wrapped
+        x = torch.from_numpy(np.ascontiguousarray(frames) if frames.flags.writeable else np.array(frames))
+    else:
+        x = frames
     if x.dtype == torch.uint8:
         if x.ndim == 3:
             x = x.unsqueeze(0)

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import Eden
+from edensplit.model import ENCODE, Eden
 from edensplit.servers.budget import ByteBudget
 from edensplit.servers.envelope import error_response, log_refusal
 from edensplit.servers.idempotency import IdempotencyCache
@@ -29,6 +29,7 @@ from edensplit.servers.middleware import RequestContextMiddleware
 from edensplit.servers.runtime import ModelRuntime, load_model_for
 from edensplit.servers.schemas import HealthResponse, schema_error
 from edensplit.settings import ServerSettings, resolve_max_batch
+from edensplit.tracing import setup_tracing
 from edensplit.version import __version__
 
 log = logging.getLogger("edensplit.server")
@@ -129,8 +130,10 @@ def create_app(stage: str, title: str, settings: ServerSettings, model: Eden | N
     metrics.inflight.set_function(lambda: app.state.runtime.inflight)
     metrics.queue_depth.set_function(lambda: app.state.runtime.queued)
     app.state.runtime.on_batch = metrics.batch_size.observe
+    component = "cloud" if stage == ENCODE else "edge"
+    setup_tracing(f"edensplit-{component}")
     app.add_middleware(RequestContextMiddleware, settings=settings, metrics=metrics, budget=app.state.budget,
-                       idempotency=app.state.idempotency)
+                       idempotency=app.state.idempotency, component=component)
 
     @app.exception_handler(EdenError)
     async def eden_error(request: Request, exc: EdenError) -> JSONResponse:

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import Eden
 from edensplit.servers.runtime import ModelRuntime
+from edensplit.tracing import tracer
 
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
@@ -137,11 +138,15 @@ async def run_stage(stage: Stage[Any, Any], inp: StageInput, runtime: ModelRunti
     cancel = inp.cancellation
     steps = {} if timings is None else timings
     clock, step = inp.received, "admission_wait"
+    span = tracer().start_span(step, start_time=time.time_ns() - int((time.perf_counter() - clock) * 1e9))
 
-    def lap(next_step: str) -> None:  # the step running ends, the next begins
-        nonlocal clock, step
+    def lap(next_step: str) -> None:  # the step running ends, the next begins (each a span of the request's)
+        nonlocal clock, step, span
         now = time.perf_counter()
         steps[step], clock, step = now - clock, now, next_step
+        span.end()
+        if next_step:
+            span = tracer().start_span(next_step)
 
     try:
         async with asyncio.timeout(cancel.remaining()), runtime.admission():

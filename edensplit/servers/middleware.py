@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 
+from opentelemetry.trace import SpanKind
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,6 +20,7 @@ from edensplit.servers.envelope import error_response
 from edensplit.servers.idempotency import IdempotencyCache, digest
 from edensplit.servers.metrics import Metrics
 from edensplit.settings import ServerSettings
+from edensplit.tracing import continued, tracer
 from edensplit.wire.compression import compress, decompress, normalise_codec
 
 access_log = logging.getLogger("edensplit.access")
@@ -53,8 +55,9 @@ class RequestContextMiddleware:
     write one log line (request id, route, status, bytes in/out, milliseconds) plus metrics."""
 
     def __init__(self, app: ASGIApp, *, settings: ServerSettings, metrics: Metrics, budget: ByteBudget,
-                 idempotency: IdempotencyCache):
+                 idempotency: IdempotencyCache, component: str):
         self.app, self.metrics, self.budget, self.idempotency = app, metrics, budget, idempotency
+        self.component = component  # cloud or edge: names the spans
         self.max_body = int(settings.max_request_mb * 2**20)
         self.body_timeout_s, self.max_body_reads = settings.body_timeout_s, settings.max_body_reads
         self.api_key = settings.edensplit_api_key
@@ -64,6 +67,17 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        with continued(dict(Headers(scope=scope))), tracer().start_as_current_span(
+                f"{self.component} {scope['method']} {scope['path']}", kind=SpanKind.SERVER) as span:
+            await self._handle(scope, receive, send)
+            state = scope["state"]
+            span.set_attributes({"edensplit.component": self.component, "edensplit.request_id": state["request_id"],
+                                 "http.request.method": scope["method"], "http.route": state.get("route", ""),
+                                 "http.response.status_code": state.get("status", 0)})
+            if state.get("error_code"):
+                span.set_attribute("edensplit.error_code", state["error_code"])
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         client_id = headers.get("x-request-id")
         rid = client_id or uuid.uuid4().hex
@@ -116,6 +130,7 @@ class RequestContextMiddleware:
         finally:
             self.budget.release(counts["held"])
             route = getattr(scope.get("route"), "path", None) or "unmatched"
+            state["route"], state["status"] = route, status[0]
             elapsed = time.perf_counter() - start
             what = "abandoned upload" if abandoned else rid
             access_log.info("%s %s %s %d in=%d out=%d %.1fms client=%s", what, scope["method"], scope["path"],
@@ -152,11 +167,19 @@ class RequestContextMiddleware:
         body = b"".join(chunks)
         if codec is None:
             return body, scope
-        self.budget.reserve(self.max_body, "decompressed request bodies")  # the most it can inflate to
-        counts["held"] += self.max_body
-        body = await run_in_threadpool(decompress, body, codec, self.max_body)
-        self.budget.release(self.max_body - len(body))
-        counts["held"] -= self.max_body - len(body)
+        # It may inflate to MAX_REQUEST_MB, or as far as the budget has room for (503 past that, not 413).
+        cap = min(self.max_body, self.budget.limit - self.budget.used)
+        self.budget.reserve(max(cap, 1), "decompressed request bodies")
+        counts["held"] += max(cap, 1)
+        try:
+            body = await run_in_threadpool(decompress, body, codec, cap)
+        except EdenError as exc:
+            if exc.code == ErrorCode.PAYLOAD_TOO_LARGE and cap < self.max_body:
+                raise EdenError("the server has no room to decompress this body now; retry shortly",
+                                code=ErrorCode.OVERLOADED, details={"retry_after_s": 1}) from None
+            raise
+        self.budget.release(max(cap, 1) - len(body))
+        counts["held"] -= max(cap, 1) - len(body)
         raw = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
         return body, {**scope, "headers": [*raw, (b"content-length", str(len(body)).encode())]}
 

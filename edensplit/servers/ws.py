@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
+from opentelemetry.trace import SpanKind
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketState
 
@@ -39,6 +40,7 @@ from edensplit.servers.contract import (
 )
 from edensplit.servers.envelope import error_body, error_response, log_refusal
 from edensplit.servers.idempotency import digest
+from edensplit.tracing import continued, tracer
 from edensplit.wire.messages import CHUNK_BYTES, Reassembler, parse_text, split_binary, split_text, unpack_binary
 
 log = logging.getLogger("edensplit.server")
@@ -131,6 +133,14 @@ class Connection:
         return await self.send(split_text(message))
 
     async def handle(self, req: WsRequest, stage: Stage[Any, Any]) -> None:
+        component = "cloud" if self.route == "/ws/encode" else "edge"
+        with continued(req.header), tracer().start_as_current_span(f"{component} WS {req.type}",
+                                                                   kind=SpanKind.SERVER) as span:
+            span.set_attributes({"edensplit.component": component, "edensplit.request_id": req.request_id,
+                                 "edensplit.message_type": req.type})
+            await self._handle(req, stage)
+
+    async def _handle(self, req: WsRequest, stage: Stage[Any, Any]) -> None:
         status, sent, timings = str(ErrorCode.CANCELLED), 0, {}  # status: until an answer or an error is sent
         try:
             frames = await self.answer(req, stage, timings)

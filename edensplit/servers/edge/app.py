@@ -13,14 +13,19 @@ from edensplit.servers.edge.stages import warm_up
 from edensplit.servers.sessions import SessionStore
 from edensplit.settings import ServerSettings
 
+CLOUD_RETRY_FOR_S = 20.0
+
 
 def create_edge_app(settings: ServerSettings | None = None, model: Eden | None = None) -> FastAPI:
     """The edge app; settings from the environment unless given; with `model`, that model is used instead
     of loading one at start-up."""
     settings = settings or ServerSettings()
     sessions = SessionStore(settings.session_ttl_s, settings.max_sessions, settings.context_cache_mb)
+    # Flow B rides out a short cloud outage (CLOUD_RETRY_FOR_S) within the request's own deadline, not the
+    # client's minute: the client, whose request this is, keeps its own retry budget.
     cloud = AsyncCloud(AsyncHttpTransport(settings.cloud_server_url, name="cloud server",
-                                          api_key=settings.edensplit_api_key, ca_cert=settings.edensplit_ca_cert))
+                                          retry_for=CLOUD_RETRY_FOR_S, api_key=settings.edensplit_api_key,
+                                          ca_cert=settings.edensplit_ca_cert))
 
     async def encode_at_cloud(frames: list[np.ndarray], request_id: str) -> bytes:
         """Flow B: the cloud's float32 blob of a pair or one frame (binary, no base64)."""

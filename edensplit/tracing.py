@@ -1,0 +1,77 @@
+"""Tracing across the split with OpenTelemetry: W3C `traceparent` travels on every hop (HTTP headers, a
+WebSocket message's fields), each hop and each server step is a span, and a caller's trace is continued,
+not replaced.
+
+Spans go through the OpenTelemetry API (a dependency of FastAPI: always importable, a no-op until a
+tracer provider is set). `setup_tracing` sets one, exporting with the SDK over OTLP, only when
+`OTEL_EXPORTER_OTLP_ENDPOINT` is set and the `otel` extra is installed (`pip install -e '.[otel]'`):
+HTTP/protobuf by default, gRPC with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`; the SDK reads the other standard
+`OTEL_*` variables itself (service name, batch delay, headers). Without them nothing changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
+
+from opentelemetry import context, propagate, trace
+
+log = logging.getLogger("edensplit.tracing")
+TRACER = "edensplit"
+HEADERS = ("traceparent", "tracestate")  # what W3C trace context puts on the wire
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER)
+
+
+def setup_tracing(service: str) -> bool:
+    """Export spans over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set and the SDK is installed; True if so.
+    A process sets its provider once: later calls (a second app in one process) change nothing."""
+    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return False
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:
+        log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but the OpenTelemetry SDK is not installed: "
+                    "pip install -e '.[otel]' to export traces")
+        return False
+    if os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME",
+                                                                                       service)}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return True
+
+
+def inject(carrier: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """Put the current trace context into outgoing headers or message fields (traceparent, tracestate)."""
+    propagate.inject(carrier)
+    return carrier
+
+
+def outgoing() -> dict[str, str]:
+    """The current trace context as fields to send (empty when no span is recording)."""
+    return dict(inject({}))
+
+
+@contextlib.contextmanager
+def continued(carrier: Mapping[str, Any]) -> Iterator[None]:
+    """Make a caller's trace context (its traceparent) current for the block, if it sent one."""
+    fields = {k: str(v) for k, v in carrier.items() if k.lower() in HEADERS and isinstance(v, str)}
+    if not fields:
+        yield
+        return
+    token = context.attach(propagate.extract(fields))
+    try:
+        yield
+    finally:
+        context.detach(token)
