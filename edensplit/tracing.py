@@ -12,6 +12,7 @@ HTTP/protobuf by default, gRPC with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`; the SDK 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -50,6 +51,26 @@ def setup_tracing(service: str) -> bool:
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return True
+
+
+@contextlib.contextmanager
+def client_span(call: Any) -> Iterator[trace.Span]:
+    """A client request's span (its operation and request id), current while the request is built and sent."""
+    with tracer().start_as_current_span(f"client {call.operation}", kind=trace.SpanKind.CLIENT) as span:
+        span.set_attributes({"edensplit.component": "client", "edensplit.operation": call.operation})
+        if call.request_id:
+            span.set_attribute("edensplit.request_id", call.request_id)
+        yield span
+
+
+def traced_pair(method: Any) -> Any:
+    """Wrap a flow's `interpolate_pair`: one span (one trace) per generated frame, over all its requests."""
+    @functools.wraps(method)
+    def wrapper(self: Any, frame0: Any, frame1: Any, seed: int = 0, index: int = 0) -> Any:
+        with tracer().start_as_current_span("edensplit frame", attributes={
+                "edensplit.component": "client", "edensplit.pair_index": index, "edensplit.flow": type(self).__name__}):
+            return method(self, frame0, frame1, seed, index)
+    return wrapper
 
 
 def inject(carrier: MutableMapping[str, str]) -> MutableMapping[str, str]:

@@ -33,6 +33,7 @@ from edensplit.client.transport import DEFAULT_RETRIES, DEFAULT_RETRY_FOR
 from edensplit.client.ws import WsTransport
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import frame_difference
+from edensplit.tracing import traced_pair
 from edensplit.wire.options import Options
 
 KEEP_BLOBS = 4
@@ -44,6 +45,7 @@ class SplitClient:
     def __init__(self, cloud: Cloud, edge: Edge):
         self.cloud, self.edge = cloud, edge
 
+    @traced_pair
     def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int = 0, index: int = 0) -> np.ndarray:
         """Both frames to the cloud, their blob to the edge, the middle frame back."""
         return self.edge.interpolate(self.cloud.encode(frame0, frame1), seed=seed)
@@ -122,6 +124,7 @@ class FrameOnceClient(SplitClient):
             self._next = index + 1
             self._turn_changed.notify_all()
 
+    @traced_pair
     def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int = 0, index: int = 0) -> np.ndarray:
         """Send frame index+1 once (the stream's first pair stores frame index first); resend frame index if the
         edge lost it."""
@@ -173,6 +176,7 @@ class EdgeProxyClient:
     def __init__(self, edge: Edge):
         self.edge = edge
 
+    @traced_pair
     def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int = 0, index: int = 0) -> np.ndarray:
         """Both raw frames to the edge; the middle frame back."""
         return self.edge.interpolate_frames(frame0, frame1, seed=seed)

@@ -49,6 +49,7 @@ from edensplit.client.transport import (
     tls_failure,
 )
 from edensplit.errors import EdenError, ErrorCode
+from edensplit.tracing import client_span, outgoing
 from edensplit.wire.messages import CHUNK_BYTES, Reassembler, split_binary, split_text
 
 log = logging.getLogger("edensplit.client")
@@ -66,7 +67,7 @@ def ws_url(base_url: str, path: str = "") -> str:
 def message(call: Call, request_id: str) -> dict[str, Any]:
     """The JSON message (text) or EDS1 header (binary) of `call`: type, request_id, identity fields, options;
     a binary one names its payload's media type, a JSON one carries its document as `payload`."""
-    head = {"type": call.operation, "request_id": request_id, **call.ids, **call.options}
+    head = {"type": call.operation, "request_id": request_id, **call.ids, **call.options, **outgoing()}
     if call.binary:
         head["content_type"] = call.content_type
     else:
@@ -282,6 +283,11 @@ class WsTransport:
     # -- requests ------------------------------------------------------------------------------------
 
     def send(self, call: Call) -> Answer:
+        """Send `call` and wait for its answer (a client span, its trace context in the message)."""
+        with client_span(call):
+            return self._send(call)
+
+    def _send(self, call: Call) -> Answer:
         """Send `call` and wait for its answer: one request id for all its attempts; reconnection, timeouts and
         transient error answers retried within the retry budget (see the module docstring)."""
         rid = call.request_id or uuid.uuid4().hex  # the idempotency key of this request, and only of it
