@@ -139,3 +139,27 @@ def test_plain_uvicorn_with_a_bad_checkpoint_stays_up_not_ready_and_says_why(wor
     with pytest.raises(EdenError, match="not a PyTorch checkpoint that can be loaded safely"):
         server.start()
     assert "cannot load its model" in log.read_text() and "Traceback" not in log.read_text()
+
+
+SOLID_MODES = [(t, p, f) for t in ("http", "ws") for p in ("binary", "json") for f in ("a", "b")]
+
+
+@pytest.mark.parametrize("transport,payload,flow", SOLID_MODES, ids=["-".join(m) for m in SOLID_MODES])
+def test_a_pair_of_identical_solid_frames_works_in_every_mode(servers, model_env, workdir, transport, payload, flow):
+    """A solid frame's similarity with itself rounds to 1 + 1 ulp (grey 10 at 144x176): every split mode
+    accepts it and gives --local's frame (an explicit pair always runs the model)."""
+    from edensplit.model import frame_difference
+
+    cloud, edge = servers
+    solid = np.full((144, 176, 3), 10, np.uint8)
+    assert float(frame_difference(solid, solid)[0]) > 1.0  # the case itself
+    path = write_png(workdir / "solid.png", solid)
+    local = workdir / "solid-local"
+    if not (local / "interpolated.png").exists():
+        run_cli("--frame_0_path", str(path), "--frame_1_path", str(path), "--output_dir", str(local), "--seed", "2",
+                "--local", env=model_env)
+    out = workdir / f"solid-{transport}-{payload}-{flow}"
+    run_cli("--frame_0_path", str(path), "--frame_1_path", str(path), "--output_dir", str(out), "--seed", "2",
+            "--transport", transport, "--payload", payload, "--flow", flow, "--cloud_url", cloud.url,
+            "--edge_url", edge.url, env={})
+    assert np.array_equal(read_png(out / "interpolated.png"), read_png(local / "interpolated.png"))
