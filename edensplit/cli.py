@@ -101,27 +101,46 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="start both servers on loopback, interpolate a sample clip, stop them")
     _flag(d, "output_dir", default="out/demo", help="where the video and the sheet go (default out/demo)")
     _flag(d, "frames", type=int, default=12, help="frames in the sample clip (default 12)")
-    b = sub.add_parser("bench", help="benchmark transports x wire dtypes x flows against --local")
-    _flag(b, "size", default="240x428", help="HxW of the generated clip (default 240x428; 480x854 is the paper's)")
+    b = sub.add_parser("bench", help="benchmark: transports x wire dtypes x flows against --local (compare), "
+                       "stages and servers per size and precision (perf), bytes of the user's design vs frame-once")
+    _flag(b, "mode", choices=["compare", "perf", "bytes"], default="compare",
+          help="compare: transports x wire dtypes x flows against --local (default); perf: stage and system "
+          "measurements per size and compute precision; bytes: the user's design vs frame-once float16/int8")
+    _flag(b, "size", default="240x428", help="HxW of the generated clip (compare, bytes; default 240x428)")
     _flag(b, "frames", type=int, default=6, help="input frames (default 6)")
-    _flag(b, "transports", help="comma-separated, of http-json, http-binary, ws-json, ws-binary (default: all)")
-    _flag(b, "dtypes", default="float32,float16", help="wire dtypes, comma-separated")
-    _flag(b, "flows", help="comma-separated, of a-pairs, a-once, b-pairs, b-once (default: all)")
+    _flag(b, "transports", help="compare: comma-separated, of http-json, http-binary, ws-json, ws-binary "
+          "(default: all)")
+    _flag(b, "dtypes", help="compare: wire dtypes, comma-separated (default float32,float16)")
+    _flag(b, "flows", help="compare: comma-separated, of a-pairs, a-once, b-pairs, b-once (default: all)")
     _flag(b, "window", type=int, default=2, help="pairs in flight (default 2)")
-    _flag(b, "output", help="also write the table to this file")
+    _flag(b, "output", help="also write the Markdown to this file")
+    _flag(b, "json", dest="json_path", help="also write the figures as JSON to this file")
+    _flag(b, "sizes", help="perf: HxW sizes, comma-separated (default 256x448,480x854,1080x1920 on a GPU, "
+          "256x448 on a CPU)")
+    _flag(b, "precisions", help="perf: compute precisions (default float32,bfloat16 and, on a GPU, float16)")
+    _flag(b, "batches", help="perf: edge batch sizes to try (default 1,2,4,8,16 on a GPU, 1,2 on a CPU)")
+    _flag(b, "parts", default="stages,system", help="perf: stages, system, or both (default)")
+    _flag(b, "designs", help="perf and bytes: frame-once designs besides the user's, as "
+          "transport-payload:wire_dtype (default ws-binary:float16,ws-binary:int8 for perf, "
+          "http-binary:float16,http-binary:int8 for bytes)")
+    _flag(b, "device", help="perf: cpu or cuda:N (default DEVICE, else cuda:0 when there is one)")
+    _flag(b, "iters", type=int, default=3, help="perf: timed calls per stage figure, at least (default 3)")
+    _flag(b, "min_seconds", type=float, default=0.5, help="perf: and this long in all, at least (default 0.5)")
+    _flag(b, "batch_budget_s", type=float, default=30.0,
+          help="perf: seconds for the larger batches of one size and precision (default 30)")
+    _flag(b, "clock", choices=["wall", "cpu"], default="wall",
+          help="perf, stages on a CPU: wall time, or this process's CPU time (on a machine shared with other "
+          "work; with TORCH_THREADS=1); CUDA is always timed by the wall clock")
+    _flag(b, "budget_s", type=float, help="perf: start no measurement after this many seconds (the stages none "
+          "after 55%% of it); what did not start is listed as skipped (default: no limit)")
+    _flag(b, "log_dir", help="where the servers' logs go (default a temporary folder)")
     return parser
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from edensplit.bench import run_from_args
 
-    from edensplit.bench import FLOWS, TRANSPORTS, parse_size, run_bench
-
-    transports = tuple(args.transports.split(",")) if args.transports else TRANSPORTS
-    flows = tuple(args.flows.split(",")) if args.flows else FLOWS
-    run_bench(parse_size(args.size), args.frames, transports, tuple(args.dtypes.split(",")), flows, args.window,
-              Path(args.output) if args.output else None)
-    return 0
+    return run_from_args(args)
 
 
 CLIENT_FIELDS = ("cloud_server_url", "edge_server_url", "edensplit_timeout", "edensplit_retries",
