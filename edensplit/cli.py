@@ -47,18 +47,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edensplit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("interpolate", help="interpolate a video or a frame pair")
+    p = sub.add_parser("interpolate", help="interpolate a video, a folder of numbered images or a frame pair")
     src = p.add_argument_group("input and output")
-    _flag(src, "video_path", help="input video: writes interpolated.mp4 at twice the frame rate")
+    _flag(src, "video_path", help="input video: writes interpolated.mp4 at 2, 4 or 8 times the frame rate")
+    _flag(src, "input_dir", help="input folder of numbered images: writes interpolated/000000.png, ... (and a "
+          "video with --fps)")
     src.add_argument("--frame_0_path", "--frame-0-path", "--frame0", dest="frame_0_path", help="first frame image")
     src.add_argument("--frame_1_path", "--frame-1-path", "--frame1", dest="frame_1_path", help="second frame image")
     src.add_argument("--output_dir", "--output-dir", "--interpolated_results_dir", dest="output_dir",
-                     default="out", help="where interpolated.mp4 / interpolated.png go (default: out)")
+                     default="out", help="where interpolated.mp4 / interpolated/ / interpolated.png go (default: out)")
     _flag(src, "seed", type=int, default=0, help="the job's base seed S (default 0)")
+    _flag(src, "multi", type=int, choices=[2, 4, 8],
+          help="frames per input interval: 2 (default), 4 or 8, by recursive midpoints")
+    _flag(src, "fps", help="video: the output rate instead of --multi (2, 4 or 8 times the input's, e.g. 60000/1001 "
+          "or 59.94); image folder: also write a video at this rate")
+    _flag(src, "no_scene_detect", action="store_true",
+          help="interpolate every pair, even across a scene cut or between identical frames")
+    _flag(src, "scene_threshold", type=float, default=None,
+          help="cut score above which a pair is a scene cut and its earlier frame is repeated (default 0.5)")
+    _flag(src, "container", choices=["mp4", "mkv", "mov"], default="mp4",
+          help="video output container: interpolated.mp4 (default), .mkv or .mov")
     _flag(src, "codec", default="libx264", help="libx264 (default), libx264rgb or ffv1 (lossless)")
     _flag(src, "crf", type=int, default=18, help="libx264 quality, 0-51 (default 18)")
+    _flag(src, "pix_fmt", help="output pixel format (default yuv420p for libx264, yuv444p at odd sizes; any the "
+          "codec takes, e.g. yuv444p, yuv420p10le)")
     _flag(src, "save_frames", action="store_true", help="also write each generated frame as a PNG")
-    _flag(src, "no_progress", action="store_true", help="no progress bar")
+    _flag(src, "preview", action="store_true", help="also write preview.png: the first pairs' input and "
+          "generated frames side by side")
+    _flag(src, "no_progress", action="store_true", help="no progress bar or progress lines")
+    _flag(src, "quiet", action="store_true", help="print nothing but errors")
     _flag(src, "no_resume", action="store_true",
           help="start over even if an interrupted run of the same job left its frames (resumed by default)")
     run = p.add_argument_group("where it runs")
@@ -151,30 +168,72 @@ def _say(message: str) -> None:
     print(f"edensplit interpolate: {message}", file=sys.stderr)
 
 
-def cmd_interpolate(args: argparse.Namespace) -> int:
-    """Run one job; Ctrl-C says in one line how to resume (status 130), and a failed video job how many of its
-    frames are kept for the rerun."""
-    from pathlib import Path
+def _check_interpolate(args: argparse.Namespace) -> None:
+    """Refuse a bad combination or a bad input before loading a model or calling a server; settle --multi
+    (from --fps for a video) and --fps (a Fraction, for an image folder's video)."""
+    from fractions import Fraction
 
-    from edensplit.client.resume import saved_frames, state_dir
-    from edensplit.video import probe_video, read_png
+    from edensplit.client.multiply import multiplier_for_rate
+    from edensplit.video import list_images, probe_video, read_png
 
-    if bool(args.video_path) == bool(args.frame_0_path or args.frame_1_path):
-        raise EdenError("give either --video_path or both --frame_0_path and --frame_1_path")
-    if not args.video_path and not (args.frame_0_path and args.frame_1_path):
+    pair = bool(args.frame_0_path or args.frame_1_path)
+    if sum((bool(args.video_path), bool(args.input_dir), pair)) != 1:
+        raise EdenError("give one input: --video_path, --input_dir, or both --frame_0_path and --frame_1_path")
+    if pair and not (args.frame_0_path and args.frame_1_path):
         raise EdenError("a frame pair needs both --frame_0_path and --frame_1_path")
+    if pair and (args.multi not in (None, 2) or args.fps):
+        raise EdenError("a frame pair gives its one middle frame: --multi and --fps are for videos and image folders")
+    if args.scene_threshold is not None and not args.scene_threshold > 0:
+        raise EdenError(f"--scene_threshold must be positive, got {args.scene_threshold}")
     if args.video_path:
-        probe_video(args.video_path)  # fail on a bad input before loading a model or calling a server
+        info = probe_video(args.video_path)
+        if args.fps:
+            multi = multiplier_for_rate(info.rate, args.fps)
+            if args.multi is not None and args.multi != multi:
+                raise EdenError(f"--fps {args.fps} is {multi} times the input's {info.rate} fps, but --multi "
+                                f"{args.multi} was given")
+            args.multi = multi
+    elif args.input_dir:
+        if len(list_images(args.input_dir)) < 2:
+            raise EdenError(f"{args.input_dir} has fewer than 2 numbered images; interpolation needs at least 2")
+        if args.fps:
+            try:
+                args.fps = Fraction(args.fps)
+            except (ValueError, ZeroDivisionError):
+                raise EdenError(f"--fps {args.fps!r} is not a frame rate (e.g. 60 or 60000/1001)") from None
+            if args.fps <= 0:
+                raise EdenError(f"--fps must be positive, got {args.fps}")
     else:
         for path in (args.frame_0_path, args.frame_1_path):
             read_png(path)
-    output = Path(args.output_dir) / ("interpolated.mp4" if args.video_path else "interpolated.png")
+    args.multi = args.multi or 2
+
+
+def _output_of(args: argparse.Namespace) -> Any:
+    """The path the job's state is kept next to."""
+    from pathlib import Path
+
+    if args.video_path:
+        return Path(args.output_dir) / f"interpolated.{args.container}"
+    return Path(args.output_dir) / ("interpolated" if args.input_dir else "interpolated.png")
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    """Run one job; Ctrl-C says in one line how to resume (status 130), and a failed video or folder job how many
+    of its frames are kept for the rerun."""
+    from edensplit.client.resume import saved_frames, state_dir
+
+    if args.quiet:
+        logging.getLogger().setLevel(logging.ERROR)
+    _check_interpolate(args)
+    output = _output_of(args)
+    resumable = bool(args.video_path or args.input_dir)
     backend: Any = None
     try:
         backend, where, fingerprint = _open_backend(args)
         return _run_job(args, backend, where, fingerprint)
     except KeyboardInterrupt:
-        if args.video_path:
+        if resumable:
             done = saved_frames(output)
             _say(f"interrupted with {done} generated frames saved in {state_dir(output)}; run the same command "
                  "again to resume")
@@ -182,7 +241,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
             _say("interrupted; run the same command again")
         return 130
     except EdenError as exc:
-        done = saved_frames(output) if args.video_path else 0
+        done = saved_frames(output) if resumable else 0
         if done:
             raise EdenError(f"{exc.message} ({done} generated frames are saved: run the same command again to resume)",
                             code=exc.code) from None
@@ -211,7 +270,7 @@ def _open_backend(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
     from edensplit.wire.options import Options
 
     cs = ClientSettings(**_overrides(args, CLIENT_FIELDS))
-    frame_once = bool(args.video_path) and not args.pairs
+    frame_once = bool(args.video_path or args.input_dir) and not args.pairs
     backend = open_backend(cloud_url=cs.cloud_server_url, edge_url=cs.edge_server_url, transport=args.transport,
                            flow=args.flow, frame_once=frame_once, payload=args.payload, wire_dtype=args.wire_dtype,
                            options=Options(**sampler), timeout=cs.edensplit_timeout, retries=cs.edensplit_retries,
@@ -225,19 +284,41 @@ def _open_backend(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
 
 
 def _run_job(args: argparse.Namespace, backend: Any, where: str, fingerprint: dict[str, Any]) -> int:
-    from edensplit.client.jobs import interpolate_pair_files, interpolate_video
+    from edensplit.client.jobs import interpolate_folder, interpolate_pair_files, interpolate_video
+    from edensplit.client.progress import stage_summary
+    from edensplit.client.scenes import DEFAULT_THRESHOLD
 
+    say = (lambda message: None) if args.quiet else _say
+    common: dict[str, Any] = dict(
+        seed=args.seed, multi=args.multi, codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt,
+        save_frames=args.save_frames, progress=not (args.no_progress or args.quiet), resume=not args.no_resume,
+        fingerprint=fingerprint, say=say, scene_detect=not args.no_scene_detect, preview=args.preview,
+        scene_threshold=DEFAULT_THRESHOLD if args.scene_threshold is None else args.scene_threshold)
     if args.video_path:
-        result = interpolate_video(backend, args.video_path, args.output_dir, seed=args.seed, codec=args.codec,
-                                   crf=args.crf, save_frames=args.save_frames, progress=not args.no_progress,
-                                   resume=not args.no_resume, fingerprint=fingerprint, say=_say)
-        resumed = f", resumed after {result.resumed_from} generated frames" if result.resumed_from else ""
-        print(f"wrote {result.output}: {result.frames_in} frames in, {result.frames_out} out, "
-              f"{result.seconds:.1f} s{resumed}, {where}")
+        result = interpolate_video(backend, args.video_path, args.output_dir, filename=_output_of(args).name,
+                                   **common)
+    elif args.input_dir:
+        result = interpolate_folder(backend, args.input_dir, args.output_dir, fps=args.fps or None,
+                                    video_name=f"interpolated.{args.container}", **common)
     else:
         result = interpolate_pair_files(backend, args.frame_0_path, args.frame_1_path, args.output_dir,
                                         seed=args.seed)
-        print(f"wrote {result.output} in {result.seconds:.2f} s, {where}")
+        if not args.quiet:
+            print(f"wrote {result.output} in {result.seconds:.2f} s, {where}")
+        return 0
+    if args.quiet:
+        return 0
+    resumed = f", resumed after {result.resumed_from} generated frames" if result.resumed_from else ""
+    rate = f" at {result.rate} fps" if result.rate is not None else ""
+    also = f" and {result.video}" if result.video else ""
+    print(f"wrote {result.output}{also}: {result.frames_in} frames in, {result.frames_out} out{rate} "
+          f"({result.multi}x), {result.seconds:.1f} s{resumed}, {where}")
+    if not args.no_scene_detect:
+        print(f"scene cuts: {result.cuts}, still pairs: {result.stills} (earlier frame repeated, nothing sent); "
+              f"midpoints interpolated: {result.sent_pairs}")
+    if result.preview:
+        print(f"wrote {result.preview}")
+    _say(stage_summary(result.timings))
     return 0
 
 

@@ -23,6 +23,15 @@ YUV output is BT.709 limited range and tagged as such, so players and `read_fram
 with the frame's own colorspace) agree. `read_frames` asks swscale for exact rounding and full chroma
 interpolation: its fast default YUV -> RGB path reads 4:2:0 video about 1.5 levels too dark.
 
+Audio and subtitle streams (`VideoWriter(copy_from=...)`) go from the input into the output unchanged: their
+packets are remuxed, interleaved with the new video as it is written (memory stays flat), their timestamps
+kept relative to the first video frame, so they stay in sync with it. Only what the output container cannot
+hold is converted, and said so: audio re-encoded with the container's default codec (AAC for MP4/MOV), text
+subtitles carried over as the container's text format (mov_text in MP4/MOV, SubRip in Matroska); bitmap
+subtitles such a container cannot hold are left out.
+
+Image folders (`list_images`, `read_images`): numbered images in, read one at a time.
+
 Containers follow the file suffix (`.mp4`, `.mkv`, `.mov`). Matroska stores timestamps in
 milliseconds and its frame-rate field cannot hold 60000/1001 exactly (FFmpeg reads it back as
 19001/317), so the writer also tags the stream with the exact rate and `probe_video` prefers that tag
@@ -32,10 +41,14 @@ a whole, half or NTSC (n * 1000/1001) rate is snapped to it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import re
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -48,8 +61,9 @@ from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from edensplit.errors import ErrorCode, InputError
 
 __all__ = [
-    "LOSSLESS_CODECS", "VideoInfo", "VideoWriter", "codec_available", "contact_sheet", "make_sample_clip",
-    "probe_video", "read_frames", "read_png", "save_contact_sheet", "write_png",
+    "IMAGE_SUFFIXES", "LOSSLESS_CODECS", "StreamCopier", "VideoInfo", "VideoWriter", "codec_available",
+    "contact_sheet", "list_images", "make_sample_clip", "probe_video", "read_frames", "read_images", "read_png",
+    "save_contact_sheet", "write_png",
 ]
 
 log = logging.getLogger(__name__)
@@ -92,6 +106,15 @@ class VideoInfo:
     height: int
     rate: Fraction
     frames: int | None
+    start: Fraction = field(default=Fraction(0), compare=False)  # the first frame's time, in seconds
+    duration: Fraction | None = field(default=None, compare=False)  # seconds, when the container says
+
+    @property
+    def frames_estimate(self) -> int | None:
+        """The frame count, or one estimated from the duration and rate (Matroska stores no count)."""
+        if self.frames:
+            return self.frames
+        return None if self.duration is None else max(round(self.duration * self.rate), 1)
 
 
 def _open_input(path: PathLike) -> tuple[av.container.InputContainer, av.VideoStream]:
@@ -144,13 +167,19 @@ def probe_video(path: PathLike) -> VideoInfo:
         width, height = int(ctx.width), int(ctx.height)
         rate = _stream_rate(stream)
         frames = int(stream.frames) if stream.frames else None
+        tb = stream.time_base
+        start = Fraction(stream.start_time) * tb if stream.start_time is not None and tb else Fraction(0)
+        if stream.duration is not None and tb:
+            duration: Fraction | None = Fraction(stream.duration) * tb
+        else:
+            duration = Fraction(container.duration, av.time_base) if container.duration else None
     finally:
         container.close()
     if width <= 0 or height <= 0:
         raise InputError(f"not a usable video: {path} has no frame size", code=ErrorCode.INVALID_PARAMETER)
     if rate is None:
         raise InputError(f"not a usable video: {path} has no frame rate", code=ErrorCode.INVALID_PARAMETER)
-    return VideoInfo(width=width, height=height, rate=rate, frames=frames)
+    return VideoInfo(width=width, height=height, rate=rate, frames=frames, start=start, duration=duration)
 
 
 def read_frames(path: PathLike) -> Iterator[np.ndarray]:
@@ -191,11 +220,15 @@ class VideoWriter:
 
     Frame i gets pts i in a stream time base of 1/rate, so the file plays at exactly `rate` fps.
     `codec` is one of `CODECS`; `crf` is libx264's quality (0-51, lower is better); the lossless codecs
-    ignore it. `self.codec` and `self.pix_fmt` say what was actually used.
+    ignore it. `pix_fmt` overrides the encoder's pixel format (any the encoder takes; default: see
+    `_pix_fmt`). `copy_from` names an input whose audio and subtitle streams go into the file too
+    (`StreamCopier`; `start` is that input's first video frame time, `say` hears what had to be converted).
+    `self.codec` and `self.pix_fmt` say what was actually used.
     """
 
     def __init__(self, path: PathLike, rate: Fraction, width: int, height: int, codec: str = "libx264",
-                 crf: int = 18):
+                 crf: int = 18, pix_fmt: str | None = None, copy_from: PathLike | None = None,
+                 start: Fraction = Fraction(0), say: Callable[[str], None] | None = None):
         self.path = Path(path)
         fmt = CONTAINERS.get(self.path.suffix.lower())
         if fmt is None:
@@ -213,19 +246,27 @@ class VideoWriter:
             raise InputError(f"crf must be in 0..51, got {crf}", code=ErrorCode.INVALID_PARAMETER)
         self.width, self.height, self.crf = int(width), int(height), int(crf)
         self.codec = self._resolve_codec(codec)
-        self.pix_fmt = self._pix_fmt()
+        self.pix_fmt = self._check_pix_fmt(pix_fmt) if pix_fmt else self._pix_fmt()
+        self._yuv = not av.VideoFormat(self.pix_fmt).is_rgb
         self.frames_written = 0
         if not self.path.parent.is_dir():  # PyAV only opens the file at the first frame: check now
             raise InputError(f"cannot create video {self.path}: no folder {self.path.parent}",
                              code=ErrorCode.INVALID_PARAMETER)
         self._container = av.open(str(self.path), "w", format=fmt)
+        self.copier: StreamCopier | None = None
         try:
             self._stream = self._add_stream()
+            if copy_from is not None:
+                self.copier = StreamCopier(copy_from, self._container, fmt, offset=start, say=say)
         except (av.FFmpegError, ValueError) as exc:
             self._container.close()
             self.path.unlink(missing_ok=True)
             raise InputError(f"cannot write {self.codec} video to {self.path}: {exc}",
                              code=ErrorCode.INVALID_PARAMETER) from None
+        except BaseException:
+            self._container.close()
+            self.path.unlink(missing_ok=True)
+            raise
         self._closed = False
 
     @staticmethod
@@ -243,6 +284,19 @@ class VideoWriter:
         raise InputError(f"this PyAV build has no {codec} encoder (available: {', '.join(have) or 'none'})",
                          code=ErrorCode.INVALID_PARAMETER)
 
+    def _check_pix_fmt(self, pix_fmt: str) -> str:
+        """`pix_fmt` if the encoder takes it (and, for libx264, the frame size suits its chroma subsampling)."""
+        formats = [f.name for f in av.Codec(self.codec, "w").video_formats or ()]
+        if pix_fmt not in formats:
+            raise InputError(f"the {self.codec} encoder cannot write pixel format {pix_fmt!r} (it takes "
+                             f"{', '.join(formats)})", code=ErrorCode.INVALID_PARAMETER)
+        fmt = av.VideoFormat(pix_fmt)
+        if self.codec == "libx264" and (fmt.chroma_width(self.width) * 2 == self.width + 1
+                                        or fmt.chroma_height(self.height) * 2 == self.height + 1):
+            raise InputError(f"libx264 cannot write {pix_fmt} (subsampled chroma) at the odd size "
+                             f"{self.width}x{self.height}: use yuv444p", code=ErrorCode.INVALID_PARAMETER)
+        return pix_fmt
+
     def _pix_fmt(self) -> str:
         """The encoder's pixel format: RGB for the lossless codecs, 4:2:0 YUV (4:4:4 at odd sizes) otherwise."""
         if self.codec == "libx264rgb":
@@ -259,7 +313,7 @@ class VideoWriter:
         stream.width, stream.height, stream.pix_fmt = self.width, self.height, self.pix_fmt
         stream.time_base = Fraction(1) / self.rate
         stream.metadata[RATE_TAG] = str(self.rate)
-        if self.codec not in _RGB_CODECS:  # YUV: BT.709 limited range, tagged so players and read_frames agree
+        if self._yuv:  # YUV: BT.709 limited range, tagged so players and read_frames agree
             ctx = stream.codec_context
             ctx.colorspace, ctx.color_range = Colorspace.ITU709, ColorRange.MPEG
             ctx.color_primaries = ctx.color_trc = _BT709
@@ -281,22 +335,30 @@ class VideoWriter:
             raise InputError(f"frame is {frame.shape[1]}x{frame.shape[0]}, video {self.path} is "
                              f"{self.width}x{self.height}", code=ErrorCode.INVALID_PARAMETER)
         vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-        if self.codec not in _RGB_CODECS:
+        if self._yuv:
             vf = vf.reformat(format=self.pix_fmt, dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG)
+        elif self.pix_fmt != "rgb24":
+            vf = vf.reformat(format=self.pix_fmt)
         vf.pts = self.frames_written
+        if self.copier is not None:  # the other streams' packets up to this frame's time, interleaved
+            self.copier.feed_until(self.frames_written / self.rate)
         for packet in self._stream.encode(vf):
             self._container.mux(packet)
         self.frames_written += 1
 
     def close(self) -> None:
-        """Flush the encoder and close the file; calling it again does nothing."""
+        """Flush the encoder (and the copied streams' rest) and close the file; calling it again does nothing."""
         if self._closed:
             return
         self._closed = True
         try:
+            if self.copier is not None:
+                self.copier.finish()
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
         finally:
+            if self.copier is not None:
+                self.copier.close()
             self._container.close()
 
     def __enter__(self) -> VideoWriter:
@@ -307,13 +369,182 @@ class VideoWriter:
         self.close()
 
 
+# --- audio and subtitles ---------------------------------------------------------------------------
+
+TEXT_SUBTITLES: frozenset[str] = frozenset({"subrip", "srt", "ass", "ssa", "mov_text", "webvtt", "text"})
+"""Subtitle codecs whose text can be carried into another text format."""
+
+_TEXT_TARGET = {"mp4": "mov_text", "mov": "mov_text", "matroska": "subrip"}
+_ASS_TAG = re.compile(r"\{[^}]*\}")
+
+
+def _can_hold(fmt: str, stream: av.stream.Stream) -> bool:
+    """Whether container format `fmt` takes `stream`'s packets as they are (a header written in memory says)."""
+    probe = av.open(io.BytesIO(), "w", format=fmt)
+    try:
+        probe.add_stream_from_template(stream)
+        probe.start_encoding()
+        return True
+    except (av.FFmpegError, ValueError, TypeError):
+        return False
+    finally:
+        with contextlib.suppress(av.FFmpegError, ValueError):
+            probe.close()
+
+
+def subtitle_text(codec: str, data: bytes) -> str:
+    """The plain text of one text subtitle packet (SubRip/WebVTT text, an ASS event's Text field, mov_text)."""
+    if codec == "mov_text":
+        (length,) = struct.unpack(">H", data[:2]) if len(data) >= 2 else (0,)
+        return data[2: 2 + length].decode("utf-8", "replace")
+    text = data.decode("utf-8", "replace")
+    if codec in ("ass", "ssa"):  # ReadOrder, Layer, Style, Name, MarginL, MarginR, MarginV, Effect, Text
+        text = text.split(",", 8)[-1]
+        text = _ASS_TAG.sub("", text).replace("\\N", "\n").replace("\\n", "\n").replace("\\h", " ")
+    return text
+
+
+def subtitle_packet(codec: str, text: str) -> bytes:
+    """One packet of text subtitle codec `codec` (mov_text: a 16-bit length, then UTF-8; SubRip: UTF-8)."""
+    data = text.encode("utf-8")
+    return struct.pack(">H", len(data)) + data if codec == "mov_text" else data
+
+
+@dataclass
+class _Carried:
+    """One input stream on its way out: copied as is, its text converted, or its audio re-encoded."""
+
+    source: av.stream.Stream
+    target: av.stream.Stream
+    mode: str  # "copy", "text" (converted to the text subtitle codec `text_codec`) or "audio" (re-encoded)
+    shift: int  # ticks of the source time base subtracted from every timestamp (the video's start)
+    text_codec: str = ""
+
+
+class StreamCopier:
+    """The audio and subtitle streams of `source`, carried into an output container next to a new video.
+
+    Packets are read from their own demuxer in file order and muxed as the video reaches their time
+    (`feed_until`), so nothing accumulates; `finish` muxes the rest. Timestamps move by `offset` (the
+    input video's first frame time), so audio keeps its place against the video's first frame. What the
+    container cannot hold is converted (and said): audio re-encoded with the container's default audio
+    codec, text subtitles to its text format; other subtitles are left out.
+    """
+
+    def __init__(self, source: PathLike, output: av.container.OutputContainer, fmt: str, *,
+                 offset: Fraction = Fraction(0), say: Callable[[str], None] | None = None):
+        say = say or (lambda message: None)
+        self.notes: list[str] = []
+        self._output = output
+        self._input = av.open(str(source), "r")
+        self._carried: dict[int, _Carried] = {}
+        for stream in self._input.streams:
+            if stream.type not in ("audio", "subtitle"):
+                continue
+            name = stream.codec_context.name if stream.codec_context else "unknown"
+            what = f"{stream.type} stream #{stream.index} ({name})"
+            tb = stream.time_base or Fraction(1, 1000)
+            shift = round(offset / tb)
+            text_codec = ""
+            if _can_hold(fmt, stream):
+                target = output.add_stream_from_template(stream)
+                mode = "copy"
+            elif stream.type == "subtitle" and name in TEXT_SUBTITLES and fmt in _TEXT_TARGET:
+                text_codec = _TEXT_TARGET[fmt]
+                target = output.add_mux_stream(text_codec)
+                target.time_base = tb
+                mode = "text"
+                self.notes.append(f"{what} cannot go into {fmt} as it is: its text carried over as "
+                                  f"{_TEXT_TARGET[fmt]} (styling dropped)")
+            elif stream.type == "audio":
+                codec = output.default_audio_codec
+                target = output.add_stream(codec, rate=stream.sample_rate)
+                target.layout = stream.layout
+                mode = "audio"
+                self.notes.append(f"{what} cannot go into {fmt} as it is: re-encoded as {codec}")
+            else:
+                self.notes.append(f"{what} cannot go into {fmt} and has no text to carry over: left out")
+                continue
+            for key, value in stream.metadata.items():
+                if key.lower() in ("language", "title", "handler_name"):
+                    target.metadata[key] = value
+            self._carried[stream.index] = _Carried(stream, target, mode, shift, text_codec)
+        for note in self.notes:
+            say(note)
+        self._packets = (self._input.demux(*[c.source for c in self._carried.values()])
+                         if self._carried else iter(()))
+        self._next: av.Packet | None = None
+        self._done = not self._carried
+
+    @property
+    def streams(self) -> int:
+        """How many streams are carried."""
+        return len(self._carried)
+
+    def _peek(self) -> av.Packet | None:
+        """The next packet with a time (empty flush packets skipped), or None at the end."""
+        while self._next is None and not self._done:
+            packet = next(self._packets, None)
+            if packet is None:
+                self._done = True
+            elif packet.size and (packet.dts is not None or packet.pts is not None):
+                self._next = packet
+        return self._next
+
+    def feed_until(self, seconds: Fraction) -> None:
+        """Mux every packet whose time (after the shift) is at or before `seconds`."""
+        while (packet := self._peek()) is not None:
+            carried = self._carried[packet.stream.index]
+            ticks = packet.dts if packet.dts is not None else packet.pts
+            if (ticks - carried.shift) * packet.time_base > seconds:
+                return
+            self._next = None
+            self._mux(carried, packet)
+
+    def _mux(self, carried: _Carried, packet: av.Packet) -> None:
+        """One packet into the output: as it is, as converted text, or decoded and re-encoded."""
+        if carried.mode == "audio":
+            for frame in packet.decode():
+                if frame.pts is not None:
+                    frame.pts -= carried.shift
+                for encoded in carried.target.encode(frame):
+                    self._output.mux(encoded)
+            return
+        if carried.mode == "text":
+            text = subtitle_text(carried.source.codec_context.name, bytes(packet))
+            converted = av.Packet(subtitle_packet(carried.text_codec, text))
+            converted.pts, converted.dts, converted.duration = packet.pts, packet.dts, packet.duration
+            packet = converted
+        for attr in ("pts", "dts"):
+            value = getattr(packet, attr)
+            if value is not None:
+                setattr(packet, attr, value - carried.shift)
+        packet.time_base = carried.source.time_base
+        packet.stream = carried.target
+        self._output.mux(packet)
+
+    def finish(self) -> None:
+        """Mux what is left (the streams' ends past the last video frame) and flush re-encoders."""
+        while (packet := self._peek()) is not None:
+            self._next = None
+            self._mux(self._carried[packet.stream.index], packet)
+        for carried in self._carried.values():
+            if carried.mode == "audio":
+                for encoded in carried.target.encode(None):
+                    self._output.mux(encoded)
+
+    def close(self) -> None:
+        """Close the input."""
+        self._input.close()
+
+
 # --- stills ----------------------------------------------------------------------------------------
 
 
-def write_png(path: PathLike, frame: np.ndarray) -> Path:
-    """Save a uint8 RGB `[H, W, 3]` frame as a (lossless) PNG; returns the path."""
+def write_png(path: PathLike, frame: np.ndarray, compress_level: int = 6) -> Path:
+    """Save a uint8 RGB `[H, W, 3]` frame as a (lossless) PNG (zlib level 0-9: 1 is ~3x faster); returns the path."""
     p = Path(path)
-    Image.fromarray(_check_frame(frame)).save(p, format="PNG")
+    Image.fromarray(_check_frame(frame)).save(p, format="PNG", compress_level=compress_level)
     return p
 
 
@@ -327,6 +558,48 @@ def read_png(path: PathLike) -> np.ndarray:
             return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"not a readable image: {p} ({exc})", code=ErrorCode.INVALID_IMAGE) from None
+
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+"""The files an image folder's frames are read from (other files there are ignored)."""
+
+_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+
+
+def list_images(folder: PathLike) -> list[Path]:
+    """The numbered images in `folder`, in the order of the last number in each name (frame_2 before frame_10).
+
+    Files with another suffix, or hidden, are ignored; an image without a number, or two with the same one,
+    is an InputError (the order would be a guess)."""
+    p = Path(folder)
+    if not p.is_dir():
+        raise InputError(f"image folder not found: {p}", code=ErrorCode.INVALID_PARAMETER)
+    numbered: dict[int, Path] = {}
+    for child in p.iterdir():
+        if child.name.startswith(".") or child.suffix.lower() not in IMAGE_SUFFIXES or not child.is_file():
+            continue
+        match = _NUMBER.search(child.stem)
+        if match is None:
+            raise InputError(f"{child} has no frame number in its name (an image folder's frames are numbered: "
+                             "0001.png, frame_0002.png, ...)", code=ErrorCode.INVALID_PARAMETER)
+        number = int(match.group(1))
+        if number in numbered:
+            raise InputError(f"{numbered[number].name} and {child.name} have the same frame number {number}",
+                             code=ErrorCode.INVALID_PARAMETER)
+        numbered[number] = child
+    return [numbered[n] for n in sorted(numbered)]
+
+
+def read_images(paths: Sequence[PathLike]) -> Iterator[np.ndarray]:
+    """Yield the images at `paths` one at a time as uint8 RGB `[H, W, 3]` arrays, all of one size."""
+    size: tuple[int, ...] | None = None
+    for path in paths:
+        frame = read_png(path)
+        if size is not None and frame.shape != size:
+            raise InputError(f"{path} is {frame.shape[1]}x{frame.shape[0]}, the folder's first image "
+                             f"{size[1]}x{size[0]}", code=ErrorCode.FRAME_SIZE_MISMATCH)
+        size = frame.shape
+        yield frame
 
 
 # --- sample clip -----------------------------------------------------------------------------------

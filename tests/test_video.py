@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 
@@ -27,6 +28,7 @@ from edensplit.video import (
     write_png,
 )
 from tests.conftest import make_frames
+from tests.media import audio_samples, sample_frames, write_av_clip
 
 SUFFIX = {"libx264": ".mp4", "libx264rgb": ".mp4", "ffv1": ".mkv", "mpeg4": ".mp4"}
 AVAILABLE = [c for c in ("libx264", "libx264rgb", "ffv1", "mpeg4") if codec_available(c)]
@@ -253,3 +255,130 @@ def test_png_round_trip_is_exact(tmp_path):
     with pytest.raises(InputError, match="not a readable image") as err:
         read_png(bad)
     assert err.value.code == ErrorCode.INVALID_IMAGE
+
+
+# -- pixel formats, carried audio and subtitles, image folders ---------------------------------------
+
+
+@pytest.mark.parametrize(("codec", "pix_fmt", "bound"), [("libx264", "yuv444p", 2.0), ("libx264", "yuv420p10le", 4.5),
+                                                         ("ffv1", "gbrp10le", 0)])
+def test_pix_fmt_is_what_the_file_holds(tmp_path, codec, pix_fmt, bound):
+    frames = np.stack([video._sample_frame(k, 64, 48) for k in range(4)])
+    path = tmp_path / f"clip{SUFFIX[codec]}"
+    with VideoWriter(path, Fraction(24), 64, 48, codec=codec, pix_fmt=pix_fmt) as writer:
+        for f in frames:
+            writer.write(f)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.pix_fmt == pix_fmt
+    out = np.stack(list(read_frames(path)))
+    if bound == 0:  # RGB formats of the lossless codecs: the same pixels back
+        np.testing.assert_array_equal(out, frames)
+    else:  # 4:4:4 keeps the colour edges the 4:2:0 default blurs (4.5 in test_libx264_is_close_and_keeps_odd_sizes)
+        assert np.abs(out.astype(np.int16) - frames).mean() < bound
+
+
+def test_pix_fmt_the_encoder_cannot_write_is_refused(tmp_path):
+    with pytest.raises(InputError, match="cannot write pixel format 'rgb48le'.*yuv444p"):
+        VideoWriter(tmp_path / "a.mp4", Fraction(24), 64, 48, pix_fmt="rgb48le")
+    with pytest.raises(InputError, match="odd size 63x47: use yuv444p"):
+        VideoWriter(tmp_path / "b.mp4", Fraction(24), 63, 47, pix_fmt="yuv420p")
+
+
+def _write_with(source, path, multi: int = 2, say=None) -> VideoWriter:
+    """Every frame of `source` written `multi` times at `multi` times its rate, its other streams carried."""
+    info = probe_video(source)
+    with VideoWriter(path, info.rate * multi, info.width, info.height, copy_from=source, start=info.start,
+                     say=say) as writer:
+        for frame in read_frames(source):
+            for _ in range(multi):
+                writer.write(frame)
+    return writer
+
+
+@pytest.mark.parametrize(("source_suffix", "audio_codec", "target", "copied"),
+                         [(".mkv", "libopus", ".mp4", True), (".mp4", "aac", ".mp4", True),
+                          (".mkv", "libopus", ".mov", False), (".mkv", "aac", ".mkv", True)])
+def test_audio_comes_through_in_sync(tmp_path, source_suffix, audio_codec, target, copied):
+    """Copied where the container takes the codec (the packets unchanged), else re-encoded and said so; either
+    way the same sample rate, the same length within one video frame, and the tone starting at the same time."""
+    rate = Fraction(30000, 1001)
+    source = write_av_clip(tmp_path / f"in{source_suffix}", sample_frames(20, 64, 48), rate, audio_codec,
+                           onset_frame=8)
+    said: list[str] = []
+    writer = _write_with(source, tmp_path / f"out{target}", say=said.append)
+    assert (said == []) == copied and writer.copier is not None and writer.copier.streams == 1
+    if not copied:
+        assert said == ["audio stream #1 (opus) cannot go into mov as it is: re-encoded as aac"]
+    before, sr_in, start_in = audio_samples(source)
+    after, sr_out, start_out = audio_samples(tmp_path / f"out{target}")
+    assert sr_out == sr_in == 48000
+    frame_s = 1 / rate
+    assert abs(len(after) - len(before)) / sr_in < frame_s
+    onset_in = start_in + Fraction(int(np.argmax(np.abs(before) > 0.05)), sr_in)
+    onset_out = start_out + Fraction(int(np.argmax(np.abs(after) > 0.05)), sr_out)
+    assert abs(onset_in - 8 / rate) < Fraction(1, 100)  # the tone starts at video frame 8
+    assert abs(onset_out - onset_in) < frame_s / 4  # and still does, against the output's first frame
+    if copied:
+        with av.open(str(source)) as a, av.open(str(tmp_path / f"out{target}")) as b:
+            packets_in = [bytes(p) for p in a.demux(a.streams.audio[0]) if p.size]
+            packets_out = [bytes(p) for p in b.demux(b.streams.audio[0]) if p.size]
+        assert packets_out == packets_in  # remuxed: the same encoded audio, byte for byte
+
+
+def test_subtitles_are_copied_or_carried_as_text(tmp_path):
+    rate = Fraction(24)
+    cues = [(0, 400, "Hello there"), (500, 300, "Second line")]
+    source = write_av_clip(tmp_path / "in.mkv", sample_frames(24, 64, 48), rate, "libopus", subtitles=cues)
+    said: list[str] = []
+    _write_with(source, tmp_path / "out.mp4", say=said.append)
+    assert said == ["subtitle stream #2 (srt) cannot go into mp4 as it is: its text carried over as mov_text "
+                    "(styling dropped)"]
+    _write_with(source, tmp_path / "out.mkv", say=said.append)
+    assert len(said) == 1  # Matroska holds SubRip as it is
+    for path, codec in ((tmp_path / "out.mp4", "mov_text"), (tmp_path / "out.mkv", "subrip")):
+        with av.open(str(path)) as container:
+            stream = container.streams.subtitles[0]
+            assert stream.codec_context.name in (codec, "srt")
+            got = [(int(p.pts * p.time_base * 1000), int(p.duration * p.time_base * 1000),
+                    video.subtitle_text(stream.codec_context.name, bytes(p)))
+                   for p in container.demux(stream) if p.size and video.subtitle_text(stream.codec_context.name,
+                                                                                      bytes(p))]
+        assert got == cues, path
+
+
+def test_subtitle_text_of_each_format():
+    assert video.subtitle_text("ass", b"0,0,Default,,0,0,0,,{\\i1}Hi{\\i0}\\Nthere, you") == "Hi\nthere, you"
+    assert video.subtitle_text("mov_text", b"\x00\x05hello\x00\x00style") == "hello"
+    assert video.subtitle_packet("mov_text", "h\u00e9") == b"\x00\x03h\xc3\xa9"
+    assert video.subtitle_packet("subrip", "hi") == b"hi"
+
+
+def test_probe_says_when_the_video_starts_and_how_long_it_is(tmp_path):
+    path = make_sample_clip(tmp_path / "clip.mp4", n_frames=24, width=64, height=48, rate=Fraction(24))
+    info = probe_video(path)
+    assert info.start == 0 and info.duration == 1 and info.frames_estimate == 24
+    mkv = make_sample_clip(tmp_path / "clip.mkv", n_frames=24, width=64, height=48, rate=Fraction(24))
+    assert probe_video(mkv).frames is None and probe_video(mkv).frames_estimate == 24
+
+
+def test_image_folders_are_read_in_frame_number_order(tmp_path):
+    frames = [video._sample_frame(k, 32, 24) for k in range(12)]
+    for k, frame in enumerate(frames):
+        write_png(tmp_path / f"frame_{k + 1}.png", frame)  # frame_1 ... frame_12: 10 sorts after 9
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / ".hidden.png").write_bytes(b"")
+    images = video.list_images(tmp_path)
+    assert [p.name for p in images] == [f"frame_{k + 1}.png" for k in range(12)]
+    np.testing.assert_array_equal(np.stack(list(video.read_images(images))), np.stack(frames))
+    write_png(tmp_path / "cover.png", frames[0])
+    with pytest.raises(InputError, match="cover.png has no frame number"):
+        video.list_images(tmp_path)
+    (tmp_path / "cover.png").unlink()
+    write_png(tmp_path / "frame_0001.png", frames[0])
+    with pytest.raises(InputError, match="same frame number 1"):
+        video.list_images(tmp_path)
+    with pytest.raises(InputError, match="image folder not found"):
+        video.list_images(tmp_path / "missing")
+    small = write_png(tmp_path / "x.png", frames[0][:10])
+    with pytest.raises(InputError, match="is 32x10, the folder's first image 32x24"):
+        list(video.read_images([images[0], small]))

@@ -3,17 +3,21 @@ a crash, a Ctrl-C or a failed server, goes on from the last completed frame.
 
 The state of the job writing `OUT/interpolated.mp4` is the folder `OUT/.interpolated.mp4.job/`:
 
-- `job.json`: the job's fingerprint: the input (resolved path, size, modification time in ns) and every
-  option that changes the generated frames (seed, sampler, wire dtype; for `--local` the model and its
-  dtype). A state with another fingerprint is another job's: it is removed and the job starts over,
+- `job.json`: the job's fingerprint: the input (resolved path, size, modification time in ns; for an image
+  folder, a digest of its images' names, sizes and times) and every option that changes the generated
+  frames (seed, multiplier, scene detection and its threshold, sampler, wire dtype; for `--local` the model
+  and its dtype). A state with another fingerprint is another job's: it is removed and the job starts over,
   saying what differs.
-- `frames/NNNNNN.png`: generated frame k, written losslessly (fast zlib level) by the thread that got
+- `frames/NNNNNN.png`: generated frame k (at a multiplier M, input pair p's frames are p(M-1) ...
+  p(M-1) + M-2; a pair is done when all of them are), written losslessly (fast zlib level) by the thread that got
   it, as soon as it arrives (to a temporary name, then renamed, so a file there is always whole). The
   frames done are the files 000000, 000001, ... up to the first gap; pairs in flight when the job
   stopped (at most the window) are not there, and are redone.
 - `partial.mp4` (the output's suffix): the output video while it is written. It is renamed to the
   output path only when its last frame is in, then the folder is removed: the output path never holds
-  an unfinished video.
+  an unfinished video. An image-folder job's output is a folder of numbered PNGs, `partial/` while it
+  is written (its generated frames hard links to `frames/`), and with `--fps` a video too
+  (`partial-2.mp4`, one per further output).
 - `lock`: held (flock) while a job runs, so two runs of one command cannot write the same state.
 
 A rerun writes the output video again from the start: the input frames are decoded again and the
@@ -32,11 +36,12 @@ less than one generated frame.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -88,6 +93,24 @@ def input_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def folder_identity(folder: str | os.PathLike[str], images: Sequence[Path]) -> dict[str, Any]:
+    """What identifies an image folder input: its resolved path, its image count and a digest of their names,
+    sizes and modification times (ns)."""
+    digest = hashlib.sha256()
+    for image in images:
+        st = image.stat()
+        digest.update(f"{image.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return {"path": str(Path(folder).resolve()), "images": len(images), "digest": digest.hexdigest()[:32]}
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder, if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _differences(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
     """A short account of how two fingerprints differ ("seed 3 -> 4, the input")."""
     parts = []
@@ -102,11 +125,14 @@ class JobState:
     """The on-disk state of one video job (see the module docstring): open, commit frames, finish."""
 
     def __init__(self, output: str | os.PathLike[str], fingerprint: Mapping[str, Any], *, resume: bool = True,
-                 say: Say | None = None):
+                 say: Say | None = None, extra: Sequence[str | os.PathLike[str]] = ()):
+        """`output`: the job's output (a file, or a folder of frames); `extra`: further outputs written with it
+        (each under its own temporary name, renamed by `finish`)."""
         self.output = Path(output)
         self.dir = state_dir(self.output)
         self.frames_dir = self.dir / "frames"
         self.partial = self.dir / f"partial{self.output.suffix}"
+        self.extra = {Path(p): self.dir / f"partial-{i}{Path(p).suffix}" for i, p in enumerate(extra, start=2)}
         self.fingerprint = {"version": STATE_VERSION, **fingerprint}
         self.resume, self.say = resume, say or (lambda message: None)
         self._lock: IO[str] | None = None
@@ -138,8 +164,9 @@ class JobState:
             self._write_fingerprint()
         self.frames_dir.mkdir(exist_ok=True)
         self.drop_from(done)  # frames kept past a gap (in flight when the job stopped) are done again
-        self.partial.unlink(missing_ok=True)
-        self.output.unlink(missing_ok=True)  # an older output there would look like this job's result
+        for output, partial in ((self.output, self.partial), *self.extra.items()):
+            _remove(partial)
+            _remove(output)  # an older output there would look like this job's result
         return done
 
     def _saved_fingerprint(self) -> dict[str, Any] | None:
@@ -186,8 +213,14 @@ class JobState:
             if path.name.endswith(".tmp") or (path.suffix == ".png" and path.stem.isdigit() and int(path.stem) >= k):
                 path.unlink(missing_ok=True)
 
+    def partial_for(self, output: str | os.PathLike[str]) -> Path:
+        """Where `output` (the job's output or one of its `extra`) is written until the job completes."""
+        return self.partial if Path(output) == self.output else self.extra[Path(output)]
+
     def finish(self) -> Path:
-        """The job is complete: the partial video becomes the output, and the state goes."""
+        """The job is complete: the partial outputs become the outputs, and the state goes."""
+        for output, partial in self.extra.items():
+            os.replace(partial, output)
         os.replace(self.partial, self.output)
         self.discard()
         return self.output

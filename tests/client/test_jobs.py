@@ -6,6 +6,7 @@ unfinished file at the output path."""
 from __future__ import annotations
 
 import threading
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +193,79 @@ def test_a_frame_pair_is_written_under_a_temporary_name(tiny_model, tmp_path):
     assert list(out.iterdir()) == []
     result = interpolate_pair_files(LocalBackend(LocalPipeline(tiny_model)), paths[0], paths[1], out, seed=2)
     assert [p.name for p in out.iterdir()] == ["interpolated.png"] and result.output == out / "interpolated.png"
+
+
+# -- multipliers, image folders and scene cuts in resumable jobs ----------------------------------------
+
+def test_an_interrupted_4x_job_resumes_by_whole_pairs_and_equals_an_uninterrupted_one(tiny_model, long_clip,
+                                                                                       tmp_path):
+    pipeline = LocalPipeline(tiny_model)
+    whole = run_job(LocalBackend(pipeline), long_clip, tmp_path / "whole", multi=4)
+    assert (whole.frames_in, whole.frames_out, whole.multi) == (10, 37, 4)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        run_job(Interrupted(pipeline, stop_at=5), long_clip, out, multi=4)  # level 1's pair 5
+    saved = saved_frames(out / "interpolated.mp4")
+    rerun = Interrupted(pipeline)
+    result = run_job(rerun, long_clip, out, multi=4)
+    pairs_done = saved // 3
+    assert result.resumed_from == 3 * pairs_done and pairs_done >= 2
+    assert sorted(rerun.pairs) == list(range(pairs_done, 9))  # level 1 goes on from the first pair not whole
+    assert (out / "interpolated.mp4").read_bytes() == whole.output.read_bytes()
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        run_job(Interrupted(pipeline, stop_at=5), long_clip, out, multi=4)
+    run_job(LocalBackend(pipeline), long_clip, out, multi=2, say=said.append)
+    assert len(said) == 1 and "another job (multi 4 -> 2); starting over" in said[0]
+
+
+def test_an_image_folder_job_round_trips_and_resumes(tiny_model, tmp_path):
+    from edensplit.client.jobs import interpolate_folder
+    from edensplit.video import list_images, probe_video, read_frames, read_png
+
+    frames = [np.asarray(f) for f in make_frames(6, 40, 70, seed=2)]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k, frame in enumerate(frames):
+        write_png(folder / f"shot_{k + 1:03d}.png", frame)
+    pipeline = LocalPipeline(tiny_model)
+
+    def job(backend, out, **kwargs):
+        return interpolate_folder(backend, folder, out, seed=3, multi=4, fps=Fraction(96), codec="ffv1", resume=True,
+                                  progress=False, scene_detect=False, fingerprint={"num_steps": 2}, **kwargs)
+
+    whole = job(LocalBackend(pipeline), tmp_path / "whole")
+    written = list_images(whole.output)
+    assert [p.name for p in written] == [f"{i:06d}.png" for i in range(21)]
+    for k, frame in enumerate(frames):  # the inputs come back as they were, every 4th frame
+        assert np.array_equal(read_png(written[4 * k]), frame)
+    expected = [f for f, _ in interpolate_stream(LocalBackend(LocalPipeline(tiny_model)), frames, 3)]
+    for k in range(5):  # t = 1/2 is the 2x job's frame
+        assert np.array_equal(read_png(written[4 * k + 2]), expected[2 * k + 1])
+    assert whole.video == tmp_path / "whole" / "interpolated.mp4"
+    info = probe_video(whole.video)
+    assert info.rate == 96 and sum(1 for _ in read_frames(whole.video)) == 21
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        job(Interrupted(pipeline, stop_at=3), out)
+    assert not (out / "interpolated").exists() and not (out / "interpolated.mp4").exists()
+    rerun = Interrupted(pipeline)
+    result = job(rerun, out)
+    assert result.resumed_from >= 3 and min(rerun.pairs) == result.resumed_from // 3
+    assert [read_png(p).tobytes() for p in list_images(result.output)] == [read_png(p).tobytes() for p in written]
+    assert (out / "interpolated.mp4").read_bytes() == whole.video.read_bytes()
+
+
+def test_a_cut_in_a_video_job_repeats_the_earlier_frame_and_is_counted(tiny_model, tmp_path):
+    from tests.media import cut_frames, with_stills, write_clip
+
+    clip = write_clip(tmp_path / "cut.mkv", with_stills(cut_frames(4, 4, 64, 48), repeat_at=[1]))
+    backend = Interrupted(LocalPipeline(tiny_model))
+    result = run_job(backend, clip, tmp_path / "out", save_frames=True)
+    assert (result.cuts, result.stills, result.sent_pairs) == (1, 1, 6)
+    assert sorted(backend.pairs) == [0, 2, 3, 5, 6, 7]  # pair 1 (still) and 4 (the cut) not asked for
+    from edensplit.video import read_frames
+
+    out = list(read_frames(result.output))
+    inputs = list(read_frames(clip))
+    assert np.array_equal(out[2 * 4 + 1], inputs[4]) and np.array_equal(out[2 * 1 + 1], inputs[1])
