@@ -14,6 +14,11 @@ overlaps them): a request for frame k+1 waits at the edge for frame k, holding o
 MAX_INFLIGHT places, so if frame k's request were refused (503) meanwhile, k+1 would hold the place
 until its wait ran out (409 SESSION_NOT_FOUND) while k could not get in. In order, an overloaded edge
 only ever answers 200 or 503.
+
+Over HTTP those requests also share one kept-alive connection (a WebSocket is one already), so an edge run
+as several processes on one port (gunicorn workers, each with its own session cache) serves a whole video
+from the one that holds its frames. If the connection is lost, the next may land on another worker: that
+one answers SESSION_NOT_FOUND and the client resends the one frame it needs (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -206,12 +211,15 @@ def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow
     access = {"timeout": timeout, "retries": retries, "retry_for": retry_for, "api_key": api_key,
               "ca_cert": ca_cert}
 
-    def connect(url: str, name: str, ws_path: str) -> HttpTransport | WsTransport:
+    def connect(url: str, name: str, ws_path: str, one_connection: bool = False) -> HttpTransport | WsTransport:
         if transport == "http":
-            return HttpTransport(url, compress=compress, name=name, **access)  # type: ignore[arg-type]
+            return HttpTransport(url, compress=compress, name=name, max_connections=1 if one_connection else None,
+                                 **access)  # type: ignore[arg-type]
         return WsTransport(url, path=ws_path, name=name, **access)  # type: ignore[arg-type]
 
-    edge = Edge(connect(edge_url, "edge server", Edge.WS_PATH), payload=body, options=options)
+    # A session's edge requests, one at a time, on one connection: one edge worker holds the session.
+    edge = Edge(connect(edge_url, "edge server", Edge.WS_PATH, one_connection=frame_once), payload=body,
+                options=options)
     if flow == "b":
         return FrameOnceProxyClient(edge) if frame_once else EdgeProxyClient(edge)
     try:

@@ -147,14 +147,19 @@ class HttpTransport(_HttpBase):
                  retry_for: float = DEFAULT_RETRY_FOR, compress: str | None = None, name: str = "server",
                  api_key: str | None = None, ca_cert: str | Path | None = None,
                  retry_policy: RetryPolicy | None = None, transport: httpx.BaseTransport | None = None,
-                 client: httpx.Client | None = None):
+                 client: httpx.Client | None = None, max_connections: int | None = None):
         """`api_key`: sent as `Authorization: Bearer`; `ca_cert`: a PEM CA bundle that signed the server's
         certificate (https); `retry_policy` replaces `retries`/`retry_for` (and sets the back-off).
+        `max_connections`: at most this many connections at once (httpx's default, 100, when None); 1 keeps
+        every request on one kept-alive connection, so on one process of a server whose port several share
+        (gunicorn workers): a frame-once session's edge requests, which go one at a time anyway.
         `transport` (e.g. httpx.MockTransport) or a ready `client` (e.g. FastAPI's TestClient) for tests."""
         super().__init__(base_url, timeout=timeout, retries=retries, retry_for=retry_for, compress=compress,
                          name=name, api_key=api_key, ca_cert=ca_cert, retry_policy=retry_policy)
         self._owned = client is None
-        self.http = client or httpx.Client(timeout=self.timeout, transport=transport, verify=self.verify)
+        limits = {"limits": httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+                  } if max_connections else {}
+        self.http = client or httpx.Client(timeout=self.timeout, transport=transport, verify=self.verify, **limits)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send with retries; return a 2xx response or raise ServerError / EdenError(UPSTREAM_ERROR)."""

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -60,9 +60,9 @@ def health_router() -> APIRouter:
         info = runtime_of(request).health()
         return JSONResponse(info, status_code=200 if info["ready"] else 503)
 
-    @router.get("/metrics", summary="Prometheus metrics")
+    @router.get("/metrics", summary="Prometheus metrics (of every worker, under gunicorn)")
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return router
 
@@ -95,7 +95,11 @@ def create_app(stage: str, title: str, settings: ServerSettings, model: Eden | N
     """An app for `stage` whose model is `model`, or is loaded once at start-up (lifespan) and kept resident,
     then warmed up (`warm_up`, one small pass) before the server reports ready; `on_shutdown` closes what
     the stage's routes hold (clients of other servers). On SIGTERM it stops admitting and finishes what is
-    in flight (uvicorn waits for it, up to its graceful-shutdown timeout)."""
+    in flight (uvicorn waits for it, up to its graceful-shutdown timeout).
+
+    As gunicorn workers (`gunicorn ... -k uvicorn.workers.UvicornWorker`) each worker loads its own model and
+    takes no connection before it is ready; their metrics go to files they share (edensplit.servers.metrics),
+    so that /metrics, whichever worker answers, counts them all, `edensplit_workers_ready` the ready ones."""
     configure_logging(settings.log_format)
     metrics = Metrics(stage)
 
@@ -109,11 +113,13 @@ def create_app(stage: str, title: str, settings: ServerSettings, model: Eden | N
                 rt.load_error = exc.message
                 log.error("%s server cannot load its model (not ready; see /health): %s", stage, exc.message)
         await run_in_threadpool(rt.warm_up, warm_up if settings.warmup else None)
+        metrics.workers_ready.set(1 if rt.ready else 0)
         restore = drain_on_sigterm(rt)
         try:
             yield
         finally:
             restore()
+            metrics.workers_ready.set(0)
             for close in on_shutdown:
                 await close()
             await rt.close()
@@ -127,8 +133,12 @@ def create_app(stage: str, title: str, settings: ServerSettings, model: Eden | N
     app.state.websockets = 0  # connections open
     app.state.runtime = ModelRuntime(stage, settings.max_inflight, model, max_batch=resolve_max_batch(settings),
                                      batch_wait_s=settings.batch_wait_ms / 1000)
-    metrics.inflight.set_function(lambda: app.state.runtime.inflight)
-    metrics.queue_depth.set_function(lambda: app.state.runtime.queued)
+
+    def on_load(inflight: int, queued: int) -> None:  # set as they change: workers' gauges add up (livesum)
+        metrics.inflight.set(inflight)
+        metrics.queue_depth.set(queued)
+
+    app.state.runtime.on_load = on_load
     app.state.runtime.on_batch = metrics.batch_size.observe
     component = "cloud" if stage == ENCODE else "edge"
     setup_tracing(f"edensplit-{component}")

@@ -78,6 +78,7 @@ class ModelRuntime:
         self.model_s = 0.0  # a moving average of one model call's seconds, for Retry-After
         self.queued = 0  # model calls submitted, not started
         self.on_batch: Callable[[int], None] = lambda size: None  # told each model call's batch size
+        self.on_load: Callable[[int, int], None] = lambda inflight, queued: None  # told both when either changes
         self.started = time.monotonic()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"eden-{stage}")
 
@@ -97,18 +98,23 @@ class ModelRuntime:
             raise EdenError(f"the {self.stage} server has {self.inflight} requests in flight "
                             f"(limit {self.max_inflight}); retry shortly", code=ErrorCode.OVERLOADED,
                             details={"retry_after_s": self.retry_after_s()})
-        self.inflight += 1
+        self._count(inflight=1)
         try:
             yield
         finally:
-            self.inflight -= 1
+            self._count(inflight=-1)
+
+    def _count(self, inflight: int = 0, queued: int = 0) -> None:
+        self.inflight += inflight
+        self.queued += queued
+        self.on_load(self.inflight, self.queued)
 
     async def run(self, fn: Callable[..., R], *args: Any, cancellation: Any = None) -> R:
         """Run fn(model, *args) on the model thread. If the caller is cancelled meanwhile, the cancellation is
         told (the model thread stops at its next check) and the call still waits for the thread to let go,
         so what counts as in flight is what the model thread really holds."""
         model = self.require_model()
-        self.queued += 1
+        self._count(queued=1)
         future = self._executor.submit(self._timed, fn, model, *args)
         done = asyncio.wrap_future(future)
         try:
@@ -117,14 +123,14 @@ class ModelRuntime:
             if cancellation is not None:
                 cancellation.caller_gone()
             if future.cancel():  # a call still queued never runs; a running one stops at its next check
-                self.queued -= 1
+                self._count(queued=-1)
             await asyncio.wait([done])
             if not done.cancelled():
                 done.exception()  # retrieved: the caller is gone, the outcome goes nowhere
             raise
 
     def _timed(self, fn: Callable[..., R], *args: Any) -> R:
-        self.queued -= 1
+        self._count(queued=-1)
         started = time.perf_counter()
         try:
             return fn(*args)

@@ -98,6 +98,7 @@ class SessionStore:
         self.ttl_s, self.max_sessions = ttl_s, max_sessions
         self.contexts = ContextCache(int(context_mb * 2**20))
         self.on_lookup: Callable[[str], None] = lambda result: None  # told "hit" or "miss" per predecessor lookup
+        self.on_count: Callable[[int], None] = lambda sessions: None  # told the number held when it changes
         self._sessions: OrderedDict[str, Session] = OrderedDict()
 
     def __len__(self) -> int:
@@ -118,6 +119,7 @@ class SessionStore:
         session.touched = now
         self._sessions[session_id] = session
         self._expire()  # never this one: it was just touched and is the most recent
+        self.on_count(len(self._sessions))
         return session
 
     @contextlib.asynccontextmanager
@@ -179,4 +181,6 @@ class SessionStore:
             return session.frames[index]
 
     def drop(self, session_id: str) -> bool:
-        return self._sessions.pop(session_id, None) is not None
+        dropped = self._sessions.pop(session_id, None) is not None
+        self.on_count(len(self._sessions))
+        return dropped

@@ -38,7 +38,7 @@ def create_edge_app(settings: ServerSettings | None = None, model: Eden | None =
                      warm_up=warm_up)
     app.state.sessions = sessions
     metrics = app.state.metrics
-    metrics.sessions.set_function(lambda: len(sessions))
+    sessions.on_count = metrics.sessions.set  # set as it changes: workers' gauges add up (livesum)
     sessions.on_lookup = lambda result: metrics.session_lookups.labels(result).inc()
     sessions.contexts.on_lookup = lambda result: metrics.context_lookups.labels(result).inc()
     app.state.cloud_client = cloud
