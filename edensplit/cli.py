@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(b, "budget_s", type=float, help="perf: start no measurement after this many seconds (the stages none "
           "after 55%% of it); what did not start is listed as skipped (default: no limit)")
     _flag(b, "log_dir", help="where the servers' logs go (default a temporary folder)")
+    _serve_ray_parser(sub)
     return parser
 
 
@@ -343,6 +344,47 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_ray_parser(sub: Any) -> None:
+    r = sub.add_parser("serve-ray", help="serve the cloud (/cloud) and edge (/edge) APIs on Ray Serve, one HTTP "
+                       "proxy (pip install -e '.[ray]')")
+    r.add_argument("--port", type=int, help="the proxy's port (default: the config's http.port, else 8000)")
+    r.add_argument("--host", help="the proxy's bind address (default: the config's http.host, else 127.0.0.1)")
+    r.add_argument("--config", dest="ray_config", help="a ray.yaml: replicas, autoscaling, num_gpus, queues and "
+                   "server settings per deployment (see configs/ray.yaml)")
+    _flag(r, "address", help="join this Ray cluster ('auto': the one `ray start` made here) instead of starting a "
+          "local one on loopback")
+    _flag(r, "api_key", dest="edensplit_api_key",
+          help="require Authorization: Bearer KEY on every route but /health* (default EDENSPLIT_API_KEY)")
+    _flag(r, "max_inflight", type=int, help="requests each replica admits at once; more get 503 (default 8)")
+    g = r.add_argument_group("model (defaults from MODEL_PATH, EDEN_CONFIG, DEVICE; --config is the ray.yaml here)")
+    _flag(g, "model_path", help="checkpoint: eden.pt / .pth / .safetensors (on every replica's node)")
+    _flag(g, "eden_config", help="eval_eden.yaml-style config")
+    _flag(g, "device", help="cpu or cuda:N (default: each replica's, cuda:0 where it has a GPU)")
+    _flag(g, "dtype", dest="eden_dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    _flag(g, "random_weights", dest="eden_random_weights", action="store_true", default=None,
+          help="run with random weights when no checkpoint is given (tests the pipeline, not EDEN's quality)")
+
+
+def cmd_serve_ray(args: argparse.Namespace) -> int:
+    """Start (or join) Ray, deploy the Encoder under /cloud and the Interpolator under /edge, wait for Ctrl-C."""
+    from edensplit.serve_ray.cluster import deploy, serve_until_stopped
+    from edensplit.serve_ray.config import load_config
+
+    config = load_config(args.ray_config)
+    if args.port is not None:
+        config.http.port = args.port
+    if args.host is not None:
+        config.http.host = args.host
+    if args.address is not None:
+        config.ray.address = args.address
+    base = ServerSettings(**_overrides(args, (*MODEL_FIELDS, "max_inflight", "edensplit_api_key")))
+    served = deploy(config, base.model_dump(exclude_unset=True, mode="json"))
+    where = f"Ray session {served.session_dir}" if served.session_dir else "Ray"
+    print(f"serving the cloud at {served.cloud_url} and the edge at {served.edge_url} (ready in {served.seconds:.1f} "
+          f"s; {where}); Ctrl-C stops", flush=True)
+    return serve_until_stopped(served, say=lambda line: print(line, flush=True))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edensplit.demo import run_demo
 
@@ -355,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return {"interpolate": cmd_interpolate, "cloud": cmd_server, "edge": cmd_server, "demo": cmd_demo,
-                "bench": cmd_bench}[args.command](args)
+                "bench": cmd_bench, "serve-ray": cmd_serve_ray}[args.command](args)
     except EdenError as exc:
         print(f"edensplit {args.command}: error: {exc.message}", file=sys.stderr)
         return 2

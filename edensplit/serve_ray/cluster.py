@@ -1,0 +1,192 @@
+"""Start (or join) a Ray cluster and serve the cloud and edge apps on one Ray Serve HTTP proxy.
+
+A local cluster is started on loopback only: Ray's local mode (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, set
+before Ray is imported) binds GCS, raylet, object manager and workers to 127.0.0.1, the dashboard is off and
+usage statistics are not sent. With `ray.address` (or `--address`) the command joins a cluster that
+`ray start` made instead, whose nodes may put the two deployments apart (docs/scaling.md, Ray Serve).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edensplit.errors import EdenError, ErrorCode
+from edensplit.serve_ray.config import RayServeConfig, ServiceConfig
+from edensplit.serve_ray.proxy import CALLBACK, CALLBACK_ENV
+from edensplit.settings import ServerSettings
+
+log = logging.getLogger("edensplit.server")
+ROUTER = "edensplit.serve_ray.router.SessionAffinityRouter"
+LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray's single-machine mode: every address is 127.0.0.1
+             "RAY_USAGE_STATS_ENABLED": "0",           # nothing leaves the machine
+             CALLBACK_ENV: CALLBACK}                   # a request whose replica was lost: 503, retried (proxy.py)
+
+
+@dataclass
+class Served:
+    """What `deploy` started: the URLs and how to stop it."""
+
+    cloud_url: str
+    edge_url: str
+    session_dir: str | None
+    started_ray: bool
+    seconds: float
+    stop: Callable[[], None] = field(repr=False)
+
+
+def deployment_options(service: ServiceConfig, affinity: bool) -> dict[str, Any]:
+    options = service.options()
+    if affinity and "request_router_config" not in options:
+        options["request_router_config"] = {"request_router_class": ROUTER}
+    return options
+
+
+def loopback(host: str) -> bool:
+    """Whether a bind address reaches this machine only (a name other than localhost counts as not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_model(settings: dict[str, Any], stage: str) -> None:
+    """Fail before Ray starts on what this machine can tell: a checkpoint that is missing here (replicas on other
+    nodes read their own path), or no checkpoint and random weights not allowed."""
+    s = ServerSettings(**settings)
+    if s.model_path is None and not s.eden_random_weights:
+        raise EdenError(f"{stage}: no MODEL_PATH (--model_path) and random weights not allowed (--random_weights "
+                        "or EDEN_RANDOM_WEIGHTS=1, for tests only)", code=ErrorCode.INVALID_PARAMETER)
+    if s.model_path is not None and not os.path.exists(s.model_path):
+        log.warning("%s: %s is not on this machine; each replica's node must have it", stage, s.model_path)
+
+
+def deploy(config: RayServeConfig, base_settings: dict[str, Any]) -> Served:
+    """Start or join Ray, start Serve's proxy at config.http, deploy the Encoder (app `cloud`) and then the
+    Interpolator (app `edge`, whose flow B calls the Encoder's handle); returns once both are healthy."""
+    started = time.perf_counter()
+    cloud_settings = config.service_settings(config.cloud, base_settings)
+    edge_settings = config.service_settings(config.edge, base_settings)
+    check_model(cloud_settings, "cloud")
+    check_model(edge_settings, "edge")
+    if not loopback(config.http.host) and not (ServerSettings(**cloud_settings).edensplit_api_key
+                                               and ServerSettings(**edge_settings).edensplit_api_key):
+        log.warning("serve-ray: the proxy binds %s with no API key: anyone who can reach this address can use it "
+                    "(set EDENSPLIT_API_KEY or --api_key, and TLS in front)", config.http.host)
+    local = config.ray.address is None
+    if local:
+        os.environ.update(LOCAL_ENV)
+    else:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        import ray
+        from ray import serve as ray_serve
+    except ImportError:
+        raise EdenError("Ray Serve is not installed: pip install -e '.[ray]'", code=ErrorCode.NOT_READY) from None
+    from edensplit.serve_ray.deployments import CLOUD_APP, EDGE_APP, Encoder, Interpolator
+
+    if ray.is_initialized():
+        started_ray = False
+    elif local:
+        ray.init(num_cpus=config.ray.num_cpus, num_gpus=config.ray.num_gpus, include_dashboard=False,
+                 namespace=config.ray.namespace, configure_logging=False, log_to_driver=False)
+        started_ray = True
+    else:
+        ray.init(address=config.ray.address, namespace=config.ray.namespace, log_to_driver=False)
+        started_ray = False
+    session_dir = _session_dir(ray)
+
+    def stop() -> None:
+        """This command's cluster goes whole; in a cluster it joined, only its two apps."""
+        try:
+            if started_ray:
+                ray_serve.shutdown()
+            else:
+                for app in (EDGE_APP, CLOUD_APP):
+                    ray_serve.delete(app)
+        finally:
+            if started_ray:
+                ray.shutdown()
+
+    short = resource_shortfall(config, ray.cluster_resources())
+    if short:
+        message = ("the deployments' first replicas need " + ", ".join(short) + ": lower num_replicas or "
+                   "ray_actor_options (num_cpus, num_gpus; fractions share a device) in the config")
+        if started_ray:
+            ray.shutdown()
+            raise EdenError(message, code=ErrorCode.INVALID_PARAMETER)
+        log.warning("%s, or let the cluster's autoscaler add nodes (deploying waits until they come)", message)
+    try:
+        http = config.http
+        ray_serve.start(proxy_location=http.proxy_location,
+                        http_options={"host": http.host, "port": http.port,
+                                      "request_timeout_s": http.request_timeout_s})
+        ray_serve.run(Encoder.options(**deployment_options(config.cloud, False))
+                      .bind(cloud_settings, config.cloud.batching),
+                      name=CLOUD_APP, route_prefix=config.cloud.route_prefix)
+        ray_serve.run(Interpolator.options(**deployment_options(config.edge, config.session_affinity))
+                      .bind(edge_settings, config.edge.batching),
+                      name=EDGE_APP, route_prefix=config.edge.route_prefix)
+    except BaseException as exc:
+        stop()
+        if isinstance(exc, (RuntimeError, ValueError, TypeError)):
+            logs = f" (replica logs: {session_dir}/logs/serve)" if session_dir else ""
+            raise EdenError(f"Ray Serve could not deploy: {str(exc).strip().splitlines()[-1][:500]}{logs}",
+                            code=ErrorCode.NOT_READY) from None
+        raise
+    base = f"http://{'127.0.0.1' if http.host in ('0.0.0.0', '::') else http.host}:{http.port}"
+    return Served(base + config.cloud.route_prefix, base + config.edge.route_prefix, session_dir, started_ray,
+                  time.perf_counter() - started, stop)
+
+
+def resource_shortfall(config: RayServeConfig, total: dict[str, float]) -> list[str]:
+    """What the two deployments' first replicas ask for (CPU, GPU, custom resources) beyond the cluster's
+    `total`: Ray would leave them pending and the deployment would wait forever."""
+    need: dict[str, float] = {}
+    for service in (config.cloud, config.edge):
+        options = service.options()
+        auto = options.get("autoscaling_config") or {}
+        replicas = options.get("num_replicas")
+        if not isinstance(replicas, int):
+            replicas = auto.get("initial_replicas") or auto.get("min_replicas") or 1
+        actor = options["ray_actor_options"]
+        asked = {"CPU": actor.get("num_cpus", 1), "GPU": actor.get("num_gpus", 0), **actor.get("resources", {})}
+        for name, amount in asked.items():
+            need[name] = need.get(name, 0.0) + replicas * float(amount or 0)
+    return [f"{amount:g} {name} (the cluster has {total.get(name, 0):g})" for name, amount in need.items()
+            if amount > total.get(name, 0) + 1e-9]
+
+
+def _session_dir(ray: Any) -> str | None:
+    try:
+        return ray._private.worker._global_node.get_session_dir_path()
+    except AttributeError:
+        return None
+
+
+def serve_until_stopped(served: Served, say: Callable[[str], None] = print) -> int:
+    """Wait for SIGINT or SIGTERM, then delete the two apps (and stop the cluster this command started)."""
+    stopping = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: stopping.set())
+    try:
+        stopping.wait()
+    finally:
+        say("stopping: deleting the cloud and edge apps" + (" and the local Ray cluster" if served.started_ray
+                                                            else ""))
+        try:
+            served.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    return 0
