@@ -7,6 +7,7 @@ DEVICE, ...). Errors a user can fix print one line and exit with status 2, never
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 from collections.abc import Sequence
@@ -109,10 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     for stage, port in (("cloud", 8000), ("edge", 8001)):
         s = sub.add_parser(stage, help=f"run the {stage} server (uvicorn edensplit.{stage}:app)")
-        s.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")
+        s.add_argument("--host", default="127.0.0.1",
+                       help="bind address (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
         s.add_argument("--port", type=int, default=port, help=f"port (default {port})")
+        _flag(s, "api_key", dest="edensplit_api_key",
+              help="require Authorization: Bearer KEY on every route but /health* (default EDENSPLIT_API_KEY)")
+        _flag(s, "ssl_certfile", help="serve HTTPS/WSS with this certificate (PEM)")
+        _flag(s, "ssl_keyfile", help="the certificate's private key (PEM)")
+        _flag(s, "timeout_graceful_shutdown", type=float, default=30.0,
+              help="on SIGTERM, seconds to finish requests in flight before exiting (default 30)")
         _flag(s, "max_inflight", type=int, help="requests admitted at once; more get 503 (default 8)")
-        _flag(s, "max_batch", type=int, help="edge: pairs per model call with dynamic batching (default 1, exact)")
+        _flag(s, "max_batch", type=int, help="requests per model call with dynamic batching (default 1, the exact "
+              "mode; GPU_BATCH on CUDA in bfloat16/float16)")
         _model_flags(s)
 
     d = sub.add_parser("demo", help="start both servers on loopback, interpolate a sample clip, stop them")
@@ -329,7 +338,13 @@ def cmd_server(args: argparse.Namespace) -> int:
     from edensplit.model import ENCODE, INTERPOLATE
     from edensplit.servers.runtime import load_model_for
 
-    settings = ServerSettings(**_overrides(args, (*MODEL_FIELDS, "max_inflight", "max_batch")))
+    settings = ServerSettings(**_overrides(args, (*MODEL_FIELDS, "max_inflight", "max_batch", "edensplit_api_key")))
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise EdenError("TLS needs both --ssl_certfile and --ssl_keyfile")
+    if not is_loopback(args.host) and not settings.edensplit_api_key:
+        logging.getLogger("edensplit.server").warning(
+            "%s server: binding %s with no API key: anyone who can reach this address can use it (set "
+            "EDENSPLIT_API_KEY or --api_key, and TLS with --ssl_certfile/--ssl_keyfile)", args.command, args.host)
     if args.command == "cloud":
         from edensplit.servers.cloud import create_cloud_app as factory
 
@@ -340,8 +355,20 @@ def cmd_server(args: argparse.Namespace) -> int:
         stage = INTERPOLATE
     model = load_model_for({stage}, settings)  # fail here, with a one-line message, not inside uvicorn
     # permessage-deflate off: on float tensors it costs far more CPU than it saves (docs/protocol.md)
-    uvicorn.run(factory(settings, model), host=args.host, port=args.port, ws_per_message_deflate=False)
+    uvicorn.run(factory(settings, model), host=args.host, port=args.port, ws_per_message_deflate=False,
+                ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+                timeout_graceful_shutdown=args.timeout_graceful_shutdown)
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address reaches this machine only (a name other than localhost counts as not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _serve_ray_parser(sub: Any) -> None:
@@ -395,6 +422,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "interpolate":
+        from edensplit.tracing import setup_tracing
+
+        setup_tracing("edensplit-client")  # only with OTEL_EXPORTER_OTLP_ENDPOINT set
     try:
         return {"interpolate": cmd_interpolate, "cloud": cmd_server, "edge": cmd_server, "demo": cmd_demo,
                 "bench": cmd_bench, "serve-ray": cmd_serve_ray}[args.command](args)
