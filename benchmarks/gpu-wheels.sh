@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The server packages the device machine's Python lacks, as wheels for it (CPython 3.12, x86-64 Linux), in the
-# versions installed here, downloaded into .whl/ (ignored by git; carried with the run). About 45 MB, av most of it.
+# versions installed here, downloaded into .whl/ (ignored by git; carried with the run). 46 MB, av 36 of it.
 #
 #   benchmarks/gpu-wheels.sh [PYTHON_VERSION]      (default 3.12)
 set -euo pipefail

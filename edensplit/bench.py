@@ -61,6 +61,9 @@ TRANSPORTS = ("http-json", "http-binary", "ws-json", "ws-binary")
 FLOWS = ("a-pairs", "a-once", "b-pairs", "b-once")
 MODES = ("compare", "perf", "bytes")
 SKIPPED = "skipped: the run's time budget was spent"
+# Seconds per request attempt: a benchmark measures how long a pair takes, on a loaded CPU too (a 480x854 pair on
+# one busy core can take over the client's default 30 s), and leaves retries to the tests of retries.
+REQUEST_TIMEOUT_S = 300.0
 _BYTES = re.compile(r'^edensplit_(request|response)_bytes_total\{route="([^"]+)"\} ([0-9.e+]+)$', re.M)
 
 # The reference code on one NVIDIA H200, per pair (both frames encoded, then the edge): (H, W) -> (pair ms,
@@ -222,7 +225,7 @@ def run_design(cloud_url: str, edge_url: str, design: Design, frames: list[np.nd
     """One warm-up pair, then the clip; bytes are what the servers counted meanwhile, per generated frame."""
     backend = open_backend(cloud_url=cloud_url, edge_url=edge_url, transport=design.transport, payload=design.payload,
                            flow=design.flow[0], frame_once=design.flow.endswith("once"),
-                           wire_dtype=design.wire_dtype)
+                           wire_dtype=design.wire_dtype, timeout=REQUEST_TIMEOUT_S)
     urls = {"cloud": cloud_url, "edge": edge_url}
     try:
         run_once(backend, frames[:2], 1)  # warm-up: connections, first-call costs
