@@ -1,27 +1,20 @@
 """Issue #9's acceptance for the bytes of frame-once sessions: at 176x144, the full-size model with random weights,
 a 40-frame clip, flow A through real servers, frame-once int8 moves at least 10x fewer bytes of encodings than the
 user's design (pair at a time, float32, JSON/base64), frame-once float16 at least 5x, and int8's frames are within
-3 grey levels of float32's. benchmarks/acceptance.py makes the committed figures; the run itself is here too."""
+3 grey levels of float32's. `python benchmarks/acceptance.py` makes the committed figures (about 2 minutes of the
+full-size model: kept out of the suite's 10 minutes); this checks them against every criterion."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from edensplit.bench import ACCEPTANCE_FRAMES, ACCEPTANCE_SIZE, USER_DESIGN, acceptance
+from edensplit.bench import ACCEPTANCE_FRAMES, ACCEPTANCE_SIZE, USER_DESIGN
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "benchmarks" / "acceptance-176x144.json"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("acceptance_script", ROOT / "benchmarks" / "acceptance.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_committed_acceptance_figures_meet_every_criterion():
@@ -45,12 +38,3 @@ def test_committed_acceptance_figures_meet_every_criterion():
     assert i8["error"]["mean_abs"] <= 3
     assert [a["met"] for a in document["acceptance"]] == [True, True, True]
 
-
-def test_acceptance_through_real_servers(monkeypatch, tmp_path):
-    monkeypatch.delenv("EDEN_CONFIG", raising=False)
-    rows, seconds = load_script().run(tmp_path / "acceptance.md", tmp_path / "acceptance.json", log_dir=tmp_path)
-    verdicts = acceptance(rows)
-    assert all(ok for _, ok in verdicts), verdicts
-    user, f16, i8 = rows
-    assert user.encodings / i8.encodings >= 10 and user.encodings / f16.encodings >= 5
-    assert i8.error["mean_abs"] <= 3
