@@ -361,6 +361,18 @@ class VideoWriter:
                 self.copier.close()
             self._container.close()
 
+    def abort(self) -> None:
+        """Close without finishing (a failed job: the file is dropped or written again); nothing is flushed."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.copier is not None:
+                self.copier.close()
+        finally:
+            with contextlib.suppress(av.FFmpegError, OSError, ValueError):
+                self._container.close()
+
     def __enter__(self) -> VideoWriter:
         return self
 

@@ -188,6 +188,9 @@ class _FolderSink:
     def close(self) -> None:
         """Nothing to flush."""
 
+    def abort(self) -> None:
+        """Nothing to drop: the folder is written again by a rerun."""
+
 
 class _VideoSink:
     """A VideoWriter taking frames with their kept copies (which it does not need)."""
@@ -200,6 +203,9 @@ class _VideoSink:
 
     def close(self) -> None:
         self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
 
 
 def interpolate_video(backend: PairBackend, video_path: str | Path, output_dir: str | Path, *, seed: int = 0,
@@ -364,7 +370,7 @@ def _write(backend: PairBackend, source: _Source, state: JobState, done: int, ou
         if not finished:
             for sink in sinks:
                 with contextlib.suppress(Exception):  # already failing: the partial output is redone
-                    sink.close()
+                    sink.abort()
     video_out = extra[0] if extra else None
     output = state.finish()
     preview_path = sheet.save(out_dir / "preview.png") if sheet is not None else None

@@ -136,6 +136,8 @@ class JobState:
         self.fingerprint = {"version": STATE_VERSION, **fingerprint}
         self.resume, self.say = resume, say or (lambda message: None)
         self._lock: IO[str] | None = None
+        self._stopped = False  # closed: frames still arriving from pairs in flight are not kept
+        self._keeping = threading.Lock()
 
     def open(self) -> int:
         """Take the job's lock and return how many generated frames are already done: those of a saved state
@@ -187,12 +189,18 @@ class JobState:
 
     def commit(self, k: int, frame: np.ndarray) -> Path:
         """Keep generated frame k (whole or not at all: written to a temporary name, then renamed). Thread-safe:
-        frames may be kept in any order (the frames done are those up to the first gap)."""
+        frames may be kept in any order (the frames done are those up to the first gap). Once the state is
+        closed (the job stopped), a frame still arriving is not kept: what a stopped job says it saved stays
+        true."""
         tmp = self.frames_dir / f".{_frame_name(k)}.{threading.get_ident()}.tmp"
         # zlib level 1: a 480p frame in ~50 ms instead of ~180 ms at the default level, ~15% larger
         Image.fromarray(np.ascontiguousarray(frame)).save(tmp, format="PNG", compress_level=PNG_LEVEL)
         final = self.frame_path(k)
-        os.replace(tmp, final)
+        with self._keeping:
+            if self._stopped:
+                tmp.unlink(missing_ok=True)
+            else:
+                os.replace(tmp, final)
         return final
 
     def read(self, k: int, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -231,7 +239,9 @@ class JobState:
         self.close()
 
     def close(self) -> None:
-        """Release the lock (the state stays for a rerun)."""
+        """Stop keeping frames and release the lock (the state stays for a rerun)."""
+        with self._keeping:
+            self._stopped = True
         if self._lock is not None:
             self._lock.close()
             self._lock = None

@@ -269,3 +269,14 @@ def test_a_cut_in_a_video_job_repeats_the_earlier_frame_and_is_counted(tiny_mode
     out = list(read_frames(result.output))
     inputs = list(read_frames(clip))
     assert np.array_equal(out[2 * 4 + 1], inputs[4]) and np.array_equal(out[2 * 1 + 1], inputs[1])
+
+
+def test_a_closed_state_keeps_no_frame_still_arriving(tmp_path):
+    """A pair in flight when the job stopped must not add a frame after the job said how many it saved."""
+    state = JobState(tmp_path / "interpolated.mp4", {"seed": 0})
+    state.open()
+    state.commit(0, make_frames(1, 8, 8)[0])
+    state.close()
+    state.commit(1, make_frames(1, 8, 8)[0])
+    assert saved_frames(tmp_path / "interpolated.mp4") == 1
+    assert sorted(p.name for p in state.frames_dir.iterdir()) == ["000000.png"]  # no temporary file left either
