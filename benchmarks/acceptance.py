@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from edensplit.bench import ACCEPTANCE_FRAMES, ACCEPTANCE_SIZE, acceptance, run_bytes, write_json
+from edensplit.bench.bytes import ACCEPTANCE_FRAMES, ACCEPTANCE_SIZE, acceptance, run_bytes
+from edensplit.bench.output import write_json
 
 
 def run(output: Path | None = None, json_path: Path | None = None, log_dir: Path | None = None) -> tuple[list, float]:

@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edensplit.bench import run_from_args
+    from edensplit.bench.entry import run_from_args
 
     return run_from_args(args)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edensplit.bench import ACCEPTANCE_FRAMES, ACCEPTANCE_SIZE, USER_DESIGN
+from edensplit.bench.bytes import ACCEPTANCE_FRAMES, ACCEPTANCE_SIZE
+from edensplit.bench.systems import USER_DESIGN
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "benchmarks" / "acceptance-176x144.json"

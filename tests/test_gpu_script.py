@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edensplit.bench import STAGE_COLUMNS, SYSTEM_COLUMNS
+from edensplit.bench.perf import SYSTEM_COLUMNS
+from edensplit.bench.stages import STAGE_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu.sh"
