@@ -55,7 +55,8 @@ from edensplit.model.stages import frame_context, geometry_for
 from edensplit.servers.launch import ServerProcess
 from edensplit.servers.runtime import load_model_for
 from edensplit.settings import ModelSettings
-from edensplit.video import make_sample_clip, read_frames
+from edensplit.video.reading import read_frames
+from edensplit.video.sample import make_sample_clip
 
 TRANSPORTS = ("http-json", "http-binary", "ws-json", "ws-binary")
 FLOWS = ("a-pairs", "a-once", "b-pairs", "b-once")
