@@ -37,7 +37,8 @@ import torch
 import zstandard
 
 from edensplit.model import EdenConfig, encode_frames, frame_difference, load_model
-from edensplit.video import make_sample_clip, read_frames
+from edensplit.video.reading import read_frames
+from edensplit.video.sample import make_sample_clip
 from edensplit.wire import WIRE_DTYPES, encode_png, pack_encoding, pack_frames
 from edensplit.wire.compression import CompressionResult, best_time, measure
 
@@ -156,7 +157,7 @@ def payloads(height: int, width: int, model_path: Path | None, repeats: int
     weights = "random weights" if model_path is None else "trained weights"
     facts = {"model": f"full-size EDEN encoder (hidden_dim {config.model_args.hidden_dim}, patch "
                       f"{config.model_args.patch_size}), {weights} ({model.weights_source})",
-             "input": f"frames 0 and 1 of edensplit.video.make_sample_clip at {height}x{width} (HxW), "
+             "input": f"frames 0 and 1 of edensplit.video.sample.make_sample_clip at {height}x{width} (HxW), "
                       f"token grid {ph}x{pw}, difference {difference:.4f}",
              "encode_s": f"{encode_s:.6f}"}
     return items, planes, facts

@@ -27,7 +27,7 @@ import av
 import numpy as np
 
 from edensplit.servers.launch import ServerProcess
-from edensplit.video import _sample_frame
+from edensplit.video.sample import _sample_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = "model_args:\n  hidden_dim: 32\n  num_heads: 2\n  dit_depth: 1\n  decoder_depth: 1\n  qkv_bias: true\n"

@@ -46,7 +46,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from edensplit.serve_ray.launch import RayServeProcess, replica_pids, replica_requests  # noqa: E402
-from edensplit.video import make_sample_clip, read_png  # noqa: E402
+from edensplit.video.images import read_png  # noqa: E402
+from edensplit.video.sample import make_sample_clip  # noqa: E402
 from edensplit.wire import FRAMES_MEDIA_TYPE, pack_frames  # noqa: E402
 
 MODEL_YAML = "model_args: {hidden_dim: 128, num_heads: 4, dit_depth: 2, decoder_depth: 1}\n"

@@ -184,7 +184,8 @@ def _check_interpolate(args: argparse.Namespace) -> None:
     from fractions import Fraction
 
     from edensplit.client.multiply import multiplier_for_rate
-    from edensplit.video import list_images, probe_video, read_png
+    from edensplit.video.images import list_images, read_png
+    from edensplit.video.reading import probe_video
 
     pair = bool(args.frame_0_path or args.frame_1_path)
     if sum((bool(args.video_path), bool(args.input_dir), pair)) != 1:

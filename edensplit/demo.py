@@ -16,7 +16,8 @@ from pathlib import Path
 from edensplit.client.flows import open_backend
 from edensplit.client.jobs import interpolate_video
 from edensplit.servers.launch import ServerProcess
-from edensplit.video import read_frames, save_contact_sheet
+from edensplit.video.reading import read_frames
+from edensplit.video.sheet import save_contact_sheet
 
 DEMO_CONFIG = """\
 # A small EDEN for the demo when no checkpoint is given (random weights).
@@ -31,7 +32,7 @@ SHEET_ROWS = 4
 
 def run_demo(output_dir: str | Path = "out/demo", n_frames: int = 12, width: int = 256, height: int = 144) -> dict:
     """Run the demo; returns the paths it wrote and its wall time."""
-    from edensplit.video import make_sample_clip
+    from edensplit.video.sample import make_sample_clip
 
     started = time.perf_counter()
     out = Path(output_dir).resolve()
@@ -56,7 +57,7 @@ def run_demo(output_dir: str | Path = "out/demo", n_frames: int = 12, width: int
             client.close()
     frames = list(read_frames(clip))[:SHEET_ROWS + 1]
     generated = sorted(result.generated_dir.glob("*.png"))[:SHEET_ROWS] if result.generated_dir else []
-    from edensplit.video import read_png
+    from edensplit.video.images import read_png
 
     rows = [[frames[k], read_png(path), frames[k + 1]] for k, path in enumerate(generated)]
     sheet = save_contact_sheet(out / "sheet.png", rows, labels=["frame k", "generated k+1/2", "frame k+1"])

@@ -17,7 +17,8 @@ from edensplit.servers.cloud import create_cloud_app
 from edensplit.servers.edge import create_edge_app
 from edensplit.servers.launch import ServerProcess
 from edensplit.settings import ServerSettings
-from edensplit.video import make_sample_clip, read_png
+from edensplit.video.images import read_png
+from edensplit.video.sample import make_sample_clip
 
 # In-repo golden vectors by default, so a clone tests on its own; EDEN_FIXTURES may point at another copy.
 FIXTURES = Path(os.environ.get("EDEN_FIXTURES", Path(__file__).resolve().parent / "fixtures" / "eden-reference"))

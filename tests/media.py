@@ -11,7 +11,8 @@ import av
 import numpy as np
 from PIL import Image
 
-from edensplit.video import VideoWriter, _sample_frame
+from edensplit.video.sample import _sample_frame
+from edensplit.video.writing import VideoWriter
 
 
 def world(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -67,7 +68,7 @@ def talking_head_frames(n: int, width: int, height: int) -> list[np.ndarray]:
 
 
 def sample_frames(n: int, width: int, height: int, start: int = 0) -> list[np.ndarray]:
-    """Frames start..start+n-1 of the demo's sample clip (edensplit.video.make_sample_clip)."""
+    """Frames start..start+n-1 of the demo's sample clip (edensplit.video.sample.make_sample_clip)."""
     return [_sample_frame(k, width, height) for k in range(start, start + n)]
 
 

@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edensplit.client.resume import saved_frames
 from edensplit.servers.launch import ServerProcess
-from edensplit.video import make_sample_clip, read_frames
+from edensplit.video.reading import read_frames
+from edensplit.video.sample import make_sample_clip
 from tests.conftest import ROOT, generated, run_cli
 
 LONG_FRAMES = 100  # long enough that a kill or a Ctrl-C after a few saved frames lands mid-job (~25 ms a pair)

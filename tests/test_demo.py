@@ -5,7 +5,8 @@ from __future__ import annotations
 from fractions import Fraction
 
 from edensplit.demo import run_demo
-from edensplit.video import probe_video, read_frames, read_png
+from edensplit.video.images import read_png
+from edensplit.video.reading import probe_video, read_frames
 
 
 def test_demo_writes_the_video_and_the_sheet_and_says_it_used_random_weights(monkeypatch, tmp_path, capsys):

@@ -17,7 +17,8 @@ import pytest
 
 from edensplit.errors import EdenError
 from edensplit.servers.launch import ServerProcess
-from edensplit.video import probe_video, read_frames, read_png, write_png
+from edensplit.video.images import read_png, write_png
+from edensplit.video.reading import probe_video, read_frames
 from tests.conftest import N_FRAMES, ROOT, generated, make_frames, run_cli
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from edensplit.client.resume import saved_frames
-from edensplit.video import list_images, probe_video, read_frames, read_png, write_png
+from edensplit.video.images import list_images, read_png, write_png
+from edensplit.video.reading import probe_video, read_frames
 from tests.conftest import N_FRAMES, generated, run_cli
 from tests.media import audio_samples, cut_frames, pan_frames, sample_frames, with_stills, write_av_clip, write_clip
 from tests.system import finish, requests_total, start_cli, wait_for_saved

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edensplit.client.resume import saved_frames, state_dir
-from edensplit.video import read_frames
+from edensplit.video.reading import read_frames
 from tests.conftest import run_cli
 from tests.system import (
     LONG_FRAMES,

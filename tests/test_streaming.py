@@ -20,7 +20,7 @@ from edensplit.client.services import Cloud, Edge
 from edensplit.client.ws import WsTransport
 from edensplit.model import encode_frames, load_model
 from edensplit.servers.launch import ServerProcess, free_port
-from edensplit.video import read_frames
+from edensplit.video.reading import read_frames
 from edensplit.wire import unpack_encoding
 from tests.conftest import N_FRAMES, TINY_CONFIG, generated, run_cli
 

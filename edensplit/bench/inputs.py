@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edensplit.video import make_sample_clip, read_frames
+from edensplit.video.reading import read_frames
+from edensplit.video.sample import make_sample_clip
 
 
 def _model_env() -> dict[str, str]:

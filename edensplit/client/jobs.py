@@ -9,7 +9,7 @@ with the input's length, and pair k+1 is at the cloud while pair k is at the edg
 
 A video or folder job, by default, does not ask the model across a scene cut or between two bit-equal frames
 (`edensplit.client.scenes`): it repeats the earlier frame and sends nothing. A video's audio and subtitle
-streams go into the output unchanged (`edensplit.video.StreamCopier`).
+streams go into the output unchanged (`edensplit.video.streams.StreamCopier`).
 
 Nothing is written at the output path until the job is complete (a temporary name, renamed at the end),
 and a job is resumable: its state next to the output (`edensplit.client.resume`) lets the same job, run
@@ -45,16 +45,10 @@ from edensplit.client.resume import JobState, folder_identity, input_identity
 from edensplit.client.scenes import DEFAULT_THRESHOLD, SceneDetector
 from edensplit.errors import ErrorCode, InputError
 from edensplit.model import noise_seed
-from edensplit.video import (
-    VideoWriter,
-    list_images,
-    probe_video,
-    read_frames,
-    read_images,
-    read_png,
-    save_contact_sheet,
-    write_png,
-)
+from edensplit.video.images import list_images, read_images, read_png, write_png
+from edensplit.video.reading import probe_video, read_frames
+from edensplit.video.sheet import save_contact_sheet
+from edensplit.video.writing import VideoWriter
 
 __all__ = [
     "JobResult", "LocalBackend", "PairBackend", "interpolate_folder", "interpolate_pair_files", "interpolate_stream",
@@ -242,7 +236,7 @@ def interpolate_folder(backend: PairBackend, input_dir: str | Path, output_dir: 
                        say: Callable[[str], None] | None = None, scene_detect: bool = True,
                        scene_threshold: float = DEFAULT_THRESHOLD, preview: bool = False,
                        folder_name: str = "interpolated", video_name: str = "interpolated.mp4") -> JobResult:
-    """Interpolate a folder of numbered images (`edensplit.video.list_images`): numbered PNGs out, in
+    """Interpolate a folder of numbered images (`edensplit.video.images.list_images`): numbered PNGs out, in
     `output_dir/folder_name/` (000000.png, ...), multi (n - 1) + 1 of them; with `fps`, also a video at that
     rate (`output_dir/video_name`). Otherwise as `interpolate_video`: scene cuts and still frames, resumable,
     written under temporary names until complete."""

@@ -49,7 +49,7 @@ import numpy as np
 from PIL import Image
 
 from edensplit.errors import EdenError, ErrorCode, InputError
-from edensplit.video import read_png
+from edensplit.video.images import read_png
 
 try:
     import fcntl

@@ -16,7 +16,8 @@ from edensplit.client.jobs import JobResult, LocalBackend, interpolate_pair_file
 from edensplit.client.resume import JobState, saved_frames, state_dir
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import LocalPipeline, noise_seed
-from edensplit.video import make_sample_clip, write_png
+from edensplit.video.images import write_png
+from edensplit.video.sample import make_sample_clip
 from tests.conftest import make_frames
 
 
@@ -221,7 +222,8 @@ def test_an_interrupted_4x_job_resumes_by_whole_pairs_and_equals_an_uninterrupte
 
 def test_an_image_folder_job_round_trips_and_resumes(tiny_model, tmp_path):
     from edensplit.client.jobs import interpolate_folder
-    from edensplit.video import list_images, probe_video, read_frames, read_png
+    from edensplit.video.images import list_images, read_png
+    from edensplit.video.reading import probe_video, read_frames
 
     frames = [np.asarray(f) for f in make_frames(6, 40, 70, seed=2)]
     folder = tmp_path / "in"
@@ -264,7 +266,7 @@ def test_a_cut_in_a_video_job_repeats_the_earlier_frame_and_is_counted(tiny_mode
     result = run_job(backend, clip, tmp_path / "out", save_frames=True)
     assert (result.cuts, result.stills, result.sent_pairs) == (1, 1, 6)
     assert sorted(backend.pairs) == [0, 2, 3, 5, 6, 7]  # pair 1 (still) and 4 (the cut) not asked for
-    from edensplit.video import read_frames
+    from edensplit.video.reading import read_frames
 
     out = list(read_frames(result.output))
     inputs = list(read_frames(clip))

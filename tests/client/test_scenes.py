@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from edensplit.client.scenes import CUT, DEFAULT_THRESHOLD, STILL, SceneDetector, frame_cut_score, thumbnail
-from edensplit.video import _sample_frame
+from edensplit.video.sample import _sample_frame
 from tests.media import cut_frames, pan_frames, talking_head_frames
 
 SIZES = [(96, 72), (256, 144), (854, 480)]

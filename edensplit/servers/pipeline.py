@@ -1,0 +1,208 @@
+"""The one request pipeline of both servers: what every request goes through, whatever carried it.
+
+HTTP requests and WebSocket messages alike get, here and only here: a request id, the bearer-key check, the
+byte budget for what is held before admission, idempotent replays, a deadline, admission to the model and
+the operation's steps (`contract.run_operation`), one access-log line, the request metrics and a server
+span. The transports (`servers.http`, `servers.ws`) only frame: they turn their bytes into an
+`OperationInput`, render a `Reply`, and tell the pipeline what they read and sent. A third transport would be
+one more framer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from opentelemetry.trace import SpanKind
+from starlette.concurrency import run_in_threadpool
+
+from edensplit.errors import EdenError, ErrorCode
+from edensplit.servers.auth import check_access
+from edensplit.servers.budget import ByteBudget
+from edensplit.servers.contract import Cancellation, Operation, OperationInput, Reply, run_operation
+from edensplit.servers.envelope import log_refusal
+from edensplit.servers.idempotency import IdempotencyCache
+from edensplit.servers.metrics import Metrics
+from edensplit.servers.runtime import ModelRuntime
+from edensplit.settings import ServerSettings
+from edensplit.tracing import continued, tracer
+
+log = logging.getLogger("edensplit.server")
+access_log = logging.getLogger("edensplit.access")
+MAX_TIMEOUT_S = 24 * 3600.0
+
+
+class Answer(Protocol):
+    """What a transport renders a reply into: kept whole for replays, so it tells its size."""
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+A = TypeVar("A", bound=Answer)
+
+
+@dataclass
+class Exchange:
+    """One request on its way through the pipeline: an HTTP request or a WebSocket message."""
+
+    transport: str  # "http" or "ws"
+    method: str  # the HTTP verb, or "WS"
+    path: str  # the path it came on
+    target: str  # what names it in the log line and the span: the path (HTTP), the message type (WS)
+    request_id: str
+    keyed: bool  # the caller named the id: it is the request's idempotency key
+    client: str | None = None  # the client's version (X-Client-Version)
+    route: str = "unmatched"  # the route it matched: the metrics' label
+    operation: str | None = None  # the operation's name (a WebSocket message's type)
+    started: float = field(default_factory=time.perf_counter)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    status: int = 500
+    code: str | None = None
+    steps: dict[str, float] = field(default_factory=dict)
+    replayed: bool = False  # answered from the idempotency cache
+    abandoned: bool = False  # the caller went away before its body arrived
+
+    @property
+    def label(self) -> str:
+        """The status as metrics and the text log name it: the HTTP status, or (WebSocket) success or the code."""
+        if self.transport == "http":
+            return str(self.status)
+        return "success" if self.code is None else self.code
+
+
+def request_timeout(value: Any, default: float | None, name: str) -> float | None:
+    """A request's time budget in seconds: its own (a positive decimal number), else the server's default."""
+    if value is None or value == "":
+        return default
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not (0 < seconds <= MAX_TIMEOUT_S) or isinstance(value, bool):
+        raise EdenError(f"{name} must be a positive number of seconds (at most {MAX_TIMEOUT_S:.0f}), got {value!r}",
+                        code=ErrorCode.INVALID_PARAMETER)
+    return seconds
+
+
+class Pipeline:
+    """A server's request pipeline: its key, budget, replay cache, runtime, metrics and component name."""
+
+    def __init__(self, component: str, settings: ServerSettings, runtime: ModelRuntime, metrics: Metrics):
+        self.component, self.settings, self.runtime, self.metrics = component, settings, runtime, metrics
+        self.budget = ByteBudget(int(settings.body_memory_mb * 2**20))
+        self.idempotency = IdempotencyCache(int(settings.idempotency_cache_mb * 2**20))
+
+    # -- a request begins ----------------------------------------------------------------------------
+
+    def begin(self, transport: str, method: str, path: str, *, request_id: Any = None, target: str | None = None,
+              client: str | None = None) -> Exchange:
+        """A request arrives: the caller's id (its idempotency key) or a new one."""
+        keyed = isinstance(request_id, str) and request_id != ""
+        exchange = Exchange(transport, method, path, target or path, request_id if keyed else uuid.uuid4().hex,
+                            keyed, client, route=path if transport == "ws" else "unmatched")
+        if transport == "ws":  # until an answer or an error is sent: the caller went away
+            exchange.status, exchange.code = ErrorCode.CANCELLED.status, str(ErrorCode.CANCELLED)
+        return exchange
+
+    def authenticate(self, exchange: Exchange, authorization: str | None) -> None:
+        """UNAUTHORIZED unless the server has no key, the route is open, or the request carries the key."""
+        check_access(exchange.path, authorization, self.settings.edensplit_api_key)
+
+    def hold(self, nbytes: int, what: str = "request bodies") -> None:
+        """Count bytes held for a request not yet admitted (a body, a message being reassembled); OVERLOADED
+        past the server's budget. Give them back with `release`."""
+        self.budget.reserve(nbytes, what)
+
+    def release(self, nbytes: int) -> None:
+        self.budget.release(nbytes)
+
+    def deadline(self, value: Any, name: str) -> Cancellation:
+        """The request's deadline: its own timeout (`name` says where it came from) or the server's default."""
+        return Cancellation(request_timeout(value, self.settings.request_timeout_s, name))
+
+    @contextlib.contextmanager
+    def span(self, exchange: Exchange, carrier: Mapping[str, Any]) -> Iterator[None]:
+        """The request's server span, continuing the caller's trace (its traceparent) if it sent one."""
+        with continued(carrier), tracer().start_as_current_span(
+                f"{self.component} {exchange.method} {exchange.target}", kind=SpanKind.SERVER) as span:
+            try:
+                yield
+            finally:
+                span.set_attributes({
+                    "edensplit.component": self.component, "edensplit.transport": exchange.transport,
+                    "edensplit.request_id": exchange.request_id, "edensplit.operation": exchange.operation or "",
+                    "http.request.method": exchange.method, "http.route": exchange.route,
+                    "http.response.status_code": exchange.status})
+                if exchange.code:
+                    span.set_attribute("edensplit.error_code", exchange.code)
+
+    # -- the operation ------------------------------------------------------------------------------
+
+    async def answer(self, exchange: Exchange, operation: Operation[Any, Any], inp: OperationInput,
+                     render: Callable[[Reply], A], digest: Callable[[], str], batcher: str | None = None) -> A:
+        """The request's answer: run through `operation` (its deadline, an admission place, the steps), or, for
+        a request the server answered already (same id, same content: `digest`), the answer it got then.
+        IDEMPOTENCY_CONFLICT when the id belongs to another request; errors are never kept."""
+        if not exchange.keyed:
+            return await run_operation(operation, inp, self.runtime, render, exchange.steps, batcher)
+        key = f"{exchange.transport}:{exchange.request_id}"
+        stored = await self.idempotency.begin(key, await run_in_threadpool(digest))
+        if stored is not None:
+            exchange.replayed = True
+            return stored.answer
+        answer = None
+        try:
+            answer = await run_operation(operation, inp, self.runtime, render, exchange.steps, batcher)
+            return answer
+        finally:
+            self.idempotency.finish(key, answer, answer.nbytes if answer is not None else 0)
+
+    # -- a request ends -----------------------------------------------------------------------------
+
+    def succeeded(self, exchange: Exchange, status: int = 200) -> None:
+        exchange.status, exchange.code = status, None
+
+    def failed(self, exchange: Exchange, exc: EdenError) -> None:
+        """An error answer: its code and status noted; logged when it is a fault (with its traceback) or
+        backpressure (below WARNING)."""
+        exchange.status, exchange.code = exc.code.status, str(exc.code)
+        log_refusal(exchange.request_id, exc)
+
+    def fault(self, exchange: Exchange, exc: Exception) -> EdenError:
+        """An unexpected exception: logged with its traceback; the INTERNAL_ERROR to answer (no traceback)."""
+        log.exception("%s unhandled error on %s", exchange.request_id, exchange.target, exc_info=exc)
+        exchange.status, exchange.code = ErrorCode.INTERNAL_ERROR.status, str(ErrorCode.INTERNAL_ERROR)
+        return EdenError(f"internal error ({type(exc).__name__}); see the server log for request "
+                         f"{exchange.request_id}", code=ErrorCode.INTERNAL_ERROR)
+
+    def wire_bytes(self, route: str, received: int = 0, sent: int = 0) -> None:
+        """Bytes on the wire of `route`, as the transport read and wrote them."""
+        if received:
+            self.metrics.bytes_in.labels(route).inc(received)
+        if sent:
+            self.metrics.bytes_out.labels(route).inc(sent)
+
+    def finish(self, exchange: Exchange) -> None:
+        """One access-log line and the request's metrics."""
+        elapsed = time.perf_counter() - exchange.started
+        what = "abandoned upload" if exchange.abandoned else exchange.request_id
+        access_log.info("%s %s %s %s in=%d out=%d %.1fms client=%s", what, exchange.method, exchange.target,
+                        exchange.label, exchange.bytes_in, exchange.bytes_out, elapsed * 1000, exchange.client or "-",
+                        extra={"request_id": exchange.request_id, "transport": exchange.transport,
+                               "method": exchange.method, "route": exchange.route, "path": exchange.path,
+                               "type": exchange.operation, "status": exchange.status, "code": exchange.code,
+                               "bytes_in": exchange.bytes_in, "bytes_out": exchange.bytes_out,
+                               "ms": round(elapsed * 1000, 1), "client": exchange.client})
+        metrics, route = self.metrics, exchange.route
+        metrics.requests.labels(route, exchange.method, exchange.label).inc()
+        if exchange.code is not None or exchange.status >= 400:
+            metrics.errors.labels(route, exchange.code or f"HTTP_{exchange.status}").inc()
+        metrics.latency.labels(route).observe(elapsed)
+        metrics.observe_steps(route, exchange.steps)
