@@ -197,13 +197,14 @@ def batchers_in_process(model_yaml: Path, requests: int, rounds: int, size: tupl
 
     from edensplit.model import ENCODE, INTERPOLATE, load_config, load_model
     from edensplit.serve_ray.deployments import use_batching
-    from edensplit.servers.cloud.stages import EncodeJob, EncodeStage
+    from edensplit.servers.cloud.operations import EncodeJob
+    from edensplit.servers.cloud.service import cloud_service
     from edensplit.servers.contract import Cancellation
-    from edensplit.servers.edge.stages import EdgeStage
+    from edensplit.servers.edge.service import edge_service
     from edensplit.servers.edge.validation import pair_job
-    from edensplit.servers.inputs import PAIR
     from edensplit.servers.runtime import ModelRuntime
-    from edensplit.wire import unpack_encoding
+    from edensplit.settings import ServerSettings
+    from edensplit.wire.blob import unpack_encoding
     from edensplit.wire.options import Options
 
     # Outside a replica @serve.batch works as in one, except for a warning check that reads the replica's
@@ -215,20 +216,22 @@ def batchers_in_process(model_yaml: Path, requests: int, rounds: int, size: tupl
     edge = load_model(None, config, stages={INTERPOLATE}, allow_random=True)
     rng = np.random.default_rng(0)
     pair = rng.integers(0, 255, (2, *size, 3), dtype=np.uint8)
-    encode_stage, edge_stage = EncodeStage(PAIR), EdgeStage()
+    settings = ServerSettings()
+    encoding, sampling = cloud_service(settings).endpoint("encode"), edge_service(settings).endpoint("interpolate")
 
     async def run(mode: str) -> float:
         batch = 1 if mode == "1" else 4
         runtimes = [ModelRuntime(stage, 64, model, max_batch=batch, batch_wait_s=0.01)
                     for stage, model in ((ENCODE, encoder), (INTERPOLATE, edge))]
         if mode == "serve":
-            use_batching(runtimes[0], encode_stage, "serve")
-            use_batching(runtimes[1], edge_stage, "serve")
+            use_batching(runtimes[0], [encoding], "serve")
+            use_batching(runtimes[1], [sampling], "serve")
 
         async def one(i: int) -> None:
-            blob = (await runtimes[0].predict(encode_stage, EncodeJob(pair, "float32", f"r{i}"))).blob
+            job = EncodeJob(pair, "float32", f"r{i}")
+            blob = (await runtimes[0].predict(encoding.operation, job, None, encoding.batcher)).blob
             job = pair_job(edge, unpack_encoding(blob, frames=2), Options(seed=i), f"r{i}", cancellation=Cancellation())
-            await runtimes[1].predict(edge_stage, job)
+            await runtimes[1].predict(sampling.operation, job, None, sampling.batcher)
 
         await one(requests)  # warm
         started = time.perf_counter()

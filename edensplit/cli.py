@@ -347,11 +347,11 @@ def cmd_server(args: argparse.Namespace) -> int:
             "%s server: binding %s with no API key: anyone who can reach this address can use it (set "
             "EDENSPLIT_API_KEY or --api_key, and TLS with --ssl_certfile/--ssl_keyfile)", args.command, args.host)
     if args.command == "cloud":
-        from edensplit.servers.cloud import create_cloud_app as factory
+        from edensplit.servers.cloud.service import create_cloud_app as factory
 
         stage = ENCODE
     else:
-        from edensplit.servers.edge import create_edge_app as factory
+        from edensplit.servers.edge.service import create_edge_app as factory
 
         stage = INTERPOLATE
     model = load_model_for({stage}, settings)  # fail here, with a one-line message, not inside uvicorn

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from edensplit.servers.cloud import create_cloud_app
+from edensplit.servers.cloud.service import create_cloud_app
 
 __all__ = ["create_cloud_app"]  # and `app`, through __getattr__
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from edensplit.servers.edge import create_edge_app
+from edensplit.servers.edge.service import create_edge_app
 
 __all__ = ["create_edge_app"]  # and `app`, through __getattr__
 

@@ -26,6 +26,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     NOT_ACCEPTABLE = "NOT_ACCEPTABLE"  # the Accept header names no format this endpoint can answer in
     NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"  # a route that exists, asked with a method it does not take (Allow)
     UNAUTHORIZED = "UNAUTHORIZED"  # a server with EDENSPLIT_API_KEY set, and no or another bearer key
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"  # a request id reused with another body, or a session frame
     # resent with other content
@@ -50,6 +51,7 @@ _STATUS = {
     ErrorCode.MODEL_MISMATCH: 422, ErrorCode.INVALID_PARAMETER: 422, ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.BODY_TIMEOUT: 408,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415, ErrorCode.NOT_ACCEPTABLE: 406, ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.SESSION_NOT_FOUND: 409, ErrorCode.OVERLOADED: 503, ErrorCode.NOT_READY: 503,
     ErrorCode.UNAUTHORIZED: 401, ErrorCode.IDEMPOTENCY_CONFLICT: 409, ErrorCode.DEADLINE_EXCEEDED: 504,
     ErrorCode.CANCELLED: 499,

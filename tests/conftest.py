@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edensplit.model import EdenConfig, ModelArgs, load_model
-from edensplit.servers.cloud import create_cloud_app
-from edensplit.servers.edge import create_edge_app
+from edensplit.servers.cloud.service import create_cloud_app
+from edensplit.servers.edge.service import create_edge_app
 from edensplit.servers.launch import ServerProcess
 from edensplit.settings import ServerSettings
 from edensplit.video.images import read_png

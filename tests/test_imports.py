@@ -96,11 +96,15 @@ def test_the_watch_sees_an_app_built_at_import():
 
 
 def test_the_edge_does_not_import_the_cloud_server():
-    code = "import sys, edensplit.servers.edge; print(sorted(m for m in sys.modules if m.startswith('edensplit.')))"
+    code = "import sys, edensplit.servers.edge.service; print(sorted(sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     loaded = r.stdout
-    assert "edensplit.servers.edge.app" in loaded and "edensplit.servers.cloud" not in loaded
+    assert "edensplit.servers.edge.service" in loaded and "edensplit.servers.cloud" not in loaded
+    # flow B's client of the cloud is the typed cloud client alone: no jobs, no video, no PyAV
+    assert "'edensplit.client.services'" in loaded
+    assert not any(f"'{m}" in loaded for m in ("edensplit.client.jobs", "edensplit.client.flows", "edensplit.video",
+                                              "av'", "av.")), loaded
 
 
 def imports_of(path: Path) -> set[str]:
@@ -148,7 +152,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_package_has_no_import_cycles():
     graph = {module_name(p): imports_of(p) for p in PACKAGE.rglob("*.py")}
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
-    assert "edensplit.servers.cloud.app" in graph["edensplit.servers.cloud"]  # the graph sees real imports
+    assert "edensplit.servers.cloud.service" in graph["edensplit.cloud"]  # the graph sees real imports
 
 
 def test_the_cycle_finder_finds_a_cycle():

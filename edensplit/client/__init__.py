@@ -1,18 +1,31 @@
-"""The client: request building, transports (HTTP, async HTTP, WebSocket), typed clients for the two
-servers, the flows over them, and jobs."""
+"""The client: request building (requests.py), transports (http.py, ws.py) under one retry policy
+(transport.py), typed clients of the two servers (services.py), the flows over them (flows.py), and jobs.
 
-from edensplit.client.flows import EdgeProxyClient, FrameOnceClient, FrameOnceProxyClient, SplitClient, open_backend
-from edensplit.client.http import AsyncHttpTransport, HttpTransport
-from edensplit.client.jobs import LocalBackend, interpolate_pair_files, interpolate_stream, interpolate_video
-from edensplit.client.requests import Answer, Call, EncodedBlob
-from edensplit.client.services import AsyncCloud, Cloud, Edge
-from edensplit.client.transport import RetryPolicy, ServerError
-from edensplit.client.ws import WsTransport
-from edensplit.wire.options import Options
+The names below are the documented API (`from edensplit.client import Cloud, Edge, ...`), loaded when first
+used: importing one module of the client (the edge's flow B imports only services.py) loads no other."""
 
-__all__ = [
-    "Answer", "AsyncCloud", "AsyncHttpTransport", "Call", "Cloud", "Edge", "EdgeProxyClient", "EncodedBlob",
-    "FrameOnceClient", "FrameOnceProxyClient", "HttpTransport", "LocalBackend", "Options", "RetryPolicy",
-    "ServerError", "SplitClient", "WsTransport", "interpolate_pair_files", "interpolate_stream", "interpolate_video",
-    "open_backend",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "Answer": "requests", "Call": "requests", "EncodedBlob": "requests",
+    "AsyncHttpTransport": "http", "HttpTransport": "http", "WsTransport": "ws",
+    "RetryPolicy": "transport", "ServerError": "transport",
+    "AsyncCloud": "services", "Cloud": "services", "Edge": "services",
+    "EdgeProxyClient": "flows", "FrameOnceClient": "flows", "FrameOnceProxyClient": "flows", "SplitClient": "flows",
+    "open_backend": "flows",
+    "LocalBackend": "jobs", "interpolate_pair_files": "jobs", "interpolate_stream": "jobs",
+    "interpolate_video": "jobs",
+}
+_ELSEWHERE = {"Options": "edensplit.wire.options"}
+__all__ = sorted([*_HOMES, *_ELSEWHERE])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(import_module(f"edensplit.client.{_HOMES[name]}"), name)
+    if name in _ELSEWHERE:
+        return getattr(import_module(_ELSEWHERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

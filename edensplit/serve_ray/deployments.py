@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -34,23 +33,23 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edensplit.client.transport import RetryPolicy
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import ENCODE, INTERPOLATE
-from edensplit.servers.cloud import create_cloud_app
-from edensplit.servers.cloud.stages import EncodeJob, EncodeStage
+from edensplit.servers.cloud.operations import EncodeJob
+from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.servers.contract import Cancellation
-from edensplit.servers.edge import create_edge_app
-from edensplit.servers.edge.app import CLOUD_RETRY_FOR_S
-from edensplit.servers.edge.stages import EdgeStage
-from edensplit.servers.inputs import PAIR, SINGLE
+from edensplit.servers.edge.service import CLOUD_RETRY_FOR_S, create_edge_app
 from edensplit.servers.runtime import ModelRuntime, load_model_for
+from edensplit.servers.service import Endpoint, Service
 from edensplit.settings import ServerSettings
-from edensplit.wire import BLOB_MEDIA_TYPE
+from edensplit.wire.blob import BLOB_MEDIA_TYPE
 
 log = logging.getLogger("edensplit.server")
 
 CLOUD_APP, EDGE_APP = "cloud", "edge"
 ENCODER, INTERPOLATOR = "Encoder", "Interpolator"
+CLUSTER_RETRY = RetryPolicy(retry_for=CLOUD_RETRY_FOR_S, max_backoff_s=2.0)  # the client's policy, on Ray's errors
 TRANSIENT = (BackPressureError, DeploymentUnavailableError, ray.exceptions.RayActorError,
              ray.exceptions.ActorUnavailableError)
 
@@ -124,12 +123,16 @@ class ServeBatcher:
         """Nothing to stop: Ray Serve owns the batch queue."""
 
 
-def use_batching(runtime: ModelRuntime, stage: Any, batching: str) -> None:
-    """`batching: serve`: install a ServeBatcher for `stage`'s model work (when MAX_BATCH > 1)."""
-    if batching == "serve" and runtime.max_batch > 1:
-        shared = getattr(stage.predict, "__func__", stage.predict)
-        runtime.batchers[shared] = ServeBatcher(stage.predict, stage.batch_key, runtime.run,  # type: ignore[assignment]
-                                                runtime.max_batch, runtime.batch_wait_s, runtime.on_batch)
+def use_batching(runtime: ModelRuntime, endpoints: Sequence[Endpoint], batching: str) -> None:
+    """`batching: serve`: a ServeBatcher for each batcher the endpoints declare (when MAX_BATCH > 1)."""
+    if batching != "serve" or runtime.max_batch <= 1:
+        return
+    for endpoint in endpoints:
+        if endpoint.batcher is not None and endpoint.batcher not in runtime.batchers:
+            operation = endpoint.operation
+            runtime.batchers[endpoint.batcher] = ServeBatcher(operation.predict, operation.batch_key, runtime.run,
+                                                              runtime.max_batch, runtime.batch_wait_s,
+                                                              runtime.on_batch)
 
 
 def mounted(app: FastAPI) -> FastAPI:
@@ -153,12 +156,10 @@ class EncoderServer:
         self.model = load_model_for({ENCODE}, self.settings)
         self.batching = batching
         self.server_app: FastAPI | None = None
-        budget = self.settings.max_pixels
-        self._stages = {1: EncodeStage(SINGLE, budget), 2: EncodeStage(PAIR, budget)}
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         self.server_app = create_cloud_app(self.settings, self.model)
-        use_batching(self.server_app.state.runtime, self._stages[2], self.batching)
+        use_batching(self.server_app.state.runtime, self.server_app.state.service.endpoints, self.batching)
         return mounted(self.server_app)
 
     def check_health(self) -> None:
@@ -169,16 +170,18 @@ class EncoderServer:
         checked by the edge), within this replica's admission and batching; (blob, None) or (None, error)."""
         assert self.server_app is not None
         runtime: ModelRuntime = self.server_app.state.runtime
+        service: Service = self.server_app.state.service
         frames = np.array(frames, dtype=np.uint8, copy=True)  # Ray hands large arrays over read-only
-        stage = self._stages.get(len(frames))
+        names = {1: "encode_frame", 2: "encode"}
         status = "200"
         try:
-            if stage is None:
+            if len(frames) not in names:
                 raise EdenError(f"{len(frames)} frames: encode_blob takes a pair or one frame",
                                 code=ErrorCode.SHAPE_MISMATCH)
+            endpoint = service.endpoint(names[len(frames)])
             job = EncodeJob(frames, "float32", request_id, BLOB_MEDIA_TYPE, Cancellation())
             async with runtime.admission():
-                result = await runtime.predict(stage, job, job.cancellation)
+                result = await runtime.predict(endpoint.operation, job, job.cancellation, endpoint.batcher)
             return result.blob, None
         except EdenError as exc:
             status = str(exc.code.status)
@@ -202,7 +205,7 @@ class InterpolatorServer:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         self.server_app = create_edge_app(self.settings, self.model, cloud_encoder=self.encode_in_cluster)
-        use_batching(self.server_app.state.runtime, EdgeStage(), self.batching)
+        use_batching(self.server_app.state.runtime, self.server_app.state.service.endpoints, self.batching)
         return mounted(self.server_app)
 
     def check_health(self) -> None:
@@ -213,22 +216,19 @@ class InterpolatorServer:
         CLOUD_RETRY_FOR_S, then given as the cloud's error code."""
         if self._encoder is None:
             self._encoder = serve.get_deployment_handle(self.encoder_name, app_name=self.encoder_app)
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + CLOUD_RETRY_FOR_S
+        budget = CLUSTER_RETRY.budget()
         batch = np.stack(frames)
-        attempt = 0
         while True:
             try:
                 blob, error = await self._encoder.encode_blob.remote(batch, request_id)
                 break
             except TRANSIENT as exc:
-                code = ErrorCode.OVERLOADED if isinstance(exc, BackPressureError) else ErrorCode.NOT_READY
-                wait = random.uniform(0, min(0.2 * 2 ** attempt, 2.0))
-                if loop.time() + wait >= give_up:
-                    raise EdenError(f"the encoder deployment is unavailable ({type(exc).__name__})", code=code,
-                                    details={"retry_after_s": 1}) from None
-                attempt += 1
-                await asyncio.sleep(wait)
+                delay = budget.next_delay()
+                if delay is None:
+                    code = ErrorCode.OVERLOADED if isinstance(exc, BackPressureError) else ErrorCode.NOT_READY
+                    raise EdenError(f"the encoder deployment is unavailable ({type(exc).__name__}; "
+                                    f"{budget.summary()})", code=code, details={"retry_after_s": 1}) from None
+                await asyncio.sleep(delay)
         if error is not None:
             raise EdenError(error["message"], code=ErrorCode(error["code"]), details=error.get("details"))
         return blob

@@ -1,17 +1,18 @@
-"""The app factory the cloud and edge share: lifespan model loading, the error handlers, request
-context, and the health and metrics routes."""
+"""The app factory both servers share: from a `Service` declaration, an app with its model loaded once at
+start-up (lifespan), warmed up and kept resident, its operations' HTTP routes and WebSocket dispatcher, the
+health and metrics routes, the error envelope for every failure, and the request pipeline around it all."""
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import signal
 import threading
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -19,24 +20,21 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import ENCODE, Eden
-from edensplit.servers.budget import ByteBudget
-from edensplit.servers.envelope import error_response, log_refusal
-from edensplit.servers.idempotency import IdempotencyCache
+from edensplit.model.eden import Eden
+from edensplit.servers import http
+from edensplit.servers.envelope import error_response
 from edensplit.servers.logs import configure_logging
 from edensplit.servers.metrics import Metrics
-from edensplit.servers.middleware import RequestContextMiddleware
+from edensplit.servers.pipeline import Pipeline
 from edensplit.servers.runtime import ModelRuntime, load_model_for
 from edensplit.servers.schemas import HealthResponse, schema_error
+from edensplit.servers.service import Endpoint, Service
+from edensplit.servers.ws import serve_websocket
 from edensplit.settings import ServerSettings, resolve_max_batch
 from edensplit.tracing import setup_tracing
 from edensplit.version import __version__
 
 log = logging.getLogger("edensplit.server")
-
-
-def request_id(request: Request) -> str:
-    return request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
 
 
 def runtime_of(request: Request) -> ModelRuntime:
@@ -67,6 +65,42 @@ def health_router() -> APIRouter:
     return router
 
 
+def operations_router(service: Service) -> APIRouter:
+    """Each declared operation as a POST route, and all of them as the message types of one WebSocket."""
+    router = APIRouter()
+    for endpoint in service.endpoints:
+        router.add_api_route(endpoint.path, _handler(endpoint), methods=["POST"], tags=[service.component],
+                             summary=endpoint.summary, description=endpoint.description,
+                             response_model=endpoint.response_model, openapi_extra=_openapi(endpoint))
+    endpoints = service.by_name
+
+    async def websocket(websocket: WebSocket) -> None:
+        await serve_websocket(websocket, endpoints)
+
+    websocket.__doc__ = f"{', '.join(endpoints)} messages; see docs/protocol.md."
+    router.add_api_websocket_route(service.ws_path, websocket)
+    return router
+
+
+def _handler(endpoint: Endpoint) -> Callable[..., Any]:
+    """The route's function: its path parameters typed as declared (FastAPI validates and documents them), the
+    request handed to the HTTP framing."""
+    async def handle(request: Request, **path_params: Any) -> Response:
+        http.exchange_of(request).operation = endpoint.name
+        return await http.serve(endpoint.operation, request, endpoint.batcher)
+
+    handle.__name__ = endpoint.name
+    handle.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+         *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind)
+           for name, kind in endpoint.path_params.items())], return_annotation=Response)
+    return handle
+
+
+def _openapi(endpoint: Endpoint) -> dict[str, Any]:
+    return {"requestBody": dict(endpoint.request_body)} if endpoint.request_body else {}
+
+
 def drain_on_sigterm(runtime: ModelRuntime) -> Callable[[], None]:
     """Chain a SIGTERM handler that stops admission before the server's own (uvicorn's) handler runs;
     returns what undoes it. Only the main thread can listen to signals: elsewhere this does nothing."""
@@ -89,90 +123,95 @@ def drain_on_sigterm(runtime: ModelRuntime) -> Callable[[], None]:
     return restore
 
 
-def create_app(stage: str, title: str, settings: ServerSettings, model: Eden | None = None, *,
-               routers: Sequence[APIRouter] = (), on_shutdown: Sequence[Callable[[], Awaitable[Any]]] = (),
-               warm_up: Callable[[Eden], Any] | None = None) -> FastAPI:
-    """An app for `stage` whose model is `model`, or is loaded once at start-up (lifespan) and kept resident,
-    then warmed up (`warm_up`, one small pass) before the server reports ready; `on_shutdown` closes what
-    the stage's routes hold (clients of other servers). On SIGTERM it stops admitting and finishes what is
-    in flight (uvicorn waits for it, up to its graceful-shutdown timeout).
+def create_app(service: Service, settings: ServerSettings, model: Eden | None = None) -> FastAPI:
+    """The app serving `service`, whose model is `model`, or is loaded once at start-up (lifespan) and kept
+    resident, then warmed up before the server reports ready. On SIGTERM it stops admitting and finishes what
+    is in flight (uvicorn waits for it, up to its graceful-shutdown timeout).
 
     As gunicorn workers (`gunicorn ... -k uvicorn.workers.UvicornWorker`) each worker loads its own model and
     takes no connection before it is ready; their metrics go to files they share (edensplit.servers.metrics),
     so that /metrics, whichever worker answers, counts them all, `edensplit_workers_ready` the ready ones."""
     configure_logging(settings.log_format)
-    metrics = Metrics(stage)
+    metrics = Metrics(service.stage)
+    runtime = ModelRuntime(service.stage, settings.max_inflight, model, max_batch=resolve_max_batch(settings),
+                           batch_wait_s=settings.batch_wait_ms / 1000)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rt: ModelRuntime = app.state.runtime
-        if rt.model is None:
+        if runtime.model is None:
             try:
-                rt.model = await run_in_threadpool(load_model_for, {stage}, settings)
+                runtime.model = await run_in_threadpool(load_model_for, {service.stage}, settings)
             except EdenError as exc:  # stay up, not ready: /health says why, requests get 503 NOT_READY
-                rt.load_error = exc.message
-                log.error("%s server cannot load its model (not ready; see /health): %s", stage, exc.message)
-        await run_in_threadpool(rt.warm_up, warm_up if settings.warmup else None)
-        metrics.workers_ready.set(1 if rt.ready else 0)
-        restore = drain_on_sigterm(rt)
+                runtime.load_error = exc.message
+                log.error("%s server cannot load its model (not ready; see /health): %s", service.component,
+                          exc.message)
+        await run_in_threadpool(runtime.warm_up, service.warm_up if settings.warmup else None)
+        metrics.workers_ready.set(1 if runtime.ready else 0)
+        restore = drain_on_sigterm(runtime)
         try:
             yield
         finally:
             restore()
             metrics.workers_ready.set(0)
-            for close in on_shutdown:
+            for close in service.on_shutdown:
                 await close()
-            await rt.close()
+            await runtime.close()
 
-    app = FastAPI(title=title, version=__version__, lifespan=lifespan,
+    app = FastAPI(title=service.title, version=__version__, lifespan=lifespan,
                   description="See docs/protocol.md for the binary formats and the error codes.")
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.budget = ByteBudget(int(settings.body_memory_mb * 2**20))
-    app.state.idempotency = IdempotencyCache(int(settings.idempotency_cache_mb * 2**20))
+    pipeline = Pipeline(service.component, settings, runtime, metrics)
+    app.state.settings, app.state.metrics, app.state.runtime = settings, metrics, runtime
+    app.state.pipeline, app.state.service = pipeline, service
     app.state.websockets = 0  # connections open
-    app.state.runtime = ModelRuntime(stage, settings.max_inflight, model, max_batch=resolve_max_batch(settings),
-                                     batch_wait_s=settings.batch_wait_ms / 1000)
+    for name, value in service.state.items():
+        setattr(app.state, name, value)
 
     def on_load(inflight: int, queued: int) -> None:  # set as they change: workers' gauges add up (livesum)
         metrics.inflight.set(inflight)
         metrics.queue_depth.set(queued)
 
-    app.state.runtime.on_load = on_load
-    app.state.runtime.on_batch = metrics.batch_size.observe
-    component = "cloud" if stage == ENCODE else "edge"
-    setup_tracing(f"edensplit-{component}")
-    app.add_middleware(RequestContextMiddleware, settings=settings, metrics=metrics, budget=app.state.budget,
-                       idempotency=app.state.idempotency, component=component)
+    runtime.on_load = on_load
+    runtime.on_batch = metrics.batch_size.observe
+    setup_tracing(f"edensplit-{service.component}")
+    app.add_middleware(http.HttpFraming, pipeline=pipeline)
+    _error_handlers(app, pipeline)
+    app.include_router(health_router())
+    app.include_router(operations_router(service))
+    for router in service.routers:
+        app.include_router(router)
+    return app
+
+
+def _error_handlers(app: FastAPI, pipeline: Pipeline) -> None:
+    """Every failure answered in the error envelope, its code noted for the log line and the metrics."""
+
+    def answer(request: Request, exc: EdenError) -> JSONResponse:
+        pipeline.failed(http.exchange_of(request), exc)
+        return error_response(exc.code, exc.message, exc.details)
 
     @app.exception_handler(EdenError)
     async def eden_error(request: Request, exc: EdenError) -> JSONResponse:
-        request.state.error_code = str(exc.code)
-        log_refusal(request_id(request), exc)
-        return error_response(exc.code, exc.message, exc.details)
+        return answer(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        error = schema_error(list(exc.errors()))
-        request.state.error_code = str(error.code)
-        return error_response(error.code, error.message, error.details)
+        return answer(request, schema_error(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = ErrorCode.NOT_FOUND if exc.status_code in (404, 405) else ErrorCode.INVALID_REQUEST
-        request.state.error_code = str(code)
-        response = error_response(code, f"{request.method} {request.url.path}: {exc.detail}")
+        where = f"{request.method} {request.url.path}"
+        if exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            response = answer(request, EdenError(f"{where}: method not allowed (allowed: {allowed or 'none'})",
+                                                 code=ErrorCode.METHOD_NOT_ALLOWED))
+            response.headers["Allow"] = allowed
+            return response
+        code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.INVALID_REQUEST
+        response = answer(request, EdenError(f"{where}: {exc.detail}", code=code))
         response.status_code = exc.status_code
         return response
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
-        request.state.error_code = str(ErrorCode.INTERNAL_ERROR)
-        log.exception("%s unhandled error on %s", request_id(request), request.url.path)
-        return error_response(ErrorCode.INTERNAL_ERROR, f"internal error ({type(exc).__name__}); "
-                              f"see the server log for request {request_id(request)}")
-
-    app.include_router(health_router())
-    for router in routers:
-        app.include_router(router)
-    return app
+        error = pipeline.fault(http.exchange_of(request), exc)
+        return error_response(error.code, error.message)

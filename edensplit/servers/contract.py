@@ -1,11 +1,11 @@
-"""The per-stage serving contract (after LitServe's LitAPI), the same for every transport.
+"""The operation contract (after LitServe's LitAPI), the same for every transport.
 
-A stage operation is written once: `decode` a transport-neutral `StageInput` into a job, `prepare` it
-(async work such as a session lookup or a call to another server), `predict` a batch of jobs on the
-model thread, `encode` a result into a `StageReply`. HTTP and WebSocket are thin adapters that turn
-their messages into a `StageInput` and render the `StageReply`; `run_stage` drives the steps, with
-decoding and encoding (JSON, base64, PNG, containers: tens of MB) on the thread pool, whole, so the
-event loop only moves bytes.
+An operation of a server is written once: `decode` a transport-neutral `OperationInput` into a job,
+`prepare` it (async work such as a session lookup or a call to another server), `predict` a batch of jobs
+on the model thread, `encode` a result into a `Reply`. `run_operation` drives the steps inside one
+admission place and the request's deadline, with decoding and encoding (JSON, base64, PNG, containers: tens
+of MB) on the thread pool, so the event loop only moves bytes. What wraps every request (ids, keys, budget,
+replays, logs, metrics, spans) is `edensplit.servers.pipeline`; the transports only frame.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 from starlette.concurrency import run_in_threadpool
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import Eden
+from edensplit.model.eden import Eden
 from edensplit.servers.runtime import ModelRuntime
 from edensplit.tracing import tracer
 
@@ -30,6 +30,7 @@ PNG = "image/png"
 J = TypeVar("J")
 R = TypeVar("R")
 T = TypeVar("T")
+STEPS = ("admission_wait", "decode", "prepare", "model", "encode")  # a request's steps, in order
 
 
 class Cancellation:
@@ -58,25 +59,8 @@ class Cancellation:
                             code=ErrorCode.DEADLINE_EXCEEDED)
 
 
-MAX_TIMEOUT_S = 24 * 3600.0
-
-
-def request_timeout(value: Any, default: float | None, name: str = "X-Request-Timeout") -> float | None:
-    """A request's time budget in seconds: its own (a positive decimal number), else the server's default."""
-    if value is None or value == "":
-        return default
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = float("nan")
-    if not (0 < seconds <= MAX_TIMEOUT_S) or isinstance(value, bool):
-        raise EdenError(f"{name} must be a positive number of seconds (at most {MAX_TIMEOUT_S:.0f}), got {value!r}",
-                        code=ErrorCode.INVALID_PARAMETER)
-    return seconds
-
-
 @dataclass(frozen=True)
-class StageInput:
+class OperationInput:
     """One request as every transport delivers it."""
 
     content_type: str  # the body's media type, lower case, no parameters
@@ -92,7 +76,7 @@ class StageInput:
 
 
 @dataclass
-class StageReply:
+class Reply:
     """An answer: JSON `data` fields and `metadata`, or a binary `body` of `media_type`."""
 
     data: dict[str, Any]
@@ -101,17 +85,17 @@ class StageReply:
     media_type: str = JSON
 
 
-class Stage(Protocol[J, R]):
+class Operation(Protocol[J, R]):
     inputs: tuple[str, ...]  # media types it reads
     binary_inputs: tuple[str, ...]  # of those, the binary ones (the first: a binary message's default)
     answers: tuple[str, ...]  # binary media types it answers in (the first: a binary request's default)
 
-    def decode(self, inp: StageInput, model: Eden) -> J:
+    def decode(self, inp: OperationInput, model: Eden) -> J:
         """Parse and validate everything of the request (thread pool); no model compute here."""
 
     async def prepare(self, job: J, model: Eden) -> Any:
         """Async work between decoding and the model (sessions, other servers): the job for `predict`, or a
-        StageReply that ends the request without the model."""
+        Reply that ends the request without the model."""
 
     def predict(self, model: Eden, jobs: Sequence[J]) -> list[R]:
         """The model work for a batch of jobs, on the model thread (a batch of one unless batching is on)."""
@@ -119,24 +103,24 @@ class Stage(Protocol[J, R]):
     def batch_key(self, job: J) -> Hashable | None:
         """Jobs with equal keys may share a model call; None: this job is never batched."""
 
-    def encode(self, result: R, job: J) -> StageReply:
+    def encode(self, result: R, job: J) -> Reply:
         """The answer for one job (thread pool)."""
 
 
-def check_content_type(stage: Stage[Any, Any], content_type: str) -> None:
-    """UNSUPPORTED_MEDIA_TYPE unless the stage reads `content_type`."""
-    if content_type not in stage.inputs:
+def check_content_type(operation: Operation[Any, Any], content_type: str) -> None:
+    """UNSUPPORTED_MEDIA_TYPE unless the operation reads `content_type`."""
+    if content_type not in operation.inputs:
         raise EdenError(f"unsupported content type {content_type or '(none)'!r}; send one of "
-                        f"{', '.join(stage.inputs)}", code=ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+                        f"{', '.join(operation.inputs)}", code=ErrorCode.UNSUPPORTED_MEDIA_TYPE)
 
 
-async def run_stage(stage: Stage[Any, Any], inp: StageInput, runtime: ModelRuntime,
-                    render: Callable[[StageReply], T], timings: dict[str, float] | None = None) -> T:
+async def run_operation(operation: Operation[Any, Any], inp: OperationInput, runtime: ModelRuntime,
+                        render: Callable[[Reply], T], steps: dict[str, float], batcher: str | None = None) -> T:
     """decode -> prepare -> predict -> encode inside one admission place and the request's deadline; `render`
-    turns the reply into what the transport sends, on the thread pool with the encoding. `timings` receives
-    the seconds of each step (admission_wait, decode, prepare, model, encode) it got to."""
+    turns the reply into what the transport sends, on the thread pool with the encoding. `steps` receives the
+    seconds of each step (admission_wait, decode, prepare, model, encode) it got to; model calls of operations
+    naming the same `batcher` may share a batch."""
     cancel = inp.cancellation
-    steps = {} if timings is None else timings
     clock, step = inp.received, "admission_wait"
     span = tracer().start_span(step, start_time=time.time_ns() - int((time.perf_counter() - clock) * 1e9))
 
@@ -153,17 +137,17 @@ async def run_stage(stage: Stage[Any, Any], inp: StageInput, runtime: ModelRunti
             lap("decode")
             cancel.check()
             model = runtime.require_model()
-            job = await run_in_threadpool(stage.decode, inp, model)
+            job = await run_in_threadpool(operation.decode, inp, model)
             lap("prepare")
-            prepared = await stage.prepare(job, model)
-            if isinstance(prepared, StageReply):
+            prepared = await operation.prepare(job, model)
+            if isinstance(prepared, Reply):
                 lap("encode")
                 return await run_in_threadpool(render, prepared)
             lap("model")
             cancel.check()
-            result = await runtime.predict(stage, prepared, cancel)
+            result = await runtime.predict(operation, prepared, cancel, batcher)
             lap("encode")
-            return await run_in_threadpool(lambda: render(stage.encode(result, prepared)))
+            return await run_in_threadpool(lambda: render(operation.encode(result, prepared)))
     except TimeoutError:
         raise EdenError("the request's deadline passed before its answer was ready",
                         code=ErrorCode.DEADLINE_EXCEEDED) from None

@@ -22,10 +22,14 @@ def error_body(code: ErrorCode, message: str, details: dict[str, Any] | None = N
 
 
 def error_response(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
-    """The envelope with the code's status; an answer worth retrying says when (Retry-After, seconds)."""
-    retry_after = (details or {}).get("retry_after_s", 1)
-    headers = {"Retry-After": str(retry_after)} if code in (ErrorCode.OVERLOADED, ErrorCode.NOT_READY) else None
-    return JSONResponse(error_body(code, message, details), status_code=code.status, headers=headers)
+    """The envelope with the code's status; an answer worth retrying says when (Retry-After, seconds), a 401
+    which scheme it wants (WWW-Authenticate)."""
+    headers = {}
+    if code in (ErrorCode.OVERLOADED, ErrorCode.NOT_READY):
+        headers["Retry-After"] = str((details or {}).get("retry_after_s", 1))
+    if code == ErrorCode.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error_body(code, message, details), status_code=code.status, headers=headers or None)
 
 
 QUIET = {ErrorCode.OVERLOADED: logging.INFO, ErrorCode.NOT_READY: logging.INFO, ErrorCode.CANCELLED: logging.INFO,

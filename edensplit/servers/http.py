@@ -1,33 +1,76 @@
-"""The HTTP adapter of the stage contract: a request becomes a `StageInput` (body, Content-Type, query
-options, path parameters, the answer negotiated from Accept), a `StageReply` becomes a response."""
+"""HTTP framing over the request pipeline: a request becomes an `OperationInput` (body, Content-Type, query
+options, path parameters, the answer negotiated from Accept), a `Reply` becomes a response.
+
+What is HTTP's own stays here: the body read whole before the app runs (under a read deadline, a bound on
+concurrent reads, `MAX_REQUEST_MB` and the pipeline's byte budget) with its Content-Encoding undone,
+binary answers compressed with a fast codec the client accepts, `Accept` negotiation, `X-Request-Timeout`,
+and the disconnect watch that drops the work of a caller that went away. Everything else is the pipeline's.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.servers.contract import (
-    JSON,
-    Cancellation,
-    Stage,
-    StageInput,
-    StageReply,
-    check_content_type,
-    request_timeout,
-    run_stage,
-)
-from edensplit.servers.envelope import success_body
+from edensplit.servers.contract import JSON, Operation, OperationInput, Reply, check_content_type
+from edensplit.servers.envelope import error_response, success_body
+from edensplit.servers.idempotency import digest
+from edensplit.servers.pipeline import Exchange, Pipeline
+from edensplit.wire.compression import compress, decompress, normalise_codec
+
+RESPONSE_CODECS = ("zstd", "lz4")  # the fast codecs: gzip/deflate cost more time than they save on tensors
+COMPRESSIBLE = ("application/vnd.edensplit.",)
+BODY_METHODS = ("POST", "PUT", "PATCH")
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    """A rendered success answer, kept whole for idempotent replays."""
+
+    body: bytes
+    media_type: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.body)
+
+    def response(self, replayed: bool = False) -> Response:
+        extra = (("X-Idempotent-Replay", "true"),) if replayed else ()
+        return Response(self.body, media_type=self.media_type, headers=dict(self.headers + extra))
+
+
+def exchange_of(request: Request | Scope) -> Exchange:
+    """The pipeline's record of this HTTP request (made by `HttpFraming`)."""
+    scope = request.scope if isinstance(request, Request) else request
+    return scope["state"]["exchange"]
 
 
 def media_type(request: Request) -> str:
     """The request's content type without parameters, lower-cased ('' when absent)."""
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def response_codec(accept_encoding: str | None) -> str | None:
+    """The codec to compress a binary response with: zstd or lz4 when the client lists it, else None."""
+    offered = {}
+    for part in (accept_encoding or "").split(","):
+        name, _, params = part.strip().partition(";")
+        q = params.strip().removeprefix("q=") if params.strip().startswith("q=") else "1"
+        try:
+            offered[name.strip().lower()] = float(q)
+        except ValueError:
+            continue
+    return next((c for c in RESPONSE_CODECS if offered.get(c, 0) > 0), None)
 
 
 def response_format(accept: str, binary_types: tuple[str, ...], binary_request: bool) -> str:
@@ -46,38 +89,45 @@ def response_format(accept: str, binary_types: tuple[str, ...], binary_request: 
     return binary_types[0] if binary_request else JSON
 
 
-def render(reply: StageReply) -> Response:
-    """The reply as an HTTP response: the binary body as is, or the JSON envelope (serialized here, off the
-    event loop, since `run_stage` calls this on the thread pool)."""
-    headers = {"X-Processing-Time": str(reply.metadata["processing_time"])} if "processing_time" in reply.metadata \
-        else None
+def render(reply: Reply) -> HttpAnswer:
+    """The reply as an HTTP answer: the binary body as is, or the JSON envelope (serialized here, off the event
+    loop: `run_operation` calls this on the thread pool)."""
+    headers = (("X-Processing-Time", str(reply.metadata["processing_time"])),) \
+        if "processing_time" in reply.metadata else ()
     if reply.body is not None:
-        return Response(reply.body, media_type=reply.media_type, headers=headers)
+        return HttpAnswer(reply.body, reply.media_type, headers)
     data = {**reply.data, "metadata": reply.metadata} if reply.metadata else reply.data
-    return JSONResponse(success_body(data), headers=headers)
+    return HttpAnswer(JSONResponse(success_body(data)).body, JSON, headers)
 
 
-async def serve(stage: Stage[Any, Any], request: Request) -> Response:
-    """Run one HTTP request through `stage`: the body is read whole before a model place is taken, and a
-    caller that disconnects meanwhile has its work dropped (CANCELLED, logged, never sent)."""
+async def serve(operation: Operation[Any, Any], request: Request, batcher: str | None = None) -> Response:
+    """One HTTP request through `operation` (via the pipeline): its body is already read whole, before a model
+    place is taken, and a caller that disconnects meanwhile has its work dropped (CANCELLED, logged, never
+    sent)."""
+    pipeline: Pipeline = request.app.state.pipeline
+    exchange = exchange_of(request)
     kind = media_type(request)
-    check_content_type(stage, kind)
-    answer = response_format(request.headers.get("accept", ""), stage.answers, kind in stage.binary_inputs)
-    timeout = request_timeout(request.headers.get("x-request-timeout"), request.app.state.settings.request_timeout_s)
-    cancellation = Cancellation(timeout)
-    inp = StageInput(kind, await request.body(), None, request.query_params, request.path_params, answer,
-                     request.state.request_id, request.headers.get("content-type", ""), cancellation,
-                     request.scope.get("state", {}).get("received", time.perf_counter()))
-    timings: dict[str, float] = {}
-    work = asyncio.ensure_future(run_stage(stage, inp, request.app.state.runtime, render, timings))
-    work.add_done_callback(lambda _: request.app.state.metrics.observe_stages(request.scope["route"].path, timings))
+    check_content_type(operation, kind)
+    answer = response_format(request.headers.get("accept", ""), operation.answers, kind in operation.binary_inputs)
+    cancellation = pipeline.deadline(request.headers.get("x-request-timeout"), "X-Request-Timeout")
+    body = await request.body()
+    content_type = request.headers.get("content-type", "")
+    inp = OperationInput(kind, body, None, request.query_params, request.path_params, answer, exchange.request_id,
+                         content_type, cancellation, exchange.started)
+    scope = request.scope
+
+    def request_digest() -> str:
+        return digest(scope["method"], scope["path"], scope.get("query_string", b""), content_type,
+                      request.headers.get("accept", ""), body)
+
+    work = asyncio.ensure_future(pipeline.answer(exchange, operation, inp, render, request_digest, batcher))
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
     if work.done():
-        return work.result()
+        return work.result().response(exchange.replayed)
     cancellation.caller_gone()
     work.cancel()
     with contextlib.suppress(asyncio.CancelledError, EdenError):
@@ -89,3 +139,145 @@ async def _disconnected(request: Request) -> None:
     """Return when the client disconnects (the body is read: the next message can only be a disconnect)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+class Abandoned(Exception):
+    """The client went away while its request was being read."""
+
+
+class HttpFraming:
+    """ASGI middleware: each HTTP request through the pipeline (id, key, span, budget, log, metrics), its body
+    read whole and decompressed before the app runs, its binary answer compressed on the way out."""
+
+    def __init__(self, app: ASGIApp, *, pipeline: Pipeline):
+        self.app, self.pipeline = app, pipeline
+        settings = pipeline.settings
+        self.max_body = int(settings.max_request_mb * 2**20)
+        self.body_timeout_s, self.max_body_reads = settings.body_timeout_s, settings.max_body_reads
+        self.reading = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        exchange = self.pipeline.begin("http", scope["method"], scope["path"], request_id=headers.get("x-request-id"),
+                                       client=headers.get("x-client-version"))
+        scope.setdefault("state", {})["exchange"] = exchange
+        with self.pipeline.span(exchange, dict(headers)):
+            await self._handle(scope, receive, send, headers, exchange)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, headers: Headers, exchange: Exchange) -> None:
+        out_codec = response_codec(headers.get("accept-encoding"))
+        held: list[Message] = []
+        holding = [0]  # bytes of this request held against the pipeline's budget
+
+        async def framed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                exchange.status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = exchange.request_id
+                kind = Headers(raw=message["headers"]).get("content-type", "")
+                if out_codec and kind.startswith(COMPRESSIBLE) and exchange.status == 200:
+                    held.append(message)  # compress the body first, then send the headers
+                    return
+            elif message["type"] == "http.response.body" and held:
+                start_message = held.pop()
+                body = await run_in_threadpool(compress, message.get("body", b""), out_codec)
+                response_headers = MutableHeaders(scope=start_message)
+                response_headers["Content-Encoding"] = out_codec
+                response_headers["Content-Length"] = str(len(body))
+                await send(start_message)
+                message = {**message, "body": body}
+            if message["type"] == "http.response.body":
+                exchange.bytes_out += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            self.pipeline.authenticate(exchange, headers.get("authorization"))
+            if scope["method"] in BODY_METHODS:
+                body, inner = await self._read(scope, receive, headers, exchange, holding)
+                delivered = False
+
+                async def replay_body() -> Message:
+                    nonlocal delivered
+                    if delivered:
+                        return await receive()  # only a disconnect can come now
+                    delivered = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+
+                await self.app(inner, replay_body, framed_send)
+                if "route" in inner:
+                    scope["route"] = inner["route"]  # the log line and the metrics name the route it matched
+            else:
+                await self.app(scope, receive, framed_send)
+        except Abandoned:
+            exchange.abandoned, exchange.status, exchange.code = True, 499, str(ErrorCode.CANCELLED)
+        except EdenError as exc:
+            self.pipeline.failed(exchange, exc)
+            response = error_response(exc.code, exc.message, exc.details)
+            await response(scope, receive, framed_send)
+        finally:
+            self.pipeline.release(holding[0])
+            exchange.route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.pipeline.wire_bytes(exchange.route, exchange.bytes_in, exchange.bytes_out)
+            self.pipeline.finish(exchange)
+
+    async def _read(self, scope: Scope, receive: Receive, headers: Headers, exchange: Exchange,
+                    holding: list[int]) -> tuple[bytes, Scope]:
+        """The whole body, decompressed, and the scope the app sees (its headers describing that body)."""
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise EdenError(f"request body of {declared} bytes is over the limit of {self.max_body}",
+                            code=ErrorCode.PAYLOAD_TOO_LARGE)
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        codec = None if encoding == "identity" else normalise_codec(encoding)
+        if self.reading >= self.max_body_reads:
+            raise EdenError(f"{self.reading} request bodies are being read (limit {self.max_body_reads}); retry "
+                            "shortly", code=ErrorCode.OVERLOADED, details={"retry_after_s": 1})
+        self.reading += 1
+        try:
+            chunks = await self._receive_body(receive, exchange, holding)
+        finally:
+            self.reading -= 1
+        body = b"".join(chunks)
+        if codec is None:
+            return body, scope
+        # It may inflate to MAX_REQUEST_MB, or as far as the budget has room for (503 past that, not 413).
+        budget = self.pipeline.budget
+        cap = max(min(self.max_body, budget.limit - budget.used), 1)
+        self.pipeline.hold(cap, "decompressed request bodies")
+        holding[0] += cap
+        try:
+            body = await run_in_threadpool(decompress, body, codec, cap)
+        except EdenError as exc:
+            if exc.code == ErrorCode.PAYLOAD_TOO_LARGE and cap < self.max_body:
+                raise EdenError("the server has no room to decompress this body now; retry shortly",
+                                code=ErrorCode.OVERLOADED, details={"retry_after_s": 1}) from None
+            raise
+        self.pipeline.release(cap - len(body))
+        holding[0] -= cap - len(body)
+        raw = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
+        return body, {**scope, "headers": [*raw, (b"content-length", str(len(body)).encode())]}
+
+    async def _receive_body(self, receive: Receive, exchange: Exchange, holding: list[int]) -> list[bytes]:
+        chunks: list[bytes] = []
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                more = True
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise Abandoned
+                    chunk = message.get("body", b"")
+                    exchange.bytes_in += len(chunk)
+                    if exchange.bytes_in > self.max_body:
+                        raise EdenError(f"request body over the limit of {self.max_body} bytes",
+                                        code=ErrorCode.PAYLOAD_TOO_LARGE)
+                    self.pipeline.hold(len(chunk))
+                    holding[0] += len(chunk)
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            raise EdenError(f"the request body did not arrive within {self.body_timeout_s:g} s (received "
+                            f"{exchange.bytes_in} bytes)", code=ErrorCode.BODY_TIMEOUT) from None
+        return chunks

@@ -14,9 +14,10 @@ from pydantic import BaseModel
 from python_multipart import parse_form
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.servers.contract import JSON, MULTIPART, StageInput
+from edensplit.servers.contract import JSON, MULTIPART, OperationInput
 from edensplit.servers.schemas import EncodeFrameRequest, EncodeRequest, parse_body
-from edensplit.wire import FRAMES_MEDIA_TYPE, b64decode_field, decode_image, unpack_frames
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, unpack_frames
+from edensplit.wire.images import b64decode_field, decode_image
 from edensplit.wire.nesting import check_depth
 
 PAIR = ("frame0", "frame1")
@@ -25,7 +26,7 @@ FRAME_TYPES = (JSON, MULTIPART, FRAMES_MEDIA_TYPE)
 M = TypeVar("M", bound=BaseModel)
 
 
-def parse_document(model: type[M], inp: StageInput) -> M:
+def parse_document(model: type[M], inp: OperationInput) -> M:
     """The JSON request (already parsed, or the body) validated against `model`; INVALID_REQUEST if not."""
     if inp.document is not None:
         return parse_body(model, dict(inp.document))
@@ -41,7 +42,7 @@ class Frames:
     metadata: dict[str, Any]
 
 
-def read_frames(inp: StageInput, names: tuple[str, ...], max_pixels: int | None = None) -> Frames:
+def read_frames(inp: OperationInput, names: tuple[str, ...], max_pixels: int | None = None) -> Frames:
     """Frames `names` from a JSON, multipart or frames-container request, checked to share one size;
     `max_pixels` bounds them all together, checked from their headers before any is decoded."""
     if inp.content_type == JSON:

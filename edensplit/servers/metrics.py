@@ -35,7 +35,6 @@ from edensplit.version import __version__
 log = logging.getLogger("edensplit.server")
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-STAGES = ("admission_wait", "decode", "prepare", "model", "encode")  # a request's steps, in order
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DIR_PREFIX = "edensplit-metrics-"
 
@@ -173,8 +172,9 @@ class Metrics:
                           multiprocess_mode="livemax")
         self.info.labels(stage, __version__).set(1)
 
-    def observe_stages(self, route: str, timings: Mapping[str, float]) -> None:
-        for name, seconds in timings.items():
+    def observe_steps(self, route: str, steps: Mapping[str, float]) -> None:
+        """A request's seconds per step (edensplit_stage_seconds: the metric's name and label predate the word)."""
+        for name, seconds in steps.items():
             self.stage_seconds.labels(route, name).observe(seconds)
 
     def render(self) -> bytes:

@@ -1,5 +1,5 @@
-"""OpenAPI request bodies for endpoints that read several media types (FastAPI documents only JSON on
-its own): the JSON schema inlined, and the binary kinds described."""
+"""OpenAPI request bodies for operations that read several media types (FastAPI documents only JSON on its
+own): the JSON schema inlined, and the binary kinds described."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from edensplit.servers.contract import JSON, MULTIPART
 from edensplit.servers.schemas import inline_schema
-from edensplit.wire import FRAMES_MEDIA_TYPE
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE
 
 OPTIONS_DOC = "options as query parameters: seed, num_steps, method, difference, vae_scaler, vae_shift"
 
@@ -19,12 +19,12 @@ def binary(description: str) -> dict[str, Any]:
 
 
 def request_body(schema: type[BaseModel], **binaries: dict[str, Any]) -> dict[str, Any]:
-    """`openapi_extra` for a body of JSON `schema` or the binary media types given (media type -> content)."""
-    return {"requestBody": {"required": True, "content": {JSON: {"schema": inline_schema(schema)}, **binaries}}}
+    """A request body of JSON `schema` or the binary media types given (media type -> content)."""
+    return {"required": True, "content": {JSON: {"schema": inline_schema(schema)}, **binaries}}
 
 
 def frames_body(schema: type[BaseModel], names: tuple[str, ...]) -> dict[str, Any]:
-    """The body of a frames endpoint: JSON, multipart or a frames container."""
+    """The body of a frames operation: JSON, multipart or a frames container."""
     files = {n: {"type": "string", "format": "binary"} for n in names}
     multipart = {"schema": {"type": "object", "required": list(names), "properties": {
         **files, "metadata": {"type": "string", "description": "JSON object; may carry image_size [H, W]"}}}}

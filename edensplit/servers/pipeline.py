@@ -54,7 +54,7 @@ class Exchange:
     transport: str  # "http" or "ws"
     method: str  # the HTTP verb, or "WS"
     path: str  # the path it came on
-    target: str  # what names it in the log line and the span: the path (HTTP), the message type (WS)
+    target: str  # what names it in the log line: the path (HTTP), the path and the message type (WS)
     request_id: str
     keyed: bool  # the caller named the id: it is the request's idempotency key
     client: str | None = None  # the client's version (X-Client-Version)
@@ -130,8 +130,9 @@ class Pipeline:
     @contextlib.contextmanager
     def span(self, exchange: Exchange, carrier: Mapping[str, Any]) -> Iterator[None]:
         """The request's server span, continuing the caller's trace (its traceparent) if it sent one."""
+        what = exchange.path if exchange.transport == "http" else exchange.operation or "message"
         with continued(carrier), tracer().start_as_current_span(
-                f"{self.component} {exchange.method} {exchange.target}", kind=SpanKind.SERVER) as span:
+                f"{self.component} {exchange.method} {what}", kind=SpanKind.SERVER) as span:
             try:
                 yield
             finally:

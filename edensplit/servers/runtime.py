@@ -69,7 +69,7 @@ class ModelRuntime:
         self.stage = stage
         self.max_inflight = max_inflight
         self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
-        self.batchers: dict[Callable[..., Any], Batcher[Any, Any]] = {}
+        self.batchers: dict[str, Any] = {}  # by name: a Batcher, or Ray Serve's (serve_ray.deployments)
         self.model = model
         self.load_error: str | None = None
         self.inflight = 0
@@ -149,18 +149,18 @@ class ModelRuntime:
             log.info("%s stage warmed up in %.2f s", self.stage, time.perf_counter() - started)
         self.ready = self.model is not None
 
-    async def predict(self, stage: Any, job: Any, cancellation: Any = None) -> Any:
-        """stage.predict for one job on the model thread, batched with others of the same stage.batch_key
-        when batching is on. Stages that share a predict function share one batcher."""
-        if self.max_batch <= 1 or stage.batch_key(job) is None:
+    async def predict(self, operation: Any, job: Any, cancellation: Any = None, batcher: str | None = None) -> Any:
+        """operation.predict for one job on the model thread; with batching on and a `batcher` named, batched with
+        the other jobs of that batcher whose operation.batch_key is equal (operations naming the same batcher
+        share one: the cloud's pair and frame encodings, the edge's three ways to a frame)."""
+        if self.max_batch <= 1 or batcher is None or operation.batch_key(job) is None:
             self.on_batch(1)
-            return (await self.run(stage.predict, [job], cancellation=cancellation))[0]
-        shared = getattr(stage.predict, "__func__", stage.predict)
-        batcher = self.batchers.get(shared)
-        if batcher is None:
-            batcher = self.batchers[shared] = Batcher(stage.predict, stage.batch_key, self.run, self.max_batch,
-                                                      self.batch_wait_s, on_batch=self.on_batch)
-        return await batcher.submit(job)
+            return (await self.run(operation.predict, [job], cancellation=cancellation))[0]
+        shared = self.batchers.get(batcher)
+        if shared is None:
+            shared = self.batchers[batcher] = Batcher(operation.predict, operation.batch_key, self.run,
+                                                      self.max_batch, self.batch_wait_s, on_batch=self.on_batch)
+        return await shared.submit(job)
 
     def health(self) -> dict[str, Any]:
         model = self.model

@@ -28,7 +28,7 @@ class Endpoint:
     summary: str
     description: str = ""
     request_body: Mapping[str, Any] = field(default_factory=dict)  # OpenAPI: the body's media types and schemas
-    parameters: tuple[Mapping[str, Any], ...] = ()  # OpenAPI: path and query parameters
+    path_params: Mapping[str, type] = field(default_factory=dict)  # the route's path parameters and their types
     response_model: Any = None  # the JSON answer's model
     batcher: str | None = None  # operations naming the same batcher may share a model call (MAX_BATCH > 1)
 

@@ -1,52 +1,53 @@
-"""The WebSocket adapter of the stage contract: one connection, many requests in flight, each answered by
-its request_id.
+"""WebSocket framing over the request pipeline: one connection, many requests in flight, each answered by its
+request_id.
 
-Messages are JSON text (the user's shapes, base64 payloads) or binary (an EDS1 header naming the
-request and its `content_type`, then raw bytes), chunked when large (see edensplit.wire.messages).
-A message becomes a `StageInput` (a text message's fields are its document and options; a binary
-message's header its options), so each operation is the same code as over HTTP. Each connection
-admits at most `window` unanswered requests; more get an OVERLOADED error. Answers are sent as they
-are ready, which may be out of order: clients match them by request_id. A bad message gets an `error`
-message and the connection and the server keep going. Transport-level ping/pong is uvicorn's (every
-20 s by default); `{"type": "ping"}` is answered with `{"type": "pong"}` too.
+Messages are JSON text (the user's shapes, base64 payloads) or binary (an EDS1 header naming the request and
+its `content_type`, then raw bytes), chunked when large (see edensplit.wire.messages). A whole message
+becomes an `OperationInput` (a text message's fields are its document and options; a binary message's header
+its options), so each operation is the same code as over HTTP, and the same pipeline (id, budget, replays,
+deadline, log, metrics, span) runs it. What is the WebSocket's own stays here: the handshake, reassembly of
+chunked messages (held against the pipeline's byte budget), the per-connection window of `window` unanswered
+requests (more get OVERLOADED), an id in flight on a connection refused, answers sent as they are ready (out
+of order: clients match them by request_id), `{"type": "ping"}` answered with `{"type": "pong"}`.
+Transport-level ping/pong is uvicorn's (every 20 s by default). A bad message gets an `error` message and
+the connection and the server keep going.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
-from opentelemetry.trace import SpanKind
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketState
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.servers.auth import check_access, deny
-from edensplit.servers.contract import (
-    JSON,
-    Cancellation,
-    Stage,
-    StageInput,
-    StageReply,
-    check_content_type,
-    request_timeout,
-    run_stage,
-)
-from edensplit.servers.envelope import error_body, error_response, log_refusal
+from edensplit.servers.contract import JSON, OperationInput, Reply, check_content_type
+from edensplit.servers.envelope import error_body, error_response
 from edensplit.servers.idempotency import digest
-from edensplit.tracing import continued, tracer
+from edensplit.servers.pipeline import Exchange, Pipeline
+from edensplit.servers.service import Endpoint
 from edensplit.wire.messages import CHUNK_BYTES, Reassembler, parse_text, split_binary, split_text, unpack_binary
 
-log = logging.getLogger("edensplit.server")
-access_log = logging.getLogger("edensplit.access")
 WS_WINDOW = 8
 INLINE_PARSE_BYTES = 64 * 2**10  # text messages larger than this are parsed on the thread pool
+VOLATILE = ("request_id", "chunk", "chunks", "timeout_s")  # header fields that do not change what is asked
+
+
+@dataclass(frozen=True)
+class WsAnswer:
+    """A rendered answer: the messages carrying it, kept whole for idempotent replays."""
+
+    frames: tuple[str, ...] | tuple[bytes, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(f) for f in self.frames)
 
 
 @dataclass
@@ -66,8 +67,7 @@ class WsRequest:
         """What identifies the request's content (its id aside), for idempotent replays."""
         if not self.binary:
             return digest(self.raw)
-        volatile = ("request_id", "chunk", "chunks", "timeout_s")
-        return digest(json.dumps({k: v for k, v in self.header.items() if k not in volatile}, sort_keys=True),
+        return digest(json.dumps({k: v for k, v in self.header.items() if k not in VOLATILE}, sort_keys=True),
                       self.payload)
 
     @property
@@ -76,47 +76,52 @@ class WsRequest:
         inner = self.header.get("payload")
         return {**self.header, **inner} if isinstance(inner, dict) else self.header
 
-    def stage_input(self, stage: Stage[Any, Any], default_timeout_s: float | None) -> StageInput:
-        cancellation = Cancellation(request_timeout(self.header.get("timeout_s"), default_timeout_s, "timeout_s"))
+    def operation_input(self, endpoint: Endpoint, pipeline: Pipeline) -> OperationInput:
+        operation = endpoint.operation
+        cancellation = pipeline.deadline(self.header.get("timeout_s"), "timeout_s")
         if self.binary:
-            kind = str(self.header.get("content_type") or stage.binary_inputs[0]).lower()
-            return StageInput(kind, self.payload, None, self.header, self.header, stage.answers[0], self.request_id,
-                              cancellation=cancellation, received=self.started)
+            kind = str(self.header.get("content_type") or operation.binary_inputs[0]).lower()
+            return OperationInput(kind, self.payload, None, self.header, self.header, operation.answers[0],
+                                  self.request_id, cancellation=cancellation, received=self.started)
         fields = self.fields
-        return StageInput(JSON, b"", fields, fields, fields, JSON, self.request_id, cancellation=cancellation,
-                          received=self.started)
+        return OperationInput(JSON, b"", fields, fields, fields, JSON, self.request_id, cancellation=cancellation,
+                              received=self.started)
 
 
-def render(req: WsRequest, reply: StageReply) -> list[str] | list[bytes]:
+def render(req: WsRequest, reply: Reply) -> WsAnswer:
     """The reply as WebSocket messages (chunked when large), built on the thread pool."""
     metadata = reply.metadata or {**reply.data, "request_id": req.request_id}
     kind = f"{req.type}_result"
     if req.binary:
         header = {"type": kind, "request_id": req.request_id, "status": "success", "metadata": metadata}
-        return split_binary(header, reply.body or b"", CHUNK_BYTES)
+        return WsAnswer(tuple(split_binary(header, reply.body or b"", CHUNK_BYTES)))
     payload = reply.data if reply.metadata else {}
-    return split_text({"type": kind, "request_id": req.request_id, "status": "success", "payload": payload,
-                       "metadata": metadata})
+    return WsAnswer(tuple(split_text({"type": kind, "request_id": req.request_id, "status": "success",
+                                      "payload": payload, "metadata": metadata})))
 
 
 class Connection:
     """The per-connection state: reassembly, the window of requests in flight, serialized sends."""
 
-    def __init__(self, websocket: WebSocket, stages: Mapping[str, Stage[Any, Any]], window: int, max_bytes: int):
-        self.ws, self.stages, self.window = websocket, stages, window
+    def __init__(self, websocket: WebSocket, endpoints: Mapping[str, Endpoint], window: int, max_bytes: int):
+        self.ws, self.endpoints, self.window = websocket, endpoints, window
+        self.pipeline: Pipeline = websocket.app.state.pipeline
         self.reassembler = Reassembler(max_bytes)
         self.received: dict[tuple[str, Any], int] = {}  # wire bytes of chunked requests still arriving
         self.inflight: set[asyncio.Task[None]] = set()
         self.send_lock = asyncio.Lock()
-        self.runtime = websocket.app.state.runtime
-        self.settings = websocket.app.state.settings
-        self.budget = websocket.app.state.budget
-        self.idempotency = websocket.app.state.idempotency
         self.running: set[str] = set()  # request ids in flight on this connection
-        self.route = websocket.scope["path"]
-        self.metrics = websocket.app.state.metrics
+        self.path = websocket.scope["path"]
+        self.client = websocket.headers.get("x-client-version")
 
-    async def send(self, frames: list[str] | list[bytes]) -> int:
+    def exchange(self, request_id: Any, operation: str | None, size: int = 0) -> Exchange:
+        """The pipeline's record of one request on this connection."""
+        exchange = self.pipeline.begin("ws", "WS", self.path, request_id=request_id,
+                                       target=f"{self.path} {operation or '-'}", client=self.client)
+        exchange.operation, exchange.bytes_in = operation, size
+        return exchange
+
+    async def send(self, frames: tuple[str, ...] | tuple[bytes, ...] | list[str]) -> int:
         sent = 0
         async with self.send_lock:
             for frame in frames:
@@ -125,75 +130,48 @@ class Connection:
                 else:
                     await self.ws.send_text(frame)
                 sent += len(frame)
-        self.metrics.bytes_out.labels(self.route).inc(sent)
+        self.pipeline.wire_bytes(self.path, sent=sent)
         return sent
 
     async def send_error(self, request_id: Any, exc: EdenError) -> int:
         message = {"type": "error", "request_id": request_id, **error_body(exc.code, exc.message, exc.details)}
-        return await self.send(split_text(message))
-
-    async def handle(self, req: WsRequest, stage: Stage[Any, Any]) -> None:
-        component = "cloud" if self.route == "/ws/encode" else "edge"
-        with continued(req.header), tracer().start_as_current_span(f"{component} WS {req.type}",
-                                                                   kind=SpanKind.SERVER) as span:
-            span.set_attributes({"edensplit.component": component, "edensplit.request_id": req.request_id,
-                                 "edensplit.message_type": req.type})
-            await self._handle(req, stage)
-
-    async def _handle(self, req: WsRequest, stage: Stage[Any, Any]) -> None:
-        status, sent, timings = str(ErrorCode.CANCELLED), 0, {}  # status: until an answer or an error is sent
         try:
-            frames = await self.answer(req, stage, timings)
-            sent = await self.send(frames)
-            status = "success"
-        except EdenError as exc:
-            status = str(exc.code)
-            log_refusal(req.request_id, exc)
-            sent = await self._try_error(req.request_id, exc)
-        except Exception as exc:  # a fault, not the caller's: log it, answer INTERNAL_ERROR, keep serving
-            log.exception("%s %s failed", req.request_id, req.type)
-            status = str(ErrorCode.INTERNAL_ERROR)
-            sent = await self._try_error(req.request_id, EdenError(
-                f"internal error ({type(exc).__name__}); see the server log for request {req.request_id}"))
-        finally:
-            elapsed = time.perf_counter() - req.started
-            access_log.info("%s WS %s %s %s in=%d out=%d %.1fms", req.request_id, self.route, req.type, status,
-                            req.size, sent, elapsed * 1000, extra={
-                                "request_id": req.request_id, "transport": "ws", "method": "WS", "route": self.route,
-                                "type": req.type, "status": status, "code": None if status == "success" else status,
-                                "bytes_in": req.size, "bytes_out": sent, "ms": round(elapsed * 1000, 1)})
-            self.metrics.requests.labels(self.route, "WS", status).inc()
-            self.metrics.latency.labels(self.route).observe(elapsed)
-            self.metrics.observe_stages(self.route, timings)
-            if status != "success":
-                self.metrics.errors.labels(self.route, status).inc()
-
-    async def answer(self, req: WsRequest, stage: Stage[Any, Any], timings: dict[str, float]
-                     ) -> list[str] | list[bytes]:
-        """The request's answer messages: run through the stage, or replayed for a retried request."""
-        key = f"ws:{req.request_id}"
-        request_digest = await run_in_threadpool(req.digest)
-        stored = await self.idempotency.begin(key, request_digest)
-        if stored is not None:
-            return stored.answer
-        frames = None
-        try:
-            inp = req.stage_input(stage, self.settings.request_timeout_s)
-            frames = await run_stage(stage, inp, self.runtime, lambda reply: render(req, reply), timings)
-            return frames
-        finally:
-            self.idempotency.finish(key, frames, sum(len(f) for f in frames or ()))
-
-    async def _try_error(self, request_id: Any, exc: EdenError) -> int:
-        try:
-            return await self.send_error(request_id, exc)
+            return await self.send(split_text(message))
         except (WebSocketDisconnect, RuntimeError):
             return 0
+
+    async def handle(self, req: WsRequest, endpoint: Endpoint) -> None:
+        """One request through the pipeline; its answer (or error) sent when ready."""
+        exchange = self.exchange(req.request_id, req.type, req.size)
+        exchange.started = req.started
+        with self.pipeline.span(exchange, req.header):
+            try:
+                inp = req.operation_input(endpoint, self.pipeline)
+                answer = await self.pipeline.answer(exchange, endpoint.operation, inp, lambda r: render(req, r),
+                                                    req.digest, endpoint.batcher)
+                exchange.bytes_out = await self.send(answer.frames)
+                self.pipeline.succeeded(exchange)
+            except EdenError as exc:
+                self.pipeline.failed(exchange, exc)
+                exchange.bytes_out = await self.send_error(req.request_id, exc)
+            except Exception as exc:  # a fault, not the caller's: logged, INTERNAL_ERROR answered, serving on
+                exchange.bytes_out = await self.send_error(req.request_id, self.pipeline.fault(exchange, exc))
+            finally:
+                self.pipeline.finish(exchange)
+
+    async def refuse(self, exc: EdenError, size: int) -> None:
+        """A message refused before it became a request (unreadable, over a limit, the window full...)."""
+        rid = exc.details.get("request_id")
+        exchange = self.exchange(rid if isinstance(rid, str) else None, None, size)
+        with self.pipeline.span(exchange, {}):
+            self.pipeline.failed(exchange, exc)
+            exchange.bytes_out = await self.send_error(rid, exc)
+            self.pipeline.finish(exchange)
 
     def _hold(self, key: tuple[str, Any], size: int) -> None:
         """Count a chunk's bytes against the server's budget while its message is being reassembled."""
         try:
-            self.budget.reserve(size, "request bodies and WebSocket messages being reassembled")
+            self.pipeline.hold(size, "request bodies and WebSocket messages being reassembled")
         except EdenError as exc:
             self.reassembler.drop(key)
             self._release(key)
@@ -204,7 +182,7 @@ class Connection:
     def _release(self, key: tuple[str, Any]) -> int:
         """A chunked message is whole (or refused): give its bytes back; its wire size."""
         total = self.received.pop(key, 0)
-        self.budget.release(total)
+        self.pipeline.release(total)
         return total
 
     def _forget_refused(self) -> None:
@@ -212,11 +190,9 @@ class Connection:
         for key in [k for k in self.received if k not in pending]:
             self._release(key)
 
-    async def receive_message(self, message: dict[str, Any]) -> WsRequest | None:
+    async def receive_message(self, message: dict[str, Any], size: int) -> WsRequest | None:
         """A whole request from one WebSocket message, None while chunks are missing; EdenError if bad."""
         data, text = message.get("bytes"), message.get("text")
-        size = len(data) if data is not None else len(text or "")
-        self.metrics.bytes_in.labels(self.route).inc(size)
         raw = ""
         if data is not None:
             header, payload = unpack_binary(data)
@@ -265,14 +241,15 @@ class Connection:
         if req.type == "ping":
             await self.send(split_text({"type": "pong", "request_id": req.request_id}))
             return
-        stage = self.stages.get(req.type)
-        if stage is None:
+        endpoint = self.endpoints.get(req.type)
+        if endpoint is None:
             raise EdenError(f"unknown message type {req.type!r}; this endpoint takes "
-                            f"{', '.join(sorted(self.stages))} or ping", code=ErrorCode.INVALID_REQUEST,
+                            f"{', '.join(sorted(self.endpoints))} or ping", code=ErrorCode.INVALID_REQUEST,
                             details={"request_id": req.request_id})
         if req.binary:
             try:
-                check_content_type(stage, str(req.header.get("content_type") or stage.binary_inputs[0]).lower())
+                check_content_type(endpoint.operation, str(req.header.get("content_type")
+                                                           or endpoint.operation.binary_inputs[0]).lower())
             except EdenError as exc:
                 exc.details["request_id"] = req.request_id
                 raise
@@ -284,7 +261,7 @@ class Connection:
             raise EdenError(f"{len(self.inflight)} requests in flight on this connection (window "
                             f"{self.window}); wait for answers", code=ErrorCode.OVERLOADED,
                             details={"request_id": req.request_id})
-        task = asyncio.create_task(self.handle(req, stage))
+        task = asyncio.create_task(self.handle(req, endpoint))
         self.inflight.add(task)
         self.running.add(req.request_id)
         task.add_done_callback(self.inflight.discard)
@@ -297,13 +274,16 @@ class Connection:
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
                     break
+                data, text = message.get("bytes"), message.get("text")
+                size = len(data) if data is not None else len(text or "")
+                self.pipeline.wire_bytes(self.path, received=size)
                 try:
-                    req = await self.receive_message(message)
+                    req = await self.receive_message(message, size)
                     if req is not None:
                         await self.dispatch(req)
                 except EdenError as exc:
                     self._forget_refused()
-                    await self.send_error(exc.details.get("request_id"), exc)
+                    await self.refuse(exc, size)
         except WebSocketDisconnect:
             pass
         finally:
@@ -315,27 +295,36 @@ class Connection:
                 await self.ws.close()
 
 
-async def serve_websocket(websocket: WebSocket, stages: Mapping[str, Stage[Any, Any]],
-                          window: int = WS_WINDOW) -> None:
-    """Serve one WebSocket connection whose message types are the keys of `stages` (after the bearer key,
+async def serve_websocket(websocket: WebSocket, endpoints: Mapping[str, Endpoint], window: int = WS_WINDOW) -> None:
+    """Serve one WebSocket connection whose message types are the keys of `endpoints` (after the bearer key,
     when the server has one, and within the server's cap on connections)."""
     state = websocket.app.state
-    settings = state.settings
+    pipeline: Pipeline = state.pipeline
+    settings = pipeline.settings
+    exchange = pipeline.begin("ws", "WS", websocket.scope["path"], target=f"{websocket.scope['path']} handshake",
+                              client=websocket.headers.get("x-client-version"))
     try:
-        check_access(websocket.scope, settings.edensplit_api_key)
+        pipeline.authenticate(exchange, websocket.headers.get("authorization"))
         if state.websockets >= settings.max_ws_connections:
             raise EdenError(f"the server has {state.websockets} WebSocket connections open (limit "
                             f"{settings.max_ws_connections}); retry shortly", code=ErrorCode.OVERLOADED,
                             details={"retry_after_s": 1})
     except EdenError as exc:
-        state.metrics.requests.labels(websocket.scope["path"], "WS", str(exc.code)).inc()
-        response = error_response(exc.code, exc.message, exc.details)
-        if exc.code == ErrorCode.UNAUTHORIZED:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        await deny(websocket, response)
+        with pipeline.span(exchange, dict(websocket.headers)):
+            pipeline.failed(exchange, exc)
+            await deny(websocket, error_response(exc.code, exc.message, exc.details))
+            pipeline.finish(exchange)
         return
     state.websockets += 1
     try:
-        await Connection(websocket, stages, window, int(settings.max_request_mb * 2**20)).run()
+        await Connection(websocket, endpoints, window, int(settings.max_request_mb * 2**20)).run()
     finally:
         state.websockets -= 1
+
+
+async def deny(websocket: WebSocket, response: Any) -> None:
+    """Refuse a WebSocket handshake with an HTTP answer where the server can send one, else close it (1008)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(response)
+    else:
+        await websocket.close(1008, reason=bytes(response.body).decode(errors="replace")[:120])

@@ -20,8 +20,8 @@ from edensplit.client.transport import RetryPolicy, ServerError
 from edensplit.client.ws import WsTransport
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import load_model
-from edensplit.servers.cloud import create_cloud_app
-from edensplit.servers.edge import create_edge_app
+from edensplit.servers.cloud.service import create_cloud_app
+from edensplit.servers.edge.service import create_edge_app
 from edensplit.servers.launch import free_port
 from edensplit.settings import ServerSettings
 from tests.client.test_retries import CALL, Peer

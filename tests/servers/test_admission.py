@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse
 
 from edensplit.model import encode_frames, frame_difference, load_model
-from edensplit.servers.cloud import create_cloud_app
+from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.servers.launch import ServerProcess
 from edensplit.settings import ServerSettings
 from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, pack_encoding, pack_frames

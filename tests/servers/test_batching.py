@@ -12,7 +12,7 @@ import pytest
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import LocalPipeline, encode_frames, frame_difference, load_model
 from edensplit.servers.batching import HISTORY, Batcher
-from edensplit.servers.edge import create_edge_app
+from edensplit.servers.edge.service import create_edge_app
 from edensplit.settings import ServerSettings
 from edensplit.wire import BLOB_MEDIA_TYPE, pack_encoding, unpack_frames
 from tests.conftest import TINY_CONFIG, make_frames

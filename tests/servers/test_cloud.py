@@ -261,7 +261,7 @@ def test_bad_compressed_bodies(cloud):
 def test_a_server_whose_model_failed_to_load_answers_not_ready(tmp_path):
     from fastapi.testclient import TestClient
 
-    from edensplit.servers.cloud import create_cloud_app
+    from edensplit.servers.cloud.service import create_cloud_app
     from edensplit.settings import ServerSettings
 
     bad = tmp_path / "bad.pt"

@@ -166,7 +166,7 @@ def test_a_lost_session_is_reported_at_once_with_the_missing_frame(edge):
 def test_flow_b_with_the_cloud_unreachable_is_an_upstream_error(reference):
     from fastapi.testclient import TestClient
 
-    from edensplit.servers.edge import create_edge_app
+    from edensplit.servers.edge.service import create_edge_app
     from edensplit.settings import ServerSettings
     from edensplit.wire import pack_frames
 
@@ -200,7 +200,7 @@ def test_a_session_computes_each_frames_temporal_keys_values_once(reference):
     the frames equal the pair-at-a-time ones bit for bit."""
     from fastapi.testclient import TestClient
 
-    from edensplit.servers.edge import create_edge_app
+    from edensplit.servers.edge.service import create_edge_app
     from edensplit.settings import ServerSettings
 
     model = load_model(None, TINY_CONFIG, stages={"interpolate"}, allow_random=True, seed=3)

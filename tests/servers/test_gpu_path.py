@@ -11,7 +11,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from edensplit.model import encode_frames, load_model
-from edensplit.servers.cloud import create_cloud_app
+from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.settings import GPU_BATCH, ServerSettings, resolve_max_batch
 from edensplit.wire import FRAMES_MEDIA_TYPE, pack_frames, unpack_encoding
 from tests.conftest import TINY_CONFIG, make_frames

@@ -459,7 +459,7 @@ def cloud_http_cases() -> list[Case]:
         h("unknown Content-Encoding", c, ENCODE, "UNSUPPORTED_MEDIA_TYPE", PAIR_CONTAINER, FRAMES_MEDIA_TYPE,
           headers={"Content-Encoding": "compress"}),
         h("no such route", c, "/api/v1/encode/../../etc/passwd", "NOT_FOUND", b"{}"),
-        h("GET on a POST route", c, ENCODE, "NOT_FOUND", b"", None, method="GET", status=405),
+        h("GET on a POST route", c, ENCODE, "METHOD_NOT_ALLOWED", b"", None, method="GET", status=405),
     ]
 
 

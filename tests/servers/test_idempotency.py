@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edensplit.model import encode_frames, load_model
-from edensplit.servers.cloud import create_cloud_app
+from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.servers.idempotency import IdempotencyCache
 from edensplit.settings import ServerSettings
 from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, pack_encoding, pack_frames

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from edensplit.model import encode_frames, frame_difference, load_model
-from edensplit.servers.edge import create_edge_app
+from edensplit.servers.edge.service import create_edge_app
 from edensplit.servers.launch import ServerProcess
 from edensplit.settings import ServerSettings
 from edensplit.wire import BLOB_MEDIA_TYPE, pack_encoding

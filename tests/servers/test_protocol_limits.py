@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edensplit.model import encode_frames, load_model
-from edensplit.servers.cloud import create_cloud_app
+from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.settings import ServerSettings
 from edensplit.wire import b64decode_field, b64encode, encode_png, pack_frames, unpack_encoding
 from edensplit.wire.messages import pack_binary, split_binary, split_text, unpack_binary

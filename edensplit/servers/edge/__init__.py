@@ -1,5 +1,2 @@
-"""The edge server: encodings in, the generated middle frame out (DiT sampling + decoder)."""
-
-from edensplit.servers.edge.app import create_edge_app
-
-__all__ = ["create_edge_app"]
+"""The edge server: enc_out blobs (or, flow B, frames the cloud encodes for it) in, the generated frame out
+(service.py declares it, operations.py does the work, validation.py checks what it is asked)."""

@@ -12,7 +12,7 @@ from edensplit.model import Eden, FrameEncoding, Sampler
 from edensplit.model.config import IGNORED_MODEL_ARGS
 from edensplit.model.stages import is_valid_difference
 from edensplit.servers.contract import JSON, Cancellation
-from edensplit.wire import EncodedFrames
+from edensplit.wire.blob import EncodedFrames
 from edensplit.wire.options import Options
 
 

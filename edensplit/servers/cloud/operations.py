@@ -1,4 +1,4 @@
-"""The cloud's stage: decode frames (JSON, multipart or a frames container), run the encoder, answer with
+"""The cloud's operation: decode frames (JSON, multipart or a frames container), run the encoder, answer with
 the enc_out blob (JSON envelope with base64, or the blob itself)."""
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import numpy as np
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import Eden, encode_frames, frame_difference
-from edensplit.servers.contract import JSON, Cancellation, StageInput, StageReply
+from edensplit.servers.contract import JSON, Cancellation, OperationInput, Reply
 from edensplit.servers.inputs import FRAME_TYPES, read_frames
-from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, b64encode, pack_encoding
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE
+from edensplit.wire.images import b64encode
 from edensplit.wire.options import Options
 
 
@@ -35,31 +37,16 @@ class EncodeResult:
     difference: float | None  # for a pair only
 
 
-def encode_job(model: Eden, job: EncodeJob) -> EncodeResult:
-    """The cloud's model work: encode F frames (and a pair's difference) into one enc_out blob."""
-    job.cancellation.check()
-    try:
-        enc = encode_frames(model, job.frames)
-        difference = float(frame_difference(job.frames[0], job.frames[1])[0]) if len(job.frames) == 2 else None
-    except EdenError:
-        raise
-    except Exception as exc:
-        raise EdenError(f"the encoder failed: {type(exc).__name__}: {exc}", code=ErrorCode.ENCODE_ERROR) from exc
-    blob = pack_encoding(enc, difference, job.wire_dtype, extra={"request_id": job.request_id})
-    return EncodeResult(blob, enc.geometry.grid, difference)
-
-
-def warm_up(model: Eden) -> None:
-    """One small encoding (first-call costs paid before the server reports ready)."""
-    encode_frames(model, np.zeros((64, 64, 3), np.uint8))
-
-
-def encode_batch(model: Eden, jobs: Sequence[EncodeJob]) -> list[EncodeResult]:
-    """Several requests' frames through the encoder as one call (dynamic batching), each its own blob."""
+def encode_jobs(model: Eden, jobs: Sequence[EncodeJob]) -> list[EncodeResult]:
+    """The cloud's model work: each job's F frames (and a pair's difference) into its own enc_out blob. One job
+    is the exact mode (frames encoded one at a time); several are one batched encoder call (MAX_BATCH > 1)."""
     for job in jobs:
         job.cancellation.check()
     try:
-        enc = encode_frames(model, np.concatenate([job.frames for job in jobs]), batched=True).to("cpu")
+        if len(jobs) == 1:
+            enc = encode_frames(model, jobs[0].frames)
+        else:
+            enc = encode_frames(model, np.concatenate([job.frames for job in jobs]), batched=True).to("cpu")
     except EdenError:
         raise
     except Exception as exc:
@@ -74,7 +61,12 @@ def encode_batch(model: Eden, jobs: Sequence[EncodeJob]) -> list[EncodeResult]:
     return results
 
 
-class EncodeStage:
+def warm_up(model: Eden) -> None:
+    """One small encoding (first-call costs paid before the server reports ready)."""
+    encode_frames(model, np.zeros((64, 64, 3), np.uint8))
+
+
+class EncodeOperation:
     """Encode the frames `names` (a pair: /encode; one video frame: /encode_frame) into one blob."""
 
     inputs = FRAME_TYPES
@@ -84,7 +76,7 @@ class EncodeStage:
     def __init__(self, names: tuple[str, ...], max_pixels: int | None = None):
         self.names, self.max_pixels = names, max_pixels
 
-    def decode(self, inp: StageInput, model: Eden) -> EncodeJob:
+    def decode(self, inp: OperationInput, model: Eden) -> EncodeJob:
         wire_dtype = Options.from_flat(inp.options).wire_dtype or "float32"
         frames = read_frames(inp, self.names, self.max_pixels).frames
         return EncodeJob(np.stack(frames), wire_dtype, inp.request_id, inp.answer, inp.cancellation)
@@ -93,15 +85,13 @@ class EncodeStage:
         return job
 
     def predict(self, model: Eden, jobs: Sequence[EncodeJob]) -> list[EncodeResult]:
-        if len(jobs) == 1:
-            return [encode_job(model, jobs[0])]  # the exact mode: one frame at a time
-        return encode_batch(model, jobs)
+        return encode_jobs(model, jobs)
 
     def batch_key(self, job: EncodeJob) -> Hashable:
         """Requests whose frames may share one encoder call (only when MAX_BATCH > 1, e.g. on a GPU)."""
         return job.frames.shape[1:], job.wire_dtype
 
-    def encode(self, result: EncodeResult, job: EncodeJob) -> StageReply:
+    def encode(self, result: EncodeResult, job: EncodeJob) -> Reply:
         height, width = job.frames.shape[1:3]
         meta: dict[str, Any] = {
             "ph": result.grid[0], "pw": result.grid[1], "height": height, "width": width,
@@ -110,5 +100,5 @@ class EncodeStage:
         if result.difference is not None:
             meta["difference"] = result.difference
         if job.answer == BLOB_MEDIA_TYPE:
-            return StageReply({}, meta, result.blob, BLOB_MEDIA_TYPE)
-        return StageReply({"enc_out": b64encode(result.blob), "enc_out_size": len(result.blob)}, meta)
+            return Reply({}, meta, result.blob, BLOB_MEDIA_TYPE)
+        return Reply({"enc_out": b64encode(result.blob), "enc_out_size": len(result.blob)}, meta)

@@ -1,9 +1,9 @@
-"""The edge's stages, each an operation of the stage contract over both transports:
+"""The edge's operations, each of the operation contract over both transports:
 
-- `InterpolateStage`: a pair's enc_out blob (the user's JSON, or the blob with flat options) -> the frame.
-- `SessionFrameStage`: frame-once video sessions: one frame's encoding (flow A) or the frame itself
+- `InterpolateOperation`: a pair's enc_out blob (the user's JSON, or the blob with flat options) -> the frame.
+- `SessionFrameOperation`: frame-once video sessions: one frame's encoding (flow A) or the frame itself
   (flow B, encoded at the cloud) in; the edge keeps it and interpolates (k-1, k) from its cache.
-- `FramesStage`: flow B, the edge as proxy: raw frames in, the cloud encodes them, only the frame goes back.
+- `FramesOperation`: flow B, the edge as proxy: raw frames in, the cloud encodes them, only the frame goes back.
 
 They share the model work (`generate`, batchable) and the answer (the frame as PNG, frames container
 or the JSON envelope with a base64 PNG).
@@ -24,7 +24,7 @@ from edensplit.errors import EdenError, ErrorCode
 from edensplit.model import Eden, FrameEncoding, frame_difference, interpolate, make_noise, to_uint8
 from edensplit.model.eden import FrameContext
 from edensplit.model.stages import cat_contexts, frame_context, geometry_for
-from edensplit.servers.contract import JSON, PNG, Cancellation, StageInput, StageReply
+from edensplit.servers.contract import JSON, PNG, Cancellation, OperationInput, Reply
 from edensplit.servers.edge.validation import (
     InterpolateJob,
     check_encoding,
@@ -36,18 +36,9 @@ from edensplit.servers.edge.validation import (
 from edensplit.servers.inputs import FRAME_TYPES, PAIR, SINGLE, parse_document, read_frames
 from edensplit.servers.schemas import InterpolateFramesRequest, InterpolateRequest, SessionFrameRequest
 from edensplit.servers.sessions import SessionStore
-from edensplit.wire import (
-    BLOB_MEDIA_TYPE,
-    FRAMES_MEDIA_TYPE,
-    EncodedFrames,
-    b64decode_field,
-    b64encode,
-    decode_image,
-    encode_png,
-    pack_frames,
-    unpack_encoding,
-    unpack_frames,
-)
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, EncodedFrames, unpack_encoding
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames, unpack_frames
+from edensplit.wire.images import b64decode_field, b64encode, decode_image, encode_png
 from edensplit.wire.options import Options
 
 SESSION_WAIT_S = 60.0  # how long a request waits for its predecessor frame while another request brings it
@@ -99,7 +90,7 @@ def stop_if_all(jobs: Sequence[InterpolateJob]) -> None:
         jobs[0].cancellation.check()
 
 
-class EdgeStage:
+class EdgeOperation:
     """What every edge operation shares: predict = generate (batchable), encode = the frame."""
 
     answers = (FRAMES_MEDIA_TYPE, PNG)
@@ -111,18 +102,18 @@ class EdgeStage:
         """Pairs that may share a model call: same size, sampler, VAE constants and wire precision."""
         return job.enc0.geometry, job.sampler, job.vae_scaler, job.vae_shift, job.enc0.cond_dit.dtype
 
-    def encode(self, frame: np.ndarray, job: InterpolateJob) -> StageReply:
+    def encode(self, frame: np.ndarray, job: InterpolateJob) -> Reply:
         meta = {"processing_time": round(time.perf_counter() - job.started, 6), "request_id": job.request_id,
                 "seed": job.seed, "height": frame.shape[0], "width": frame.shape[1]}
         if job.answer == PNG:
-            return StageReply({}, meta, encode_png(frame), PNG)
+            return Reply({}, meta, encode_png(frame), PNG)
         if job.answer == FRAMES_MEDIA_TYPE:
             container = pack_frames({"frame": frame}, {"request_id": job.request_id, "seed": str(job.seed)})
-            return StageReply({}, meta, container, FRAMES_MEDIA_TYPE)
-        return StageReply({"generated_frame": b64encode(encode_png(frame))}, meta)
+            return Reply({}, meta, container, FRAMES_MEDIA_TYPE)
+        return Reply({"generated_frame": b64encode(encode_png(frame))}, meta)
 
 
-class InterpolateStage(EdgeStage):
+class InterpolateOperation(EdgeOperation):
     """A pair's blob in, the middle frame out."""
 
     inputs = (JSON, BLOB_MEDIA_TYPE)
@@ -131,7 +122,7 @@ class InterpolateStage(EdgeStage):
     def __init__(self, max_pixels: int | None = None):
         self.max_pixels = max_pixels
 
-    def decode(self, inp: StageInput, model: Eden) -> InterpolateJob:
+    def decode(self, inp: OperationInput, model: Eden) -> InterpolateJob:
         if inp.content_type == JSON:
             req = parse_document(InterpolateRequest, inp)
             opts, blob = Options.from_json(req), b64decode_field(req.enc_out, "enc_out")
@@ -178,7 +169,7 @@ def session_key(params: Mapping[str, Any]) -> tuple[str, int]:
     return session_id, index
 
 
-class SessionFrameStage(EdgeStage):
+class SessionFrameOperation(EdgeOperation):
     """Store frame k (its encoding, or flow B: its pixels, encoded at the cloud); interpolate (k-1, k) unless
     asked only to store it."""
 
@@ -188,7 +179,7 @@ class SessionFrameStage(EdgeStage):
     def __init__(self, sessions: SessionStore, cloud: CloudEncoder, max_pixels: int | None = None):
         self.sessions, self.cloud, self.max_pixels = sessions, cloud, max_pixels
 
-    def decode(self, inp: StageInput, model: Eden) -> SessionFrame:
+    def decode(self, inp: OperationInput, model: Eden) -> SessionFrame:
         session_id, index = session_key(inp.params)
         blob = pixels = None
         if inp.content_type == JSON:
@@ -213,7 +204,7 @@ class SessionFrameStage(EdgeStage):
             check_encoding(model, encoding)
         return SessionFrame(session_id, index, opts, encoding, pixels, inp.request_id, inp.answer, inp.cancellation)
 
-    async def prepare(self, frame: SessionFrame, model: Eden) -> InterpolateJob | StageReply:
+    async def prepare(self, frame: SessionFrame, model: Eden) -> InterpolateJob | Reply:
         sid, index, opts = frame.session_id, frame.index, frame.options
         async with self.sessions.incoming(sid, index):
             encoding = frame.encoding
@@ -222,7 +213,7 @@ class SessionFrameStage(EdgeStage):
                 encoding = (await encode_at_cloud(self.cloud, [frame.pixels], frame.request_id)).encoding
             current = await self.sessions.put(sid, index, encoding, frame.pixels)
         if not (index > 0 if opts.interpolate is None else opts.interpolate):
-            return StageReply({"session_id": sid, "stored": index})
+            return Reply({"session_id": sid, "stored": index})
         if index == 0:
             raise EdenError("frame 0 has no predecessor to interpolate from", code=ErrorCode.INVALID_PARAMETER)
         needs_difference = EdenError("a session frame needs the pair's raw 'difference' (flow A: the client holds "
@@ -253,7 +244,7 @@ class FramesPair:
     cancellation: Cancellation
 
 
-class FramesStage(EdgeStage):
+class FramesOperation(EdgeOperation):
     """Flow B: raw frames in (the cloud's /encode inputs); the edge has the cloud encode them."""
 
     inputs = FRAME_TYPES
@@ -262,7 +253,7 @@ class FramesStage(EdgeStage):
     def __init__(self, cloud: CloudEncoder, max_pixels: int | None = None):
         self.cloud, self.max_pixels = cloud, max_pixels
 
-    def decode(self, inp: StageInput, model: Eden) -> FramesPair:
+    def decode(self, inp: OperationInput, model: Eden) -> FramesPair:
         if inp.content_type == JSON:
             opts = Options.from_json(parse_document(InterpolateFramesRequest, inp))
         else:
