@@ -36,10 +36,14 @@ import numpy as np
 import torch
 import zstandard
 
-from edensplit.model import EdenConfig, encode_frames, frame_difference, load_model
+from edensplit.model.checkpoint import load_model
+from edensplit.model.config import EdenConfig
+from edensplit.model.stages import encode_frames, frame_difference
 from edensplit.video import make_sample_clip, read_frames
-from edensplit.wire import WIRE_DTYPES, encode_png, pack_encoding, pack_frames
+from edensplit.wire.blob import WIRE_DTYPES, pack_encoding
 from edensplit.wire.compression import CompressionResult, best_time, measure
+from edensplit.wire.frames import pack_frames
+from edensplit.wire.images import encode_png
 
 CODEC_SPECS: tuple[tuple[str, int | None], ...] = (
     ("identity", None), ("gzip", 1), ("gzip", 6), ("deflate", 1), ("deflate", 6), ("zstd", 1), ("zstd", 3),

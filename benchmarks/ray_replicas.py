@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
 
 from edensplit.serve_ray.launch import RayServeProcess, replica_pids, replica_requests  # noqa: E402
 from edensplit.video import make_sample_clip, read_png  # noqa: E402
-from edensplit.wire import FRAMES_MEDIA_TYPE, pack_frames  # noqa: E402
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames  # noqa: E402
 
 MODEL_YAML = "model_args: {hidden_dim: 128, num_heads: 4, dit_depth: 2, decoder_depth: 1}\n"
 SESSION_NOT_FOUND = re.compile(r" -- POST \S+/sessions/\S+ 409 ")
@@ -194,7 +194,9 @@ def batchers_in_process(model_yaml: Path, requests: int, rounds: int, size: tupl
     import torch
     from ray.serve import batching
 
-    from edensplit.model import ENCODE, INTERPOLATE, load_config, load_model
+    from edensplit.model.checkpoint import load_model
+    from edensplit.model.config import load_config
+    from edensplit.model.eden import ENCODE, INTERPOLATE
     from edensplit.serve_ray.deployments import use_batching
     from edensplit.servers.cloud.stages import EncodeJob, EncodeStage
     from edensplit.servers.contract import Cancellation
@@ -202,7 +204,7 @@ def batchers_in_process(model_yaml: Path, requests: int, rounds: int, size: tupl
     from edensplit.servers.edge.validation import pair_job
     from edensplit.servers.inputs import PAIR
     from edensplit.servers.runtime import ModelRuntime
-    from edensplit.wire import unpack_encoding
+    from edensplit.wire.blob import unpack_encoding
     from edensplit.wire.options import Options
 
     # Outside a replica @serve.batch works as in one, except for a warning check that reads the replica's

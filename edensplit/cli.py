@@ -268,8 +268,10 @@ def _open_backend(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
     sampler = {"num_steps": args.num_steps, "method": args.method}
     if args.local:
         from edensplit.client.jobs import LocalBackend
-        from edensplit.model import ALL_STAGES, LocalPipeline, Sampler
-        from edensplit.servers.runtime import load_model_for
+        from edensplit.model.eden import ALL_STAGES
+        from edensplit.model.loading import load_model_for
+        from edensplit.model.pipeline import LocalPipeline
+        from edensplit.model.sampler import Sampler
 
         settings = ModelSettings(**_overrides(args, MODEL_FIELDS))
         model = load_model_for(ALL_STAGES, settings)
@@ -335,8 +337,8 @@ def _run_job(args: argparse.Namespace, backend: Any, where: str, fingerprint: di
 def cmd_server(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from edensplit.model import ENCODE, INTERPOLATE
-    from edensplit.servers.runtime import load_model_for
+    from edensplit.model.eden import ENCODE, INTERPOLATE
+    from edensplit.model.loading import load_model_for
 
     settings = ServerSettings(**_overrides(args, (*MODEL_FIELDS, "max_inflight", "max_batch", "edensplit_api_key")))
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):

@@ -44,7 +44,7 @@ from edensplit.client.progress import Meter, Progress, Timings, metered, server_
 from edensplit.client.resume import JobState, folder_identity, input_identity
 from edensplit.client.scenes import DEFAULT_THRESHOLD, SceneDetector
 from edensplit.errors import ErrorCode, InputError
-from edensplit.model import noise_seed
+from edensplit.model.seeds import noise_seed
 from edensplit.video import (
     VideoWriter,
     list_images,

@@ -35,7 +35,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import ENCODE, INTERPOLATE
+from edensplit.model.eden import ENCODE, INTERPOLATE
+from edensplit.model.loading import load_model_for
 from edensplit.servers.cloud import create_cloud_app
 from edensplit.servers.cloud.stages import EncodeJob, EncodeStage
 from edensplit.servers.contract import Cancellation
@@ -43,9 +44,9 @@ from edensplit.servers.edge import create_edge_app
 from edensplit.servers.edge.app import CLOUD_RETRY_FOR_S
 from edensplit.servers.edge.stages import EdgeStage
 from edensplit.servers.inputs import PAIR, SINGLE
-from edensplit.servers.runtime import ModelRuntime, load_model_for
+from edensplit.servers.runtime import ModelRuntime
 from edensplit.settings import ServerSettings
-from edensplit.wire import BLOB_MEDIA_TYPE
+from edensplit.wire.blob import BLOB_MEDIA_TYPE
 
 log = logging.getLogger("edensplit.server")
 

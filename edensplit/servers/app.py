@@ -19,14 +19,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import ENCODE, Eden
+from edensplit.model.eden import ENCODE, Eden
+from edensplit.model.loading import load_model_for
 from edensplit.servers.budget import ByteBudget
 from edensplit.servers.envelope import error_response, log_refusal
 from edensplit.servers.idempotency import IdempotencyCache
 from edensplit.servers.logs import configure_logging
 from edensplit.servers.metrics import Metrics
 from edensplit.servers.middleware import RequestContextMiddleware
-from edensplit.servers.runtime import ModelRuntime, load_model_for
+from edensplit.servers.runtime import ModelRuntime
 from edensplit.servers.schemas import HealthResponse, schema_error
 from edensplit.settings import ServerSettings, resolve_max_batch
 from edensplit.tracing import setup_tracing

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 from starlette.concurrency import run_in_threadpool
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import Eden
+from edensplit.model.eden import Eden
 from edensplit.servers.runtime import ModelRuntime
 from edensplit.tracing import tracer
 

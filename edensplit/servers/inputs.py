@@ -16,7 +16,8 @@ from python_multipart import parse_form
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.servers.contract import JSON, MULTIPART, StageInput
 from edensplit.servers.schemas import EncodeFrameRequest, EncodeRequest, parse_body
-from edensplit.wire import FRAMES_MEDIA_TYPE, b64decode_field, decode_image, unpack_frames
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, unpack_frames
+from edensplit.wire.images import b64decode_field, decode_image
 from edensplit.wire.nesting import check_depth
 
 PAIR = ("frame0", "frame1")

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from edensplit.servers.contract import JSON, MULTIPART
 from edensplit.servers.schemas import inline_schema
-from edensplit.wire import FRAMES_MEDIA_TYPE
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE
 
 OPTIONS_DOC = "options as query parameters: seed, num_steps, method, difference, vae_scaler, vae_shift"
 

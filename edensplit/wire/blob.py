@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from edensplit.errors import ErrorCode, InputError, WireError
-from edensplit.model.stages import FrameEncoding, Geometry, is_valid_difference
+from edensplit.model.encoding import FrameEncoding, Geometry, is_valid_difference
 from edensplit.wire.container import canonical, check_format, load, read_header
 from edensplit.wire.images import check_pixels
 

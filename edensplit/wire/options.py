@@ -14,8 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edensplit.errors import EdenError, ErrorCode
+from edensplit.model.encoding import DIFFERENCE_LIMIT
+from edensplit.model.sampler import MAX_STEPS, METHODS
 from edensplit.model.seeds import MAX_SEED
-from edensplit.model.stages import DIFFERENCE_LIMIT, MAX_STEPS, METHODS
 from edensplit.wire.blob import WIRE_DTYPES
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="the noise seed of this frame (default 0)")]

@@ -11,17 +11,11 @@ import safetensors.torch
 import torch
 
 from edensplit.errors import ErrorCode, InputError
-from edensplit.model import (
-    FrameEncoding,
-    encode_frames,
-    frame_difference,
-    interpolate,
-    load_model,
-    make_noise,
-    to_uint8,
-)
-from edensplit.model.stages import Geometry
-from edensplit.wire import WIRE_DTYPES, pack_encoding, read_blob_header, unpack_encoding
+from edensplit.model.checkpoint import load_model
+from edensplit.model.encoding import FrameEncoding, Geometry
+from edensplit.model.seeds import make_noise
+from edensplit.model.stages import encode_frames, frame_difference, interpolate, to_uint8
+from edensplit.wire.blob import WIRE_DTYPES, pack_encoding, read_blob_header, unpack_encoding
 from tests.conftest import TINY_CONFIG, make_frames
 from tests.wire.helpers import wire_error
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from edensplit.model import ENCODE, Eden
+from edensplit.model.eden import ENCODE, Eden
 from edensplit.servers.app import create_app
 from edensplit.servers.cloud.routes import cloud_router
 from edensplit.servers.cloud.stages import warm_up

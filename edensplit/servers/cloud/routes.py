@@ -13,7 +13,7 @@ from edensplit.servers.openapi import frames_body
 from edensplit.servers.schemas import EncodeData, EncodeFrameRequest, EncodeRequest, Envelope
 from edensplit.servers.ws import serve_websocket
 from edensplit.settings import ServerSettings
-from edensplit.wire import BLOB_MEDIA_TYPE
+from edensplit.wire.blob import BLOB_MEDIA_TYPE
 
 
 def cloud_router(settings: ServerSettings) -> APIRouter:

@@ -11,10 +11,13 @@ from typing import Any
 import numpy as np
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import Eden, encode_frames, frame_difference
+from edensplit.model.eden import Eden
+from edensplit.model.stages import encode_frames, frame_difference
 from edensplit.servers.contract import JSON, Cancellation, StageInput, StageReply
 from edensplit.servers.inputs import FRAME_TYPES, read_frames
-from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, b64encode, pack_encoding
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE
+from edensplit.wire.images import b64encode
 from edensplit.wire.options import Options
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from fastapi import FastAPI
 
 from edensplit.client import AsyncCloud, AsyncHttpTransport
-from edensplit.model import INTERPOLATE, Eden
+from edensplit.model.eden import INTERPOLATE, Eden
 from edensplit.servers.app import create_app
 from edensplit.servers.edge.routes import edge_router
 from edensplit.servers.edge.stages import CloudEncoder, warm_up

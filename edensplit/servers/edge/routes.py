@@ -24,7 +24,8 @@ from edensplit.servers.schemas import (
 from edensplit.servers.sessions import SessionStore
 from edensplit.servers.ws import serve_websocket
 from edensplit.settings import ServerSettings
-from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE
+from edensplit.wire.blob import BLOB_MEDIA_TYPE
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE
 
 ANSWERS = (f"`Accept: {PNG}` or `{FRAMES_MEDIA_TYPE}` (the default for a binary request) answers with the frame "
            "itself instead of the JSON envelope.")

@@ -21,9 +21,10 @@ import torch
 from starlette.concurrency import run_in_threadpool
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import Eden, FrameEncoding, frame_difference, interpolate, make_noise, to_uint8
-from edensplit.model.eden import FrameContext
-from edensplit.model.stages import cat_contexts, frame_context, geometry_for
+from edensplit.model.eden import Eden, FrameContext
+from edensplit.model.encoding import FrameEncoding
+from edensplit.model.seeds import make_noise
+from edensplit.model.stages import cat_contexts, frame_context, frame_difference, geometry_for, interpolate, to_uint8
 from edensplit.servers.contract import JSON, PNG, Cancellation, StageInput, StageReply
 from edensplit.servers.edge.validation import (
     InterpolateJob,
@@ -36,18 +37,9 @@ from edensplit.servers.edge.validation import (
 from edensplit.servers.inputs import FRAME_TYPES, PAIR, SINGLE, parse_document, read_frames
 from edensplit.servers.schemas import InterpolateFramesRequest, InterpolateRequest, SessionFrameRequest
 from edensplit.servers.sessions import SessionStore
-from edensplit.wire import (
-    BLOB_MEDIA_TYPE,
-    FRAMES_MEDIA_TYPE,
-    EncodedFrames,
-    b64decode_field,
-    b64encode,
-    decode_image,
-    encode_png,
-    pack_frames,
-    unpack_encoding,
-    unpack_frames,
-)
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, EncodedFrames, unpack_encoding
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames, unpack_frames
+from edensplit.wire.images import b64decode_field, b64encode, decode_image, encode_png
 from edensplit.wire.options import Options
 
 SESSION_WAIT_S = 60.0  # how long a request waits for its predecessor frame while another request brings it
