@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from edensplit.errors import EdenError
+from edensplit.model import precision
 from edensplit.settings import ClientSettings, ModelSettings, ServerSettings
 from edensplit.version import __version__
 
@@ -30,7 +31,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     _flag(g, "model_path", help="checkpoint: eden.pt / .pth / .safetensors")
     g.add_argument("--config", "--eden_config", dest="eden_config", help="eval_eden.yaml-style config")
     _flag(g, "device", help="cpu or cuda:N")
-    _flag(g, "dtype", dest="eden_dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    _flag(g, "dtype", dest="eden_dtype", choices=precision.names(), help="compute dtype")
     _flag(g, "random_weights", dest="eden_random_weights", action="store_true", default=None,
           help="run with random weights when no checkpoint is given (tests the pipeline, not EDEN's quality)")
 
@@ -389,7 +390,7 @@ def _serve_ray_parser(sub: Any) -> None:
     _flag(g, "model_path", help="checkpoint: eden.pt / .pth / .safetensors (on every replica's node)")
     _flag(g, "eden_config", help="eval_eden.yaml-style config")
     _flag(g, "device", help="cpu or cuda:N (default: each replica's, cuda:0 where it has a GPU)")
-    _flag(g, "dtype", dest="eden_dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    _flag(g, "dtype", dest="eden_dtype", choices=precision.names(), help="compute dtype")
     _flag(g, "random_weights", dest="eden_random_weights", action="store_true", default=None,
           help="run with random weights when no checkpoint is given (tests the pipeline, not EDEN's quality)")
 

@@ -11,7 +11,8 @@ import torch
 from edensplit.model.checkpoint import load_model
 from edensplit.model.config import load_config
 from edensplit.model.eden import ENCODE, INTERPOLATE, Eden
-from edensplit.settings import DTYPES, ModelSettings
+from edensplit.model.precision import torch_dtype
+from edensplit.settings import ModelSettings
 
 log = logging.getLogger("edensplit.server")
 
@@ -25,7 +26,7 @@ def load_model_for(stages: Iterable[str], settings: ModelSettings) -> Eden:
         torch.set_num_threads(settings.torch_threads)
     config = load_config(settings.eden_config)
     model = load_model(settings.model_path, config, stages=set(stages), device=settings.device,
-                       dtype=DTYPES[settings.eden_dtype], allow_random=settings.eden_random_weights,
+                       dtype=torch_dtype(settings.eden_dtype), allow_random=settings.eden_random_weights,
                        seed=settings.eden_random_seed)
     if model.weights_source.startswith("random"):
         log.warning("%s stage: RANDOM WEIGHTS (%s): outputs show the pipeline, not EDEN's quality",
