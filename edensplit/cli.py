@@ -17,6 +17,7 @@ from edensplit.errors import EdenError
 from edensplit.model import precision
 from edensplit.settings import ClientSettings, ModelSettings, ServerSettings
 from edensplit.version import __version__
+from edensplit.wire import codecs
 
 
 def _flag(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None:
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="video: send pairs (each inner frame encoded and sent twice) instead of a frame-once session")
     _flag(run, "payload", choices=["binary", "json"], default="binary",
           help="binary fast path (default) or the JSON/base64 API")
-    _flag(run, "wire_dtype", choices=["float32", "float16", "bfloat16", "int8"], default="float32",
+    _flag(run, "wire_dtype", choices=codecs.names(), default="float32",
           help="enc_out dtype on the wire; float32 is exact")
     _flag(run, "compress", choices=["none", "zstd"], default="none",
           help="HTTP: zstd-compress binary bodies both ways (pays only on links slower than ~20 MB/s)")

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from edensplit.servers import http
 from edensplit.servers.cloud.stages import EncodeStage
 from edensplit.servers.inputs import PAIR, SINGLE
-from edensplit.servers.openapi import frames_body
+from edensplit.servers.openapi import frames_body, wire_dtype_query, wire_dtypes_text
 from edensplit.servers.schemas import EncodeData, EncodeFrameRequest, EncodeRequest, Envelope
 from edensplit.servers.ws import serve_websocket
 from edensplit.settings import ServerSettings
@@ -23,14 +23,15 @@ def cloud_router(settings: ServerSettings) -> APIRouter:
     router = APIRouter()
 
     @router.post("/api/v1/encode", tags=["cloud"], response_model=Envelope[EncodeData],
-                 openapi_extra=frames_body(EncodeRequest, PAIR), summary="Encode a frame pair into the enc_out blob",
-                 description="Query `wire_dtype` = float32 (exact, default), float16 or bfloat16. "
+                 openapi_extra={**frames_body(EncodeRequest, PAIR), **wire_dtype_query()},
+                 summary="Encode a frame pair into the enc_out blob",
+                 description=f"Query `wire_dtype`: {wire_dtypes_text()}. "
                              f"`Accept: {BLOB_MEDIA_TYPE}` (or a binary request) answers with the raw blob.")
     async def encode(request: Request) -> Response:
         return await http.serve(stages["encode"], request)
 
     @router.post("/api/v1/encode_frame", tags=["cloud"], response_model=Envelope[EncodeData],
-                 openapi_extra=frames_body(EncodeFrameRequest, SINGLE),
+                 openapi_extra={**frames_body(EncodeFrameRequest, SINGLE), **wire_dtype_query()},
                  summary="Encode one video frame (frame-once sessions)",
                  description="Each frame of a video is encoded once; the blob holds one frame and no difference "
                              "(the client, which holds both frames, computes it). Same options as /encode.")
