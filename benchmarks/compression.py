@@ -36,11 +36,16 @@ import numpy as np
 import torch
 import zstandard
 
-from edensplit.model import EdenConfig, encode_frames, frame_difference, load_model
+from edensplit.model.checkpoint import load_model
+from edensplit.model.config import EdenConfig
+from edensplit.model.stages import encode_frames, frame_difference
 from edensplit.video.reading import read_frames
 from edensplit.video.sample import make_sample_clip
-from edensplit.wire import WIRE_DTYPES, encode_png, pack_encoding, pack_frames
+from edensplit.wire import codecs
+from edensplit.wire.blob import pack_encoding
 from edensplit.wire.compression import CompressionResult, best_time, measure
+from edensplit.wire.frames import pack_frames
+from edensplit.wire.images import encode_png
 
 CODEC_SPECS: tuple[tuple[str, int | None], ...] = (
     ("identity", None), ("gzip", 1), ("gzip", 6), ("deflate", 1), ("deflate", 6), ("zstd", 1), ("zstd", 3),
@@ -148,11 +153,11 @@ def payloads(height: int, width: int, model_path: Path | None, repeats: int
         enc = encode_frames(model, pair)
         encode_s = min(encode_s, time.perf_counter() - start)
     difference = float(frame_difference(frame0, frame1)[0])
-    items = [("enc_out", dtype, pack_encoding(enc, difference, dtype)) for dtype in WIRE_DTYPES]
+    items = [("enc_out", dtype, pack_encoding(enc, difference, dtype)) for dtype in codecs.names()]
     items.append(("frames container", "uint8", pack_frames({"frame0": frame0, "frame1": frame1})))
     items.append(("2 PNGs (level 1)", "uint8", encode_png(frame0) + encode_png(frame1)))
-    planes = [Row(PLANES, name, r) for name, dtype in WIRE_DTYPES.items()
-              for r in measure_byte_planes(torch.cat([enc.cond_dit, enc.cond_dec]).to(dtype), repeats)]
+    planes = [Row(PLANES, name, r) for name in codecs.names()
+              for r in measure_byte_planes(torch.cat([enc.cond_dit, enc.cond_dec]).to(codecs.get(name).dtype), repeats)]
     ph, pw = enc.geometry.grid
     weights = "random weights" if model_path is None else "trained weights"
     facts = {"model": f"full-size EDEN encoder (hidden_dim {config.model_args.hidden_dim}, patch "
@@ -206,7 +211,7 @@ def best_per_link(rows: Sequence[Row]) -> list[str]:
     """For each enc_out dtype and link: the fastest way to move one pair's blob, and how long it takes."""
     head = " | ".join(f"{name} ({speed:g} MB/s)" for speed, name in LINKS_MB_S)
     out = [f"| enc_out dtype | {head} |", "|---|" + "---|" * len(LINKS_MB_S)]
-    for dtype in WIRE_DTYPES:
+    for dtype in codecs.names():
         group = [r for r in rows if r.payload == "enc_out" and r.dtype == dtype]
         plain = next(r for r in group if r.result.codec == "identity")
         cells = []
@@ -234,14 +239,14 @@ def verdict(rows: Sequence[Row], encode_s: float) -> str:
              "the sign and exponent bits repeat (more of them in bfloat16's high byte, hence its larger saving)."]
     ref_speed, ref_name = REFERENCE_LINK
     fastest = {}
-    for dtype in WIRE_DTYPES:
+    for dtype in codecs.names():
         group = [r for r in enc if r.dtype == dtype and r.break_even_mb_s is not None]
         fastest[dtype] = max(group, key=lambda r: r.break_even_mb_s or 0.0) if group else None
     pays = [d for d, r in fastest.items() if r and (r.break_even_mb_s or 0) > ref_speed]
     desc = "; ".join(f"{d}: {r.label}, {r.result.saved:.1%} saved, pays below {r.break_even_mb_s:,.0f} MB/s "
                      f"({r.break_even_mb_s * 8:,.0f} Mbit/s)" for d, r in fastest.items() if r)
     parts.append(f"The codec that pays on the fastest links, per dtype — {desc}.")
-    off = [d for d in WIRE_DTYPES if d not in pays]
+    off = [d for d in codecs.names() if d not in pays]
     if off:
         parts.append(f"So on a {ref_name} link or faster no codec pays for {', '.join(off)}: HTTP Content-Encoding "
                      "should be identity (off) by default for the enc_out blob, with "
@@ -262,7 +267,7 @@ def verdict(rows: Sequence[Row], encode_s: float) -> str:
                  + ("more than" if cast_saved > best32.result.saved else "less than")
                  + f" the best codec does to float32 ({best32.label}, {best32.result.saved:.1%}).")
     for codec, hi_level, low_level in (("gzip", 6, 1), ("zstd", 3, 1)):
-        pairs = [(by[(d, f"{codec}-{low_level}")], by[(d, f"{codec}-{hi_level}")]) for d in WIRE_DTYPES
+        pairs = [(by[(d, f"{codec}-{low_level}")], by[(d, f"{codec}-{hi_level}")]) for d in codecs.names()
                  if (d, f"{codec}-{low_level}") in by and (d, f"{codec}-{hi_level}") in by]
         if pairs:
             gain = [100 * (h.result.saved - low.result.saved) for low, h in pairs]
@@ -277,7 +282,7 @@ def verdict(rows: Sequence[Row], encode_s: float) -> str:
                      + f" and pays only below {worst:,.1f} MB/s"
                      + (", so it should be off for the enc_out messages." if worst < ref_speed else "."))
     planes = {(r.dtype, r.label): r for r in rows if r.payload == PLANES}
-    pz = [(planes[(d, "zstd-1")], by[(d, "zstd-1")]) for d in WIRE_DTYPES if (d, "zstd-1") in planes]
+    pz = [(planes[(d, "zstd-1")], by[(d, "zstd-1")]) for d in codecs.names() if (d, "zstd-1") in planes]
     if pz:
         parts.append("Grouping the tensors' bytes by position before zstd-1 (a byte-plane shuffle; hypothetical, "
                      "numpy's regrouping timed in) would remove " + ", ".join(
@@ -301,7 +306,7 @@ def verdict(rows: Sequence[Row], encode_s: float) -> str:
 
 def _per_dtype(labels: dict[str, str]) -> str:
     """'zstd-1 for every dtype' when they agree, else 'a for float32, b for float16'."""
-    if len(set(labels.values())) == 1 and len(labels) == len(WIRE_DTYPES):
+    if len(set(labels.values())) == 1 and len(labels) == len(codecs.names()):
         return f"{next(iter(labels.values()))} for every dtype"
     return ", ".join(f"{label} for {dtype}" for dtype, label in labels.items())
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edensplit.model import EdenConfig, encode_frames, frame_difference, interpolate, load_model
-from edensplit.model.stages import normalise_difference
+from edensplit.model.checkpoint import load_model
+from edensplit.model.config import EdenConfig
+from edensplit.model.stages import encode_frames, frame_difference, interpolate, normalise_difference
 
 DEFAULT_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "eden-reference"
 

@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
 from edensplit.serve_ray.launch import RayServeProcess, replica_pids, replica_requests  # noqa: E402
 from edensplit.video.images import read_png  # noqa: E402
 from edensplit.video.sample import make_sample_clip  # noqa: E402
-from edensplit.wire import FRAMES_MEDIA_TYPE, pack_frames  # noqa: E402
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames  # noqa: E402
 
 MODEL_YAML = "model_args: {hidden_dim: 128, num_heads: 4, dit_depth: 2, decoder_depth: 1}\n"
 SESSION_NOT_FOUND = re.compile(r" -- POST \S+/sessions/\S+ 409 ")
@@ -195,7 +195,9 @@ def batchers_in_process(model_yaml: Path, requests: int, rounds: int, size: tupl
     import torch
     from ray.serve import batching
 
-    from edensplit.model import ENCODE, INTERPOLATE, load_config, load_model
+    from edensplit.model.checkpoint import load_model
+    from edensplit.model.config import load_config
+    from edensplit.model.eden import ENCODE, INTERPOLATE
     from edensplit.serve_ray.deployments import use_batching
     from edensplit.servers.cloud.operations import EncodeJob
     from edensplit.servers.cloud.service import cloud_service

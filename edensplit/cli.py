@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from edensplit.errors import EdenError
+from edensplit.model import precision
 from edensplit.settings import ClientSettings, ModelSettings, ServerSettings
 from edensplit.version import __version__
+from edensplit.wire import codecs
 
 
 def _flag(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None:
@@ -30,7 +32,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     _flag(g, "model_path", help="checkpoint: eden.pt / .pth / .safetensors")
     g.add_argument("--config", "--eden_config", dest="eden_config", help="eval_eden.yaml-style config")
     _flag(g, "device", help="cpu or cuda:N")
-    _flag(g, "dtype", dest="eden_dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    _flag(g, "dtype", dest="eden_dtype", choices=precision.names(), help="compute dtype")
     _flag(g, "random_weights", dest="eden_random_weights", action="store_true", default=None,
           help="run with random weights when no checkpoint is given (tests the pipeline, not EDEN's quality)")
 
@@ -90,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="video: send pairs (each inner frame encoded and sent twice) instead of a frame-once session")
     _flag(run, "payload", choices=["binary", "json"], default="binary",
           help="binary fast path (default) or the JSON/base64 API")
-    _flag(run, "wire_dtype", choices=["float32", "float16", "bfloat16", "int8"], default="float32",
+    _flag(run, "wire_dtype", choices=codecs.names(), default=codecs.DEFAULT,
           help="enc_out dtype on the wire; float32 is exact")
     _flag(run, "compress", choices=["none", "zstd"], default="none",
           help="HTTP: zstd-compress binary bodies both ways (pays only on links slower than ~20 MB/s)")
@@ -269,8 +271,10 @@ def _open_backend(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
     sampler = {"num_steps": args.num_steps, "method": args.method}
     if args.local:
         from edensplit.client.jobs import LocalBackend
-        from edensplit.model import ALL_STAGES, LocalPipeline, Sampler
-        from edensplit.servers.runtime import load_model_for
+        from edensplit.model.eden import ALL_STAGES
+        from edensplit.model.loading import load_model_for
+        from edensplit.model.pipeline import LocalPipeline
+        from edensplit.model.sampler import Sampler
 
         settings = ModelSettings(**_overrides(args, MODEL_FIELDS))
         model = load_model_for(ALL_STAGES, settings)
@@ -336,8 +340,8 @@ def _run_job(args: argparse.Namespace, backend: Any, where: str, fingerprint: di
 def cmd_server(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from edensplit.model import ENCODE, INTERPOLATE
-    from edensplit.servers.runtime import load_model_for
+    from edensplit.model.eden import ENCODE, INTERPOLATE
+    from edensplit.model.loading import load_model_for
 
     settings = ServerSettings(**_overrides(args, (*MODEL_FIELDS, "max_inflight", "max_batch", "edensplit_api_key")))
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
@@ -388,7 +392,7 @@ def _serve_ray_parser(sub: Any) -> None:
     _flag(g, "model_path", help="checkpoint: eden.pt / .pth / .safetensors (on every replica's node)")
     _flag(g, "eden_config", help="eval_eden.yaml-style config")
     _flag(g, "device", help="cpu or cuda:N (default: each replica's, cuda:0 where it has a GPU)")
-    _flag(g, "dtype", dest="eden_dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    _flag(g, "dtype", dest="eden_dtype", choices=precision.names(), help="compute dtype")
     _flag(g, "random_weights", dest="eden_random_weights", action="store_true", default=None,
           help="run with random weights when no checkpoint is given (tests the pipeline, not EDEN's quality)")
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, SecretStr
+from pydantic import AfterValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from edensplit.model import precision
 
+# A compute precision's name, checked against edensplit.model.precision's table when settings are read.
+Precision = Annotated[str, AfterValidator(precision.check)]
 
 GPU_BATCH = 8  # the default dynamic batch on a GPU in half precision (set from the benchmark's best batch)
 
@@ -24,7 +26,7 @@ def resolve_max_batch(settings: ServerSettings) -> int:
     frames already differ from float32 by rounding), and the exact mode (one request per call) otherwise."""
     if settings.max_batch is not None:
         return settings.max_batch
-    return GPU_BATCH if settings.device.startswith("cuda") and settings.eden_dtype != "float32" else 1
+    return GPU_BATCH if settings.device.startswith("cuda") and settings.eden_dtype != precision.DEFAULT else 1
 
 
 class ModelSettings(BaseSettings):
@@ -35,7 +37,7 @@ class ModelSettings(BaseSettings):
     model_path: Path | None = Field(None, description="checkpoint (.pt/.pth/.safetensors); MODEL_PATH")
     eden_config: Path | None = Field(None, description="an eval_eden.yaml-style file; EDEN_CONFIG")
     device: str = Field(default_factory=default_device, description="cpu or cuda:N; DEVICE")
-    eden_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="compute dtype")
+    eden_dtype: Precision = Field(precision.DEFAULT, description="compute dtype")
     eden_random_weights: bool = Field(False, description="allow random weights when MODEL_PATH is unset")
     eden_random_seed: int = Field(0, description="seed of the random weights")
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads for the model")

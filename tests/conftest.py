@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from edensplit.model import EdenConfig, ModelArgs, load_model
+from edensplit.model.checkpoint import load_model
+from edensplit.model.config import EdenConfig, ModelArgs
 from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.servers.edge.service import create_edge_app
 from edensplit.servers.launch import ServerProcess

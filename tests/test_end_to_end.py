@@ -149,7 +149,7 @@ SOLID_MODES = [(t, p, f) for t in ("http", "ws") for p in ("binary", "json") for
 def test_a_pair_of_identical_solid_frames_works_in_every_mode(servers, model_env, workdir, transport, payload, flow):
     """A solid frame's similarity with itself rounds to 1 + 1 ulp (grey 10 at 144x176): every split mode
     accepts it and gives --local's frame (an explicit pair always runs the model)."""
-    from edensplit.model import frame_difference
+    from edensplit.model.stages import frame_difference
 
     cloud, edge = servers
     solid = np.full((144, 176, 3), 10, np.uint8)

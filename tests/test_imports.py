@@ -157,3 +157,25 @@ def test_the_package_has_no_import_cycles():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+
+
+def test_modules_import_from_the_defining_module_not_a_package_root():
+    """edensplit.model's and edensplit.wire's roots are not forwarding layers inside the project: edensplit, its
+    tests and benchmarks import each name from the module defining it (edensplit/model/__init__.py keeps the
+    documented public API for users; edensplit/wire/__init__.py is a docstring). bench.py, being split
+    elsewhere, still imports from edensplit.model."""
+    roots = {"edensplit.model", "edensplit.wire"}
+    submodules = {m.rpartition(".")[2] for m in MODULES if m.rpartition(".")[0] in roots}
+    allowed = {PACKAGE / "__init__.py", PACKAGE / "model" / "__init__.py", PACKAGE / "bench.py"}
+    found = []
+    for path in {*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")}:
+        if path in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in roots and not node.level:
+                names = {alias.name for alias in node.names} - submodules
+                if names:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} from {node.module} import {sorted(names)}")
+    assert found == []
+    wire = ast.parse((PACKAGE / "wire" / "__init__.py").read_text())
+    assert len(wire.body) == 1 and isinstance(wire.body[0], ast.Expr)  # the docstring alone

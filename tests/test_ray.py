@@ -34,7 +34,7 @@ from edensplit.serve_ray.launch import RayServeProcess, replica_requests
 from edensplit.serve_ray.proxy import ReplicaLost
 from edensplit.serve_ray.router import session_of
 from edensplit.video.sample import make_sample_clip
-from edensplit.wire import FRAMES_MEDIA_TYPE, pack_frames
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames
 
 from .conftest import ROOT, generated, run_cli
 

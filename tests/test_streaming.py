@@ -18,10 +18,11 @@ from edensplit.client.flows import FrameOnceClient, open_backend
 from edensplit.client.jobs import interpolate_video
 from edensplit.client.services import Cloud, Edge
 from edensplit.client.ws import WsTransport
-from edensplit.model import encode_frames, load_model
+from edensplit.model.checkpoint import load_model
+from edensplit.model.stages import encode_frames
 from edensplit.servers.launch import ServerProcess, free_port
 from edensplit.video.reading import read_frames
-from edensplit.wire import unpack_encoding
+from edensplit.wire.blob import unpack_encoding
 from tests.conftest import N_FRAMES, TINY_CONFIG, generated, run_cli
 
 # Every combination the README names: transport x payload x flow x (frame-once | --pairs) = 16, and each HTTP one

@@ -27,7 +27,7 @@ trace.set_tracer_provider(provider)
 
 from edensplit.client import AsyncHttpTransport, Cloud, Edge, HttpTransport
 from edensplit.client.flows import EdgeProxyClient, SplitClient
-from edensplit.model import load_model
+from edensplit.model.checkpoint import load_model
 from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.servers.edge.service import create_edge_app
 from edensplit.settings import ServerSettings

@@ -14,8 +14,11 @@ from typing import Any
 from edensplit.bench.inputs import _clip_frames, _model_env
 from edensplit.bench.output import _env_line, _mb, _table, _table_line, environment, write_json
 from edensplit.bench.systems import USER_DESIGN, Design, SystemRow, run_design, servers, system_row
+from edensplit.model.precision import DEFAULT as DEFAULT_PRECISION
+from edensplit.wire import codecs
 
-BYTES_DESIGNS = (USER_DESIGN, Design("http", "binary", "a-once", "float16"), Design("http", "binary", "a-once", "int8"))
+BYTES_DESIGNS = (USER_DESIGN, Design("http", "binary", "a-once", codecs.FLOAT16.name),
+                 Design("http", "binary", "a-once", codecs.INT8.name))
 
 
 def run_bytes(size: tuple[int, int], n_frames: int, designs: Sequence[Design] = BYTES_DESIGNS, *, window: int = 2,
@@ -28,7 +31,7 @@ def run_bytes(size: tuple[int, int], n_frames: int, designs: Sequence[Design] = 
     log_dir = log_dir or folder
     frames = _clip_frames(size, n_frames, folder)
     env = {**_model_env(), **(env or {})}
-    precision = env.get("EDEN_DTYPE", os.environ.get("EDEN_DTYPE", "float32"))
+    precision = env.get("EDEN_DTYPE", os.environ.get("EDEN_DTYPE", DEFAULT_PRECISION))
     rows: list[SystemRow] = []
     reference = None
     with servers(env, log_dir, tag="bytes") as (cloud, edge):
@@ -102,8 +105,8 @@ def _bytes_json(row: SystemRow, rows: Sequence[SystemRow]) -> dict[str, Any]:
 # least 10x fewer bytes of encodings than the user's design, frame-once float16 at least 5x, and int8's frames are
 # within 3 grey levels (mean absolute difference) of float32's.
 ACCEPTANCE_SIZE, ACCEPTANCE_FRAMES = (144, 176), 40
-ACCEPTANCE_RATIOS = {"float16": 5.0, "int8": 10.0}
-ACCEPTANCE_MAX_MEAN_ABS = {"int8": 3.0}
+ACCEPTANCE_RATIOS = {codecs.FLOAT16.name: 5.0, codecs.INT8.name: 10.0}
+ACCEPTANCE_MAX_MEAN_ABS = {codecs.INT8.name: 3.0}
 
 
 def acceptance(rows: Sequence[SystemRow]) -> list[tuple[str, bool]]:

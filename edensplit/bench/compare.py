@@ -18,9 +18,12 @@ from edensplit.bench.output import HOP_COLUMNS, _mb, _table, _table_line, enviro
 from edensplit.bench.systems import Design, run_design, servers
 from edensplit.bench.timing import percentile, run_once
 from edensplit.client.jobs import LocalBackend
-from edensplit.model import ALL_STAGES, LocalPipeline
-from edensplit.servers.runtime import load_model_for
+from edensplit.model import precision
+from edensplit.model.eden import ALL_STAGES
+from edensplit.model.loading import load_model_for
+from edensplit.model.pipeline import LocalPipeline
 from edensplit.settings import ModelSettings
+from edensplit.wire import codecs
 
 TRANSPORTS = ("http-json", "http-binary", "ws-json", "ws-binary")
 FLOWS = ("a-pairs", "a-once", "b-pairs", "b-once")
@@ -42,7 +45,8 @@ class Row:
 
 
 def run_bench(size: tuple[int, int] = (240, 428), n_frames: int = 6, transports: tuple[str, ...] = TRANSPORTS,
-              dtypes: tuple[str, ...] = ("float32", "float16"), flows: tuple[str, ...] = FLOWS, window: int = 2,
+              dtypes: tuple[str, ...] = (codecs.FLOAT32.name, codecs.FLOAT16.name), flows: tuple[str, ...] = FLOWS,
+              window: int = 2,
               output: Path | None = None, log_dir: Path | None = None, json_path: Path | None = None) -> list[Row]:
     """Mode compare: --local, then every flow x transport x wire dtype through one cloud and edge."""
     height, width = size
@@ -61,12 +65,12 @@ def run_bench(size: tuple[int, int] = (240, 428), n_frames: int = 6, transports:
     print(f"local: {local_fps:.2f} output frames/s, p50 {percentile(local_lat, 50):.0f} ms "
           f"({model.weights_source}, {height}x{width}, {n_frames} frames)", flush=True)
     del model, local
-    rows = [Row("local", "float32", "-", local_fps, percentile(local_lat, 50), percentile(local_lat, 95), {}, 1.0,
-                None)]
+    rows = [Row("local", precision.DEFAULT, "-", local_fps, percentile(local_lat, 50), percentile(local_lat, 95),
+                {}, 1.0, None)]
     with servers(env, log_dir) as (cloud, edge):
         for flow in flows:
             for transport in transports:
-                for dtype in dtypes if not flow.startswith("b") else ("float32",):
+                for dtype in dtypes if not flow.startswith("b") else (codecs.DEFAULT,):
                     kind, payload = transport.split("-")
                     run = run_design(cloud.url, edge.url, Design(kind, payload, flow, dtype), frames, window)
                     error = float(np.mean([np.abs(a.astype(float) - b).mean() for a, b in zip(run.frames, reference,

@@ -16,6 +16,7 @@ from edensplit.bench.perf import CPU_BATCHES, CPU_SIZES, GPU_BATCHES, GPU_SIZES,
 from edensplit.bench.stages import supported_precisions
 from edensplit.bench.systems import USER_DESIGN, Design
 from edensplit.settings import ModelSettings
+from edensplit.wire import codecs
 
 MODES = ("compare", "perf", "bytes")
 
@@ -35,7 +36,7 @@ def parse_design(text: str, flow: str = "a-once") -> Design:
     """'ws-binary:int8' (transport-payload:wire dtype) -> a Design of `flow`."""
     transport, _, dtype = text.partition(":")
     kind, _, payload = transport.partition("-")
-    return Design(kind, payload or "binary", flow, dtype or "float16")
+    return Design(kind, payload or "binary", flow, dtype or codecs.FLOAT16.name)
 
 
 # Settings that change what a run measures, shown with its command line when set.
@@ -57,7 +58,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.mode == "compare":
         transports = tuple(args.transports.split(",")) if args.transports else TRANSPORTS
         flows = tuple(args.flows.split(",")) if args.flows else FLOWS
-        dtypes = tuple((args.dtypes or "float32,float16").split(","))
+        dtypes = tuple(args.dtypes.split(",")) if args.dtypes else (codecs.FLOAT32.name, codecs.FLOAT16.name)
         run_bench(parse_size(args.size), args.frames, transports, dtypes, flows, args.window, path(args.output),
                   log_dir, path(args.json_path))
     elif args.mode == "bytes":

@@ -18,7 +18,9 @@ from edensplit.bench.output import HOP_COLUMNS, _env_line, _failure, _mb, _table
 from edensplit.bench.stages import REFERENCE_H200, SKIPPED, STAGE_COLUMNS, StageRow, run_stages, stage_cells
 from edensplit.bench.systems import USER_DESIGN, Design, SystemRow, run_design, servers, system_row
 from edensplit.bench.timing import CLOCK_WORDS
+from edensplit.model.precision import DEFAULT as DEFAULT_PRECISION
 from edensplit.settings import ModelSettings
+from edensplit.wire import codecs
 
 GPU_SIZES = ((256, 448), (480, 854), (1080, 1920))
 CPU_SIZES = ((256, 448),)
@@ -44,9 +46,9 @@ def run_system(sizes: Sequence[tuple[int, int]], precisions: Sequence[str], desi
             on_row(row)
 
     # float32 first: its user's-design run is the bytes baseline and the other precisions' frames' reference.
-    for precision in sorted(precisions, key=lambda p: p != "float32"):
+    for precision in sorted(precisions, key=lambda p: p != DEFAULT_PRECISION):
         env = {**_model_env(), "DEVICE": device, "EDEN_DTYPE": precision}
-        baseline = (USER_DESIGN,) if precision == "float32" else ()
+        baseline = (USER_DESIGN,) if precision == DEFAULT_PRECISION else ()
         todo = [(size, d) for size in sizes for d in (*baseline, *designs)]
         if time.monotonic() > deadline:
             for size, design in todo:
@@ -174,7 +176,8 @@ def run_perf(sizes: Sequence[tuple[int, int]], precisions: Sequence[str], batche
     still leaves what it measured. With `budget_s`, the stages start nothing after 55% of it has gone (when the
     system part follows) and the system part nothing after all of it: what did not start is listed as skipped."""
     device = device or ModelSettings().device
-    designs = tuple(designs or (Design("ws", "binary", "a-once", "float16"), Design("ws", "binary", "a-once", "int8")))
+    designs = tuple(designs or (Design("ws", "binary", "a-once", codecs.FLOAT16.name),
+                                 Design("ws", "binary", "a-once", codecs.INT8.name)))
     env = environment(device)
     stages: list[StageRow] = []
     system: list[SystemRow] = []

@@ -18,10 +18,12 @@ import torch
 from edensplit.bench.inputs import _clip_frames, _model_env
 from edensplit.bench.output import _failure, _ms, _table_line
 from edensplit.bench.timing import time_interleaved, time_ms
-from edensplit.model import ALL_STAGES, FrameEncoding, encode_frames, frame_difference, interpolate
+from edensplit.model import precision as precisions
+from edensplit.model.eden import ALL_STAGES
+from edensplit.model.encoding import FrameEncoding
+from edensplit.model.loading import load_model_for
 from edensplit.model.seeds import make_noise
-from edensplit.model.stages import frame_context, geometry_for
-from edensplit.servers.runtime import load_model_for
+from edensplit.model.stages import encode_frames, frame_context, frame_difference, geometry_for, interpolate
 from edensplit.settings import ModelSettings
 
 SKIPPED = "skipped: the run's time budget was spent"
@@ -37,8 +39,8 @@ def supported_precisions(device: str) -> tuple[str, ...]:
     float32 and bfloat16 on a CPU (float16 matrix products on CPUs are emulated, slower than float32)."""
     if device.startswith("cuda"):
         bf16 = torch.cuda.is_bf16_supported()
-        return ("float32", "bfloat16", "float16") if bf16 else ("float32", "float16")
-    return ("float32", "bfloat16")
+        return tuple(p for p in precisions.names() if bf16 or p != precisions.BFLOAT16)
+    return tuple(p for p in precisions.names() if p != precisions.FLOAT16)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import numpy as np
 from edensplit.bench.timing import percentile, run_once
 from edensplit.client.flows import open_backend
 from edensplit.servers.launch import ServerProcess
+from edensplit.wire import codecs
 
 # Seconds per request attempt: a benchmark measures how long a pair takes, on a loaded CPU too (a 480x854 pair on
 # one busy core can take over the client's default 30 s), and leaves retries to the tests of retries.
@@ -73,7 +74,7 @@ class Design:
         return "frame-once" if self.flow.endswith("once") else "pair at a time"
 
 
-USER_DESIGN = Design("http", "json", "a-pairs", "float32")
+USER_DESIGN = Design("http", "json", "a-pairs", codecs.FLOAT32.name)
 
 
 @dataclass

@@ -37,7 +37,7 @@ from edensplit.client.services import Cloud, Edge
 from edensplit.client.transport import DEFAULT_RETRIES, DEFAULT_RETRY_FOR
 from edensplit.client.ws import WsTransport
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import frame_difference
+from edensplit.model.stages import frame_difference
 from edensplit.tracing import traced_pair
 from edensplit.wire.options import Options
 

@@ -44,7 +44,7 @@ from edensplit.client.progress import Meter, Progress, Timings, metered, server_
 from edensplit.client.resume import JobState, folder_identity, input_identity
 from edensplit.client.scenes import DEFAULT_THRESHOLD, SceneDetector
 from edensplit.errors import ErrorCode, InputError
-from edensplit.model import noise_seed
+from edensplit.model.seeds import noise_seed
 from edensplit.video.images import list_images, read_images, read_png, write_png
 from edensplit.video.reading import probe_video, read_frames
 from edensplit.video.sheet import save_contact_sheet

@@ -39,7 +39,8 @@ import numpy as np
 
 from edensplit.client.scenes import STILL, SceneDetector
 from edensplit.errors import EdenError, ErrorCode, InputError
-from edensplit.model import LocalPipeline, noise_seed
+from edensplit.model.pipeline import LocalPipeline
+from edensplit.model.seeds import noise_seed
 
 T = TypeVar("T")
 MULTIPLIERS = (2, 4, 8)

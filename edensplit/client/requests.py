@@ -15,17 +15,9 @@ from typing import Any, Literal
 import numpy as np
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.wire import (
-    BLOB_MEDIA_TYPE,
-    FRAMES_MEDIA_TYPE,
-    b64decode_field,
-    b64encode,
-    decode_image,
-    encode_png,
-    pack_frames,
-    read_blob_header,
-    unpack_frames,
-)
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, read_blob_header
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames, unpack_frames
+from edensplit.wire.images import b64decode_field, b64encode, decode_image, encode_png
 from edensplit.wire.options import Options
 
 JSON = "application/json"

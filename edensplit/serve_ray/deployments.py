@@ -35,12 +35,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edensplit.client.transport import RetryPolicy
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import ENCODE, INTERPOLATE
+from edensplit.model.eden import ENCODE, INTERPOLATE
+from edensplit.model.loading import load_model_for
 from edensplit.servers.cloud.operations import EncodeJob
 from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.servers.contract import Cancellation
 from edensplit.servers.edge.service import CLOUD_RETRY_FOR_S, create_edge_app
-from edensplit.servers.runtime import ModelRuntime, load_model_for
+from edensplit.servers.runtime import ModelRuntime
 from edensplit.servers.service import Endpoint, Service
 from edensplit.settings import ServerSettings
 from edensplit.wire.blob import BLOB_MEDIA_TYPE

@@ -21,12 +21,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.eden import Eden
+from edensplit.model.loading import load_model_for
 from edensplit.servers import http
 from edensplit.servers.envelope import error_response
 from edensplit.servers.logs import configure_logging
 from edensplit.servers.metrics import Metrics
 from edensplit.servers.pipeline import Pipeline
-from edensplit.servers.runtime import ModelRuntime, load_model_for
+from edensplit.servers.runtime import ModelRuntime
 from edensplit.servers.schemas import HealthResponse, schema_error
 from edensplit.servers.service import Endpoint, Service
 from edensplit.servers.ws import serve_websocket
@@ -98,7 +99,12 @@ def _handler(endpoint: Endpoint) -> Callable[..., Any]:
 
 
 def _openapi(endpoint: Endpoint) -> dict[str, Any]:
-    return {"requestBody": dict(endpoint.request_body)} if endpoint.request_body else {}
+    extra: dict[str, Any] = {}
+    if endpoint.request_body:
+        extra["requestBody"] = dict(endpoint.request_body)
+    if endpoint.parameters:
+        extra["parameters"] = [dict(p) for p in endpoint.parameters]
+    return extra
 
 
 def drain_on_sigterm(runtime: ModelRuntime) -> Callable[[], None]:

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from edensplit.servers.contract import JSON, MULTIPART
 from edensplit.servers.schemas import inline_schema
+from edensplit.wire import codecs
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE
 
 OPTIONS_DOC = "options as query parameters: seed, num_steps, method, difference, vae_scaler, vae_shift"
@@ -30,3 +31,17 @@ def frames_body(schema: type[BaseModel], names: tuple[str, ...]) -> dict[str, An
         **files, "metadata": {"type": "string", "description": "JSON object; may carry image_size [H, W]"}}}}
     container = binary(f"frames container with uint8 tensors {', '.join(names)}")
     return request_body(schema, **{MULTIPART: multipart, FRAMES_MEDIA_TYPE: container})
+
+
+def wire_dtype_query() -> dict[str, Any]:
+    """`openapi_extra` for the cloud's `wire_dtype` query parameter: the wire dtypes registered now (a codec
+    registered later shows in apps created after it), each with the error bound it guarantees."""
+    bounds = "; ".join(f"{name}: {codecs.get(name).bound}" for name in codecs.names())
+    return {"parameters": [{"name": "wire_dtype", "in": "query", "required": False,
+                            "description": f"enc_out precision on the wire ({bounds})",
+                            "schema": {"type": "string", "enum": list(codecs.names()), "default": codecs.DEFAULT}}]}
+
+
+def wire_dtypes_text() -> str:
+    """The wire dtypes in words, for endpoint descriptions."""
+    return f"one of {', '.join(codecs.names())} (default {codecs.DEFAULT})"

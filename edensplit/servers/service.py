@@ -29,6 +29,7 @@ class Endpoint:
     description: str = ""
     request_body: Mapping[str, Any] = field(default_factory=dict)  # OpenAPI: the body's media types and schemas
     path_params: Mapping[str, type] = field(default_factory=dict)  # the route's path parameters and their types
+    parameters: tuple[Mapping[str, Any], ...] = ()  # OpenAPI: query parameters read from the request
     response_model: Any = None  # the JSON answer's model
     batcher: str | None = None  # operations naming the same batcher may share a model call (MAX_BATCH > 1)
 

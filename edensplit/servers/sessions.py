@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import FrameEncoding
 from edensplit.model.eden import FrameContext
+from edensplit.model.encoding import FrameEncoding
 
 KEEP_FRAMES = 4  # the last frames of a session kept: enough for resends of in-flight pairs
 GRACE_S = 2.0  # how long a lookup waits for the request bringing a frame to show up

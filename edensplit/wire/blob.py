@@ -6,10 +6,9 @@ F, D, the wire dtype, the pair's raw `difference` (exact repr of the float) and 
 Everything is checked on unpack, so the edge never runs a model on tensors that do not fit; nothing
 is unpickled. A float32 blob round-trips bit for bit.
 
-Wire dtype `int8`: each token's D values are quantised symmetrically, q = round(x / s) in [-127, 127]
-with s = max|x| / 127 per token, sent as int8 with float32 scales `cond_dit_scale`, `cond_dec_scale`
-[F, N]; about a quarter of float32's bytes. Unpacking dequantises (q * s, float32); each value is within
-s / 2 of the original.
+The wire dtypes are the codecs of `wire/codecs.py`: each says how the tokens are stored (e.g. int8 with
+float32 per-token scales `cond_dit_scale`, `cond_dec_scale` [F, N] beside them) and come back; the tensors
+and dtypes a blob must hold are the codec's.
 """
 
 from __future__ import annotations
@@ -22,17 +21,16 @@ import torch
 from torch import Tensor
 
 from edensplit.errors import ErrorCode, InputError, WireError
-from edensplit.model.stages import FrameEncoding, Geometry, is_valid_difference
+from edensplit.model.encoding import FrameEncoding, Geometry, is_valid_difference
+from edensplit.wire import codecs
 from edensplit.wire.container import canonical, check_format, load, read_header
 from edensplit.wire.images import check_pixels
 
 FORMAT = "edensplit.enc_out"
 VERSION = "1"
 BLOB_MEDIA_TYPE = "application/vnd.edensplit.enc-out+safetensors"
-WIRE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16,
-                                       "bfloat16": torch.bfloat16, "int8": torch.int8}
-TENSORS = ("cond_dit", "cond_dec", "mean", "std")
-SCALES = ("cond_dit_scale", "cond_dec_scale")  # int8 only: one float32 scale per token
+TOKENS = ("cond_dit", "cond_dec")  # stored as their wire dtype's codec says
+TENSORS = (*TOKENS, "mean", "std")
 REQUIRED = ("format", "version", "height", "width", "multiple", "patch", "pad", "grid", "frames", "hidden_dim",
             "wire_dtype")
 RESERVED = frozenset((*REQUIRED, "difference"))
@@ -50,11 +48,10 @@ class EncodedFrames:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def pack_encoding(enc: FrameEncoding, difference: float | None = None, wire_dtype: str = "float32",
+def pack_encoding(enc: FrameEncoding, difference: float | None = None, wire_dtype: str = codecs.DEFAULT,
                   extra: dict[str, str] | None = None) -> bytes:
     """FrameEncoding of F frames (+ the pair's raw difference, extra str metadata) -> enc_out blob bytes."""
-    if wire_dtype not in WIRE_DTYPES:
-        raise InputError(f"unknown wire dtype {wire_dtype!r}; use one of {', '.join(WIRE_DTYPES)}")
+    codec = codecs.get(wire_dtype)
     extra = dict(extra or {})
     clash = sorted(RESERVED & extra.keys())
     if clash:
@@ -73,12 +70,8 @@ def pack_encoding(enc: FrameEncoding, difference: float | None = None, wire_dtyp
                   frames, geo.tokens, dim, InputError)
     tensors = {"mean": enc.mean.detach().to("cpu", torch.float32).contiguous(),
                "std": enc.std.detach().to("cpu", torch.float32).contiguous()}
-    for name in ("cond_dit", "cond_dec"):
-        tokens = getattr(enc, name).detach().to("cpu")
-        if wire_dtype == "int8":
-            tensors[name], tensors[f"{name}_scale"] = quantise(tokens)
-        else:
-            tensors[name] = tokens.to(WIRE_DTYPES[wire_dtype]).contiguous()
+    for name in TOKENS:
+        tensors.update(codec.pack(name, getattr(enc, name).detach().to("cpu")))
     top, bottom, left, right = geo.padding
     metadata = {"format": FORMAT, "version": VERSION, "height": str(geo.height), "width": str(geo.width),
                 "multiple": str(geo.multiple), "patch": str(geo.patch), "pad": f"{top},{bottom},{left},{right}",
@@ -87,20 +80,6 @@ def pack_encoding(enc: FrameEncoding, difference: float | None = None, wire_dtyp
     if difference is not None:
         metadata["difference"] = repr(difference)
     return canonical(safetensors.torch.save(tensors, metadata=metadata))
-
-
-def quantise(tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """Symmetric per-token int8: [F, N, D] -> (int8 [F, N, D], float32 scales [F, N])."""
-    x = tokens.float()
-    scale = x.abs().amax(dim=-1) / 127
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero token: any scale will do
-    q = torch.round(x / scale[..., None]).clamp(-127, 127).to(torch.int8)
-    return q.contiguous(), scale.contiguous()
-
-
-def dequantise(q: Tensor, scale: Tensor) -> Tensor:
-    """int8 [F, N, D] and float32 scales [F, N] -> float32 [F, N, D]."""
-    return q.float() * scale[..., None]
 
 
 def read_blob_header(data: bytes) -> dict[str, str]:
@@ -121,8 +100,9 @@ def unpack_encoding(data: bytes, *, frames: int | None = None, max_pixels: int |
         if key not in metadata:
             raise _invalid(f"metadata lacks {key!r}")
     wire_dtype = metadata["wire_dtype"]
-    if wire_dtype not in WIRE_DTYPES:
-        raise _invalid(f"has unknown wire_dtype {wire_dtype!r}; expected one of {', '.join(WIRE_DTYPES)}")
+    if wire_dtype not in codecs.names():
+        raise _invalid(f"has unknown wire_dtype {wire_dtype!r}; expected one of {', '.join(codecs.names())}")
+    codec = codecs.get(wire_dtype)
     height, width, multiple, patch, count, dim = (_uints(metadata, k, 1)[0] for k in
                                                   ("height", "width", "multiple", "patch", "frames", "hidden_dim"))
     grid, pad = tuple(_uints(metadata, "grid", 2)), tuple(_uints(metadata, "pad", 4, minimum=0))
@@ -136,26 +116,26 @@ def unpack_encoding(data: bytes, *, frames: int | None = None, max_pixels: int |
         raise _shape(f"holds {count} frame(s), expected {frames}")
     difference = _difference(metadata.get("difference"))
     tensors = load(data, WHAT, safetensors.torch.load)
-    names = (*TENSORS, *SCALES) if wire_dtype == "int8" else TENSORS
+    names = (*TENSORS, *(side for name in TOKENS for side in codec.side_names(name)))
     if set(tensors) != set(names):
         raise _invalid(f"holds tensors {sorted(tensors)}, expected {sorted(names)}")
     for name in names:
-        expected = WIRE_DTYPES[wire_dtype] if name in ("cond_dit", "cond_dec") else torch.float32
+        expected = codec.dtype if name in TOKENS else torch.float32
         if tensors[name].dtype != expected:
             raise _invalid(f"tensor {name} is {_dtype_name(tensors[name].dtype)}, expected {_dtype_name(expected)}")
     _check_shapes(tensors, count, grid[0] * grid[1], dim, WireError)
     for name in names:
         if tensors[name].is_floating_point() and not torch.isfinite(tensors[name]).all():
             raise _invalid(f"tensor {name} holds non-finite values (NaN or inf)")
-    if wire_dtype == "int8":
-        for name in ("cond_dit", "cond_dec"):
-            scale = tensors.pop(f"{name}_scale")
-            if list(scale.shape) != [count, grid[0] * grid[1]]:
-                raise _shape(f"tensor {name}_scale is {list(scale.shape)}, expected [frames, ph*pw] "
+    for name in TOKENS:
+        for side in codec.side_names(name):
+            if list(tensors[side].shape) != [count, grid[0] * grid[1]]:
+                raise _shape(f"tensor {side} is {list(tensors[side].shape)}, expected [frames, ph*pw] "
                              f"= {[count, grid[0] * grid[1]]}")
-            if not bool((scale > 0).all()):
-                raise _invalid(f"tensor {name}_scale holds scales that are not positive")
-            tensors[name] = dequantise(tensors[name], scale)
+        try:
+            tensors[name] = codec.unpack(name, tensors)
+        except ValueError as exc:
+            raise _invalid(str(exc)) from None
     extra = {k: v for k, v in metadata.items() if k not in RESERVED}
     encoding = FrameEncoding(tensors["cond_dit"], tensors["cond_dec"], tensors["mean"], tensors["std"], geo)
     return EncodedFrames(encoding, difference, wire_dtype, extra)

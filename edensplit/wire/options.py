@@ -8,15 +8,18 @@ declare their constraints, so HTTP and WebSocket cannot read one option two ways
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
 
 from edensplit.errors import EdenError, ErrorCode
+from edensplit.model.encoding import DIFFERENCE_LIMIT
+from edensplit.model.sampler import MAX_STEPS, METHODS
 from edensplit.model.seeds import MAX_SEED
-from edensplit.model.stages import DIFFERENCE_LIMIT, MAX_STEPS, METHODS
-from edensplit.wire.blob import WIRE_DTYPES
+from edensplit.wire import codecs
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="the noise seed of this frame (default 0)")]
 NumSteps = Annotated[int, Field(ge=1, le=MAX_STEPS, description="2 = the reference grid (0, 0.75, 1)")]
@@ -25,18 +28,47 @@ Difference = Annotated[float, Field(ge=-DIFFERENCE_LIMIT, le=DIFFERENCE_LIMIT, a
                                     description="the raw mean cosine similarity of the pair's frames")]
 VaeScaler = Annotated[float, Field(gt=0, allow_inf_nan=False, description="EDEN: 0.179437")]
 VaeShift = Annotated[float, Field(allow_inf_nan=False, description="EDEN: 0.770202")]
-WireDtype = Literal["float32", "float16", "bfloat16", "int8"]
+NOT_A_NAME = "not_a_registered_name"  # the error type of a name a registry does not hold
 
-# What each constraint means, for messages that name the option and the rule it breaks.
+
+class OneOf:
+    """A str annotation: one of the names a registry holds when validating (`names()`, read each time, so a
+    name registered later is accepted), and a JSON Schema string `enum` of them when a schema is generated."""
+
+    def __init__(self, names: Callable[[], tuple[str, ...]]):
+        self.names = names
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(self.validate)
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+                                     ) -> JsonSchemaValue:
+        return {"type": "string", "enum": list(self.names())}
+
+    def validate(self, value: Any) -> str:
+        if isinstance(value, str) and value in self.names():
+            return value
+        raise PydanticCustomError(NOT_A_NAME, "Input should be one of {names}", {"names": ", ".join(self.names())})
+
+
+WireDtype = Annotated[str, OneOf(codecs.names)]
+
+# What each constraint means, for messages that name the option and the rule it breaks (`rule`).
 RULES = {
     "seed": "an integer in [0, 2**64)",
     "num_steps": f"an integer from 1 to {MAX_STEPS}",
     "method": f"one of {', '.join(METHODS)}",
     "difference": "the raw mean cosine similarity in [-1, 1]",
     "vae_scaler": "> 0",
-    "wire_dtype": f"one of {', '.join(WIRE_DTYPES)}",
 }
 _CONSTRAINT_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def rule(name: str) -> str | None:
+    """What option `name` must be, in words; the wire dtypes as registered now."""
+    if name == "wire_dtype":
+        return f"one of {', '.join(codecs.names())}"
+    return RULES.get(name)
 
 
 class Options(BaseModel):
@@ -95,10 +127,10 @@ def option_error(exc: ValidationError, values: Mapping[str, Any], *, flat: bool)
     value = values.get(name)
     if error["type"] == "finite_number":
         return EdenError(f"{name} must be finite, got {value!r}", code=ErrorCode.INVALID_PARAMETER)
-    if error["type"] == "literal_error":
-        return EdenError(f"{name} {value!r} is not {RULES.get(name, error['msg'])}", code=ErrorCode.INVALID_PARAMETER)
+    if error["type"] in ("literal_error", NOT_A_NAME):
+        return EdenError(f"{name} {value!r} is not {rule(name) or error['msg']}", code=ErrorCode.INVALID_PARAMETER)
     if error["type"] in _CONSTRAINT_ERRORS:
-        return EdenError(f"{name} must be {RULES.get(name, error['msg'])}, got {value!r}",
+        return EdenError(f"{name} must be {rule(name) or error['msg']}, got {value!r}",
                          code=ErrorCode.INVALID_PARAMETER)
     wanted = {"seed": "int", "num_steps": "int", "interpolate": "bool", "difference": "float", "vae_scaler": "float",
               "vae_shift": "float"}.get(name, "string")

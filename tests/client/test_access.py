@@ -19,7 +19,7 @@ from edensplit.client.services import Cloud, Edge
 from edensplit.client.transport import RetryPolicy, ServerError
 from edensplit.client.ws import WsTransport
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import load_model
+from edensplit.model.checkpoint import load_model
 from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.servers.edge.service import create_edge_app
 from edensplit.servers.launch import free_port

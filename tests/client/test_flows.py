@@ -16,7 +16,7 @@ from edensplit.client.requests import Answer, Call
 from edensplit.client.services import Cloud, Edge
 from edensplit.client.transport import ServerError
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import noise_seed
+from edensplit.model.seeds import noise_seed
 from edensplit.servers.launch import free_port
 from tests.conftest import make_frames
 

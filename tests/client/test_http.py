@@ -15,7 +15,8 @@ from edensplit.client.services import AsyncCloud, Cloud, Edge
 from edensplit.client.transport import RetryPolicy, ServerError
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.servers.launch import free_port
-from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, unpack_frames
+from edensplit.wire.blob import BLOB_MEDIA_TYPE
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, unpack_frames
 from tests.conftest import make_frames
 
 FRAMES = make_frames(2, 40, 70)

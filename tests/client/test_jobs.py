@@ -15,7 +15,8 @@ import pytest
 from edensplit.client.jobs import JobResult, LocalBackend, interpolate_pair_files, interpolate_stream, interpolate_video
 from edensplit.client.resume import JobState, saved_frames, state_dir
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import LocalPipeline, noise_seed
+from edensplit.model.pipeline import LocalPipeline
+from edensplit.model.seeds import noise_seed
 from edensplit.video.images import write_png
 from edensplit.video.sample import make_sample_clip
 from tests.conftest import make_frames

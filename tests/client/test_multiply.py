@@ -25,7 +25,8 @@ from edensplit.client.requests import Answer, Call
 from edensplit.client.scenes import CUT, STILL, SceneDetector
 from edensplit.client.services import Cloud, Edge
 from edensplit.errors import EdenError
-from edensplit.model import LocalPipeline, noise_seed
+from edensplit.model.pipeline import LocalPipeline
+from edensplit.model.seeds import noise_seed
 from tests.conftest import make_frames
 from tests.media import cut_frames, with_stills
 

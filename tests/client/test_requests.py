@@ -16,7 +16,9 @@ from edensplit.client.requests import JSON, Answer, EncodedBlob
 from edensplit.client.services import Cloud, Edge
 from edensplit.client.ws import frames_of, message
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, b64encode, encode_png, pack_frames, unpack_frames
+from edensplit.wire.blob import BLOB_MEDIA_TYPE
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames, unpack_frames
+from edensplit.wire.images import b64encode, encode_png
 from edensplit.wire.messages import unpack_binary
 from edensplit.wire.options import Options
 from tests.conftest import make_frames

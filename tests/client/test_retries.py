@@ -31,7 +31,8 @@ from edensplit.client.ws import WsTransport
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.servers.launch import free_port
 from edensplit.settings import ClientSettings
-from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE
+from edensplit.wire.blob import BLOB_MEDIA_TYPE
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE
 from edensplit.wire.messages import pack_binary, unpack_binary
 from tests.conftest import make_frames
 

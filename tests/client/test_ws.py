@@ -13,7 +13,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from edensplit.client.requests import Call
 from edensplit.client.ws import WsTransport
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE
+from edensplit.wire.blob import BLOB_MEDIA_TYPE
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE
 from edensplit.wire.messages import pack_binary, unpack_binary
 
 CALL = Call("session_frame", "/api/v1/sessions/s/frames/0", {"interpolate": False}, BLOB_MEDIA_TYPE,

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from edensplit.errors import CheckpointError, ConfigError
-from edensplit.model import ENCODE, INTERPOLATE, EdenConfig, load_config, load_model
-from edensplit.model.checkpoint import expected_shapes, read_state_dict
+from edensplit.model.checkpoint import expected_shapes, load_model, read_state_dict
+from edensplit.model.config import EdenConfig, load_config
+from edensplit.model.eden import ENCODE, INTERPOLATE
 from tests.conftest import TINY_CONFIG, fixture_checkpoint
 
 

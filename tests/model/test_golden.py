@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from edensplit.model import EdenConfig, encode_frames, frame_difference, interpolate, load_model, make_noise
-from edensplit.model.stages import normalise_difference
+from edensplit.model.checkpoint import load_model
+from edensplit.model.config import EdenConfig
+from edensplit.model.seeds import make_noise
+from edensplit.model.stages import encode_frames, frame_difference, interpolate, normalise_difference
 from tests.conftest import fixture_checkpoint
 
 CASES = ["tiny_70x100", "tiny_96x128"]

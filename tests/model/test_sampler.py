@@ -8,9 +8,12 @@ import pytest
 import torch
 from torch import Tensor
 
-from edensplit.model import Sampler, encode_frames, frame_difference, interpolate, load_model, make_noise
+from edensplit.model.checkpoint import load_model
 from edensplit.model.eden import Eden
-from edensplit.model.stages import FrameEncoding, normalise_difference
+from edensplit.model.encoding import FrameEncoding
+from edensplit.model.sampler import Sampler
+from edensplit.model.seeds import make_noise
+from edensplit.model.stages import encode_frames, frame_difference, interpolate, normalise_difference
 from tests.conftest import TINY_CONFIG, make_frames
 
 # float32 `interpolate` vs the float64 computation below, max abs error measured over these six cases

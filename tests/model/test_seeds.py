@@ -7,8 +7,7 @@ from fractions import Fraction as F
 import pytest
 import torch
 
-from edensplit.model import make_noise, noise_seed
-from edensplit.model.seeds import dyadic_index
+from edensplit.model.seeds import dyadic_index, make_noise, noise_seed
 
 
 def test_dyadic_index_enumerates_by_depth():

@@ -9,18 +9,12 @@ import pytest
 import torch
 
 from edensplit.errors import InputError
-from edensplit.model import (
-    FrameEncoding,
-    LocalPipeline,
-    Sampler,
-    encode_frames,
-    frame_difference,
-    interpolate,
-    load_model,
-    make_noise,
-    to_uint8,
-)
-from edensplit.model.stages import Geometry
+from edensplit.model.checkpoint import load_model
+from edensplit.model.encoding import FrameEncoding, Geometry
+from edensplit.model.pipeline import LocalPipeline
+from edensplit.model.sampler import Sampler
+from edensplit.model.seeds import make_noise
+from edensplit.model.stages import encode_frames, frame_difference, interpolate, to_uint8
 from tests.conftest import TINY_CONFIG, make_frames
 
 

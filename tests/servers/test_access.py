@@ -9,12 +9,12 @@ from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse
 
 from edensplit.cli import build_parser, is_loopback
-from edensplit.model import load_model
+from edensplit.model.checkpoint import load_model
 from edensplit.servers.auth import bearer_matches
 from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.servers.edge.service import create_edge_app
 from edensplit.settings import ServerSettings
-from edensplit.wire import FRAMES_MEDIA_TYPE, pack_frames
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames
 from tests.conftest import TINY_CONFIG, make_frames
 
 KEY = "s3cret-key"

@@ -17,11 +17,13 @@ import zstandard
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse
 
-from edensplit.model import encode_frames, frame_difference, load_model
+from edensplit.model.checkpoint import load_model
+from edensplit.model.stages import encode_frames, frame_difference
 from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.servers.launch import ServerProcess
 from edensplit.settings import ServerSettings
-from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, pack_encoding, pack_frames
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames
 from tests.conftest import TINY_CONFIG, make_frames
 
 FRAMES = make_frames(2, 40, 70)

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import LocalPipeline, encode_frames, frame_difference, load_model
+from edensplit.model.checkpoint import load_model
+from edensplit.model.pipeline import LocalPipeline
+from edensplit.model.stages import encode_frames, frame_difference
 from edensplit.servers.batching import HISTORY, Batcher
 from edensplit.servers.edge.service import create_edge_app
 from edensplit.settings import ServerSettings
-from edensplit.wire import BLOB_MEDIA_TYPE, pack_encoding, unpack_frames
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
+from edensplit.wire.frames import unpack_frames
 from tests.conftest import TINY_CONFIG, make_frames
 
 

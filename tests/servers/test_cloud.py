@@ -11,16 +11,11 @@ import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from edensplit.model import encode_frames, frame_difference, load_model
-from edensplit.wire import (
-    BLOB_MEDIA_TYPE,
-    FRAMES_MEDIA_TYPE,
-    b64decode_field,
-    b64encode,
-    encode_png,
-    pack_frames,
-    unpack_encoding,
-)
+from edensplit.model.checkpoint import load_model
+from edensplit.model.stages import encode_frames, frame_difference
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, unpack_encoding
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames
+from edensplit.wire.images import b64decode_field, b64encode, encode_png
 from tests.conftest import TINY_CONFIG, make_frames
 
 FRAMES = make_frames(2, 40, 70)

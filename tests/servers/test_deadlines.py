@@ -12,9 +12,10 @@ import httpx
 import pytest
 import websockets.sync.client
 
-from edensplit.model import encode_frames, frame_difference, load_model
+from edensplit.model.checkpoint import load_model
+from edensplit.model.stages import encode_frames, frame_difference
 from edensplit.servers.launch import ServerProcess
-from edensplit.wire import BLOB_MEDIA_TYPE, pack_encoding
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
 from edensplit.wire.messages import pack_binary
 from tests.conftest import TINY_CONFIG, make_frames
 

@@ -7,17 +7,13 @@ import pytest
 import torch
 
 from edensplit.client import RetryPolicy
-from edensplit.model import LocalPipeline, encode_frames, frame_difference, load_model
+from edensplit.model.checkpoint import load_model
 from edensplit.model.config import EdenConfig, ModelArgs
-from edensplit.wire import (
-    BLOB_MEDIA_TYPE,
-    FRAMES_MEDIA_TYPE,
-    b64decode_field,
-    b64encode,
-    decode_image,
-    pack_encoding,
-    unpack_frames,
-)
+from edensplit.model.pipeline import LocalPipeline
+from edensplit.model.stages import encode_frames, frame_difference
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, unpack_frames
+from edensplit.wire.images import b64decode_field, b64encode, decode_image
 from tests.conftest import TINY_CONFIG, make_frames
 from tests.servers.test_cloud import assert_error
 
@@ -168,7 +164,7 @@ def test_flow_b_with_the_cloud_unreachable_is_an_upstream_error(reference):
 
     from edensplit.servers.edge.service import create_edge_app
     from edensplit.settings import ServerSettings
-    from edensplit.wire import pack_frames
+    from edensplit.wire.frames import pack_frames
 
     model = load_model(None, TINY_CONFIG, stages={"interpolate"}, allow_random=True, seed=3)
     app = create_edge_app(ServerSettings(cloud_server_url="http://127.0.0.1:9"), model)

@@ -10,10 +10,12 @@ import numpy as np
 import torch
 from fastapi.testclient import TestClient
 
-from edensplit.model import encode_frames, load_model
+from edensplit.model.checkpoint import load_model
+from edensplit.model.stages import encode_frames
 from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.settings import GPU_BATCH, ServerSettings, resolve_max_batch
-from edensplit.wire import FRAMES_MEDIA_TYPE, pack_frames, unpack_encoding
+from edensplit.wire.blob import unpack_encoding
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames
 from tests.conftest import TINY_CONFIG, make_frames
 
 

@@ -40,20 +40,15 @@ import websockets.sync.client
 from PIL import Image
 
 from edensplit.errors import ErrorCode
-from edensplit.model import FrameEncoding, encode_frames, frame_difference, load_model
+from edensplit.model.checkpoint import load_model
 from edensplit.model.config import EdenConfig, ModelArgs
-from edensplit.model.stages import Geometry
+from edensplit.model.encoding import FrameEncoding, Geometry
+from edensplit.model.stages import encode_frames, frame_difference
 from edensplit.servers.launch import ServerProcess
-from edensplit.wire import (
-    BLOB_MEDIA_TYPE,
-    FRAMES_MEDIA_TYPE,
-    b64encode,
-    encode_png,
-    pack_encoding,
-    pack_frames,
-    read_blob_header,
-)
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding, read_blob_header
 from edensplit.wire.compression import compress
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames
+from edensplit.wire.images import b64encode, encode_png
 from edensplit.wire.messages import MAGIC, pack_binary, split_binary, split_text, unpack_binary
 from tests.conftest import TINY_CONFIG, TINY_YAML, make_frames
 

@@ -11,11 +11,13 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from edensplit.model import encode_frames, load_model
+from edensplit.model.checkpoint import load_model
+from edensplit.model.stages import encode_frames
 from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.servers.idempotency import IdempotencyCache
 from edensplit.settings import ServerSettings
-from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, pack_encoding, pack_frames
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames
 from edensplit.wire.messages import pack_binary, unpack_binary
 from tests.conftest import TINY_CONFIG, make_frames
 

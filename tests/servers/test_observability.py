@@ -12,11 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from edensplit.model import encode_frames, frame_difference, load_model
+from edensplit.model.checkpoint import load_model
+from edensplit.model.stages import encode_frames, frame_difference
 from edensplit.servers.edge.service import create_edge_app
 from edensplit.servers.launch import ServerProcess
 from edensplit.settings import ServerSettings
-from edensplit.wire import BLOB_MEDIA_TYPE, pack_encoding
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
 from edensplit.wire.messages import pack_binary, unpack_binary
 from tests.conftest import TINY_CONFIG, make_frames
 

@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from edensplit.model import encode_frames, load_model
+from edensplit.model.checkpoint import load_model
+from edensplit.model.stages import encode_frames
 from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.settings import ServerSettings
-from edensplit.wire import b64decode_field, b64encode, encode_png, pack_frames, unpack_encoding
+from edensplit.wire.blob import unpack_encoding
+from edensplit.wire.frames import pack_frames
+from edensplit.wire.images import b64decode_field, b64encode, encode_png
 from edensplit.wire.messages import pack_binary, split_binary, split_text, unpack_binary
 from tests.conftest import TINY_CONFIG, make_frames
 

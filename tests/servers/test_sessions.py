@@ -8,7 +8,7 @@ import time
 import pytest
 
 from edensplit.errors import EdenError
-from edensplit.model import encode_frames
+from edensplit.model.stages import encode_frames
 from edensplit.servers.sessions import KEEP_FRAMES, SessionStore
 from tests.conftest import make_frames
 

@@ -8,8 +8,11 @@ import json
 
 import numpy as np
 
-from edensplit.model import LocalPipeline, frame_difference, load_model
-from edensplit.wire import BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, pack_frames, unpack_frames
+from edensplit.model.checkpoint import load_model
+from edensplit.model.pipeline import LocalPipeline
+from edensplit.model.stages import frame_difference
+from edensplit.wire.blob import BLOB_MEDIA_TYPE
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames, unpack_frames
 from edensplit.wire.messages import pack_binary, unpack_binary
 from tests.conftest import TINY_CONFIG
 

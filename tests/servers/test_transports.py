@@ -13,21 +13,12 @@ import pytest
 import torch
 
 from edensplit.errors import ErrorCode
-from edensplit.model import encode_frames, frame_difference, load_model
+from edensplit.model.checkpoint import load_model
 from edensplit.model.config import EdenConfig, ModelArgs
-from edensplit.wire import (
-    BLOB_MEDIA_TYPE,
-    FRAMES_MEDIA_TYPE,
-    b64decode_field,
-    b64encode,
-    decode_image,
-    encode_png,
-    pack_encoding,
-    pack_frames,
-    read_blob_header,
-    unpack_encoding,
-    unpack_frames,
-)
+from edensplit.model.stages import encode_frames, frame_difference
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding, read_blob_header, unpack_encoding
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames, unpack_frames
+from edensplit.wire.images import b64decode_field, b64encode, decode_image, encode_png
 from edensplit.wire.messages import pack_binary, unpack_binary
 from tests.conftest import TINY_CONFIG, make_frames
 

@@ -9,16 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from edensplit.model import LocalPipeline, encode_frames, frame_difference, load_model
-from edensplit.wire import (
-    b64decode_field,
-    b64encode,
-    decode_image,
-    encode_png,
-    pack_frames,
-    unpack_encoding,
-    unpack_frames,
-)
+from edensplit.model.checkpoint import load_model
+from edensplit.model.pipeline import LocalPipeline
+from edensplit.model.stages import encode_frames, frame_difference
+from edensplit.wire.blob import unpack_encoding
+from edensplit.wire.frames import pack_frames, unpack_frames
+from edensplit.wire.images import b64decode_field, b64encode, decode_image, encode_png
 from edensplit.wire.messages import pack_binary, split_binary, split_text, unpack_binary
 from tests.conftest import TINY_CONFIG, make_frames
 

@@ -11,17 +11,12 @@ import safetensors.torch
 import torch
 
 from edensplit.errors import ErrorCode, InputError
-from edensplit.model import (
-    FrameEncoding,
-    encode_frames,
-    frame_difference,
-    interpolate,
-    load_model,
-    make_noise,
-    to_uint8,
-)
-from edensplit.model.stages import Geometry
-from edensplit.wire import WIRE_DTYPES, pack_encoding, read_blob_header, unpack_encoding
+from edensplit.model.checkpoint import load_model
+from edensplit.model.encoding import FrameEncoding, Geometry
+from edensplit.model.seeds import make_noise
+from edensplit.model.stages import encode_frames, frame_difference, interpolate, to_uint8
+from edensplit.wire import codecs
+from edensplit.wire.blob import pack_encoding, read_blob_header, unpack_encoding
 from tests.conftest import TINY_CONFIG, make_frames
 from tests.wire.helpers import wire_error
 
@@ -90,14 +85,14 @@ def test_every_wire_dtype_round_trips_within_its_precision(pair, wire_dtype, tol
     assert out.wire_dtype == wire_dtype
     for name in ("cond_dit", "cond_dec"):
         got, want = getattr(out.encoding, name), getattr(pair, name)
-        assert got.dtype == WIRE_DTYPES[wire_dtype]
+        assert got.dtype == codecs.get(wire_dtype).dtype
         torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol * want.abs().max().item())
     assert out.encoding.mean.dtype == out.encoding.std.dtype == torch.float32
     assert torch.equal(out.encoding.mean, pair.mean) and torch.equal(out.encoding.std, pair.std)
 
 
 def test_half_precision_blobs_are_about_half_the_size(pair):
-    sizes = {dt: len(pack_encoding(pair, wire_dtype=dt)) for dt in WIRE_DTYPES}
+    sizes = {dt: len(pack_encoding(pair, wire_dtype=dt)) for dt in codecs.names()}
     assert 0.45 < sizes["float16"] / sizes["float32"] < 0.6
     assert 0.45 < sizes["bfloat16"] / sizes["float32"] < 0.6
     assert sizes["int8"] < 0.4 * sizes["float32"]  # D = 32 here: the per-token scales weigh 1/8

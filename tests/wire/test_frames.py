@@ -11,9 +11,9 @@ import safetensors.numpy
 import torch
 
 from edensplit.errors import ErrorCode, InputError
-from edensplit.model import FrameEncoding
-from edensplit.model.stages import Geometry
-from edensplit.wire import FRAMES_MEDIA_TYPE, pack_encoding, pack_frames, unpack_frames
+from edensplit.model.encoding import FrameEncoding, Geometry
+from edensplit.wire.blob import pack_encoding
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames, unpack_frames
 from tests.conftest import make_frames
 from tests.wire.helpers import wire_error
 

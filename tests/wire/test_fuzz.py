@@ -32,9 +32,10 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from PIL import Image
 
 from edensplit.errors import EdenError
-from edensplit.model import FrameEncoding
-from edensplit.model.stages import Geometry
-from edensplit.wire import decode_image, encode_png, pack_encoding, pack_frames, unpack_encoding, unpack_frames
+from edensplit.model.encoding import FrameEncoding, Geometry
+from edensplit.wire.blob import pack_encoding, unpack_encoding
+from edensplit.wire.frames import pack_frames, unpack_frames
+from edensplit.wire.images import decode_image, encode_png
 from edensplit.wire.messages import Reassembler, pack_binary, parse_text, split_binary, split_text, unpack_binary
 
 CAMPAIGN = os.environ.get("EDENSPLIT_FUZZ_EXAMPLES")

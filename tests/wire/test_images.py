@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from edensplit.errors import ErrorCode, InputError
-from edensplit.wire import MAX_PIXELS, b64decode_field, b64encode, decode_image, encode_png
+from edensplit.wire.images import MAX_PIXELS, b64decode_field, b64encode, decode_image, encode_png
 from tests.conftest import make_frames
 from tests.wire.helpers import wire_error
 

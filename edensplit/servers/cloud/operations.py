@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import Eden, encode_frames, frame_difference
+from edensplit.model.eden import Eden
+from edensplit.model.stages import encode_frames, frame_difference
 from edensplit.servers.contract import JSON, Cancellation, OperationInput, Reply
 from edensplit.servers.inputs import FRAME_TYPES, read_frames
+from edensplit.wire import codecs
 from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE
 from edensplit.wire.images import b64encode
@@ -77,7 +79,7 @@ class EncodeOperation:
         self.names, self.max_pixels = names, max_pixels
 
     def decode(self, inp: OperationInput, model: Eden) -> EncodeJob:
-        wire_dtype = Options.from_flat(inp.options).wire_dtype or "float32"
+        wire_dtype = Options.from_flat(inp.options).wire_dtype or codecs.DEFAULT
         frames = read_frames(inp, self.names, self.max_pixels).frames
         return EncodeJob(np.stack(frames), wire_dtype, inp.request_id, inp.answer, inp.cancellation)
 

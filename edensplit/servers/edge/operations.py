@@ -21,9 +21,10 @@ import torch
 from starlette.concurrency import run_in_threadpool
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import Eden, FrameEncoding, frame_difference, interpolate, make_noise, to_uint8
-from edensplit.model.eden import FrameContext
-from edensplit.model.stages import cat_contexts, frame_context, geometry_for
+from edensplit.model.eden import Eden, FrameContext
+from edensplit.model.encoding import FrameEncoding
+from edensplit.model.seeds import make_noise
+from edensplit.model.stages import cat_contexts, frame_context, frame_difference, geometry_for, interpolate, to_uint8
 from edensplit.servers.contract import JSON, PNG, Cancellation, OperationInput, Reply
 from edensplit.servers.edge.validation import (
     InterpolateJob,

@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI
 
 from edensplit.client.http import AsyncHttpTransport
 from edensplit.client.services import AsyncCloud
-from edensplit.model import INTERPOLATE, Eden
+from edensplit.model.eden import INTERPOLATE, Eden
 from edensplit.servers.app import create_app
 from edensplit.servers.contract import PNG
 from edensplit.servers.edge.operations import (

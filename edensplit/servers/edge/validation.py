@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.model import Eden, FrameEncoding, Sampler
 from edensplit.model.config import IGNORED_MODEL_ARGS
-from edensplit.model.stages import is_valid_difference
+from edensplit.model.eden import Eden
+from edensplit.model.encoding import FrameEncoding, is_valid_difference
+from edensplit.model.sampler import Sampler
 from edensplit.servers.contract import JSON, Cancellation
 from edensplit.wire.blob import EncodedFrames
 from edensplit.wire.options import Options

@@ -1,0 +1,48 @@
+"""Loading a process's model as its settings say: the stages' weights, the device and compute dtype, the
+thread count, and optionally torch.compile. Servers, the CLI's --local runs and the benchmarks all load here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import torch
+
+from edensplit.model.checkpoint import load_model
+from edensplit.model.config import load_config
+from edensplit.model.eden import ENCODE, INTERPOLATE, Eden
+from edensplit.model.precision import torch_dtype
+from edensplit.settings import ModelSettings
+
+log = logging.getLogger("edensplit.server")
+
+COMPILED = ("encode_tokens", "frame_context", "velocity", "decode")
+
+
+def load_model_for(stages: Iterable[str], settings: ModelSettings) -> Eden:
+    """Load only the weights `stages` need, as the settings say; random weights only if explicitly allowed."""
+    stage = "+".join(sorted(stages))
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    config = load_config(settings.eden_config)
+    model = load_model(settings.model_path, config, stages=set(stages), device=settings.device,
+                       dtype=torch_dtype(settings.eden_dtype), allow_random=settings.eden_random_weights,
+                       seed=settings.eden_random_seed)
+    if model.weights_source.startswith("random"):
+        log.warning("%s stage: RANDOM WEIGHTS (%s): outputs show the pipeline, not EDEN's quality",
+                    stage, model.weights_source)
+    else:
+        log.info("%s stage: loaded %s on %s", stage, model.weights_source, settings.device)
+    if settings.eden_compile:
+        compile_model(model)
+    return model
+
+
+def compile_model(model: Eden) -> None:
+    """torch.compile the model's hot functions in place (shapes dynamic: one compilation serves every frame
+    size). The first call of each compiles, so the server's warm-up pays it before it reports ready.
+    Compiled float32 may differ from eager by float rounding: the exact mode is eager."""
+    names = [n for n in COMPILED if (ENCODE if n == "encode_tokens" else INTERPOLATE) in model.stages]
+    for name in names:
+        setattr(model, name, torch.compile(getattr(model, name), dynamic=True))
+    log.info("compiling %s with torch.compile (first calls are slow)", ", ".join(names))
