@@ -7,7 +7,7 @@ DEVICE, ...). Errors a user can fix print one line and exit with status 2, never
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -15,7 +15,6 @@ from typing import Any
 
 from edensplit.errors import EdenError
 from edensplit.model import precision
-from edensplit.settings import ClientSettings, ModelSettings, ServerSettings
 from edensplit.version import __version__
 from edensplit.wire import codecs
 
@@ -27,21 +26,15 @@ def _flag(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> No
     parser.add_argument(*names, **kwargs)
 
 
-def _model_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model (defaults from MODEL_PATH, EDEN_CONFIG, DEVICE)")
-    _flag(g, "model_path", help="checkpoint: eden.pt / .pth / .safetensors")
-    g.add_argument("--config", "--eden_config", dest="eden_config", help="eval_eden.yaml-style config")
+def _model_flags(p: argparse.ArgumentParser, config: tuple[str, ...] = ("--config", "--eden_config"),
+                 where: str = "", title: str = "model (defaults from MODEL_PATH, EDEN_CONFIG, DEVICE)") -> None:
+    g = p.add_argument_group(title)
+    _flag(g, "model_path", help=f"checkpoint: eden.pt / .pth / .safetensors{where}")
+    g.add_argument(*config, dest="eden_config", help="eval_eden.yaml-style config")
     _flag(g, "device", help="cpu or cuda:N")
     _flag(g, "dtype", dest="eden_dtype", choices=precision.names(), help="compute dtype")
     _flag(g, "random_weights", dest="eden_random_weights", action="store_true", default=None,
           help="run with random weights when no checkpoint is given (tests the pipeline, not EDEN's quality)")
-
-
-def _overrides(args: argparse.Namespace, fields: Sequence[str]) -> dict[str, Any]:
-    return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
-
-
-MODEL_FIELDS = ("model_path", "eden_config", "device", "eden_dtype", "eden_random_weights")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,216 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from edensplit.bench.entry import run_from_args
-
-    return run_from_args(args)
-
-
-CLIENT_FIELDS = ("cloud_server_url", "edge_server_url", "edensplit_timeout", "edensplit_retries",
-                 "edensplit_retry_for", "edensplit_api_key", "edensplit_ca_cert")
-
-
-def _say(message: str) -> None:
-    print(f"edensplit interpolate: {message}", file=sys.stderr)
-
-
-def _check_interpolate(args: argparse.Namespace) -> None:
-    """Refuse a bad combination or a bad input before loading a model or calling a server; settle --multi
-    (from --fps for a video) and --fps (a Fraction, for an image folder's video)."""
-    from fractions import Fraction
-
-    from edensplit.client.multiply import multiplier_for_rate
-    from edensplit.video.images import list_images, read_png
-    from edensplit.video.reading import probe_video
-
-    pair = bool(args.frame_0_path or args.frame_1_path)
-    if sum((bool(args.video_path), bool(args.input_dir), pair)) != 1:
-        raise EdenError("give one input: --video_path, --input_dir, or both --frame_0_path and --frame_1_path")
-    if pair and not (args.frame_0_path and args.frame_1_path):
-        raise EdenError("a frame pair needs both --frame_0_path and --frame_1_path")
-    if pair and (args.multi not in (None, 2) or args.fps):
-        raise EdenError("a frame pair gives its one middle frame: --multi and --fps are for videos and image folders")
-    if args.scene_threshold is not None and not args.scene_threshold > 0:
-        raise EdenError(f"--scene_threshold must be positive, got {args.scene_threshold}")
-    if args.video_path:
-        info = probe_video(args.video_path)
-        if args.fps:
-            multi = multiplier_for_rate(info.rate, args.fps)
-            if args.multi is not None and args.multi != multi:
-                raise EdenError(f"--fps {args.fps} is {multi} times the input's {info.rate} fps, but --multi "
-                                f"{args.multi} was given")
-            args.multi = multi
-    elif args.input_dir:
-        if len(list_images(args.input_dir)) < 2:
-            raise EdenError(f"{args.input_dir} has fewer than 2 numbered images; interpolation needs at least 2")
-        if args.fps:
-            try:
-                args.fps = Fraction(args.fps)
-            except (ValueError, ZeroDivisionError):
-                raise EdenError(f"--fps {args.fps!r} is not a frame rate (e.g. 60 or 60000/1001)") from None
-            if args.fps <= 0:
-                raise EdenError(f"--fps must be positive, got {args.fps}")
-    else:
-        for path in (args.frame_0_path, args.frame_1_path):
-            read_png(path)
-    args.multi = args.multi or 2
-
-
-def _output_of(args: argparse.Namespace) -> Any:
-    """The path the job's state is kept next to."""
-    from pathlib import Path
-
-    if args.video_path:
-        return Path(args.output_dir) / f"interpolated.{args.container}"
-    return Path(args.output_dir) / ("interpolated" if args.input_dir else "interpolated.png")
-
-
-def cmd_interpolate(args: argparse.Namespace) -> int:
-    """Run one job; Ctrl-C says in one line how to resume (status 130), and a failed video or folder job how many
-    of its frames are kept for the rerun."""
-    from edensplit.client.resume import saved_frames, state_dir
-
-    if args.quiet:
-        logging.getLogger().setLevel(logging.ERROR)
-    _check_interpolate(args)
-    output = _output_of(args)
-    resumable = bool(args.video_path or args.input_dir)
-    backend: Any = None
-    try:
-        backend, where, fingerprint = _open_backend(args)
-        return _run_job(args, backend, where, fingerprint)
-    except KeyboardInterrupt:
-        if resumable:
-            done = saved_frames(output)
-            _say(f"interrupted with {done} generated frames saved in {state_dir(output)}; run the same command "
-                 "again to resume")
-        else:
-            _say("interrupted; run the same command again")
-        return 130
-    except EdenError as exc:
-        done = saved_frames(output) if resumable else 0
-        if done:
-            raise EdenError(f"{exc.message} ({done} generated frames are saved: run the same command again to resume)",
-                            code=exc.code) from None
-        raise
-    finally:
-        close = getattr(backend, "close", None)
-        if close is not None:
-            close()
-
-
-def _open_backend(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
-    """The backend the options ask for, where it runs (for the summary line), and the options that change the
-    generated frames (a resumed job must have the same)."""
-    sampler = {"num_steps": args.num_steps, "method": args.method}
-    if args.local:
-        from edensplit.client.jobs import LocalBackend
-        from edensplit.model.eden import ALL_STAGES
-        from edensplit.model.loading import load_model_for
-        from edensplit.model.pipeline import LocalPipeline
-        from edensplit.model.sampler import Sampler
-
-        settings = ModelSettings(**_overrides(args, MODEL_FIELDS))
-        model = load_model_for(ALL_STAGES, settings)
-        backend: Any = LocalBackend(LocalPipeline(model, Sampler(args.num_steps, args.method)))
-        where = f"locally ({model.weights_source} on {model.device})"
-        return backend, where, {**sampler, "model": str(model.weights_source), "dtype": settings.eden_dtype}
-    from edensplit.client.flows import open_backend
-    from edensplit.wire.options import Options
-
-    cs = ClientSettings(**_overrides(args, CLIENT_FIELDS))
-    frame_once = bool(args.video_path or args.input_dir) and not args.pairs
-    backend = open_backend(cloud_url=cs.cloud_server_url, edge_url=cs.edge_server_url, transport=args.transport,
-                           flow=args.flow, frame_once=frame_once, payload=args.payload, wire_dtype=args.wire_dtype,
-                           options=Options(**sampler), timeout=cs.edensplit_timeout, retries=cs.edensplit_retries,
-                           retry_for=cs.edensplit_retry_for,
-                           compress=None if args.compress == "none" else args.compress,
-                           api_key=cs.api_key(), ca_cert=cs.edensplit_ca_cert)
-    mode = "frame-once session" if frame_once else "pairs"
-    where = (f"{args.transport.upper()} {args.payload}, flow {args.flow.upper()}, {mode}, cloud "
-             f"{cs.cloud_server_url}, edge {cs.edge_server_url}")
-    return backend, where, {**sampler, "model": "servers", "wire_dtype": args.wire_dtype}
-
-
-def _run_job(args: argparse.Namespace, backend: Any, where: str, fingerprint: dict[str, Any]) -> int:
-    from edensplit.client.jobs import interpolate_folder, interpolate_pair_files, interpolate_video
-    from edensplit.client.progress import stage_summary
-    from edensplit.client.scenes import DEFAULT_THRESHOLD
-
-    say = (lambda message: None) if args.quiet else _say
-    common: dict[str, Any] = dict(
-        seed=args.seed, multi=args.multi, codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt,
-        save_frames=args.save_frames, progress=not (args.no_progress or args.quiet), resume=not args.no_resume,
-        fingerprint=fingerprint, say=say, scene_detect=not args.no_scene_detect, preview=args.preview,
-        scene_threshold=DEFAULT_THRESHOLD if args.scene_threshold is None else args.scene_threshold)
-    if args.video_path:
-        result = interpolate_video(backend, args.video_path, args.output_dir, filename=_output_of(args).name,
-                                   **common)
-    elif args.input_dir:
-        result = interpolate_folder(backend, args.input_dir, args.output_dir, fps=args.fps or None,
-                                    video_name=f"interpolated.{args.container}", **common)
-    else:
-        result = interpolate_pair_files(backend, args.frame_0_path, args.frame_1_path, args.output_dir,
-                                        seed=args.seed)
-        if not args.quiet:
-            print(f"wrote {result.output} in {result.seconds:.2f} s, {where}")
-        return 0
-    if args.quiet:
-        return 0
-    resumed = f", resumed after {result.resumed_from} generated frames" if result.resumed_from else ""
-    rate = f" at {result.rate} fps" if result.rate is not None else ""
-    also = f" and {result.video}" if result.video else ""
-    print(f"wrote {result.output}{also}: {result.frames_in} frames in, {result.frames_out} out{rate} "
-          f"({result.multi}x), {result.seconds:.1f} s{resumed}, {where}")
-    if not args.no_scene_detect:
-        print(f"scene cuts: {result.cuts}, still pairs: {result.stills} (earlier frame repeated, nothing sent); "
-              f"midpoints interpolated: {result.sent_pairs}")
-    if result.preview:
-        print(f"wrote {result.preview}")
-    _say(stage_summary(result.timings))
-    return 0
-
-
-def cmd_server(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from edensplit.model.eden import ENCODE, INTERPOLATE
-    from edensplit.model.loading import load_model_for
-
-    settings = ServerSettings(**_overrides(args, (*MODEL_FIELDS, "max_inflight", "max_batch", "edensplit_api_key")))
-    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
-        raise EdenError("TLS needs both --ssl_certfile and --ssl_keyfile")
-    if not is_loopback(args.host) and not settings.edensplit_api_key:
-        logging.getLogger("edensplit.server").warning(
-            "%s server: binding %s with no API key: anyone who can reach this address can use it (set "
-            "EDENSPLIT_API_KEY or --api_key, and TLS with --ssl_certfile/--ssl_keyfile)", args.command, args.host)
-    if args.command == "cloud":
-        from edensplit.servers.cloud.service import create_cloud_app as factory
-
-        stage = ENCODE
-    else:
-        from edensplit.servers.edge.service import create_edge_app as factory
-
-        stage = INTERPOLATE
-    model = load_model_for({stage}, settings)  # fail here, with a one-line message, not inside uvicorn
-    # permessage-deflate off: on float tensors it costs far more CPU than it saves (docs/protocol.md)
-    uvicorn.run(factory(settings, model), host=args.host, port=args.port, ws_per_message_deflate=False,
-                ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
-                timeout_graceful_shutdown=args.timeout_graceful_shutdown)
-    return 0
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a bind address reaches this machine only (a name other than localhost counts as not)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _serve_ray_parser(sub: Any) -> None:
     r = sub.add_parser("serve-ray", help="serve the cloud (/cloud) and edge (/edge) APIs on Ray Serve, one HTTP "
                        "proxy (pip install -e '.[ray]')")
@@ -388,33 +171,8 @@ def _serve_ray_parser(sub: Any) -> None:
     _flag(r, "api_key", dest="edensplit_api_key",
           help="require Authorization: Bearer KEY on every route but /health* (default EDENSPLIT_API_KEY)")
     _flag(r, "max_inflight", type=int, help="requests each replica admits at once; more get 503 (default 8)")
-    g = r.add_argument_group("model (defaults from MODEL_PATH, EDEN_CONFIG, DEVICE; --config is the ray.yaml here)")
-    _flag(g, "model_path", help="checkpoint: eden.pt / .pth / .safetensors (on every replica's node)")
-    _flag(g, "eden_config", help="eval_eden.yaml-style config")
-    _flag(g, "device", help="cpu or cuda:N (default: each replica's, cuda:0 where it has a GPU)")
-    _flag(g, "dtype", dest="eden_dtype", choices=precision.names(), help="compute dtype")
-    _flag(g, "random_weights", dest="eden_random_weights", action="store_true", default=None,
-          help="run with random weights when no checkpoint is given (tests the pipeline, not EDEN's quality)")
-
-
-def cmd_serve_ray(args: argparse.Namespace) -> int:
-    """Start (or join) Ray, deploy the Encoder under /cloud and the Interpolator under /edge, wait for Ctrl-C."""
-    from edensplit.serve_ray.cluster import deploy, serve_until_stopped
-    from edensplit.serve_ray.config import load_config
-
-    config = load_config(args.ray_config)
-    if args.port is not None:
-        config.http.port = args.port
-    if args.host is not None:
-        config.http.host = args.host
-    if args.address is not None:
-        config.ray.address = args.address
-    base = ServerSettings(**_overrides(args, (*MODEL_FIELDS, "max_inflight", "edensplit_api_key")))
-    served = deploy(config, base.model_dump(exclude_unset=True, mode="json"))
-    where = f"Ray session {served.session_dir}" if served.session_dir else "Ray"
-    print(f"serving the cloud at {served.cloud_url} and the edge at {served.edge_url} (ready in {served.seconds:.1f} "
-          f"s; {where}); Ctrl-C stops", flush=True)
-    return serve_until_stopped(served, say=lambda line: print(line, flush=True))
+    _model_flags(r, ("--eden_config", "--eden-config"), " (on every replica's node)",
+                 "model (defaults from MODEL_PATH, EDEN_CONFIG, DEVICE; --config is the ray.yaml here)")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -422,6 +180,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(args.output_dir, n_frames=args.frames)
     return 0
+
+
+COMMANDS = {"interpolate": "edensplit.commands.interpolate:run", "cloud": "edensplit.commands.serve:serve",
+            "edge": "edensplit.commands.serve:serve", "serve-ray": "edensplit.commands.serve:serve_ray",
+            "bench": "edensplit.bench.entry:run_from_args", "demo": "edensplit.cli:cmd_demo"}
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command (its module imported only now: `edensplit --help` loads no torch)."""
+    module, _, function = COMMANDS[args.command].partition(":")
+    return getattr(importlib.import_module(module), function)(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -432,8 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         setup_tracing("edensplit-client")  # only with OTEL_EXPORTER_OTLP_ENDPOINT set
     try:
-        return {"interpolate": cmd_interpolate, "cloud": cmd_server, "edge": cmd_server, "demo": cmd_demo,
-                "bench": cmd_bench, "serve-ray": cmd_serve_ray}[args.command](args)
+        return dispatch(args)
     except EdenError as exc:
         print(f"edensplit {args.command}: error: {exc.message}", file=sys.stderr)
         return 2

@@ -60,12 +60,12 @@ def setup_tracing(service: str) -> bool:
 
 
 @contextlib.contextmanager
-def client_span(call: Any) -> Iterator[trace.Span]:
+def client_span(call: Any, request_id: str | None = None) -> Iterator[trace.Span]:
     """A client request's span (its operation and request id), current while the request is built and sent."""
     with tracer().start_as_current_span(f"client {call.operation}", kind=trace.SpanKind.CLIENT) as span:
         span.set_attributes({"edensplit.component": "client", "edensplit.operation": call.operation})
-        if call.request_id:
-            span.set_attribute("edensplit.request_id", call.request_id)
+        if request_id or call.request_id:
+            span.set_attribute("edensplit.request_id", request_id or call.request_id)
         yield span
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from edensplit.client.backends import Wrapper
 from edensplit.client.flows import FrameOnceClient, open_backend
 from edensplit.client.jobs import interpolate_video
 from edensplit.client.services import Cloud, Edge
@@ -137,16 +138,14 @@ def test_several_clients_at_once(servers, clip, local_run, workdir):
         assert all(np.array_equal(a, b) for a, b in zip(frames, local_run, strict=True))
 
 
-class Saboteur:
+class Saboteur(Wrapper):
     """Wraps a backend: cuts the cloud connection's socket at pair `cut_at` and restarts the edge server
     (losing its session cache) at pair `restart_at`, while other pairs are in flight."""
 
     def __init__(self, backend: FrameOnceClient, edge: ServerProcess, cut_at: int, restart_at: int):
+        super().__init__(backend)
         self.backend, self.edge, self.cut_at, self.restart_at = backend, edge, cut_at, restart_at
         self.calls: list[int] = []
-
-    def begin_video(self) -> None:
-        self.backend.begin_video()
 
     def interpolate_pair(self, frame0, frame1, seed, index):
         self.calls.append(index)

@@ -17,7 +17,7 @@ from edensplit.bench.inputs import _clip_frames, _model_env
 from edensplit.bench.output import HOP_COLUMNS, _mb, _table, _table_line, environment, write_json
 from edensplit.bench.systems import Design, run_design, servers
 from edensplit.bench.timing import percentile, run_once
-from edensplit.client.jobs import LocalBackend
+from edensplit.client.backends import LocalBackend
 from edensplit.model import precision
 from edensplit.model.eden import ALL_STAGES
 from edensplit.model.loading import load_model_for

@@ -6,37 +6,32 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from edensplit.client.jobs import PairBackend, interpolate_stream
+from edensplit.client.backends import Backend, Wrapper
+from edensplit.client.jobs import interpolate_stream
 
 
-@dataclass
-class Timed:
+class Timed(Wrapper):
     """Wraps a backend and records each pair's latency."""
 
-    backend: PairBackend
-    latencies: list[float] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, inner: Backend):
+        super().__init__(inner)
+        self.latencies: list[float] = []
+        self.lock = threading.Lock()
 
-    def begin_video(self) -> None:
-        begin = getattr(self.backend, "begin_video", None)
-        if begin is not None:
-            begin()
-
-    def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int, index: int) -> np.ndarray:
+    def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int, index: int = 0) -> np.ndarray:
         started = time.perf_counter()
-        frame = self.backend.interpolate_pair(frame0, frame1, seed, index)
+        frame = self.inner.interpolate_pair(frame0, frame1, seed, index)
         with self.lock:
             self.latencies.append(time.perf_counter() - started)
         return frame
 
 
-def run_once(backend: PairBackend, frames: list[np.ndarray], window: int) -> tuple[float, list[float], list]:
+def run_once(backend: Backend, frames: list[np.ndarray], window: int) -> tuple[float, list[float], list]:
     """A clip through a backend: (seconds, each pair's latency, the generated frames)."""
     timed = Timed(backend)
     started = time.perf_counter()

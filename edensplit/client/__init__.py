@@ -12,11 +12,12 @@ from typing import Any
 _HOMES = {
     "Answer": "requests", "Call": "requests", "EncodedBlob": "requests",
     "AsyncHttpTransport": "http", "HttpTransport": "http", "WsTransport": "ws",
-    "RetryPolicy": "transport", "ServerError": "transport",
+    "RetryPolicy": "retry", "ServerError": "transport", "ClientConfig": "transport", "Client": "policy",
+    "AsyncClient": "policy", "Backend": "backends", "LocalBackend": "backends", "JobSpec": "spec", "JobResult": "spec",
     "AsyncCloud": "services", "Cloud": "services", "Edge": "services",
     "EdgeProxyClient": "flows", "FrameOnceClient": "flows", "FrameOnceProxyClient": "flows", "SplitClient": "flows",
     "open_backend": "flows",
-    "LocalBackend": "jobs", "interpolate_pair_files": "jobs", "interpolate_stream": "jobs",
+    "interpolate_folder": "jobs", "interpolate_pair_files": "jobs", "interpolate_stream": "jobs",
     "interpolate_video": "jobs",
 }
 _ELSEWHERE = {"Options": "edensplit.wire.options"}

@@ -7,7 +7,7 @@
   results travel back to the client. `FrameOnceProxyClient`: the same with a video session, so each
   frame goes to the edge once and is encoded once.
 
-Each is a `PairBackend` for `edensplit.client.jobs`; all give the same frames (exact mode).
+Each is a `Backend` (`edensplit.client.backends`) for the jobs; all give the same frames (exact mode).
 
 A session's edge requests go one at a time, in frame order (the cloud's work for the next frames still
 overlaps them): a request for frame k+1 waits at the edge for frame k, holding one of the edge's
@@ -28,27 +28,36 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from edensplit.client.backends import Backend, Tracker
+from edensplit.client.encodings import SharedEncodings
 from edensplit.client.http import HttpTransport
 from edensplit.client.requests import EncodedBlob, check_payload
+from edensplit.client.retry import DEFAULT_RETRIES, DEFAULT_RETRY_FOR
 from edensplit.client.services import Cloud, Edge
-from edensplit.client.transport import DEFAULT_RETRIES, DEFAULT_RETRY_FOR
+from edensplit.client.transport import ClientConfig
 from edensplit.client.ws import WsTransport
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.stages import frame_difference
 from edensplit.tracing import traced_pair
+from edensplit.wire import codecs
 from edensplit.wire.options import Options
 
 KEEP_BLOBS = 4
 
 
-class SplitClient:
+class SplitClient(Backend):
     """Flow A, pair at a time: the user's recommended design."""
 
     def __init__(self, cloud: Cloud, edge: Edge):
         self.cloud, self.edge = cloud, edge
+
+    @property
+    def services(self) -> dict[str, Any]:
+        return {"cloud": self.cloud, "edge": self.edge}
 
     @traced_pair
     def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int = 0, index: int = 0) -> np.ndarray:
@@ -86,6 +95,17 @@ class FrameOnceClient(SplitClient):
             self.session_id, self._blobs = uuid.uuid4().hex, {}
             self._first = self._next = start
             self._failed = None
+
+    def fork(self) -> FrameOnceClient:
+        """A session of its own over the same servers, sharing this one's encodings: each frame, whichever level
+        asks first, is encoded by the cloud once."""
+        if not isinstance(self.cloud, SharedEncodings):
+            self.cloud = SharedEncodings(self.cloud)  # type: ignore[assignment]
+        return FrameOnceClient(self.cloud, self.edge)  # type: ignore[arg-type]
+
+    @property
+    def shared_encodings(self) -> Tracker | None:
+        return self.cloud if isinstance(self.cloud, SharedEncodings) else None
 
     def payload(self, index: int, frame: np.ndarray) -> EncodedBlob | np.ndarray:
         """What the edge gets for frame `index`: its encoding (kept for resends; re-encoded if evicted)."""
@@ -162,6 +182,18 @@ class FrameOnceProxyClient(FrameOnceClient):
     def __init__(self, edge: Edge):
         super().__init__(cloud=None, edge=edge)  # type: ignore[arg-type]
 
+    @property
+    def services(self) -> dict[str, Any]:
+        return {"edge": self.edge}
+
+    def fork(self) -> FrameOnceProxyClient:
+        """A session of its own over the same edge (which has the cloud encode its frames)."""
+        return FrameOnceProxyClient(self.edge)
+
+    @property
+    def shared_encodings(self) -> Tracker | None:
+        return None
+
     def payload(self, index: int, frame: np.ndarray) -> np.ndarray:
         """The frame itself: the edge has the cloud encode it."""
         return frame
@@ -175,11 +207,15 @@ class FrameOnceProxyClient(FrameOnceClient):
         self.edge.close()
 
 
-class EdgeProxyClient:
+class EdgeProxyClient(Backend):
     """Flow B: the edge as proxy. The client talks to the edge only."""
 
     def __init__(self, edge: Edge):
         self.edge = edge
+
+    @property
+    def services(self) -> dict[str, Any]:
+        return {"edge": self.edge}
 
     @traced_pair
     def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int = 0, index: int = 0) -> np.ndarray:
@@ -192,10 +228,10 @@ class EdgeProxyClient:
 
 
 def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow: str = "a", frame_once: bool = True,
-                 payload: str = "binary", wire_dtype: str = "float32", options: Options | None = None,
+                 payload: str = "binary", wire_dtype: str = codecs.DEFAULT, options: Options | None = None,
                  timeout: float = 30.0, retries: int = DEFAULT_RETRIES, retry_for: float = DEFAULT_RETRY_FOR,
                  compress: str | None = None, api_key: str | None = None, ca_cert: str | Path | None = None
-                 ) -> SplitClient | EdgeProxyClient:
+                 ) -> Backend:
     """The backend for a transport (http, ws) and flow (a, b); each frame travels once unless not frame_once.
     `options` (num_steps, method, ...) go with every edge request; `retries` / `retry_for` bound each request's
     retries; `api_key` is sent as a bearer key and `ca_cert` verifies https/wss servers."""
@@ -208,23 +244,18 @@ def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow
                         "on tensors; see docs/protocol.md)", code=ErrorCode.INVALID_PARAMETER)
     body = check_payload(payload)
     Options.from_flat({"wire_dtype": wire_dtype})  # refuse a bad value before connecting anywhere
-    access = {"timeout": timeout, "retries": retries, "retry_for": retry_for, "api_key": api_key,
-              "ca_cert": ca_cert}
 
     def connect(url: str, name: str, ws_path: str, one_connection: bool = False) -> HttpTransport | WsTransport:
+        config = ClientConfig.of(timeout=timeout, retries=retries, retry_for=retry_for, api_key=api_key,
+                                 ca_cert=ca_cert, name=name)
         if transport == "http":
-            return HttpTransport(url, compress=compress, name=name, max_connections=1 if one_connection else None,
-                                 **access)  # type: ignore[arg-type]
-        return WsTransport(url, path=ws_path, name=name, **access)  # type: ignore[arg-type]
+            return HttpTransport(url, config, compress=compress, max_connections=1 if one_connection else None)
+        return WsTransport(url, config, path=ws_path)
 
     # A session's edge requests, one at a time, on one connection: one edge worker holds the session.
     edge = Edge(connect(edge_url, "edge server", Edge.WS_PATH, one_connection=frame_once), payload=body,
                 options=options)
     if flow == "b":
         return FrameOnceProxyClient(edge) if frame_once else EdgeProxyClient(edge)
-    try:
-        cloud = Cloud(connect(cloud_url, "cloud server", Cloud.WS_PATH), payload=body, wire_dtype=wire_dtype)
-    except EdenError:
-        edge.close()
-        raise
+    cloud = Cloud(connect(cloud_url, "cloud server", Cloud.WS_PATH), payload=body, wire_dtype=wire_dtype)
     return FrameOnceClient(cloud, edge) if frame_once else SplitClient(cloud, edge)

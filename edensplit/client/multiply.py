@@ -33,66 +33,18 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
+from edensplit.client.backends import Backend, Tracker
+from edensplit.client.rates import levels_of
 from edensplit.client.scenes import STILL, SceneDetector
-from edensplit.errors import EdenError, ErrorCode, InputError
-from edensplit.model.pipeline import LocalPipeline
+from edensplit.errors import ErrorCode, InputError
 from edensplit.model.seeds import noise_seed
 
 T = TypeVar("T")
-MULTIPLIERS = (2, 4, 8)
 INPUT, GENERATED, KNOWN = "input", "generated", "known"
-
-
-class PairBackend(Protocol):
-    def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int, index: int) -> np.ndarray:
-        """The middle frame of pair `index`, two uint8 RGB [H, W, 3] frames, with noise seed `seed`."""
-
-
-class LocalBackend:
-    """Both stages in this process: `edensplit interpolate --local`. A video's frames are each encoded once,
-    their temporal keys/values computed once (`LocalPipeline.video_pair`, keyed by frame index)."""
-
-    def __init__(self, pipeline: LocalPipeline):
-        self.pipeline = pipeline
-
-    def begin_video(self, start: int = 0) -> None:
-        self.pipeline.begin_video()  # frames are keyed by index: a resumed video may start anywhere
-
-    def interpolate_pair(self, frame0: np.ndarray, frame1: np.ndarray, seed: int, index: int = 0) -> np.ndarray:
-        return self.pipeline.video_pair(frame0, frame1, seed, index)
-
-
-def levels_of(multi: int) -> int:
-    """The levels of midpoints a multiplier needs (2 -> 1, 4 -> 2, 8 -> 3)."""
-    if multi not in MULTIPLIERS:
-        raise EdenError(f"the frame multiplier must be 2, 4 or 8, got {multi}", code=ErrorCode.INVALID_PARAMETER)
-    return multi.bit_length() - 1
-
-
-def _decimal(rate: Fraction) -> str:
-    """A rate to 3 decimals, trailing zeros dropped (59.94, 24)."""
-    return f"{float(rate):.3f}".rstrip("0").rstrip(".")
-
-
-def multiplier_for_rate(rate_in: Fraction, fps: str | Fraction) -> int:
-    """The multiplier (2, 4 or 8) that turns `rate_in` into `fps` (exact, or a decimal within 0.001 fps of it,
-    e.g. 59.94 for 60000/1001); an EdenError naming the rates it could be otherwise."""
-    try:
-        wanted = Fraction(fps) if not isinstance(fps, Fraction) else fps
-    except (ValueError, ZeroDivisionError):
-        raise EdenError(f"--fps {fps!r} is not a frame rate (a number such as 60, 59.94 or 60000/1001)",
-                        code=ErrorCode.INVALID_PARAMETER) from None
-    for multi in MULTIPLIERS:
-        if abs(rate_in * multi - wanted) <= Fraction(1, 1000):
-            return multi
-    options = ", ".join(f"{rate_in * m} ({_decimal(rate_in * m)})" for m in MULTIPLIERS)
-    raise EdenError(f"--fps {fps} is not 2, 4 or 8 times the input's {rate_in} ({_decimal(rate_in)}) fps: "
-                    f"frames are made by halving intervals, so the output rate is one of {options}",
-                    code=ErrorCode.INVALID_PARAMETER)
 
 
 # -- the stream ---------------------------------------------------------------------------------------
@@ -139,14 +91,6 @@ class StreamStats:
         with self.lock:
             for name, value in seconds.items():
                 setattr(self, name, getattr(self, name) + value)
-
-
-class Tracker(Protocol):
-    def register(self, frame: np.ndarray, uses: int) -> None:
-        """`frame` is an input of `uses` more levels."""
-
-    def release(self, frame: np.ndarray) -> None:
-        """A level is done with `frame`."""
 
 
 def in_daemon_thread(fn: Callable[..., T], *args: Any) -> Future[T]:
@@ -225,13 +169,12 @@ class _Pending:
             yield item
 
 
-def _level(items: Iterator[Item], level: int, levels: int, multi: int, backend: Any, base_seed: int, window: int,
+def _level(items: Iterator[Item], level: int, levels: int, multi: int, backend: Backend, base_seed: int, window: int,
            detect: bool, keep: Callable[[Item], None] | None, stats: StreamStats, tracker: Tracker | None
            ) -> Iterator[Item]:
     """Level `level` of `levels`: between each two consecutive items a and b, their midpoint (see the module
     docstring); yields a, mid, b, mid, ... in order."""
     scale = 2 ** (level - 1)  # this level's inputs are 1/scale input frames apart
-    begin = getattr(backend, "begin_video", None)
     pending = _Pending(tracker)
     fresh = True  # the next model pair starts a session run: the first, or one after pairs not sent
     prev = next(items, None)
@@ -259,8 +202,7 @@ def _level(items: Iterator[Item], level: int, levels: int, multi: int, backend: 
             index = int(prev.pos * scale)
             if fresh:
                 yield from pending.flush(0)  # a new session run: the pairs before it are done first
-                if begin is not None:
-                    begin(index) if index else begin()
+                backend.begin_video(index)
                 fresh = False
             mid_pos = (prev.pos + item.pos) / 2
             k = plan.index
@@ -277,7 +219,7 @@ def _level(items: Iterator[Item], level: int, levels: int, multi: int, backend: 
         tracker.release(prev.frame)
 
 
-def _pair(backend: Any, a: Item, b: Item, seed: int, index: int, pos: Fraction, uses: int,
+def _pair(backend: Backend, a: Item, b: Item, seed: int, index: int, pos: Fraction, uses: int,
           keep: Callable[[Item], None] | None, stats: StreamStats, tracker: Tracker | None) -> Item:
     """One model pair, on its own thread: the midpoint of a and b, registered for deeper levels and kept."""
     started = time.perf_counter()
@@ -298,7 +240,7 @@ def _kept(item: Item, keep: Callable[[Item], None] | None, stats: StreamStats) -
     return item
 
 
-def multiply(backends: Sequence[Any], frames: Iterable[np.ndarray], multi: int = 2, *, base_seed: int = 0,
+def multiply(backends: Sequence[Backend], frames: Iterable[np.ndarray], multi: int = 2, *, base_seed: int = 0,
              window: int = 2, start: int = 0, detector: SceneDetector | None = None,
              known: Callable[[int], Sequence[np.ndarray] | None] | None = None, done: int = 0,
              keep: Callable[[Item], None] | None = None, stats: StreamStats | None = None,
@@ -325,98 +267,8 @@ def multiply(backends: Sequence[Any], frames: Iterable[np.ndarray], multi: int =
 
 # -- a backend per level ------------------------------------------------------------------------------
 
-class SharedEncodings:
-    """A cloud client shared by the levels of one job (flow A): each frame is encoded once, whichever level asks
-    first, and the encoding is held until every level that takes the frame as an input is done with it.
-
-    Frames are known by identity: the stream registers each frame with the number of levels that will take it
-    (`register`) and each level releases it once (`release`); the entry goes when the count reaches 0. A frame
-    asked for while not registered (a resend after the edge lost its cache) is simply encoded again."""
-
-    def __init__(self, cloud: Any):
-        self.cloud = cloud
-        self.encoded = 0  # frames the cloud encoded
-        self._held: dict[int, list[Any]] = {}  # id(frame) -> [frame, uses left, Future of its blob or None]
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.cloud, name)
-
-    def register(self, frame: np.ndarray, uses: int) -> None:
-        """`frame` will be an input of `uses` more levels."""
-        with self._lock:
-            entry = self._held.get(id(frame))
-            if entry is None:
-                self._held[id(frame)] = [frame, uses, None]
-            else:
-                entry[1] += uses
-
-    def release(self, frame: np.ndarray) -> None:
-        """One level is done with `frame`."""
-        with self._lock:
-            entry = self._held.get(id(frame))
-            if entry is not None and entry[0] is frame:
-                entry[1] -= 1
-                if entry[1] <= 0:
-                    del self._held[id(frame)]
-
-    @property
-    def held(self) -> int:
-        """Frames registered and not yet released by every level."""
-        with self._lock:
-            return len(self._held)
-
-    def encode_frame(self, frame: np.ndarray, *, request_id: str | None = None) -> Any:
-        """The frame's encoding: the one already made for it, else the cloud's (once, if two levels ask at once)."""
-        with self._lock:
-            entry = self._held.get(id(frame))
-            if entry is not None and entry[0] is not frame:
-                entry = None
-            future = entry[2] if entry is not None else None
-            mine = future is None
-            if mine:
-                future = Future()
-                future.set_running_or_notify_cancel()
-                if entry is not None:
-                    entry[2] = future
-        assert future is not None
-        if not mine:
-            return future.result()
-        try:
-            blob = self.cloud.encode_frame(frame, request_id=request_id)
-        except BaseException as exc:
-            future.set_exception(exc)
-            with self._lock:
-                if entry is not None and entry[2] is future:
-                    entry[2] = None  # the next asker tries again
-            raise
-        with self._lock:
-            self.encoded += 1
-        future.set_result(blob)
-        return blob
-
-
-def level_backends(backend: Any, levels: int) -> tuple[list[Any], SharedEncodings | None]:
-    """One backend per level for `backend` (the first is `backend` itself where it can be), and the levels'
-    shared encodings where there are any. A backend that keeps per-video state needs a `fork()` returning an
-    independent one over the same connections, unless it is one of edensplit's own (sessions, --local)."""
-    if levels == 1:
-        return [backend], None
-    from edensplit.client.flows import FrameOnceClient, FrameOnceProxyClient
-
-    fork = getattr(backend, "fork", None)
-    if callable(fork):
-        return [backend] + [fork() for _ in range(levels - 1)], None
-    if isinstance(backend, FrameOnceProxyClient):
-        return [backend] + [FrameOnceProxyClient(backend.edge) for _ in range(levels - 1)], None
-    if isinstance(backend, FrameOnceClient):
-        shared = SharedEncodings(backend.cloud)
-        return [FrameOnceClient(shared, backend.edge) for _ in range(levels)], shared  # type: ignore[arg-type]
-    if isinstance(backend, LocalBackend):
-        pipeline = backend.pipeline
-        return [backend] + [LocalBackend(LocalPipeline(pipeline.model, pipeline.sampler))
-                            for _ in range(levels - 1)], None
-    if getattr(backend, "begin_video", None) is None:  # stateless: pairs at a time
-        return [backend] * levels, None
-    raise EdenError(f"{type(backend).__name__} keeps per-video state and has no fork(): a multiplier above 2 "
-                    "needs one per level", code=ErrorCode.INVALID_PARAMETER)
+def level_backends(backend: Backend, levels: int) -> tuple[list[Backend], Tracker | None]:
+    """One backend per level: `backend` itself, then its forks (a frame-once session per level), and the
+    encodings the levels share (flow A), if any."""
+    backends = [backend] + [backend.fork() for _ in range(levels - 1)]
+    return backends, backend.shared_encodings if levels > 1 else None

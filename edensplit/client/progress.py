@@ -6,8 +6,8 @@
 
       edensplit interpolate: 120/239 frames (50%), 14.2 frames/s, ETA 0:08, 35.1 MB sent
 
-- `Meter` / `metered`: wraps the backend's transports (the `Cloud`'s and the `Edge`'s) for the job's
-  length, counting the bytes of each request and answer, the client's wall time per request and the
+- `Meter` / `metered`: a request hook on the backend's server clients (the `Cloud`'s and the `Edge`'s) for the
+  job's length, counting the bytes of each request and answer, the client's wall time per request and the
   server's own processing time (the answers' `processing_time` metadata, `X-Processing-Time` over HTTP).
 - `Timings` and `stage_summary`: the time per stage at the end, from the servers' processing times and
   the client's clocks: read (decoding the input), scene detection, encode (the cloud's processing
@@ -31,7 +31,8 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from edensplit.client.requests import Answer, Call
+from edensplit.client.backends import Backend
+from edensplit.client.policy import Sent
 
 PROGRESS_EVERY_ENV = "EDENSPLIT_PROGRESS_EVERY"
 DEFAULT_EVERY_S = 5.0
@@ -96,49 +97,46 @@ class Meter:
             return ServerCounts(c.requests, c.sent, c.received, c.wall, c.processing)
 
 
-class MeteredTransport:
-    """A transport that counts what goes through it into a Meter; everything else is the inner transport's."""
+class MeterHook:
+    """A request hook (`edensplit.client.policy.Hook`) counting each answered request into a Meter under a role:
+    bytes each way, the client's wall time over its attempts, the server's own processing time."""
 
-    def __init__(self, inner: Any, meter: Meter, role: str):
-        self.inner, self.meter, self.role = inner, meter, role
+    def __init__(self, meter: Meter, role: str):
+        self.meter, self.role = meter, role
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def send(self, call: Call) -> Answer:
-        """Send through the inner transport, counting bytes, wall time and the server's processing time."""
-        sent = len(call.body) if call.body is not None else _json_size(call.document)
-        started = time.perf_counter()
-        answer = self.inner.send(call)
-        wall = time.perf_counter() - started
+    @contextlib.contextmanager
+    def around(self, sent: Sent) -> Iterator[None]:
+        yield
+        answer, call = sent.answer, sent.call
+        if answer is None:
+            return
+        wall = time.perf_counter() - sent.started
         try:
             processing = float(answer.metadata.get("processing_time") or 0.0)
         except (TypeError, ValueError):
             processing = 0.0
-        received = len(answer.body) if answer.body else _json_size(answer.data)
-        self.meter.add(self.role, sent=sent, received=received, wall=wall, processing=min(processing, wall))
-        return answer
+        self.meter.add(self.role, sent=len(call.body) if call.body is not None else _json_size(call.document),
+                       received=len(answer.body) if answer.body else _json_size(answer.data), wall=wall,
+                       processing=min(processing, wall))
 
 
 @contextlib.contextmanager
-def metered(backend: Any, meter: Meter) -> Iterator[bool]:
-    """Count the backend's requests into `meter` while the block runs (its servers' transports wrapped, then
-    put back). Yields whether the backend talks to a cloud itself (flow A) rather than through the edge."""
-    wrapped: list[tuple[Any, Any]] = []
-    for role in ("cloud", "edge"):
-        service = getattr(backend, role, None)
-        transport = getattr(service, "transport", None)
-        if transport is None or isinstance(transport, MeteredTransport):
-            continue
-        service.transport = MeteredTransport(transport, meter, role)
-        wrapped.append((service, transport))
+def metered(backend: Backend, meter: Meter) -> Iterator[bool]:
+    """Count the backend's requests into `meter` while the block runs (a hook on each of its server clients).
+    Yields whether the backend talks to a cloud itself (flow A) rather than through the edge."""
+    added: list[tuple[list[Any], MeterHook]] = []
+    for role, service in backend.services.items():
+        hooks = service.client.hooks
+        hook = MeterHook(meter, role)
+        hooks.append(hook)
+        added.append((hooks, hook))
         with meter.lock:
             meter.servers.setdefault(role, ServerCounts())  # counted from the start: "0.0 MB sent"
     try:
-        yield getattr(backend, "cloud", None) is not None
+        yield "cloud" in backend.services
     finally:
-        for service, transport in wrapped:
-            service.transport = transport
+        for hooks, hook in added:
+            hooks.remove(hook)
 
 
 # -- progress -------------------------------------------------------------------------------------------

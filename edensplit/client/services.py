@@ -1,9 +1,10 @@
 """Typed clients for the two servers, over any transport: `Cloud` (frames -> enc_out blobs), `Edge`
 (blobs or frames -> the middle frame) and `AsyncCloud` (the cloud from asyncio code: the edge's flow B).
 
-They build each request (`edensplit.client.requests`) for the chosen payload, hand it to their transport
-(`HttpTransport`, `WsTransport`, `AsyncHttpTransport`) and read the answer; they never branch on the
-transport, and the transports never look inside a request.
+They build each request (`edensplit.client.requests`) for the chosen payload, send it through their
+`Client` (`edensplit.client.policy`: retries and hooks over the transport: `HttpTransport`, `WsTransport`,
+`AsyncHttpTransport`) and read the answer; they never branch on the transport, and the transports never look
+inside a request.
 """
 
 from __future__ import annotations
@@ -13,59 +14,70 @@ from typing import Any
 import numpy as np
 
 from edensplit.client import requests
+from edensplit.client.policy import AsyncClient, Client
 from edensplit.client.requests import EncodedBlob, Payload, check_payload
 from edensplit.client.transport import AsyncTransport, Transport
 from edensplit.errors import EdenError, ErrorCode
+from edensplit.wire import codecs
 from edensplit.wire.options import Options
 
 
-def _cloud_options(wire_dtype: str) -> Options:
-    """The cloud's options (INVALID_PARAMETER for an unknown wire dtype)."""
-    return Options.from_flat({"wire_dtype": wire_dtype})
+class _Service:
+    """What both servers' clients share: the policy-wrapped transport, health, closing."""
 
+    def __init__(self, transport: Transport | Client, payload: Payload):
+        self.client = transport if isinstance(transport, Client) else Client(transport)
+        self.payload = check_payload(payload)
 
-class Cloud:
-    """The cloud encoder: `encode` (a pair) and `encode_frame` (one video frame) -> EncodedBlob."""
-
-    WS_PATH = "/ws/encode"
-
-    def __init__(self, transport: Transport, *, payload: Payload = "binary", wire_dtype: str = "float32"):
-        self.transport, self.payload = transport, check_payload(payload)
-        self.options = _cloud_options(wire_dtype)
-
-    def encode(self, frame0: np.ndarray, frame1: np.ndarray, *, request_id: str | None = None) -> EncodedBlob:
-        """A pair -> its enc_out blob (both frames, and their difference)."""
-        call = requests.encode(frame0, frame1, self.options, payload=self.payload, request_id=request_id)
-        return requests.blob_from(self.transport.send(call))
-
-    def encode_frame(self, frame: np.ndarray, *, request_id: str | None = None) -> EncodedBlob:
-        """One video frame -> its enc_out blob (frame-once sessions)."""
-        call = requests.encode_frame(frame, self.options, payload=self.payload, request_id=request_id)
-        return requests.blob_from(self.transport.send(call))
+    @property
+    def transport(self) -> Transport:
+        """The transport under the client's policy."""
+        return self.client.transport
 
     def health(self) -> dict[str, Any]:
         """The server's health (HTTP GET /health; over WebSocket, an application-level ping)."""
-        return self.transport.health()
+        return self.client.health()
 
     def close(self) -> None:
         """Close the transport."""
-        self.transport.close()
+        self.client.close()
 
-    def __enter__(self) -> Cloud:
+    def __enter__(self) -> Any:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-class Edge:
+class Cloud(_Service):
+    """The cloud encoder: `encode` (a pair) and `encode_frame` (one video frame) -> EncodedBlob."""
+
+    WS_PATH = "/ws/encode"
+
+    def __init__(self, transport: Transport | Client, *, payload: Payload = "binary",
+                 wire_dtype: str = codecs.DEFAULT):
+        super().__init__(transport, payload)
+        self.options = Options.from_flat({"wire_dtype": wire_dtype})  # INVALID_PARAMETER for an unknown one
+
+    def encode(self, frame0: np.ndarray, frame1: np.ndarray, *, request_id: str | None = None) -> EncodedBlob:
+        """A pair -> its enc_out blob (both frames, and their difference)."""
+        call = requests.encode(frame0, frame1, self.options, payload=self.payload, request_id=request_id)
+        return requests.blob_from(self.client.send(call))
+
+    def encode_frame(self, frame: np.ndarray, *, request_id: str | None = None) -> EncodedBlob:
+        """One video frame -> its enc_out blob (frame-once sessions)."""
+        call = requests.encode_frame(frame, self.options, payload=self.payload, request_id=request_id)
+        return requests.blob_from(self.client.send(call))
+
+
+class Edge(_Service):
     """The edge: `interpolate` (a pair's blob), `session_frame` (frame-once), `interpolate_frames` (flow B)."""
 
     WS_PATH = "/ws/interpolate"
 
-    def __init__(self, transport: Transport, *, payload: Payload = "binary", options: Options | None = None):
+    def __init__(self, transport: Transport | Client, *, payload: Payload = "binary", options: Options | None = None):
         """`options`: sent with every request (num_steps, method, vae_scaler, vae_shift); per-call ones are added."""
-        self.transport, self.payload = transport, check_payload(payload)
+        super().__init__(transport, payload)
         self.options = options or Options()
 
     def _options(self, **per_call: Any) -> Options:
@@ -73,10 +85,10 @@ class Edge:
         return Options.from_flat({**self.options.flat(), **per_call})
 
     def _frame(self, call: requests.Call) -> np.ndarray:
-        frame = requests.frame_from(self.transport.send(call))
+        frame = requests.frame_from(self.client.send(call))
         if frame is None:
             raise EdenError("the edge stored the frame but answered without interpolating",
-                                     code=ErrorCode.UPSTREAM_ERROR)
+                            code=ErrorCode.UPSTREAM_ERROR)
         return frame
 
     def interpolate(self, pair: EncodedBlob, *, seed: int = 0) -> np.ndarray:
@@ -90,50 +102,47 @@ class Edge:
         cloud encode it). Stores it; for index > 0 (unless interpolate=False) returns the frame (index-1, index)."""
         options = self._options(seed=seed, difference=difference, interpolate=interpolate)
         call = requests.session_frame(session_id, index, frame, options, payload=self.payload)
-        return requests.frame_from(self.transport.send(call))
+        return requests.frame_from(self.client.send(call))
 
     def interpolate_frames(self, frame0: np.ndarray, frame1: np.ndarray, *, seed: int = 0) -> np.ndarray:
         """Flow B: raw frames to the edge, which calls the cloud itself."""
         return self._frame(requests.interpolate_frames(frame0, frame1, self._options(seed=seed),
                                                        payload=self.payload))
 
-    def health(self) -> dict[str, Any]:
-        """The server's health (HTTP GET /health; over WebSocket, an application-level ping)."""
-        return self.transport.health()
-
-    def close(self) -> None:
-        """Close the transport."""
-        self.transport.close()
-
-    def __enter__(self) -> Edge:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 class AsyncCloud:
     """The cloud from asyncio code (the edge in flow B): `await encode(...)` / `await encode_frame(...)`."""
 
-    def __init__(self, transport: AsyncTransport, *, payload: Payload = "binary", wire_dtype: str = "float32"):
-        self.transport, self.payload = transport, check_payload(payload)
-        self.options = _cloud_options(wire_dtype)
+    def __init__(self, transport: AsyncTransport | AsyncClient, *, payload: Payload = "binary",
+                 wire_dtype: str = codecs.DEFAULT):
+        self.client = transport if isinstance(transport, AsyncClient) else AsyncClient(transport)
+        self.payload = check_payload(payload)
+        self.options = Options.from_flat({"wire_dtype": wire_dtype})
+
+    @property
+    def transport(self) -> AsyncTransport:
+        return self.client.transport
+
+    @transport.setter
+    def transport(self, transport: AsyncTransport) -> None:
+        """Another transport under the same policy and hooks (tests reach an in-process cloud this way)."""
+        self.client = AsyncClient(transport, self.client.hooks)
 
     async def encode(self, frame0: np.ndarray, frame1: np.ndarray, *, request_id: str | None = None
                      ) -> EncodedBlob:
         """A pair -> its enc_out blob."""
         call = requests.encode(frame0, frame1, self.options, payload=self.payload, request_id=request_id)
-        return requests.blob_from(await self.transport.send(call))
+        return requests.blob_from(await self.client.send(call))
 
     async def encode_frame(self, frame: np.ndarray, *, request_id: str | None = None) -> EncodedBlob:
         """One frame -> its enc_out blob."""
         call = requests.encode_frame(frame, self.options, payload=self.payload, request_id=request_id)
-        return requests.blob_from(await self.transport.send(call))
+        return requests.blob_from(await self.client.send(call))
 
     async def health(self) -> dict[str, Any]:
-        """GET /health."""
-        return await self.transport.health()
+        """GET /health, retried as requests are."""
+        return await self.client.health()
 
     async def aclose(self) -> None:
         """Close the transport."""
-        await self.transport.aclose()
+        await self.client.aclose()

@@ -1,18 +1,16 @@
-"""The WebSocket transport: one reused connection per server endpoint, many requests in flight, reconnection.
+"""The WebSocket transport: one reused connection per server endpoint, many requests in flight.
 
-`WsTransport` owns the connection: a reader thread per connection matches answers to requests by
-request_id, and at most `window` requests are unanswered at once. Each request keeps one request id (its
-idempotency key) and one retry budget (`edensplit.client.transport.RetryPolicy`) for its whole life: when
-the connection drops, or when the server answers OVERLOADED, NOT_READY or DEADLINE_EXCEEDED (or a
-transient UPSTREAM_ERROR), the request reconnects if need be and is sent again with the same id, after a
-full-jitter back-off (never shorter than the error's `retry_after_s`), until `retry_for` seconds have
-passed since its first failure. A request still unanswered after `timeout` on a live connection is
-waited for again within the same budget, not sent again on that connection (the server refuses an id
-already in flight on a connection as a conflict). A handshake refused
-with a 4xx (401 without the right bearer key) or a certificate that does not verify is final. Answers to
-a request that was already answered are dropped, so a resend never yields a frame twice. Pings (every
-`ping_interval` s, `ping_timeout` to answer) notice a dead peer. permessage-deflate is off: on float
-tensors it costs far more CPU time than the bytes it saves (see docs/protocol.md, Compression).
+`WsTransport` owns the connection: a reader thread per connection matches answers to requests by request_id,
+and at most `window` requests are unanswered at once. `send` makes one attempt of a request: it connects if
+there is no live connection (a handshake refused with an HTTP error is a `ServerError`, a connection that
+cannot be made a `TransportError`), sends the request's messages under its request id, and waits `timeout`
+for the answer. A request still unanswered on a live connection is not sent on it again at the next attempt,
+only waited for (the server refuses an id already in flight on a connection as a conflict); one whose
+connection dropped is sent again on the next. Answers to a request that was already answered are dropped, so a
+resend never yields a frame twice. Retries, back-off and the outage budget are the policy layer's
+(`edensplit.client.policy`). Pings (every `ping_interval` s, `ping_timeout` to answer) notice a dead peer.
+permessage-deflate is off: on float tensors it costs far more CPU time than the bytes it saves (see
+docs/protocol.md, Compression).
 
 A `Call` with a binary body travels as an EDS1 binary message (its options, identity fields and
 `content_type` in the header); one with a JSON document as a text message with the document as
@@ -26,7 +24,6 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -34,22 +31,15 @@ from websockets.sync.client import ClientConnection, connect
 
 from edensplit.client.requests import JSON, Answer, Call
 from edensplit.client.transport import (
-    CLIENT_VERSION,
-    DEFAULT_RETRIES,
-    DEFAULT_RETRY_FOR,
-    RETRY_STATUSES,
-    RetryBudget,
-    RetryPolicy,
+    ClientConfig,
     ServerError,
-    bearer_headers,
+    TransportError,
+    connection_failure,
     parse_retry_after,
     server_error,
-    should_retry,
-    tls_context,
-    tls_failure,
 )
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.tracing import client_span, outgoing
+from edensplit.tracing import outgoing
 from edensplit.wire.messages import CHUNK_BYTES, Reassembler, split_binary, split_text
 
 log = logging.getLogger("edensplit.client")
@@ -90,7 +80,7 @@ def answer_of(header: dict[str, Any], payload: bytes, call: Call) -> Answer:
 
 @dataclass
 class _Pending:
-    """One request waiting for its answer: the connection it was last sent on, and how the wait ended."""
+    """One request in flight: the connection it was last sent on, and how the wait ended."""
 
     conn: ClientConnection | None = None
     answer: tuple[dict[str, Any], bytes] | None = None
@@ -98,38 +88,32 @@ class _Pending:
     event: threading.Event = field(default_factory=threading.Event)
 
 
-class _Closed(EdenError):
-    """The transport was closed while a request waited."""
-
-
 class WsTransport:
     """A reconnecting WebSocket to one endpoint; `send` is thread-safe and blocks for its answer."""
 
-    def __init__(self, url: str, *, path: str = "", window: int = 4, timeout: float = 30.0,
-                 retries: int = DEFAULT_RETRIES, retry_for: float = DEFAULT_RETRY_FOR, chunk_bytes: int = CHUNK_BYTES,
-                 ping_interval: float = 10.0, ping_timeout: float = 10.0, close_timeout: float = 2.0,
-                 name: str = "server", api_key: str | None = None, ca_cert: str | Path | None = None,
-                 retry_policy: RetryPolicy | None = None):
-        """`url`: ws(s):// or http(s):// base URL, `path` appended (e.g. Cloud.WS_PATH). `api_key` goes in the
-        handshake's `Authorization: Bearer`; `ca_cert` (wss): the CA bundle that signed the server's
-        certificate; `retry_policy` replaces `retries`/`retry_for` (and sets the back-off). Connects now
-        (riding out an outage of up to `retry_for` seconds)."""
-        self.url, self.timeout, self.name = ws_url(url, path), timeout, name
-        self.retry = retry_policy or RetryPolicy(retries, retry_for)
+    def __init__(self, url: str, config: ClientConfig | None = None, *, path: str = "", window: int = 4,
+                 chunk_bytes: int = CHUNK_BYTES, ping_interval: float = 10.0, ping_timeout: float = 10.0,
+                 close_timeout: float = 2.0, **settings: Any):
+        """`url`: ws(s):// or http(s):// base URL, `path` appended (e.g. Cloud.WS_PATH). `config`, or its fields
+        as keywords (`ClientConfig.of`: timeout, retries, retry_for, retry_policy, api_key, ca_cert, name): the
+        key goes in the handshake's `Authorization: Bearer`, the CA bundle verifies a wss server."""
+        self.config = config or ClientConfig.of(**settings)
+        self.url = ws_url(url, path)
         self.chunk_bytes, self.ping_interval, self.ping_timeout = chunk_bytes, ping_interval, ping_timeout
         self.close_timeout = close_timeout
-        context = tls_context(ca_cert)
-        self._ssl = context if self.url.startswith("wss://") else None  # websockets refuses ssl= on ws://
-        self._headers = {"X-Client-Version": CLIENT_VERSION, **bearer_headers(api_key)}
+        self._ssl = self.config.tls if self.url.startswith("wss://") else None  # websockets refuses ssl= on ws://
         self.connections = 0
         self._window = threading.BoundedSemaphore(window)
         self._lock = threading.Lock()  # guards _pending and _conn
         self._connect_lock = threading.Lock()  # one thread (re)connects at a time
         self._send_lock = threading.Lock()
-        self._stop = threading.Event()  # set by close(): back-off waits end at once
+        self._stop = threading.Event()  # set by close()
         self._pending: dict[str, _Pending] = {}
         self._conn: ClientConnection | None = None
-        self._connection(self.retry.budget())
+
+    @property
+    def name(self) -> str:
+        return self.config.name
 
     @property
     def reconnects(self) -> int:
@@ -138,10 +122,8 @@ class WsTransport:
 
     # -- connection ----------------------------------------------------------------------------------
 
-    def _connect(self) -> ClientConnection:
-        return connect(self.url, legacy=True, open_timeout=min(self.timeout, 10.0), close_timeout=self.close_timeout,
-                       compression=None, max_size=2 * self.chunk_bytes + 2**20, ping_interval=self.ping_interval,
-                       ping_timeout=self.ping_timeout, additional_headers=self._headers, ssl=self._ssl)
+    def _closed(self) -> TransportError:
+        return TransportError(f"the connection to the {self.name} at {self.url}", "closed", retryable=False)
 
     def _refused(self, exc: InvalidStatus) -> ServerError:
         """A handshake answered with an HTTP error (401 without the right key, 503 while starting...)."""
@@ -155,57 +137,33 @@ class WsTransport:
                             fallback=f"handshake refused: HTTP {response.status_code}: {body}",
                             retry_after=parse_retry_after(response.headers.get("Retry-After")))
 
-    def _connection(self, budget: RetryBudget) -> ClientConnection:
-        """The live connection, or a new one: transient failures are retried within `budget`; a refusal that
-        is not transient (a 4xx, a certificate that does not verify) is final."""
+    def _connection(self) -> ClientConnection:
+        """The live connection, or one new attempt to make it."""
         with self._connect_lock:
-            while True:
-                with self._lock:
-                    if self._conn is not None:
-                        return self._conn
-                if self._stop.is_set():
-                    raise _Closed(f"the connection to the {self.name} was closed", code=ErrorCode.UPSTREAM_ERROR)
-                try:
-                    conn = self._connect()
-                except InvalidURI as exc:
-                    raise EdenError(f"invalid WebSocket URL {self.url}: {exc}",
-                                    code=ErrorCode.INVALID_PARAMETER) from None
-                except InvalidStatus as exc:
-                    error = self._refused(exc)
-                    if exc.response.status_code not in RETRY_STATUSES or not should_retry(error):
-                        raise error from None
-                    self._back_off(budget, error, error.retry_after)
-                except (OSError, InvalidHandshake, TimeoutError) as exc:
-                    tls = tls_failure(exc)
-                    if tls is not None:
-                        raise EdenError(f"TLS failure talking to the {self.name} at {self.url}: {tls} (a server "
-                                        "certificate signed by another CA needs --ca_cert / EDENSPLIT_CA_CERT)",
-                                        code=ErrorCode.UPSTREAM_ERROR) from None
-                    cannot = EdenError(f"cannot reach the {self.name} at {self.url}: {type(exc).__name__}: {exc}",
-                                       code=ErrorCode.UPSTREAM_ERROR)
-                    self._back_off(budget, cannot)
-                else:
-                    with self._lock:
-                        self._conn = conn
-                        self.connections += 1
-                    if self.connections > 1:
-                        log.warning("%s: reconnected to %s", self.name, self.url)
-                    threading.Thread(target=self._read, args=(conn,), name=f"edensplit-ws-{self.name}",
-                                     daemon=True).start()
-                    return conn
-
-    def _back_off(self, budget: RetryBudget, error: EdenError, retry_after: float | None = None) -> None:
-        """Wait before the next attempt, or raise `error` (its message saying for how long it was tried)."""
-        if self._stop.is_set():
-            raise _Closed(f"the connection to the {self.name} was closed", code=ErrorCode.UPSTREAM_ERROR)
-        delay = budget.next_delay(retry_after)
-        if delay is None:
-            error.message += f" (gave up after {budget.summary()})"
-            raise error
-        log.log(logging.WARNING if budget.retries == 1 else logging.INFO, "%s: %s; retry %d in %.2f s",
-                self.name, error.message, budget.retries, delay)
-        if self._stop.wait(delay):
-            raise _Closed(f"the connection to the {self.name} was closed", code=ErrorCode.UPSTREAM_ERROR)
+            with self._lock:
+                if self._conn is not None:
+                    return self._conn
+            if self._stop.is_set():
+                raise self._closed()
+            try:
+                conn = connect(self.url, legacy=True, open_timeout=min(self.config.timeout, 10.0),
+                               close_timeout=self.close_timeout, compression=None,
+                               max_size=2 * self.chunk_bytes + 2**20, ping_interval=self.ping_interval,
+                               ping_timeout=self.ping_timeout, additional_headers=self.config.headers(),
+                               ssl=self._ssl)
+            except InvalidURI as exc:
+                raise EdenError(f"invalid WebSocket URL {self.url}: {exc}", code=ErrorCode.INVALID_PARAMETER) from None
+            except InvalidStatus as exc:
+                raise self._refused(exc) from None
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                raise connection_failure(f"cannot reach the {self.name} at {self.url}", exc) from None
+            with self._lock:
+                self._conn = conn
+                self.connections += 1
+            if self.connections > 1:
+                log.warning("%s: reconnected to %s", self.name, self.url)
+            threading.Thread(target=self._read, args=(conn,), name=f"edensplit-ws-{self.name}", daemon=True).start()
+            return conn
 
     def _read(self, conn: ClientConnection) -> None:
         """Deliver the answers arriving on `conn` until it closes; then every request sent on it is lost."""
@@ -282,60 +240,48 @@ class WsTransport:
 
     # -- requests ------------------------------------------------------------------------------------
 
-    def send(self, call: Call) -> Answer:
-        """Send `call` and wait for its answer (a client span, its trace context in the message)."""
-        with client_span(call):
-            return self._send(call)
-
-    def _send(self, call: Call) -> Answer:
-        """Send `call` and wait for its answer: one request id for all its attempts; reconnection, timeouts and
-        transient error answers retried within the retry budget (see the module docstring)."""
-        rid = call.request_id or uuid.uuid4().hex  # the idempotency key of this request, and only of it
-        frames = frames_of(call, rid, self.chunk_bytes)
-        budget = self.retry.budget()
-        pending = _Pending()
-        with self._window:
+    def send(self, call: Call, request_id: str) -> Answer:
+        """One attempt of `call` under `request_id`: its answer, or ServerError (an error answer, a refused
+        handshake) / TransportError (no connection, the connection lost, no answer within the timeout)."""
+        with self._lock:
+            pending = self._pending.get(request_id)
+        if pending is None:
+            self._window.acquire()  # held until done(request_id): the request counts as in flight till then
+            pending = _Pending()
             with self._lock:
-                self._pending[rid] = pending
-            try:
-                while True:
-                    self._send_on(self._connection(budget), pending, frames)
-                    header, payload = self._wait(pending, budget)
-                    if not header:
-                        continue  # lost: sent again (same id) on a new connection; timed out: waited for again
-                    if header.get("type") != "error":
-                        return answer_of(header, payload, call)
-                    error = server_error(header.get("error"), server=f"{self.name} {self.url}",
-                                         fallback=f"unreadable error message {str(header)[:200]}")
-                    if not should_retry(error):
-                        raise error
-                    with self._lock:
-                        pending.answer, pending.conn = None, None  # answered: the next attempt is sent anew
-                    self._back_off(budget, error, error.retry_after)
-            except _Closed:
-                raise EdenError(f"the connection to the {self.name} at {self.url} was closed before request "
-                                f"{rid} was answered", code=ErrorCode.UPSTREAM_ERROR) from None
-            finally:
-                with self._lock:
-                    self._pending.pop(rid, None)
-
-    def _wait(self, pending: _Pending, budget: RetryBudget) -> tuple[dict[str, Any], bytes]:
-        """The answer; or ({}, b"") after backing off when the connection was lost or no answer came in time."""
-        answered = pending.event.wait(self.timeout)
+                self._pending[request_id] = pending
+        frames = frames_of(call, request_id, self.chunk_bytes)
+        self._send_on(self._connection(), pending, frames)
+        answered = pending.event.wait(self.config.timeout)
         if self._stop.is_set():
-            raise _Closed("closed", code=ErrorCode.UPSTREAM_ERROR)
+            raise self._closed()
         with self._lock:
             answer, lost = pending.answer, pending.lost
-        if answer is not None:
-            return answer
-        why = "the connection was lost" if answered and lost else f"none within {self.timeout:g} s"  # then: wait on
-        self._back_off(budget, EdenError(f"no answer from the {self.name} at {self.url}: {why}",
-                                         code=ErrorCode.UPSTREAM_ERROR))
-        return {}, b""
+            if answer is not None and answer[0].get("type") == "error":
+                pending.answer, pending.conn = None, None  # answered: the next attempt is sent anew
+        if answer is None:
+            why = "the connection was lost" if answered and lost else f"none within {self.config.timeout:g} s"
+            raise TransportError(f"no answer from the {self.name} at {self.url}", why)  # then: waited for again
+        header, payload = answer
+        if header.get("type") == "error":
+            raise server_error(header.get("error"), server=f"{self.name} {self.url}",
+                               fallback=f"unreadable error message {str(header)[:200]}")
+        return answer_of(header, payload, call)
+
+    def done(self, request_id: str) -> None:
+        """The request is over: its place in the window is free, late answers to it are dropped."""
+        with self._lock:
+            pending = self._pending.pop(request_id, None)
+        if pending is not None:
+            self._window.release()
 
     def health(self) -> dict[str, Any]:
-        """An application-level ping: {"status": "ok", ...} once the server's pong arrives."""
-        self.send(PING)
+        """An application-level ping, once: {"status": "ok", ...} when the server's pong arrives."""
+        ping = f"ping-{uuid.uuid4().hex}"
+        try:
+            self.send(PING, ping)
+        finally:
+            self.done(ping)
         return {"status": "ok", "url": self.url, "reconnects": self.reconnects}
 
     def close(self) -> None:

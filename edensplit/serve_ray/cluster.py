@@ -8,7 +8,6 @@ usage statistics are not sent. With `ray.address` (or `--address`) the command j
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edensplit.errors import EdenError, ErrorCode
+from edensplit.net import is_loopback
 from edensplit.serve_ray.config import RayServeConfig, ServiceConfig
 from edensplit.serve_ray.proxy import CALLBACK, CALLBACK_ENV
 from edensplit.settings import ServerSettings
@@ -49,16 +49,6 @@ def deployment_options(service: ServiceConfig, affinity: bool) -> dict[str, Any]
     return options
 
 
-def loopback(host: str) -> bool:
-    """Whether a bind address reaches this machine only (a name other than localhost counts as not)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_model(settings: dict[str, Any], stage: str) -> None:
     """Fail before Ray starts on what this machine can tell: a checkpoint that is missing here (replicas on other
     nodes read their own path), or no checkpoint and random weights not allowed."""
@@ -78,7 +68,7 @@ def deploy(config: RayServeConfig, base_settings: dict[str, Any]) -> Served:
     edge_settings = config.service_settings(config.edge, base_settings)
     check_model(cloud_settings, "cloud")
     check_model(edge_settings, "edge")
-    if not loopback(config.http.host) and not (ServerSettings(**cloud_settings).edensplit_api_key
+    if not is_loopback(config.http.host) and not (ServerSettings(**cloud_settings).edensplit_api_key
                                                and ServerSettings(**edge_settings).edensplit_api_key):
         log.warning("serve-ray: the proxy binds %s with no API key: anyone who can reach this address can use it "
                     "(set EDENSPLIT_API_KEY or --api_key, and TLS in front)", config.http.host)

@@ -33,7 +33,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edensplit.client.transport import RetryPolicy
+from edensplit.client.retry import RetryPolicy
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.eden import ENCODE, INTERPOLATE
 from edensplit.model.loading import load_model_for

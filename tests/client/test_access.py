@@ -15,8 +15,10 @@ import pytest
 import uvicorn
 
 from edensplit.client.http import AsyncHttpTransport, HttpTransport
+from edensplit.client.policy import Client
+from edensplit.client.retry import RetryPolicy
 from edensplit.client.services import Cloud, Edge
-from edensplit.client.transport import RetryPolicy, ServerError
+from edensplit.client.transport import ServerError
 from edensplit.client.ws import WsTransport
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.checkpoint import load_model
@@ -59,7 +61,7 @@ def test_ws_sends_the_key_in_the_handshake():
     try:
         for key in (KEY, None):
             transport = WsTransport(peer.url, api_key=key, close_timeout=0.5)
-            transport.send(CALL)
+            Client(transport).send(CALL)
             transport.close()
     finally:
         peer.close()
@@ -130,7 +132,8 @@ def test_a_missing_or_wrong_key_is_final(tls_servers, transport):
             if transport == "http":
                 Cloud(HttpTransport(cloud.url, api_key=key, ca_cert=CA, retry_policy=QUICK)).encode_frame(FRAMES[0])
             else:
-                WsTransport(cloud.url, path=Cloud.WS_PATH, api_key=key, ca_cert=CA, retry_policy=QUICK)
+                Cloud(WsTransport(cloud.url, path=Cloud.WS_PATH, api_key=key, ca_cert=CA, retry_policy=QUICK)
+                      ).encode_frame(FRAMES[0])
         assert err.value.code == ErrorCode.UNAUTHORIZED and err.value.status == 401
         assert time.monotonic() - started < QUICK.backoff_s + 3.0  # not retried: no back-off waited
 
@@ -144,7 +147,7 @@ def test_a_certificate_the_client_cannot_verify_is_final(tls_servers, transport)
         if transport == "http":
             Cloud(HttpTransport(cloud.url, api_key=KEY, retry_policy=QUICK)).encode_frame(FRAMES[0])
         else:
-            WsTransport(cloud.url, path=Cloud.WS_PATH, api_key=KEY, retry_policy=QUICK)
+            Cloud(WsTransport(cloud.url, path=Cloud.WS_PATH, api_key=KEY, retry_policy=QUICK)).encode_frame(FRAMES[0])
     assert "TLS failure" in err.value.message and "--ca_cert" in err.value.message
     assert time.monotonic() - started < QUICK.backoff_s + 3.0
 

@@ -29,12 +29,15 @@ class Recording:
     def __init__(self, inner: HttpTransport):
         self.inner, self.log = inner, []
 
-    def send(self, call: Call) -> Answer:
+    def __getattr__(self, name: str):  # config, url, done, ...: the inner transport's
+        return getattr(self.inner, name)
+
+    def send(self, call: Call, request_id: str) -> Answer:
         options = call.options if call.binary else call.document or {}  # query / header, or the JSON document
         entry = [call.operation, call.ids.get("index"), options.get("interpolate"), "ok"]
         self.log.append(entry)
         try:
-            return self.inner.send(call)
+            return self.inner.send(call, request_id)
         except ServerError as exc:
             entry[3] = str(exc.code)
             raise
@@ -104,12 +107,12 @@ class Watching(Recording):
         super().__init__(inner)
         self.running, self.most, self.lock = 0, 0, threading.Lock()
 
-    def send(self, call: Call) -> Answer:
+    def send(self, call: Call, request_id: str) -> Answer:
         with self.lock:
             self.running += 1
             self.most = max(self.most, self.running)
         try:
-            return super().send(call)
+            return super().send(call, request_id)
         finally:
             with self.lock:
                 self.running -= 1

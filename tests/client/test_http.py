@@ -11,8 +11,9 @@ import pytest
 import zstandard
 
 from edensplit.client.http import AsyncHttpTransport, HttpTransport
+from edensplit.client.retry import RetryPolicy
 from edensplit.client.services import AsyncCloud, Cloud, Edge
-from edensplit.client.transport import RetryPolicy, ServerError
+from edensplit.client.transport import ServerError
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.servers.launch import free_port
 from edensplit.wire.blob import BLOB_MEDIA_TYPE
@@ -24,7 +25,7 @@ FRAMES = make_frames(2, 40, 70)
 
 def test_connection_errors_are_retried_then_reported():
     transport = HttpTransport(f"http://127.0.0.1:{free_port()}", retries=2, timeout=2, name="cloud server")
-    transport.retry = RetryPolicy(retries=2, backoff_s=0.05)
+    transport.config.retry = RetryPolicy(retries=2, backoff_s=0.05)
     with pytest.raises(EdenError) as err:
         Cloud(transport).encode(FRAMES[0], FRAMES[1])
     assert err.value.code == ErrorCode.UPSTREAM_ERROR
@@ -35,7 +36,7 @@ def test_overload_is_retried_after_retry_after_then_reported(cloud):
     """The in-process cloud at its admission limit answers 503 OVERLOADED with Retry-After: 1 each time: each
     retry waits at least that second (the jittered back-off alone would be under 0.1 s)."""
     transport = HttpTransport("http://testserver", client=cloud, name="cloud server")  # TestClient: an httpx.Client
-    transport.retry = RetryPolicy(retries=2, backoff_s=0.05)
+    transport.config.retry = RetryPolicy(retries=2, backoff_s=0.05)
     client = Cloud(transport)
     rt = cloud.app.state.runtime
     saved, rt.inflight = rt.inflight, rt.max_inflight
@@ -50,7 +51,7 @@ def test_overload_is_retried_after_retry_after_then_reported(cloud):
     assert err.value.code == ErrorCode.OVERLOADED and err.value.status == 503 and err.value.retry_after >= 1
     assert err.value.message.startswith("cloud server http://testserver: ")
     assert _overloaded(cloud) - before == 3  # the first try and two retries
-    transport.retry = RetryPolicy(retries=0)
+    transport.config.retry = RetryPolicy(retries=0)
     assert client.encode(FRAMES[0], FRAMES[1]).grid == (4, 6)  # once there is room again
 
 
@@ -111,7 +112,7 @@ def test_async_cloud_retries_with_asyncio_sleep_and_returns_the_blob(cloud):
 
     async def run() -> tuple[bytes, int]:
         transport = AsyncHttpTransport("http://cloud", name="cloud server", transport=httpx.MockTransport(handler))
-        transport.retry = RetryPolicy(retries=3, backoff_s=0.05)
+        transport.config.retry = RetryPolicy(retries=3, backoff_s=0.05)
         client = AsyncCloud(transport)
         ticks = 0
 

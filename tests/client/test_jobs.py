@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edensplit.client.jobs import JobResult, LocalBackend, interpolate_pair_files, interpolate_stream, interpolate_video
+from edensplit.client.backends import LocalBackend, Wrapper
+from edensplit.client.jobs import interpolate_pair_files, interpolate_stream, interpolate_video
 from edensplit.client.resume import JobState, saved_frames, state_dir
+from edensplit.client.spec import JobResult
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.pipeline import LocalPipeline
 from edensplit.model.seeds import noise_seed
@@ -22,11 +24,12 @@ from edensplit.video.sample import make_sample_clip
 from tests.conftest import make_frames
 
 
-class Watched:
+class Watched(Wrapper):
     """The real local backend, watched: how many pairs run at once. Pair 0 finishes only once pair 1 has
     started, which can happen only if the stream submits the next pair while the previous one runs."""
 
     def __init__(self, backend: LocalBackend):
+        super().__init__(backend)
         self.backend, self.running, self.most, self.lock = backend, 0, 0, threading.Lock()
         self.second_started = threading.Event()
 

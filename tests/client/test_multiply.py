@@ -11,16 +11,11 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from edensplit.client.backends import Backend, LocalBackend
 from edensplit.client.flows import FrameOnceClient
 from edensplit.client.http import HttpTransport
-from edensplit.client.jobs import LocalBackend
-from edensplit.client.multiply import (
-    GENERATED,
-    INPUT,
-    level_backends,
-    multiplier_for_rate,
-    multiply,
-)
+from edensplit.client.multiply import GENERATED, INPUT, level_backends, multiply
+from edensplit.client.rates import multiplier_for_rate
 from edensplit.client.requests import Answer, Call
 from edensplit.client.scenes import CUT, STILL, SceneDetector
 from edensplit.client.services import Cloud, Edge
@@ -120,9 +115,12 @@ class CountingCloud:
     def __init__(self, inner: HttpTransport):
         self.inner, self.encoded = inner, 0
 
-    def send(self, call: Call) -> Answer:
+    def __getattr__(self, name: str):  # config, url, done, ...: the inner transport's
+        return getattr(self.inner, name)
+
+    def send(self, call: Call, request_id: str) -> Answer:
         self.encoded += call.operation == "encode_frame"
-        return self.inner.send(call)
+        return self.inner.send(call, request_id)
 
     def close(self) -> None:
         self.inner.close()
@@ -143,7 +141,7 @@ def test_frame_once_levels_encode_every_frame_once_and_equal_local(cloud, edge, 
 
 
 def test_a_backend_with_state_and_no_fork_is_refused_above_2():
-    class Stateful:
+    class Stateful(Backend):
         def begin_video(self, start=0): ...
 
         def interpolate_pair(self, frame0, frame1, seed, index): ...

@@ -17,16 +17,11 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from edensplit.client.http import HttpTransport
+from edensplit.client.policy import Client
 from edensplit.client.requests import Call
+from edensplit.client.retry import DEFAULT_RETRIES, DEFAULT_RETRY_FOR, RetryBudget, RetryPolicy, parse_retry_after
 from edensplit.client.services import Cloud
-from edensplit.client.transport import (
-    DEFAULT_RETRIES,
-    DEFAULT_RETRY_FOR,
-    RetryBudget,
-    RetryPolicy,
-    ServerError,
-    parse_retry_after,
-)
+from edensplit.client.transport import ServerError
 from edensplit.client.ws import WsTransport
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.servers.launch import free_port
@@ -233,7 +228,7 @@ def test_http_connection_failures_give_up_after_retry_for_with_a_message_saying_
     transport = HttpTransport(f"http://127.0.0.1:{free_port()}", name="edge server", retry_policy=policy)
     started = time.monotonic()
     with pytest.raises(EdenError) as err:
-        transport.health()
+        Client(transport).health()
     assert 0.5 <= time.monotonic() - started <= 0.5 + 3.0
     assert err.value.code == ErrorCode.UPSTREAM_ERROR
     assert "cannot reach the edge server" in err.value.message and " s: ConnectError" in err.value.message
@@ -312,9 +307,9 @@ def test_ws_retries_transient_error_answers_with_the_same_request_id_and_their_r
     transport = ws_transport(peer.url)
     try:
         started = time.monotonic()
-        answer = transport.send(CALL)
+        answer = Client(transport).send(CALL)
         elapsed = time.monotonic() - started
-        transport.send(CALL)
+        Client(transport).send(CALL)
     finally:
         transport.close()
         peer.close()
@@ -330,7 +325,7 @@ def test_ws_other_error_answers_are_final(code):
     transport = ws_transport(peer.url)
     try:
         with pytest.raises(ServerError) as err:
-            transport.send(CALL)
+            Client(transport).send(CALL)
     finally:
         transport.close()
         peer.close()
@@ -341,7 +336,7 @@ def test_ws_a_dropped_connection_is_reopened_and_the_request_sent_again_with_its
     peer = Peer(lambda header, n: "drop" if n == 1 else None)
     transport = ws_transport(peer.url)
     try:
-        answer = transport.send(CALL)
+        answer = Client(transport).send(CALL)
     finally:
         transport.close()
         peer.close()
@@ -356,7 +351,7 @@ def test_ws_a_slow_answer_is_waited_for_not_sent_again_on_the_same_connection():
     transport = WsTransport(peer.url, timeout=0.5, retry_policy=FAST, close_timeout=0.5, ping_interval=0.2,
                             ping_timeout=5)
     try:
-        answer = transport.send(CALL)
+        answer = Client(transport).send(CALL)
     finally:
         transport.close()
         peer.close()
@@ -372,7 +367,7 @@ def test_ws_rides_out_a_server_that_comes_up_late():
     try:
         transport = ws_transport(f"ws://127.0.0.1:{port}")
         try:
-            answer = transport.send(CALL)
+            answer = Client(transport).send(CALL)
         finally:
             transport.close()
     finally:
@@ -386,7 +381,7 @@ def test_ws_gives_up_after_retry_for():
     policy = RetryPolicy(retries=10_000, retry_for=0.5, backoff_s=0.02, max_backoff_s=0.1)
     started = time.monotonic()
     with pytest.raises(EdenError) as err:
-        ws_transport(f"ws://127.0.0.1:{free_port()}", policy)
+        Client(ws_transport(f"ws://127.0.0.1:{free_port()}", policy)).send(CALL)
     assert 0.5 <= time.monotonic() - started <= 0.5 + 3.0
     assert err.value.code == ErrorCode.UPSTREAM_ERROR and "cannot reach the edge server" in err.value.message
     assert "gave up after" in err.value.message
@@ -396,7 +391,7 @@ def test_ws_a_refused_handshake_is_final():
     peer = Peer(refuse=401)
     try:
         with pytest.raises(ServerError) as err:
-            ws_transport(peer.url)
+            Client(ws_transport(peer.url)).send(CALL)
     finally:
         peer.close()
     assert err.value.code == ErrorCode.UNAUTHORIZED and err.value.status == 401 and len(peer.handshakes) == 1

@@ -10,6 +10,7 @@ import time
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
+from edensplit.client.policy import Client
 from edensplit.client.requests import Call
 from edensplit.client.ws import WsTransport
 from edensplit.errors import EdenError, ErrorCode
@@ -79,7 +80,7 @@ def test_a_peer_that_stops_answering_pings_is_dropped_and_the_request_resent(pee
                             name="edge server")
     try:
         started = time.monotonic()
-        answer = transport.send(CALL)
+        answer = Client(transport).send(CALL)
         elapsed = time.monotonic() - started
     finally:
         transport.close()
@@ -98,7 +99,7 @@ def test_a_request_fails_when_the_peer_never_answers():
                             name="edge server")
     try:
         with pytest.raises(EdenError) as err:
-            transport.send(CALL)
+            Client(transport).send(CALL)
     finally:
         transport.close()
         peer.close()

@@ -8,8 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse
 
-from edensplit.cli import build_parser, is_loopback
+from edensplit.cli import build_parser
 from edensplit.model.checkpoint import load_model
+from edensplit.net import is_loopback
 from edensplit.servers.auth import bearer_matches
 from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.servers.edge.service import create_edge_app

@@ -168,7 +168,7 @@ def test_flow_b_with_the_cloud_unreachable_is_an_upstream_error(reference):
 
     model = load_model(None, TINY_CONFIG, stages={"interpolate"}, allow_random=True, seed=3)
     app = create_edge_app(ServerSettings(cloud_server_url="http://127.0.0.1:9"), model)
-    app.state.cloud_client.transport.retry = RetryPolicy(retries=0)
+    app.state.cloud_client.transport.config.retry = RetryPolicy(retries=0)
     with TestClient(app) as edge:
         r = edge.post("/api/v1/interpolate_frames", content=pack_frames({"frame0": FRAMES[0], "frame1": FRAMES[1]}),
                       headers={"Content-Type": FRAMES_MEDIA_TYPE})
