@@ -86,18 +86,18 @@ class ClientSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     cloud_server_url: str = "http://localhost:8000"
+    edensplit_api_key: SecretStr | None = Field(None, description="sent as Authorization: Bearer to both servers; "
+                                                "EDENSPLIT_API_KEY")
     edge_server_url: str = "http://localhost:8001"
+    edensplit_ca_cert: Path | None = Field(None, description="a PEM CA bundle to verify https/wss servers' "
+                                           "certificates; EDENSPLIT_CA_CERT")
     edensplit_timeout: float = Field(30.0, gt=0, description="seconds per request attempt; EDENSPLIT_TIMEOUT")
-    # The same defaults as edensplit.client.transport's DEFAULT_RETRIES / DEFAULT_RETRY_FOR (a test holds them
-    # equal; not imported, so reading settings does not import the client).
+    # The same defaults as edensplit.client.retry's DEFAULT_RETRIES / DEFAULT_RETRY_FOR (a test holds them equal;
+    # not imported, so reading settings does not import the client).
     edensplit_retries: int = Field(100, ge=0, description="at most this many retries per request; the retry_for "
                                    "budget ends them first by default; EDENSPLIT_RETRIES")
     edensplit_retry_for: float = Field(60.0, ge=0, description="seconds of outage a request rides out (from its "
                                        "first failure) before the job fails; EDENSPLIT_RETRY_FOR")
-    edensplit_api_key: SecretStr | None = Field(None, description="sent as Authorization: Bearer to both servers; "
-                                                "EDENSPLIT_API_KEY")
-    edensplit_ca_cert: Path | None = Field(None, description="a PEM CA bundle to verify https/wss servers' "
-                                           "certificates; EDENSPLIT_CA_CERT")
 
     def api_key(self) -> str | None:
         """The bearer key in clear, for the transports (None when unset or empty)."""

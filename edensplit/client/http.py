@@ -14,14 +14,7 @@ from typing import Any
 import httpx
 
 from edensplit.client.requests import JSON, Answer, Call
-from edensplit.client.transport import (
-    ClientConfig,
-    ServerError,
-    TransportError,
-    connection_failure,
-    parse_retry_after,
-    server_error,
-)
+from edensplit.client.transport import ClientConfig, ServerError, TransportError, connection_failure, http_error
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.tracing import outgoing
 from edensplit.wire.compression import compress as compress_body
@@ -93,13 +86,8 @@ class _HttpBase:
 
     def error(self, response: httpx.Response) -> ServerError:
         """A non-2xx response -> ServerError with the envelope's code, or UPSTREAM_ERROR if unreadable."""
-        try:
-            error = response.json()["error"]
-        except (ValueError, KeyError, TypeError):
-            error = None
-        return server_error(error, server=f"{self.name} {self.url}", status=response.status_code,
-                            fallback=f"HTTP {response.status_code}: {response.text[:200]}",
-                            retry_after=parse_retry_after(response.headers.get("retry-after")))
+        return http_error(response.status_code, response.content, response.headers.get("retry-after"),
+                          f"{self.name} {self.url}", "")
 
     def health_of(self, response: httpx.Response) -> dict[str, Any]:
         if not response.is_success:

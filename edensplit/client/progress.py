@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -51,50 +52,37 @@ def _json_size(value: Any) -> int:
 
 
 @dataclass
-class ServerCounts:
-    """One server's share of a job: requests, bytes each way, client wall time and server processing time."""
-
-    requests: int = 0
-    sent: int = 0
-    received: int = 0
-    wall: float = 0.0
-    processing: float = 0.0
-
-
-@dataclass
 class Meter:
-    """Counts per server role ("cloud", "edge"), thread-safe."""
+    """Counts per server role ("cloud", "edge"), thread-safe: requests, bytes sent and received, the client's wall
+    seconds and the server's processing seconds."""
 
-    servers: dict[str, ServerCounts] = field(default_factory=dict)
+    servers: dict[str, Counter[str]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, role: str, *, sent: int, received: int, wall: float, processing: float) -> None:
-        """Count one answered request."""
+    def add(self, role: str, **counts: float) -> None:
+        """Count one answered request: its sent and received bytes, wall and processing seconds."""
         with self.lock:
-            counts = self.servers.setdefault(role, ServerCounts())
-            counts.requests += 1
-            counts.sent += sent
-            counts.received += received
-            counts.wall += wall
-            counts.processing += processing
+            self.servers.setdefault(role, Counter()).update(requests=1, **counts)
+
+    def total(self, what: str) -> float:
+        """`what` (sent, received...) over every server."""
+        with self.lock:
+            return sum(c[what] for c in self.servers.values())
 
     @property
     def sent(self) -> int:
         """Bytes sent to every server."""
-        with self.lock:
-            return sum(c.sent for c in self.servers.values())
+        return int(self.total("sent"))
 
     @property
     def received(self) -> int:
         """Bytes received from every server."""
-        with self.lock:
-            return sum(c.received for c in self.servers.values())
+        return int(self.total("received"))
 
-    def get(self, role: str) -> ServerCounts:
-        """A copy of one server's counts."""
+    def get(self, role: str) -> Counter[str]:
+        """A copy of one server's counts (0 for what it never had)."""
         with self.lock:
-            c = self.servers.get(role, ServerCounts())
-            return ServerCounts(c.requests, c.sent, c.received, c.wall, c.processing)
+            return Counter(self.servers.get(role, Counter()))
 
 
 class MeterHook:
@@ -131,7 +119,7 @@ def metered(backend: Backend, meter: Meter) -> Iterator[bool]:
         hooks.append(hook)
         added.append((hooks, hook))
         with meter.lock:
-            meter.servers.setdefault(role, ServerCounts())  # counted from the start: "0.0 MB sent"
+            meter.servers.setdefault(role, Counter())  # counted from the start: "0.0 MB sent"
     try:
         yield "cloud" in backend.services
     finally:
@@ -249,14 +237,15 @@ class Timings:
 def server_timings(timings: Timings, meter: Meter, *, flow_a: bool) -> None:
     """Fill encode, transfer and interpolate from the servers' counts."""
     cloud, edge = meter.get("cloud"), meter.get("edge")
-    if cloud.requests:
-        timings.add("encode", cloud.processing)
+    if cloud["requests"]:
+        timings.add("encode", cloud["processing"])
         timings.notes["encode"] = "cloud"
-    if edge.requests:
-        timings.add("interpolate", edge.processing)
+    if edge["requests"]:
+        timings.add("interpolate", edge["processing"])
         timings.notes["interpolate"] = "edge" if flow_a else "edge, with its calls to the cloud"
-    if cloud.requests or edge.requests:
-        timings.add("transfer", max(cloud.wall - cloud.processing, 0.0) + max(edge.wall - edge.processing, 0.0))
+    if cloud["requests"] or edge["requests"]:
+        timings.add("transfer", max(cloud["wall"] - cloud["processing"], 0.0)
+                    + max(edge["wall"] - edge["processing"], 0.0))
     timings.sent_mb, timings.received_mb = meter.sent / 1e6, meter.received / 1e6
 
 

@@ -10,6 +10,7 @@ async callers alike.
 from __future__ import annotations
 
 import functools
+import json
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,18 @@ def server_error(error: Any, *, server: str, status: int | None = None, fallback
         retry_after = parse_retry_after(details.get("retry_after_s"))
     return ServerError(message, code=code, status=status or code.status, server=server, details=details,
                        retry_after=retry_after)
+
+
+def http_error(status: int, body: bytes, retry_after: str | None, server: str, fallback: str) -> ServerError:
+    """An HTTP error answer (a response, or a refused WebSocket handshake) -> ServerError: the envelope's code, or
+    UPSTREAM_ERROR with `fallback` and the body's start when it is not one; `Retry-After` honoured."""
+    try:
+        error = json.loads(body or b"")["error"]
+    except (ValueError, KeyError, TypeError):
+        error = None
+    text = (body or b"").decode(errors="replace")[:200]
+    return server_error(error, server=server, status=status, fallback=f"{fallback}HTTP {status}: {text}",
+                        retry_after=parse_retry_after(retry_after))
 
 
 class Transport(Protocol):

@@ -19,7 +19,6 @@ A `Call` with a binary body travels as an EDS1 binary message (its options, iden
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import uuid
@@ -30,14 +29,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection, connect
 
 from edensplit.client.requests import JSON, Answer, Call
-from edensplit.client.transport import (
-    ClientConfig,
-    ServerError,
-    TransportError,
-    connection_failure,
-    parse_retry_after,
-    server_error,
-)
+from edensplit.client.transport import ClientConfig, ServerError, TransportError, connection_failure, http_error
+from edensplit.client.transport import server_error as error_message
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.tracing import outgoing
 from edensplit.wire.messages import CHUNK_BYTES, Reassembler, split_binary, split_text
@@ -128,14 +121,8 @@ class WsTransport:
     def _refused(self, exc: InvalidStatus) -> ServerError:
         """A handshake answered with an HTTP error (401 without the right key, 503 while starting...)."""
         response = exc.response
-        try:
-            error = json.loads(response.body or b"")["error"]
-        except (ValueError, KeyError, TypeError):
-            error = None
-        body = (response.body or b"").decode(errors="replace")[:200]
-        return server_error(error, server=f"{self.name} {self.url}", status=response.status_code,
-                            fallback=f"handshake refused: HTTP {response.status_code}: {body}",
-                            retry_after=parse_retry_after(response.headers.get("Retry-After")))
+        return http_error(response.status_code, response.body or b"", response.headers.get("Retry-After"),
+                          f"{self.name} {self.url}", "handshake refused: ")
 
     def _connection(self) -> ClientConnection:
         """The live connection, or one new attempt to make it."""
@@ -264,7 +251,7 @@ class WsTransport:
             raise TransportError(f"no answer from the {self.name} at {self.url}", why)  # then: waited for again
         header, payload = answer
         if header.get("type") == "error":
-            raise server_error(header.get("error"), server=f"{self.name} {self.url}",
+            raise error_message(header.get("error"), server=f"{self.name} {self.url}",
                                fallback=f"unreadable error message {str(header)[:200]}")
         return answer_of(header, payload, call)
 
