@@ -159,11 +159,16 @@ class Connection:
             finally:
                 self.pipeline.finish(exchange)
 
-    async def refuse(self, exc: EdenError, size: int) -> None:
-        """A message refused before it became a request (unreadable, over a limit, the window full...)."""
+    async def refuse(self, exc: EdenError, size: int, req: WsRequest | None = None) -> None:
+        """A message refused before it became a running request: unreadable or over a limit (`req` None), or a
+        whole request refused at dispatch (the window full, an id in flight, a content type the operation does
+        not read), which is logged, counted and traced as its operation's, as HTTP does."""
         rid = exc.details.get("request_id")
-        exchange = self.exchange(rid if isinstance(rid, str) else None, None, size)
-        with self.pipeline.span(exchange, {}):
+        operation = req.type if req is not None and req.type in self.endpoints else None
+        exchange = self.exchange(rid if isinstance(rid, str) else None, operation, size if req is None else req.size)
+        if req is not None:
+            exchange.started = req.started
+        with self.pipeline.span(exchange, req.header if req is not None else {}):
             self.pipeline.failed(exchange, exc)
             exchange.bytes_out = await self.send_error(rid, exc)
             self.pipeline.finish(exchange)
@@ -277,13 +282,14 @@ class Connection:
                 data, text = message.get("bytes"), message.get("text")
                 size = len(data) if data is not None else len(text or "")
                 self.pipeline.wire_bytes(self.path, received=size)
+                req = None
                 try:
                     req = await self.receive_message(message, size)
                     if req is not None:
                         await self.dispatch(req)
                 except EdenError as exc:
                     self._forget_refused()
-                    await self.refuse(exc, size)
+                    await self.refuse(exc, size, req)
         except WebSocketDisconnect:
             pass
         finally:
