@@ -16,8 +16,10 @@ def serve(args: argparse.Namespace) -> int:
 
     from edensplit.model.eden import ENCODE, INTERPOLATE
     from edensplit.model.loading import load_model_for
+    from edensplit.servers.logs import configure_logging, uvicorn_log_config
 
     settings = ServerSettings(**overrides(args, (*MODEL_FIELDS, "max_inflight", "max_batch", "edensplit_api_key")))
+    configure_logging(settings.log_format, own_process=True)  # LOG_FORMAT=json: every line, from the first one
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise EdenError("TLS needs both --ssl_certfile and --ssl_keyfile")
     if not is_loopback(args.host) and not settings.edensplit_api_key:
@@ -36,7 +38,8 @@ def serve(args: argparse.Namespace) -> int:
     # permessage-deflate off: on float tensors it costs far more CPU than it saves (docs/protocol.md)
     uvicorn.run(factory(settings, model), host=args.host, port=args.port, ws_per_message_deflate=False,
                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
-                timeout_graceful_shutdown=args.timeout_graceful_shutdown)
+                timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+                log_config=uvicorn_log_config(settings.log_format))  # JSON lines under LOG_FORMAT=json
     return 0
 
 

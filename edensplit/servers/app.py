@@ -163,7 +163,11 @@ def create_app(service: Service, settings: ServerSettings, model: Eden | None = 
                 await close()
             await runtime.close()
 
-    app = FastAPI(title=service.title, version=__version__, lifespan=lifespan,
+    # The request pipeline makes each request's server span, alike for HTTP requests and WebSocket messages.
+    # FastAPI's own tracing (newer FastAPI) would add a second server span to every HTTP request, with the
+    # pipeline's steps under its endpoint span, and one span for a whole WebSocket connection, under which every
+    # message without a traceparent would fall: off (older FastAPI keeps an unknown keyword in `extra`).
+    app = FastAPI(title=service.title, version=__version__, lifespan=lifespan, telemetry={"tracing": False},
                   description="See docs/protocol.md for the binary formats and the error codes.")
     pipeline = Pipeline(service.component, settings, runtime, metrics)
     app.state.settings, app.state.metrics, app.state.runtime = settings, metrics, runtime

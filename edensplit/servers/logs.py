@@ -3,9 +3,11 @@ request's fields (request id, route, status, code, bytes, milliseconds) for log 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
+from typing import Any
 
 FIELDS = ("request_id", "transport", "method", "route", "path", "type", "status", "code", "bytes_in", "bytes_out",
           "ms", "client")
@@ -24,8 +26,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def configure_logging(log_format: str = "text") -> None:
-    """Give edensplit's loggers a handler when the host (uvicorn) did not, in the format asked for."""
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+
+
+def configure_logging(log_format: str = "text", *, own_process: bool = False) -> None:
+    """Give edensplit's loggers a handler when the host (uvicorn) did not, in the format asked for. In JSON, the
+    host's lines are JSON too: uvicorn's handlers (set up before it imports the app: `uvicorn module:app`) get the
+    JSON formatter, so a log pipeline reads every line of the server's log as one object; and where the process
+    is edensplit's own (`edensplit cloud|edge`, whose root handler edensplit's records propagate to), so do the
+    root logger's handlers."""
     ours = logging.getLogger("edensplit")
     ours.setLevel(logging.INFO)
     formatter = JsonFormatter() if log_format == "json" else \
@@ -37,3 +46,20 @@ def configure_logging(log_format: str = "text") -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(formatter)
         ours.addHandler(handler)
+    if log_format == "json":
+        for handler in logging.getLogger().handlers if own_process else ():
+            handler.setFormatter(JsonFormatter())
+        for name in UVICORN_LOGGERS:
+            for handler in logging.getLogger(name).handlers:
+                handler.setFormatter(JsonFormatter())
+
+
+def uvicorn_log_config(log_format: str = "text") -> dict[str, Any]:
+    """uvicorn's own logging config for `uvicorn.run` (which applies it after the app is built, undoing what
+    `configure_logging` did to its handlers): as it is, with its formatters JSON under LOG_FORMAT=json."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    if log_format == "json":
+        config["formatters"] = {name: {"()": f"{__name__}.JsonFormatter"} for name in config["formatters"]}
+    return config

@@ -32,11 +32,14 @@ from edensplit.servers.envelope import error_body, error_response
 from edensplit.servers.idempotency import digest
 from edensplit.servers.pipeline import Exchange, Pipeline
 from edensplit.servers.service import Endpoint
+from edensplit.tracing import HEADERS as TRACE_FIELDS
 from edensplit.wire.messages import CHUNK_BYTES, Reassembler, parse_text, split_binary, split_text, unpack_binary
 
 WS_WINDOW = 8
 INLINE_PARSE_BYTES = 64 * 2**10  # text messages larger than this are parsed on the thread pool
-VOLATILE = ("request_id", "chunk", "chunks", "timeout_s")  # header fields that do not change what is asked
+# Fields that do not change what is asked (the id, chunking, the deadline, the trace context): a retry may carry
+# other values and is still the same request, as over HTTP, whose digest leaves the headers carrying them out.
+VOLATILE = ("request_id", "chunk", "chunks", "timeout_s", *TRACE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -60,15 +63,13 @@ class WsRequest:
     header: dict[str, Any]
     payload: bytes = b""
     size: int = 0
-    raw: str = ""  # a text message's JSON text, for its digest
     started: float = field(default_factory=time.perf_counter)
 
     def digest(self) -> str:
-        """What identifies the request's content (its id aside), for idempotent replays."""
-        if not self.binary:
-            return digest(self.raw)
-        return digest(json.dumps({k: v for k, v in self.header.items() if k not in VOLATILE}, sort_keys=True),
-                      self.payload)
+        """What identifies the request's content (its VOLATILE fields aside), for idempotent replays: the fields
+        (a text message's, nested ones sorted too, or a binary message's header) and the binary payload."""
+        fields = json.dumps({k: v for k, v in self.header.items() if k not in VOLATILE}, sort_keys=True)
+        return digest(fields, self.payload) if self.binary else digest(fields)
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -159,11 +160,16 @@ class Connection:
             finally:
                 self.pipeline.finish(exchange)
 
-    async def refuse(self, exc: EdenError, size: int) -> None:
-        """A message refused before it became a request (unreadable, over a limit, the window full...)."""
+    async def refuse(self, exc: EdenError, size: int, req: WsRequest | None = None) -> None:
+        """A message refused before it became a running request: unreadable or over a limit (`req` None), or a
+        whole request refused at dispatch (the window full, an id in flight, a content type the operation does
+        not read), which is logged, counted and traced as its operation's, as HTTP does."""
         rid = exc.details.get("request_id")
-        exchange = self.exchange(rid if isinstance(rid, str) else None, None, size)
-        with self.pipeline.span(exchange, {}):
+        operation = req.type if req is not None and req.type in self.endpoints else None
+        exchange = self.exchange(rid if isinstance(rid, str) else None, operation, size if req is None else req.size)
+        if req is not None:
+            exchange.started = req.started
+        with self.pipeline.span(exchange, req.header if req is not None else {}):
             self.pipeline.failed(exchange, exc)
             exchange.bytes_out = await self.send_error(rid, exc)
             self.pipeline.finish(exchange)
@@ -193,7 +199,6 @@ class Connection:
     async def receive_message(self, message: dict[str, Any], size: int) -> WsRequest | None:
         """A whole request from one WebSocket message, None while chunks are missing; EdenError if bad."""
         data, text = message.get("bytes"), message.get("text")
-        raw = ""
         if data is not None:
             header, payload = unpack_binary(data)
             rid = header.get("request_id")
@@ -209,7 +214,7 @@ class Connection:
         else:
             parsed = await self._parse(text or "")
             if parsed.get("type") != "chunk":
-                header, total, raw = parsed, size, text or ""
+                header, total = parsed, size
                 if size > self.reassembler.max_bytes:
                     raise EdenError(f"message over the server's limit of {self.reassembler.max_bytes} bytes",
                                     code=ErrorCode.PAYLOAD_TOO_LARGE, details={"request_id": parsed.get("request_id")})
@@ -231,7 +236,7 @@ class Connection:
         if not isinstance(rid, str) or not rid:
             raise EdenError("every request needs a non-empty string request_id", code=ErrorCode.INVALID_REQUEST,
                             details={"type": kind})
-        return WsRequest(str(kind), rid, binary, header, payload, total, raw)
+        return WsRequest(str(kind), rid, binary, header, payload, total)
 
     @staticmethod
     async def _parse(text: str) -> dict[str, Any]:
@@ -277,13 +282,14 @@ class Connection:
                 data, text = message.get("bytes"), message.get("text")
                 size = len(data) if data is not None else len(text or "")
                 self.pipeline.wire_bytes(self.path, received=size)
+                req = None
                 try:
                     req = await self.receive_message(message, size)
                     if req is not None:
                         await self.dispatch(req)
                 except EdenError as exc:
                     self._forget_refused()
-                    await self.refuse(exc, size)
+                    await self.refuse(exc, size, req)
         except WebSocketDisconnect:
             pass
         finally:

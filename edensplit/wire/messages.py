@@ -155,7 +155,10 @@ class Reassembler:
         return whole, b"".join(slot.parts)
 
     def feed_text(self, text: str) -> dict[str, Any] | None:
-        """A whole JSON message, or None while chunks are still missing."""
+        """A whole JSON message, or None while chunks are still missing. A message is bounded by `max_bytes`
+        whether it came in one piece or in chunks (as `feed_binary` bounds a binary one)."""
+        if len(text) > self.max_bytes:
+            raise _bad(f"message over the limit of {self.max_bytes} bytes", code=ErrorCode.PAYLOAD_TOO_LARGE)
         message = parse_text(text)
         if message.get("type") != "chunk":
             return message

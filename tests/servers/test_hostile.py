@@ -10,7 +10,9 @@ of resident memory over what it held before the case.
 The servers are real uvicorn processes on loopback (`ServerProcess`) with the tiny random model,
 MAX_REQUEST_MB = 8 and MAX_PIXELS = 2,000,000 (SERVER_ENV). Memory is read from /proc/<pid>/status:
 before each case the kernel's peak (VmHWM) is reset through /proc/<pid>/clear_refs, so VmHWM after the
-case is that case's own peak. `Harness` and the case tables are reused by benchmarks/soak.py.
+case is that case's own peak; where clear_refs is not writable the memory checks fail saying so (NO_PEAK),
+rather than pass on a figure that misses the peak. `Harness` and the case tables are reused by
+benchmarks/soak.py.
 """
 
 from __future__ import annotations
@@ -1039,7 +1041,17 @@ class Ledger:
     warm: dict[str, dict[str, int]] = field(default_factory=dict)
     peaks: dict[str, dict[str, int]] = field(default_factory=dict)  # case -> server -> its peak RSS (bytes)
     growth: dict[str, dict[str, int]] = field(default_factory=dict)  # case -> server -> peak over the RSS before
-    resettable: bool = True
+    unmeasured: list[str] = field(default_factory=list)  # cases whose peak could not be measured (see NO_PEAK)
+
+
+NO_PEAK = ("cannot measure a case's own peak RSS: /proc/<pid>/clear_refs of the servers ({pids}) is not writable "
+           "here, so their peak (VmHWM) cannot be reset before a case, and VmRSS after it would miss the case's "
+           "peak; the memory bounds are not checked. Run where a process may write its own /proc/<pid>/clear_refs "
+           "(Linux; not allowed under some sandboxes).")
+
+
+def no_peak(harness: Harness) -> str:
+    return NO_PEAK.format(pids=", ".join(f"{s} {harness.pid(s)}" for s in harness.servers))
 
 
 @pytest.fixture(scope="module")
@@ -1059,15 +1071,18 @@ def harness(workdir):
 
 @pytest.fixture(scope="module")
 def ledger(harness) -> Ledger:
-    return Ledger(warm=harness.memory(), resettable=harness.reset_peaks())
+    return Ledger(warm=harness.memory())
 
 
 def run_measured(harness: Harness, ledger: Ledger, case: Case) -> Outcome:
+    """Run a case; its peak RSS per server (VmHWM, reset just before it), unless the peak cannot be reset."""
     before = harness.memory()
-    harness.reset_peaks()
+    if not harness.reset_peaks():
+        ledger.unmeasured.append(case_id(case))
+        return harness.run(case)
     outcome = harness.run(case)
     after = harness.memory()
-    peak = {s: after[s]["VmHWM"] if ledger.resettable else after[s]["VmRSS"] for s in after}
+    peak = {s: after[s]["VmHWM"] for s in after}
     ledger.peaks[case_id(case)] = peak
     ledger.growth[case_id(case)] = {s: peak[s] - before[s]["VmRSS"] for s in peak}
     return outcome
@@ -1084,6 +1099,7 @@ def test_a_hostile_request_gets_its_code_and_the_connection_serves_on(harness, l
     assert outcome.followed, "the server did not serve a valid request after it"
     if case.keep:
         assert outcome.kept, "a valid request right after it did not succeed on the same connection"
+    assert case_id(case) not in ledger.unmeasured, no_peak(harness)
     growth = ledger.growth[case_id(case)]
     assert max(growth.values()) < PER_CASE_PEAK_MB * 2**20, {s: f"{g / 2**20:.1f} MB" for s, g in growth.items()}
 
@@ -1092,8 +1108,9 @@ def test_the_corpus_stays_within_its_memory_bound(harness, ledger):
     """Over the whole corpus (any case not run yet is run now): the highest RSS and the RSS at the end, each
     over the RSS after warm-up, within CORPUS_PEAK_MB and CORPUS_END_MB."""
     for case in CASES:
-        if case_id(case) not in ledger.peaks:
+        if case_id(case) not in ledger.peaks and case_id(case) not in ledger.unmeasured:
             run_measured(harness, ledger, case)
+    assert not ledger.unmeasured, no_peak(harness)
     end = harness.memory()
     for server, warm in ledger.warm.items():
         peak = max(p[server] for p in ledger.peaks.values())
@@ -1130,14 +1147,16 @@ def _soak_module():
 
 
 def test_a_short_soak_holds_memory_flat(harness):
-    """A few hundred mixed requests (benchmarks/soak.py runs thousands): RSS at the end within 10% of the RSS
-    after the soak's own warm-up."""
+    """A few hundred mixed requests (benchmarks/soak.py runs thousands): every valid one succeeds, every hostile
+    one gets the answer the corpus says (its code and status, the connection kept where the case says), and RSS
+    at the end is within 10% of the RSS after the soak's own warm-up."""
     soak = _soak_module()
     started = time.monotonic()
     report = soak.soak(harness, requests=300, warmup=150, seed=1, max_seconds=120)
     print(soak.render(report))
     assert report.requests == 300 and time.monotonic() - started < 150
     assert not report.valid_failures, report.valid_failures[:5]
+    assert not report.unexpected, f"hostile requests answered otherwise than the corpus says: {report.unexpected[:5]}"
     for server, (warm, end) in report.rss.items():
         assert end <= warm * 1.10, (server, warm, end)
 

@@ -6,6 +6,7 @@ never replayed; a session frame is never silently replaced."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import pytest
@@ -18,6 +19,7 @@ from edensplit.servers.idempotency import IdempotencyCache
 from edensplit.settings import ServerSettings
 from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames
+from edensplit.wire.images import b64encode, encode_png
 from edensplit.wire.messages import pack_binary, unpack_binary
 from tests.conftest import TINY_CONFIG, make_frames
 
@@ -129,6 +131,28 @@ def test_websocket_retries_are_replayed_and_a_duplicate_in_flight_is_refused(clo
         conflict = ws.receive_json()
     assert (again_header, again_blob) == (header, blob) and cloud.counter.calls == 1
     assert conflict["error"]["code"] == "IDEMPOTENCY_CONFLICT"
+
+
+def test_what_does_not_change_the_request_does_not_make_a_retry_another_one_on_either_transport(cloud):
+    """A retry may carry another trace context (its traceparent: a new attempt's span) and another deadline; it
+    asks the same thing, so it is replayed, over HTTP (headers) and over WebSocket (a binary message's header
+    fields, a text message's fields) alike."""
+    contexts = [("00-" + "1" * 32 + "-" + "a" * 16 + "-01", "30"), ("00-" + "2" * 32 + "-" + "b" * 16 + "-01", "60")]
+    http = [encode(cloud, "ctx-http", **{"traceparent": tp, "X-Request-Timeout": t}) for tp, t in contexts]
+    assert [r.status_code for r in http] == [200, 200] and http[1].headers["x-idempotent-replay"] == "true"
+    binary, text = [], []
+    png = b64encode(encode_png(FRAMES[0]))
+    with cloud.websocket_connect("/ws/encode") as ws:
+        for tp, timeout in contexts:
+            ws.send_bytes(pack_binary({"type": "encode_frame", "request_id": "ctx-ws", "traceparent": tp,
+                                       "timeout_s": float(timeout)}, pack_frames({"frame": FRAMES[0]})))
+            binary.append(unpack_binary(ws.receive_bytes()))
+            ws.send_text(json.dumps({"type": "encode_frame", "request_id": "ctx-text", "traceparent": tp,
+                                     "timeout_s": float(timeout), "payload": {"frame": png}}))
+            text.append(ws.receive_json())
+    assert binary[0][0]["status"] == text[0]["status"] == "success", (binary[0][0], text[0])
+    assert binary[1] == binary[0] and text[1] == text[0], (binary[1][0], text[1])  # replayed, not refused
+    assert cloud.counter.calls == 3  # one per transport and message kind: the retries were not computed again
 
 
 def test_a_session_frame_is_never_silently_replaced(edge):

@@ -1,11 +1,12 @@
 """What operators read: /metrics (per-stage latency, errors by code, batch sizes, queue depth, the session
 cache) moving with requests over HTTP and WebSocket, read with prometheus_client's own parser; JSON log
-lines; and a fault's traceback in the log, never in the answer."""
+lines, every one of them (uvicorn's too); and a fault's traceback in the log, never in the answer."""
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import httpx
 import pytest
@@ -107,18 +108,40 @@ def test_a_fault_logs_its_traceback_and_answers_without_it(edge, caplog):
     assert all("a broken kernel" in logging.Formatter().formatException(rec.exc_info) for rec in faults)
 
 
-def test_json_logs_are_one_object_per_line(model_env, workdir):
-    log = workdir / "json-edge.log"
-    with ServerProcess("edensplit.edge:app", env={**model_env, "LOG_FORMAT": "json"}, log_path=log) as server:
+class CliServer(ServerProcess):
+    """The server as `edensplit edge` starts it (uvicorn.run with edensplit's own log config)."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "edensplit", "edge", "--host", self.host, "--port", str(self.port)]
+
+
+@pytest.mark.parametrize("launch", ["uvicorn", "cli"])
+def test_json_logs_are_one_object_per_line(model_env, workdir, launch):
+    """Under LOG_FORMAT=json every line of the server's log is a JSON object, uvicorn's own lines included (a
+    log pipeline reads the whole stream), whether uvicorn imported the app (`uvicorn edensplit.edge:app`) or
+    edensplit started uvicorn (`edensplit edge`); the access lines carry the request's fields."""
+    log = workdir / f"json-edge-{launch}.log"
+    server_class = ServerProcess if launch == "uvicorn" else CliServer
+    with server_class("edensplit.edge:app", env={**model_env, "LOG_FORMAT": "json"}, log_path=log) as server:
         r = httpx.post(f"{server.url}/api/v1/interpolate", content=PAIR, headers={**BLOB, "X-Request-ID": "json-1"})
         assert r.status_code == 200
         bad = httpx.post(f"{server.url}/api/v1/interpolate", params={"seed": -1}, content=PAIR,
                          headers={**BLOB, "X-Request-ID": "json-2"})
         assert bad.status_code == 422
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    lines = []
+    for number, text in enumerate(log.read_text().splitlines(), 1):
+        try:
+            line = json.loads(text)
+        except ValueError:
+            line = None
+        assert isinstance(line, dict), f"{log} line {number} is not a JSON object: {text!r}"
+        assert {"ts", "level", "logger", "message"} <= set(line), f"{log} line {number}: {text!r}"
+        lines.append(line)
+    loggers = {line["logger"] for line in lines}
+    assert {"uvicorn.error", "uvicorn.access", "edensplit.server", "edensplit.access"} <= loggers, loggers
+    assert any(line["message"].startswith("Started server process") for line in lines)  # uvicorn's, as JSON
     ok = next(line for line in lines if line.get("request_id") == "json-1" and line["logger"] == "edensplit.access")
     assert ok["route"] == "/api/v1/interpolate" and ok["status"] == 200 and ok["code"] is None
     assert ok["bytes_in"] == len(PAIR) and ok["bytes_out"] == int(r.headers["content-length"]) and ok["ms"] > 0
     refused = next(ln for ln in lines if ln.get("request_id") == "json-2" and ln["logger"] == "edensplit.access")
     assert refused["status"] == 422 and refused["code"] == "INVALID_PARAMETER"
-    assert {"ts", "level", "message"} <= set(ok)

@@ -5,6 +5,7 @@ invalid requests, each sent both ways."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,7 +181,8 @@ def _ws_answer(message: dict) -> Answer:
     return Answer(None, 200, decode_image(b64decode_field(fields["generated_frame"], "generated_frame")))
 
 
-def send_ws(client, case: Case) -> Answer:
+def send_ws(client, case: Case, settle: Callable[[], None] = lambda: None) -> Answer:
+    """The case over WebSocket; `settle` runs once its answer is in, before the connection closes."""
     path = "/ws/encode" if case.server == "cloud" else "/ws/interpolate"
     with client.websocket_connect(path) as ws:
         ids: dict[str, Any] = {}
@@ -198,7 +200,9 @@ def send_ws(client, case: Case) -> Answer:
             if case.media_type:
                 header["content_type"] = case.media_type
             ws.send_bytes(pack_binary(header, case.body))
-        return _ws_answer(ws.receive())
+        answer = _ws_answer(ws.receive())
+        settle()
+        return answer
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

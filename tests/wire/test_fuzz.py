@@ -5,7 +5,9 @@ messages (`edensplit.wire.messages`: binary framing, text messages, chunk reasse
 Arbitrary bytes and structured mutations of valid inputs (flipped and truncated bytes, header JSON fields
 changed, length fields that lie, deep nesting, integers too long to convert) must only ever succeed or
 raise an `EdenError` whose code is a 4xx: never another exception, which a server would answer with a
-500 or a dropped connection.
+500 or a dropped connection. Chunk reassembly must also do its job: a message split into chunks comes back
+whole and equal, a chunk set with a chunk dropped or two swapped never comes back whole, and nothing over the
+reassembler's max_bytes ever comes out.
 
 Bounded for the suite: FUZZ_EXAMPLES examples per property (derandomized, so a run is reproducible);
 set EDENSPLIT_FUZZ_EXAMPLES for a longer, randomized campaign.
@@ -331,42 +333,104 @@ def test_text_message_parsing_only_refuses_with_4xx(text):
     only_4xx(lambda: parse_text(text))
 
 
+@st.composite
+def chunked_message(draw: st.DrawFn) -> list[bytes | str]:
+    """A whole message split into its chunks, in order: binary or text, from a few bytes to twice the 2048 bytes
+    the reassembly property's reassembler takes."""
+    rid = draw(st.sampled_from(["a", "b", "c"]))
+    size = draw(st.sampled_from([0, 2047, 2048, 2049, 4096]) | st.integers(0, 4096))
+    payload = (draw(st.binary(min_size=1, max_size=16)) * size)[:size]  # its size matters here, not its bytes
+    chunk = draw(st.integers(64, 1500))
+    if draw(st.booleans()):
+        return list(split_binary({"type": "encode", "request_id": rid}, payload, chunk))
+    return list(split_text({"type": "encode", "request_id": rid, "payload": payload[:size // 2].hex()}, chunk))
+
+
+def message_sequences() -> st.SearchStrategy[list[bytes | str]]:
+    """What a peer sends on one connection: single messages of any shape and whole chunked messages, mixed."""
+    return st.lists(st.one_of(ws_messages().map(lambda m: [m]), chunked_message()), max_size=12).map(
+        lambda groups: [m for group in groups for m in group])
+
+
+def feed(reassembler: Reassembler, message: bytes | str) -> tuple[int, Any] | None:
+    """One message in, as a server takes it; out, a whole message with its size (its payload's bytes, or its
+    text's characters: what max_bytes bounds), or None while chunks are missing."""
+    if isinstance(message, bytes):
+        whole = reassembler.feed_binary(message)
+        return None if whole is None else (len(whole[1]), whole)
+    parsed = parse_text(message)
+    if parsed.get("type") != "chunk":
+        single = reassembler.feed_text(message)
+        return None if single is None else (len(message), single)
+    joined = reassembler.feed_chunk(parsed)
+    return None if joined is None else (len(joined), parse_text(joined))
+
+
 @FUZZ
-@given(messages=st.lists(ws_messages(), max_size=25))
+@given(messages=message_sequences())
 def test_reassembly_only_refuses_with_4xx_and_stays_bounded(messages):
     """Any sequence of messages: each is refused with a 4xx or accepted; never more than max_pending partial
-    messages, none over max_bytes."""
+    messages, and no whole message over max_bytes comes out."""
     reassembler = Reassembler(max_bytes=2048, max_pending=3)
     for message in messages:
-        if isinstance(message, bytes):
-            only_4xx(lambda m=message: reassembler.feed_binary(m))
-        else:
-            only_4xx(lambda m=message: reassembler.feed_text(m))
+        out: list[Any] = []
+        only_4xx(lambda m=message, out=out: out.append(feed(reassembler, m)))
+        if out and out[0] is not None:
+            size, _ = out[0]
+            assert size <= 2048, f"a whole message of {size} bytes came out of a reassembler bounded at 2048"
         assert len(reassembler.pending()) <= 3
+
+
+def test_a_chunked_message_over_max_bytes_is_refused_and_one_at_max_bytes_comes_back():
+    """The bound of the property above, at its edge: max_bytes of payload (or text) pass, one more is refused."""
+    for size, refused in ((2048, False), (2049, True)):
+        binary = split_binary({"type": "encode", "request_id": "r"}, b"x" * size, 700)
+        text_message = json.dumps({"type": "encode", "request_id": "r", "p": ""}, separators=(",", ":"))
+        padded = {"type": "encode", "request_id": "r", "p": "y" * (size - len(text_message))}
+        text = split_text(padded, 700)
+        for messages in (binary, text):
+            reassembler = Reassembler(max_bytes=2048)
+            outs, errors = [], []
+            for m in messages:
+                try:
+                    outs.append(feed(reassembler, m))
+                except EdenError as exc:
+                    errors.append(exc.code)
+            wholes = [o for o in outs if o is not None]
+            if refused:
+                assert wholes == [] and errors[:1] == ["PAYLOAD_TOO_LARGE"], (size, errors)
+            else:
+                assert errors == [] and [w[0] for w in wholes] == [2048], (size, outs)
 
 
 @FUZZ
 @given(payload=st.binary(max_size=3000), chunk=st.integers(1, 1200), rid=st.text(min_size=1, max_size=8),
        drop=st.integers(-1, 5), swap=st.booleans())
-def test_chunks_of_a_valid_message_reassemble_or_are_refused_with_4xx(payload, chunk, rid, drop, swap):
-    """A message split into chunks comes back whole; with a chunk dropped or two swapped it is refused with
-    a 4xx, never mixed up."""
+def test_a_chunked_message_comes_back_whole_and_a_changed_chunk_set_never_does(payload, chunk, rid, drop, swap):
+    """A message split into chunks comes back whole, once, equal to what was sent; with a chunk dropped or two
+    swapped no whole message comes back (each refusal a 4xx), so a changed set is never mixed up."""
     parts = split_binary({"type": "encode", "request_id": rid}, payload, chunk)
-    texts = split_text({"type": "encode", "request_id": rid, "payload": payload.hex()}, chunk)
-    for chunks, feed in ((parts, "feed_binary"), (texts, "feed_text")):
+    message = {"type": "encode", "request_id": rid, "payload": payload.hex()}
+    texts = split_text(message, chunk)
+    for chunks, feed_name, sent in ((parts, "feed_binary", ({"type": "encode", "request_id": rid}, payload)),
+                                    (texts, "feed_text", message)):
         chunks = list(chunks)
+        changed = False
         if 0 <= drop < len(chunks) and len(chunks) > 1:
             del chunks[drop]
+            changed = True
         if swap and len(chunks) > 2:
             chunks[0], chunks[1] = chunks[1], chunks[0]
-        step = getattr(Reassembler(max_bytes=10**6), feed)
-        whole = []
+            changed = True
+        step = getattr(Reassembler(max_bytes=10**6), feed_name)
+        whole, refusals = [], []
         for c in chunks:
             got: list[Any] = []
-            only_4xx(lambda c=c, got=got, step=step: got.append(step(c)))
+            refusal = only_4xx(lambda c=c, got=got, step=step: got.append(step(c)))
+            refusals += [refusal] if refusal is not None else []
             whole += [g for g in got if g is not None]
-        for result in whole:  # anything that comes out is the original message, whole
-            if feed == "feed_binary":
-                assert result[1] == payload and result[0]["request_id"] == rid
-            else:
-                assert result["payload"] == payload.hex()
+        if changed:
+            assert whole == [], f"{feed_name}: a message came back whole from a changed chunk set"
+        else:
+            assert refusals == [], f"{feed_name}: chunks of a valid message refused: {refusals[0].message}"
+            assert whole == [sent], f"{feed_name}: {len(chunks)} chunks of a valid message did not come back whole"
