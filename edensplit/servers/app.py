@@ -23,9 +23,11 @@ from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.eden import Eden
 from edensplit.model.loading import load_model_for
 from edensplit.servers import http
+from edensplit.servers.auth import bearer_scheme
 from edensplit.servers.envelope import error_response
 from edensplit.servers.logs import configure_logging
 from edensplit.servers.metrics import Metrics
+from edensplit.servers.openapi import REQUEST_ID, endpoint_responses, route_responses
 from edensplit.servers.pipeline import Pipeline
 from edensplit.servers.runtime import ModelRuntime
 from edensplit.servers.schemas import HealthResponse, schema_error
@@ -43,36 +45,54 @@ def runtime_of(request: Request) -> ModelRuntime:
     return request.app.state.runtime
 
 
-def health_router() -> APIRouter:
+class MetricsResponse(Response):
+    """Prometheus' text exposition format, as prometheus_client writes it."""
+
+    media_type = CONTENT_TYPE_LATEST
+
+
+def health_router(key: str | None = None) -> APIRouter:
+    """The health routes (open) and /metrics (guarded by `key`, when set)."""
     router = APIRouter(tags=["health"])
 
-    @router.get("/health", response_model=HealthResponse, summary="Model, device and weights source")
+    @router.get("/health", response_model=HealthResponse, summary="Model, device and weights source",
+                responses=route_responses("/health", key))
     async def health(request: Request) -> dict[str, Any]:
         return runtime_of(request).health()
 
-    @router.get("/health/live", summary="The process answers")
+    @router.get("/health/live", summary="The process answers", responses=route_responses("/health/live", key))
     async def live() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/health/ready", response_model=HealthResponse, summary="200 once the model is loaded, else 503")
+    not_ready = {"model": HealthResponse, "headers": REQUEST_ID,
+                 "description": "not ready: loading, warming up, failed to load (see `error`) or shutting down"}
+    ready_responses = {**route_responses("/health/ready", key), 503: not_ready}
+
+    @router.get("/health/ready", response_model=HealthResponse, summary="200 once the model is loaded, else 503",
+                responses=ready_responses)
     async def ready(request: Request) -> Response:
         info = runtime_of(request).health()
         return JSONResponse(info, status_code=200 if info["ready"] else 503)
 
-    @router.get("/metrics", summary="Prometheus metrics (of every worker, under gunicorn)")
+    @router.get("/metrics", summary="Prometheus metrics (of every worker, under gunicorn)",
+                response_class=MetricsResponse, dependencies=bearer_scheme("/metrics", key),
+                responses=route_responses("/metrics", key, success={
+                    "description": f"Prometheus text exposition format ({CONTENT_TYPE_LATEST})"}))
     async def metrics(request: Request) -> Response:
-        return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return MetricsResponse(request.app.state.metrics.render())
 
     return router
 
 
-def operations_router(service: Service) -> APIRouter:
-    """Each declared operation as a POST route, and all of them as the message types of one WebSocket."""
+def operations_router(service: Service, key: str | None = None) -> APIRouter:
+    """Each declared operation as a POST route, and all of them as the message types of one WebSocket; `key`,
+    when set, guards them (documented: 401 and the bearer scheme)."""
     router = APIRouter()
     for endpoint in service.endpoints:
         router.add_api_route(endpoint.path, _handler(endpoint), methods=["POST"], tags=[service.component],
                              summary=endpoint.summary, description=endpoint.description,
-                             response_model=endpoint.response_model, openapi_extra=_openapi(endpoint))
+                             response_model=endpoint.response_model, responses=endpoint_responses(endpoint, key),
+                             dependencies=bearer_scheme(endpoint.path, key), openapi_extra=_openapi(endpoint))
     endpoints = service.by_name
 
     async def websocket(websocket: WebSocket) -> None:
@@ -185,8 +205,8 @@ def create_app(service: Service, settings: ServerSettings, model: Eden | None = 
     setup_tracing(f"edensplit-{service.component}")
     app.add_middleware(http.HttpFraming, pipeline=pipeline)
     _error_handlers(app, pipeline)
-    app.include_router(health_router())
-    app.include_router(operations_router(service))
+    app.include_router(health_router(settings.edensplit_api_key))
+    app.include_router(operations_router(service, settings.edensplit_api_key))
     for router in service.routers:
         app.include_router(router)
     return app

@@ -89,6 +89,7 @@ class Operation(Protocol[J, R]):
     inputs: tuple[str, ...]  # media types it reads
     binary_inputs: tuple[str, ...]  # of those, the binary ones (the first: a binary message's default)
     answers: tuple[str, ...]  # binary media types it answers in (the first: a binary request's default)
+    errors: tuple[ErrorCode, ...]  # the codes its steps may refuse a request with (the transports add their own)
 
     def decode(self, inp: OperationInput, model: Eden) -> J:
         """Parse and validate everything of the request (thread pool); no model compute here."""

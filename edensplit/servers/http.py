@@ -30,6 +30,11 @@ from edensplit.wire.compression import compress, decompress, normalise_codec
 RESPONSE_CODECS = ("zstd", "lz4")  # the fast codecs: gzip/deflate cost more time than they save on tensors
 COMPRESSIBLE = ("application/vnd.edensplit.",)
 BODY_METHODS = ("POST", "PUT", "PATCH")
+# What the HTTP framing of an operation can refuse: reading the body (over MAX_REQUEST_MB, late, a Content-Encoding
+# it does not know or that does not decode, no read slot or budget left), its Content-Type, the Accept header.
+BODY_ERRORS = (ErrorCode.PAYLOAD_TOO_LARGE, ErrorCode.BODY_TIMEOUT, ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+               ErrorCode.INVALID_BLOB, ErrorCode.OVERLOADED)
+SERVE_ERRORS = (ErrorCode.UNSUPPORTED_MEDIA_TYPE, ErrorCode.NOT_ACCEPTABLE)
 
 
 @dataclass(frozen=True)

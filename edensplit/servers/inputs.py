@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from python_multipart import parse_form
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.servers.contract import JSON, MULTIPART, OperationInput
-from edensplit.servers.schemas import EncodeFrameRequest, EncodeRequest, parse_body
+from edensplit.servers.schemas import EncodeFrameRequest, EncodeRequest, ImageSize, parse_body
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE, unpack_frames
 from edensplit.wire.images import b64decode_field, decode_image
 from edensplit.wire.nesting import check_depth
@@ -23,7 +23,13 @@ from edensplit.wire.nesting import check_depth
 PAIR = ("frame0", "frame1")
 SINGLE = ("frame",)
 FRAME_TYPES = (JSON, MULTIPART, FRAMES_MEDIA_TYPE)
+# What reading frames can refuse (`read_frames`): the JSON schema or a multipart body, base64, images, containers
+# (INVALID_BLOB, SHAPE_MISMATCH), sizes, and frames over the pixel budget.
+FRAME_ERRORS = (ErrorCode.INVALID_REQUEST, ErrorCode.INVALID_BASE64, ErrorCode.INVALID_IMAGE,
+                ErrorCode.FRAME_SIZE_MISMATCH, ErrorCode.INVALID_BLOB, ErrorCode.SHAPE_MISMATCH,
+                ErrorCode.PAYLOAD_TOO_LARGE)
 M = TypeVar("M", bound=BaseModel)
+IMAGE_SIZE = TypeAdapter(ImageSize | None)  # [H, W], as the JSON bodies' `image_size`
 
 
 def parse_document(model: type[M], inp: OperationInput) -> M:
@@ -58,7 +64,12 @@ def read_frames(inp: OperationInput, names: tuple[str, ...], max_pixels: int | N
             raise EdenError(f"multipart upload needs a file part named {missing[0]!r}", code=ErrorCode.INVALID_REQUEST)
         frames = decode_images({n: files[n] for n in names}, max_pixels)
         metadata = _json_object(fields.get("metadata"))
-        check_frames(frames, metadata.pop("image_size", None))
+        try:
+            image_size = IMAGE_SIZE.validate_python(metadata.pop("image_size", None))
+        except ValidationError:
+            raise EdenError("the multipart 'metadata' field's image_size must be [H, W], two integers",
+                            code=ErrorCode.INVALID_REQUEST) from None
+        check_frames(frames, image_size)
         return Frames(frames, metadata)
     if inp.content_type == FRAMES_MEDIA_TYPE:
         unpacked, metadata = unpack_frames(inp.body, names, max_pixels)

@@ -35,6 +35,10 @@ from edensplit.tracing import continued, tracer
 log = logging.getLogger("edensplit.server")
 access_log = logging.getLogger("edensplit.access")
 MAX_TIMEOUT_S = 24 * 3600.0
+# What the pipeline answers around an operation's own steps: a bad timeout, an id reused for another request, no
+# model place or no model (yet), the deadline passed, a fault (CANCELLED is never sent: the caller is gone).
+PIPELINE_ERRORS = (ErrorCode.INVALID_PARAMETER, ErrorCode.IDEMPOTENCY_CONFLICT, ErrorCode.OVERLOADED,
+                   ErrorCode.NOT_READY, ErrorCode.DEADLINE_EXCEEDED, ErrorCode.INTERNAL_ERROR)
 
 
 class Answer(Protocol):

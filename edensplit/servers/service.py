@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from edensplit.errors import ErrorCode
 from edensplit.model.eden import Eden
 from edensplit.servers.contract import Operation
 
@@ -28,10 +29,16 @@ class Endpoint:
     summary: str
     description: str = ""
     request_body: Mapping[str, Any] = field(default_factory=dict)  # OpenAPI: the body's media types and schemas
-    path_params: Mapping[str, type] = field(default_factory=dict)  # the route's path parameters and their types
+    path_params: Mapping[str, Any] = field(default_factory=dict)  # the route's path parameters and their types
     parameters: tuple[Mapping[str, Any], ...] = ()  # OpenAPI: query parameters read from the request
     response_model: Any = None  # the JSON answer's model
     batcher: str | None = None  # operations naming the same batcher may share a model call (MAX_BATCH > 1)
+
+    @property
+    def errors(self) -> tuple[ErrorCode, ...]:
+        """The codes it can refuse a request with: its operation's, and INVALID_REQUEST for a path parameter of the
+        wrong type (the transports and the pipeline add theirs: `servers.openapi.endpoint_codes`)."""
+        return (*self.operation.errors, *((ErrorCode.INVALID_REQUEST,) if self.path_params else ()))
 
 
 @dataclass

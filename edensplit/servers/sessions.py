@@ -27,6 +27,20 @@ from edensplit.model.encoding import FrameEncoding
 
 KEEP_FRAMES = 4  # the last frames of a session kept: enough for resends of in-flight pairs
 GRACE_S = 2.0  # how long a lookup waits for the request bringing a frame to show up
+# What a session refuses: the frame before is missing, or a frame it holds is sent with other content.
+SESSION_ERRORS = (ErrorCode.SESSION_NOT_FOUND, ErrorCode.IDEMPOTENCY_CONFLICT)
+MAX_SESSION_ID = 128  # characters
+SESSION_ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_SESSION_ID, "pattern": "^[^/]+$",
+                     "description": f"1-{MAX_SESSION_ID} characters, no '/'"}
+FRAME_INDEX_SCHEMA = {"type": "integer", "minimum": 0, "description": "the frame's index k in its video"}
+
+
+def check_session_id(session_id: str) -> str:
+    """A session id of 1-MAX_SESSION_ID characters, else INVALID_PARAMETER."""
+    if not session_id or len(session_id) > MAX_SESSION_ID:
+        raise EdenError(f"a session id of 1-{MAX_SESSION_ID} characters and a frame index >= 0 are required",
+                        code=ErrorCode.INVALID_PARAMETER)
+    return session_id
 
 
 @dataclass(eq=False)

@@ -23,12 +23,13 @@ from edensplit.wire import codecs
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="the noise seed of this frame (default 0)")]
 NumSteps = Annotated[int, Field(ge=1, le=MAX_STEPS, description="2 = the reference grid (0, 0.75, 1)")]
-Method = Literal["euler", "heun"]
+Method = Annotated[Literal["euler", "heun"], Field(description="the sampler's integration method")]
 Difference = Annotated[float, Field(ge=-DIFFERENCE_LIMIT, le=DIFFERENCE_LIMIT, allow_inf_nan=False,
                                     description="the raw mean cosine similarity of the pair's frames")]
 VaeScaler = Annotated[float, Field(gt=0, allow_inf_nan=False, description="EDEN: 0.179437")]
 VaeShift = Annotated[float, Field(allow_inf_nan=False, description="EDEN: 0.770202")]
 NOT_A_NAME = "not_a_registered_name"  # the error type of a name a registry does not hold
+OPTION_ERRORS = (ErrorCode.INVALID_PARAMETER, ErrorCode.INVALID_REQUEST)  # what `option_error` refuses with
 
 
 class OneOf:

@@ -373,6 +373,8 @@ def cloud_http_cases() -> list[Case]:
         h("multipart metadata nested 100,000 deep", c, ENCODE, "INVALID_REQUEST",
           *multipart(pair_parts(DEEP.encode()))),
         h("multipart metadata not JSON", c, ENCODE, "INVALID_REQUEST", *multipart(pair_parts(b"{fps: 30"))),
+        h("multipart image_size not [H, W]", c, ENCODE, "INVALID_REQUEST",
+          *multipart(pair_parts(b'{"image_size": 5}'))),
         h("multipart metadata with a 5000-digit integer", c, ENCODE, "INVALID_REQUEST",
           *multipart(pair_parts(b'{"fps": ' + BIG_INT.encode() + b"}"))),
         h("multipart without a boundary", c, ENCODE, "INVALID_REQUEST", multipart(pair_parts())[0],

@@ -14,12 +14,12 @@ from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.eden import Eden
 from edensplit.model.stages import encode_frames, frame_difference
 from edensplit.servers.contract import JSON, Cancellation, OperationInput, Reply
-from edensplit.servers.inputs import FRAME_TYPES, read_frames
+from edensplit.servers.inputs import FRAME_ERRORS, FRAME_TYPES, read_frames
 from edensplit.wire import codecs
 from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE
 from edensplit.wire.images import b64encode
-from edensplit.wire.options import Options
+from edensplit.wire.options import OPTION_ERRORS, Options
 
 
 @dataclass
@@ -74,6 +74,7 @@ class EncodeOperation:
     inputs = FRAME_TYPES
     binary_inputs = (FRAMES_MEDIA_TYPE,)
     answers = (BLOB_MEDIA_TYPE,)
+    errors = (*FRAME_ERRORS, *OPTION_ERRORS, ErrorCode.ENCODE_ERROR)
 
     def __init__(self, names: tuple[str, ...], max_pixels: int | None = None):
         self.names, self.max_pixels = names, max_pixels

@@ -27,6 +27,7 @@ from edensplit.model.seeds import make_noise
 from edensplit.model.stages import cat_contexts, frame_context, frame_difference, geometry_for, interpolate, to_uint8
 from edensplit.servers.contract import JSON, PNG, Cancellation, OperationInput, Reply
 from edensplit.servers.edge.validation import (
+    JOB_ERRORS,
     InterpolateJob,
     check_encoding,
     check_grid,
@@ -34,9 +35,9 @@ from edensplit.servers.edge.validation import (
     make_job,
     pair_job,
 )
-from edensplit.servers.inputs import FRAME_TYPES, PAIR, SINGLE, parse_document, read_frames
+from edensplit.servers.inputs import FRAME_ERRORS, FRAME_TYPES, PAIR, SINGLE, parse_document, read_frames
 from edensplit.servers.schemas import InterpolateFramesRequest, InterpolateRequest, SessionFrameRequest
-from edensplit.servers.sessions import SessionStore
+from edensplit.servers.sessions import SESSION_ERRORS, SessionStore, check_session_id
 from edensplit.wire.blob import BLOB_MEDIA_TYPE, EncodedFrames, unpack_encoding
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames, unpack_frames
 from edensplit.wire.images import b64decode_field, b64encode, decode_image, encode_png
@@ -95,6 +96,7 @@ class EdgeOperation:
     """What every edge operation shares: predict = generate (batchable), encode = the frame."""
 
     answers = (FRAMES_MEDIA_TYPE, PNG)
+    errors: tuple[ErrorCode, ...] = (*JOB_ERRORS, ErrorCode.MODEL_ERROR)
 
     def predict(self, model: Eden, jobs: Sequence[InterpolateJob]) -> list[np.ndarray]:
         return generate(model, jobs)
@@ -127,11 +129,11 @@ class InterpolateOperation(EdgeOperation):
         if inp.content_type == JSON:
             req = parse_document(InterpolateRequest, inp)
             opts, blob = Options.from_json(req), b64decode_field(req.enc_out, "enc_out")
-            check_model_args(model, req.model_args)
-            meta = req.metadata or {}
+            model_args, meta = req.model_args, req.metadata or {}
         else:
-            opts, blob, meta = Options.from_flat(inp.options), inp.body, {}
-        encoded = unpack_encoding(blob, frames=2, max_pixels=self.max_pixels)
+            opts, blob, model_args, meta = Options.from_flat(inp.options), inp.body, None, {}
+        encoded = unpack_encoding(blob, frames=2, max_pixels=self.max_pixels)  # the blob first: what it is
+        check_model_args(model, model_args)
         job = pair_job(model, encoded, opts, inp.request_id, inp.answer, inp.cancellation)
         check_grid(job.enc0, meta.get("ph"), meta.get("pw"))
         return job
@@ -163,8 +165,8 @@ def session_key(params: Mapping[str, Any]) -> tuple[str, int]:
         index = int(index)
     except (TypeError, ValueError, OverflowError):
         raise EdenError(f"index={index!r} is not a valid int", code=ErrorCode.INVALID_PARAMETER) from None
-    session_id = str(session_id)
-    if not session_id or len(session_id) > 128 or index < 0:
+    session_id = check_session_id(str(session_id))
+    if index < 0:
         raise EdenError("a session id of 1-128 characters and a frame index >= 0 are required",
                         code=ErrorCode.INVALID_PARAMETER)
     return session_id, index
@@ -176,6 +178,7 @@ class SessionFrameOperation(EdgeOperation):
 
     inputs = (JSON, BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE)
     binary_inputs = (BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE)
+    errors = (*EdgeOperation.errors, *FRAME_ERRORS, *SESSION_ERRORS, ErrorCode.UPSTREAM_ERROR)
 
     def __init__(self, sessions: SessionStore, cloud: CloudEncoder, max_pixels: int | None = None):
         self.sessions, self.cloud, self.max_pixels = sessions, cloud, max_pixels
@@ -250,6 +253,7 @@ class FramesOperation(EdgeOperation):
 
     inputs = FRAME_TYPES
     binary_inputs = (FRAMES_MEDIA_TYPE,)
+    errors = (*EdgeOperation.errors, *FRAME_ERRORS, ErrorCode.UPSTREAM_ERROR)
 
     def __init__(self, cloud: CloudEncoder, max_pixels: int | None = None):
         self.cloud, self.max_pixels = cloud, max_pixels

@@ -4,15 +4,18 @@ session cache and its client of the cloud (flow B), closed at shutdown."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, FastAPI
+from pydantic import WithJsonSchema
 
 from edensplit.client.http import AsyncHttpTransport
 from edensplit.client.services import AsyncCloud
+from edensplit.errors import ErrorCode
 from edensplit.model.eden import INTERPOLATE, Eden
 from edensplit.servers.app import create_app
+from edensplit.servers.auth import bearer_scheme
 from edensplit.servers.contract import PNG
 from edensplit.servers.edge.operations import (
     CloudEncoder,
@@ -23,16 +26,25 @@ from edensplit.servers.edge.operations import (
 )
 from edensplit.servers.envelope import success_body
 from edensplit.servers.inputs import PAIR
-from edensplit.servers.openapi import OPTIONS_DOC, binary, frames_body, request_body
+from edensplit.servers.openapi import (
+    OPTIONS,
+    OPTIONS_DOC,
+    binary,
+    frames_body,
+    options_query,
+    request_body,
+    route_responses,
+)
 from edensplit.servers.schemas import (
     Envelope,
     InterpolateData,
     InterpolateFramesRequest,
     InterpolateRequest,
     SessionFrameRequest,
+    StoredData,
 )
 from edensplit.servers.service import Endpoint, Service
-from edensplit.servers.sessions import SessionStore
+from edensplit.servers.sessions import FRAME_INDEX_SCHEMA, SESSION_ID_SCHEMA, SessionStore, check_session_id
 from edensplit.settings import ServerSettings
 from edensplit.wire.blob import BLOB_MEDIA_TYPE
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE
@@ -40,6 +52,12 @@ from edensplit.wire.frames import FRAMES_MEDIA_TYPE
 CLOUD_RETRY_FOR_S = 20.0
 ANSWERS = (f"`Accept: {PNG}` or `{FRAMES_MEDIA_TYPE}` (the default for a binary request) answers with the frame "
            "itself instead of the JSON envelope.")
+BINARY_ONLY = "read from a binary body (a JSON body carries its options itself)"
+# Path parameters: their documented rules are checked by `session_key` (INVALID_PARAMETER), not by FastAPI.
+SessionId = Annotated[str, WithJsonSchema(SESSION_ID_SCHEMA)]
+FrameIndex = Annotated[int, WithJsonSchema(FRAME_INDEX_SCHEMA)]
+
+
 def cloud_client(settings: ServerSettings) -> tuple[AsyncCloud, CloudEncoder]:
     """Flow B's client of the cloud at CLOUD_SERVER_URL (binary, float32), and the encoder call over it. It rides
     out a short cloud outage (CLOUD_RETRY_FOR_S) within the request's own deadline, not the client's minute: the
@@ -56,12 +74,14 @@ def cloud_client(settings: ServerSettings) -> tuple[AsyncCloud, CloudEncoder]:
     return cloud, encode_at_cloud
 
 
-def sessions_router(sessions: SessionStore) -> APIRouter:
+def sessions_router(sessions: SessionStore, key: str | None = None) -> APIRouter:
     router = APIRouter()
+    path = "/api/v1/sessions/{session_id}"
 
-    @router.delete("/api/v1/sessions/{session_id}", tags=["edge"], summary="Forget a video session")
-    async def drop_session(session_id: str) -> dict[str, Any]:
-        return success_body({"dropped": sessions.drop(session_id)})
+    @router.delete(path, tags=["edge"], summary="Forget a video session", dependencies=bearer_scheme(path, key),
+                   responses=route_responses(path, key, (ErrorCode.INVALID_PARAMETER,)))
+    async def drop_session(session_id: SessionId) -> dict[str, Any]:
+        return success_body({"dropped": sessions.drop(check_session_id(session_id))})
 
     return router
 
@@ -80,7 +100,8 @@ def edge_service(settings: ServerSettings, cloud_encoder: CloudEncoder | None = 
                  summary="Sample and decode the middle frame from a pair's enc_out blob", description=ANSWERS,
                  request_body=request_body(InterpolateRequest, **{
                      BLOB_MEDIA_TYPE: binary(f"the enc_out blob of a pair; {OPTIONS_DOC}")}),
-                 response_model=Envelope[InterpolateData], batcher="sampler"),
+                 parameters=options_query(OPTIONS, BINARY_ONLY), response_model=Envelope[InterpolateData],
+                 batcher="sampler"),
         Endpoint("session_frame", "/api/v1/sessions/{session_id}/frames/{index}",
                  SessionFrameOperation(sessions, cloud_encoder, budget),
                  summary="Frame-once video session: send frame k's encoding once",
@@ -93,16 +114,19 @@ def edge_service(settings: ServerSettings, cloud_encoder: CloudEncoder | None = 
                      FRAMES_MEDIA_TYPE: binary("flow B: a frames container with the frame itself ('frame'); the "
                                                "edge has the cloud encode it and computes the difference; "
                                                f"{OPTIONS_DOC}, interpolate")}),
-                 path_params={"session_id": str, "index": int}, response_model=Envelope[InterpolateData],
-                 batcher="sampler"),
+                 path_params={"session_id": SessionId, "index": FrameIndex},
+                 parameters=options_query((*OPTIONS, "interpolate"), BINARY_ONLY),
+                 response_model=Envelope[InterpolateData | StoredData], batcher="sampler"),
         Endpoint("interpolate_frames", "/api/v1/interpolate_frames", FramesOperation(cloud_encoder, budget),
                  summary="Flow B: raw frames in, the edge calls the cloud itself",
                  description=f"The same inputs as the cloud's /encode; {OPTIONS_DOC}. {ANSWERS}",
-                 request_body=frames_body(InterpolateFramesRequest, PAIR), response_model=Envelope[InterpolateData],
-                 batcher="sampler"),
+                 request_body=frames_body(InterpolateFramesRequest, PAIR),
+                 parameters=options_query(OPTIONS, "read with a multipart body or a frames container (a JSON body "
+                                                   "carries its options itself)"),
+                 response_model=Envelope[InterpolateData], batcher="sampler"),
     )
     return Service("edge", INTERPOLATE, "edensplit edge (EDEN sampler + decoder)", "/ws/interpolate", endpoints,
-                   warm_up=warm_up, routers=(sessions_router(sessions),),
+                   warm_up=warm_up, routers=(sessions_router(sessions, settings.edensplit_api_key),),
                    state={"sessions": sessions, "cloud_client": cloud},
                    on_shutdown=(cloud.aclose,) if cloud is not None else ())
 

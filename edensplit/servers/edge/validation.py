@@ -14,7 +14,12 @@ from edensplit.model.encoding import FrameEncoding, is_valid_difference
 from edensplit.model.sampler import Sampler
 from edensplit.servers.contract import JSON, Cancellation
 from edensplit.wire.blob import EncodedFrames
-from edensplit.wire.options import Options
+from edensplit.wire.options import OPTION_ERRORS, Options
+
+# What reading an enc_out blob and making a job of it can refuse: base64 (JSON), the blob itself (INVALID_BLOB,
+# SHAPE_MISMATCH, over the pixel budget), its fit to the loaded model, the options and the difference.
+JOB_ERRORS = (ErrorCode.INVALID_BASE64, ErrorCode.INVALID_BLOB, ErrorCode.SHAPE_MISMATCH, ErrorCode.PAYLOAD_TOO_LARGE,
+              ErrorCode.MODEL_MISMATCH, *OPTION_ERRORS)
 
 
 @dataclass
