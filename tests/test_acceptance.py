@@ -63,7 +63,7 @@ def answered_bytes(app, route: str) -> float:
 
 def body_bytes(transport: HttpTransport, call: requests.Call) -> int:
     """The body of `call` as the client's HTTP transport sends it (its request built, not sent)."""
-    return len(httpx.Request("POST", transport.url(call.path), **transport.prepare(call)).content)
+    return len(httpx.Request("POST", transport.url + call.path, **transport.prepare(call, "request-id")).content)
 
 
 def run(cloud: Cloud, app, edge: HttpTransport, design: Design, frames) -> Measured:
