@@ -1,8 +1,6 @@
 """`python -m edensplit ...`: the same as the `edensplit` command."""
 
-import sys
-
-from edensplit.cli import main
+from edensplit.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

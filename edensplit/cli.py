@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from edensplit.errors import EdenError
 from edensplit.model import precision
@@ -209,5 +211,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> NoReturn:
+    """The `edensplit` command's process: main's status as its exit status. A job that stopped early (Ctrl-C, a
+    server that stayed down) may leave pairs in flight on daemon threads, some inside torch: the process then ends
+    without tearing the interpreter down around them (which can abort in C++: "terminate called without an active
+    exception"), its output flushed first."""
+    code = main()
+    if code != 0 and threading.active_count() > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

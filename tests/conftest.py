@@ -122,12 +122,53 @@ def clip(workdir) -> Path:
     return make_sample_clip(workdir / "clip.mkv", n_frames=N_FRAMES, width=96, height=72, rate=Fraction(30000, 1001))
 
 
-def run_cli(*args: str, env: dict[str, str], entry: tuple[str, ...] = ("-m", "edensplit", "interpolate"),
-            cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *entry, *args], env={**os.environ, **env}, cwd=cwd,
-                            capture_output=True, text=True, timeout=300)
+CLI = ("-m", "edensplit", "interpolate")
+
+
+def run_cli(*args: str, env: dict[str, str], entry: tuple[str, ...] = CLI, cwd: Path = ROOT,
+            subprocess_: bool = False) -> subprocess.CompletedProcess:
+    """`edensplit interpolate ARGS` with `env` added to the environment; it must succeed. In this process (the CLI's
+    own `main`, its stdout and stderr captured) unless it is another entry point, another folder, or
+    `subprocess_` asks for a process of its own (where exit codes, signals or a fresh interpreter are the point):
+    a subprocess costs seconds of start-up."""
+    if entry == CLI and cwd == ROOT and not subprocess_:
+        result = run_cli_here(["interpolate", *args], env)
+    else:
+        result = subprocess.run([sys.executable, *entry, *args], env={**os.environ, **env}, cwd=cwd,
+                                capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return result
+
+
+def run_cli_here(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`edensplit ARGV` in this process: the environment, the root logger and torch's thread count are put back
+    after it, whatever it changed."""
+    import contextlib
+    import io
+    import logging
+
+    import torch
+
+    from edensplit.cli import main
+
+    saved_env, root = dict(os.environ), logging.getLogger()
+    saved_level, threads = root.level, torch.get_num_threads()
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)  # what the CLI logs goes where a subprocess would have printed it
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["edensplit", *argv], code, out.getvalue(), err.getvalue())
 
 
 def generated(out: Path) -> list[np.ndarray]:
