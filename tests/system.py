@@ -22,7 +22,7 @@ from edensplit.video.reading import read_frames
 from edensplit.video.sample import make_sample_clip
 from tests.conftest import ROOT, generated, run_cli
 
-LONG_FRAMES = 100  # long enough that a kill or a Ctrl-C after a few saved frames lands mid-job (~25 ms a pair)
+LONG_FRAMES = 40  # long enough that a kill or a Ctrl-C after a few saved frames lands mid-job (~25 ms a pair)
 HIDDEN = ("/metrics", "/health")  # the tests' own requests
 
 
