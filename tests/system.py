@@ -5,6 +5,7 @@ the servers' request counters, and waiting on a job's saved frames."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -54,9 +55,11 @@ def expected_video(clip: Path, middles: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """`edensplit interpolate ARGS` as a subprocess (stdout/stderr captured)."""
+    """`edensplit interpolate ARGS` as a subprocess (stdout/stderr captured), with Ctrl-C's default meaning (a suite
+    started in the background of a shell without job control inherits SIGINT ignored, and so would the job)."""
     return subprocess.Popen([sys.executable, "-m", "edensplit", "interpolate", *args], cwd=ROOT, text=True,
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_saved(jobs: dict[Path, subprocess.Popen[str]], at_least: int, timeout: float = 120.0) -> dict[Path, int]:
