@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
           help="at most this many retries per request (default EDENSPLIT_RETRIES or 100: --retry_for ends them first)")
     _flag(run, "api_key", dest="edensplit_api_key",
           help="bearer key the servers require (default EDENSPLIT_API_KEY; the variable keeps it out of `ps`)")
+    _flag(run, "allow_insecure_key", dest="edensplit_allow_insecure_key", action="store_true", default=None,
+          help="send the key over http:// or ws:// to a server off this machine (default: refused; "
+               "EDENSPLIT_ALLOW_INSECURE_KEY=1)")
     _flag(run, "ca_cert", dest="edensplit_ca_cert",
           help="PEM CA bundle to verify https/wss servers (default EDENSPLIT_CA_CERT)")
     _flag(run, "num_steps", type=int, default=2, help="sampler steps (2 = the reference grid)")

@@ -27,7 +27,9 @@ class ErrorCode(StrEnum):
     NOT_ACCEPTABLE = "NOT_ACCEPTABLE"  # the Accept header names no format this endpoint can answer in
     NOT_FOUND = "NOT_FOUND"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"  # a route that exists, asked with a method it does not take (Allow)
-    UNAUTHORIZED = "UNAUTHORIZED"  # a server with EDENSPLIT_API_KEY set, and no or another bearer key
+    UNAUTHORIZED = "UNAUTHORIZED"  # a server with keys (EDENSPLIT_API_KEY, _KEYS_FILE), and no known bearer key
+    FORBIDDEN_ORIGIN = "FORBIDDEN_ORIGIN"  # a WebSocket handshake from a web page whose origin is not allowed
+    INVALID_HOST = "INVALID_HOST"  # a server without a key asked under a name (DNS rebinding), not its address
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"  # a request id reused with another body, or a session frame
     # resent with other content
     SESSION_NOT_FOUND = "SESSION_NOT_FOUND"  # a session cache the server no longer has: resend
@@ -53,7 +55,8 @@ _STATUS = {
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415, ErrorCode.NOT_ACCEPTABLE: 406, ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.SESSION_NOT_FOUND: 409, ErrorCode.OVERLOADED: 503, ErrorCode.NOT_READY: 503,
-    ErrorCode.UNAUTHORIZED: 401, ErrorCode.IDEMPOTENCY_CONFLICT: 409, ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.UNAUTHORIZED: 401, ErrorCode.FORBIDDEN_ORIGIN: 403, ErrorCode.INVALID_HOST: 400,
+    ErrorCode.IDEMPOTENCY_CONFLICT: 409, ErrorCode.DEADLINE_EXCEEDED: 504,
     ErrorCode.CANCELLED: 499,
     ErrorCode.UPSTREAM_ERROR: 502, ErrorCode.ENCODE_ERROR: 500, ErrorCode.MODEL_ERROR: 500,
     ErrorCode.INTERNAL_ERROR: 500,

@@ -61,7 +61,18 @@ class ServerSettings(ModelSettings):
     idempotency_cache_mb: float = Field(256, ge=0, description="recent answers kept for retried requests (by "
                                         "request id); 0 turns replays off; IDEMPOTENCY_CACHE_MB")
     edensplit_api_key: str | None = Field(None, description="when set, every route but /health* requires "
-                                          "Authorization: Bearer <key>; EDENSPLIT_API_KEY")
+                                          "Authorization: Bearer <key> (one client, `default`); EDENSPLIT_API_KEY")
+    edensplit_api_keys_file: Path | None = Field(None, description="one client a line, `<name> <key>`: each "
+                                                 "request is its client's (read again when it changes, and on "
+                                                 "SIGHUP); EDENSPLIT_API_KEYS_FILE")
+    edensplit_cloud_api_key: str | None = Field(None, description="edge, flow B: the key it presents to the "
+                                                "cloud (default EDENSPLIT_API_KEY); EDENSPLIT_CLOUD_API_KEY")
+    edensplit_allow_insecure_key: bool = Field(False, description="edge, flow B: send its key to a cloud at an "
+                                               "http:// URL off this machine; EDENSPLIT_ALLOW_INSECURE_KEY")
+    allowed_origins: str = Field("", description="WebSocket handshakes from a browser (an Origin header) are "
+                                 "refused unless from one of these, comma-separated; ALLOWED_ORIGINS")
+    allowed_hosts: str = Field("", description="a server without a key answers requests whose Host is an IP "
+                               "address or localhost, and these names, comma-separated; ALLOWED_HOSTS")
     edensplit_ca_cert: Path | None = Field(None, description="edge, flow B: CA bundle for the cloud's TLS "
                                            "certificate; EDENSPLIT_CA_CERT")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line; "
@@ -79,6 +90,16 @@ class ServerSettings(ModelSettings):
     context_cache_mb: float = Field(4096, ge=0, description="edge: session frames' temporal keys/values kept for "
                                     "their next pair (computed again when dropped); CONTEXT_CACHE_MB")
 
+    @property
+    def keyed(self) -> bool:
+        """Whether requests need a key (EDENSPLIT_API_KEY or EDENSPLIT_API_KEYS_FILE)."""
+        return self.edensplit_api_key is not None or self.edensplit_api_keys_file is not None
+
+    @property
+    def cloud_api_key(self) -> str | None:
+        """The key flow B presents to the cloud."""
+        return self.edensplit_cloud_api_key or self.edensplit_api_key
+
 
 class ClientSettings(BaseSettings):
     """Where the servers are, how patiently to talk to them, and how to prove who we are to them."""
@@ -91,6 +112,8 @@ class ClientSettings(BaseSettings):
     edge_server_url: str = "http://localhost:8001"
     edensplit_ca_cert: Path | None = Field(None, description="a PEM CA bundle to verify https/wss servers' "
                                            "certificates; EDENSPLIT_CA_CERT")
+    edensplit_allow_insecure_key: bool = Field(False, description="send the key to a server at an http:// or "
+                                               "ws:// URL off this machine; EDENSPLIT_ALLOW_INSECURE_KEY")
     edensplit_timeout: float = Field(30.0, gt=0, description="seconds per request attempt; EDENSPLIT_TIMEOUT")
     # The same defaults as edensplit.client.retry's DEFAULT_RETRIES / DEFAULT_RETRY_FOR (a test holds them equal;
     # not imported, so reading settings does not import the client).

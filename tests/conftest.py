@@ -21,6 +21,11 @@ from edensplit.settings import ServerSettings
 from edensplit.video.images import read_png
 from edensplit.video.sample import make_sample_clip
 
+# In-process apps are asked by name: http://testserver (Starlette's TestClient), http://cloud and http://edge (httpx's
+# ASGITransport); a server without a key answers names only when ALLOWED_HOSTS lists them (DNS rebinding needs a
+# name; tests/servers/test_access.py tests the rule itself).
+os.environ.setdefault("ALLOWED_HOSTS", "testserver,cloud,edge")
+
 # In-repo golden vectors by default, so a clone tests on its own; EDEN_FIXTURES may point at another copy.
 FIXTURES = Path(os.environ.get("EDEN_FIXTURES", Path(__file__).resolve().parent / "fixtures" / "eden-reference"))
 TINY_ARGS = ModelArgs(hidden_dim=32, num_heads=2, dit_depth=1, decoder_depth=1, qkv_bias=True)

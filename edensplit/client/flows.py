@@ -230,11 +230,12 @@ class EdgeProxyClient(Backend):
 def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow: str = "a", frame_once: bool = True,
                  payload: str = "binary", wire_dtype: str = codecs.DEFAULT, options: Options | None = None,
                  timeout: float = 30.0, retries: int = DEFAULT_RETRIES, retry_for: float = DEFAULT_RETRY_FOR,
-                 compress: str | None = None, api_key: str | None = None, ca_cert: str | Path | None = None
-                 ) -> Backend:
+                 compress: str | None = None, api_key: str | None = None, ca_cert: str | Path | None = None,
+                 allow_insecure_key: bool = False) -> Backend:
     """The backend for a transport (http, ws) and flow (a, b); each frame travels once unless not frame_once.
     `options` (num_steps, method, ...) go with every edge request; `retries` / `retry_for` bound each request's
-    retries; `api_key` is sent as a bearer key and `ca_cert` verifies https/wss servers."""
+    retries; `api_key` is sent as a bearer key (over https/wss, or to this machine, unless `allow_insecure_key`)
+    and `ca_cert` verifies https/wss servers."""
     if transport not in ("http", "ws"):
         raise EdenError(f"unknown transport {transport!r}: use http or ws", code=ErrorCode.INVALID_PARAMETER)
     if flow not in ("a", "b"):
@@ -247,7 +248,7 @@ def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow
 
     def connect(url: str, name: str, ws_path: str, one_connection: bool = False) -> HttpTransport | WsTransport:
         config = ClientConfig.of(timeout=timeout, retries=retries, retry_for=retry_for, api_key=api_key,
-                                 ca_cert=ca_cert, name=name)
+                                 ca_cert=ca_cert, name=name, allow_insecure_key=allow_insecure_key)
         if transport == "http":
             return HttpTransport(url, config, compress=compress, max_connections=1 if one_connection else None)
         return WsTransport(url, config, path=ws_path)

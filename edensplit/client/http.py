@@ -29,6 +29,7 @@ class _HttpBase:
                             code=ErrorCode.INVALID_PARAMETER)
         self.config = config or ClientConfig.of(**settings)
         self.url, self.compress = base_url.rstrip("/"), compress
+        self.config.check_url(self.url)
         self.timeout = httpx.Timeout(self.config.timeout, connect=min(self.config.timeout, 10.0))
         self.verify: Any = self.config.tls or True  # an SSLContext trusting the CA bundle, or the defaults
         self.headers = {**self.config.headers(), "Accept-Encoding": compress or "identity"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import ssl
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 from edensplit.client.requests import Answer, Call
 from edensplit.client.retry import DEFAULT_RETRIES, DEFAULT_RETRY_FOR, RetryPolicy, parse_retry_after
 from edensplit.errors import EdenError, ErrorCode
+from edensplit.net import is_loopback
 from edensplit.version import __version__
 
 CLIENT_VERSION = f"edensplit/{__version__}"
@@ -35,13 +37,26 @@ class ClientConfig:
     api_key: str | None = None
     ca_cert: str | Path | None = None
     name: str = "server"
+    allow_insecure_key: bool = False  # send the key over http:// or ws:// to a host off this machine
 
     @classmethod
     def of(cls, *, timeout: float = 30.0, retries: int = DEFAULT_RETRIES, retry_for: float = DEFAULT_RETRY_FOR,
            retry_policy: RetryPolicy | None = None, api_key: str | None = None, ca_cert: str | Path | None = None,
-           name: str = "server") -> ClientConfig:
+           name: str = "server", allow_insecure_key: bool = False) -> ClientConfig:
         """From keywords: `retry_policy` replaces `retries`/`retry_for` (and sets the back-off)."""
-        return cls(timeout, retry_policy or RetryPolicy(retries, retry_for), api_key, ca_cert, name)
+        return cls(timeout, retry_policy or RetryPolicy(retries, retry_for), api_key, ca_cert, name,
+                   allow_insecure_key)
+
+    def check_url(self, url: str) -> None:
+        """Refuse to send the key in clear text: a key for an http:// or ws:// URL off this machine is
+        INVALID_PARAMETER unless `allow_insecure_key` (--allow_insecure_key, EDENSPLIT_ALLOW_INSECURE_KEY=1)."""
+        if not bearer_headers(self.api_key) or self.allow_insecure_key:
+            return
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme in ("http", "ws") and not is_loopback(parts.hostname or ""):
+            raise EdenError(f"refusing to send the API key in clear text to the {self.name} at {url}: use https:// "
+                            "(wss://), or --allow_insecure_key / EDENSPLIT_ALLOW_INSECURE_KEY=1 on a network you "
+                            "trust", code=ErrorCode.INVALID_PARAMETER)
 
     def headers(self) -> dict[str, str]:
         """What every request carries: the client's version, and `Authorization: Bearer <key>` with a key."""

@@ -92,6 +92,7 @@ class WsTransport:
         key goes in the handshake's `Authorization: Bearer`, the CA bundle verifies a wss server."""
         self.config = config or ClientConfig.of(**settings)
         self.url = ws_url(url, path)
+        self.config.check_url(self.url)
         self.chunk_bytes, self.ping_interval, self.ping_timeout = chunk_bytes, ping_interval, ping_timeout
         self.close_timeout = close_timeout
         self._ssl = self.config.tls if self.url.startswith("wss://") else None  # websockets refuses ssl= on ws://

@@ -128,7 +128,8 @@ def open_backend_for(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]
                            options=Options(**sampler), timeout=cs.edensplit_timeout, retries=cs.edensplit_retries,
                            retry_for=cs.edensplit_retry_for,
                            compress=None if args.compress == "none" else args.compress,
-                           api_key=cs.api_key(), ca_cert=cs.edensplit_ca_cert)
+                           api_key=cs.api_key(), ca_cert=cs.edensplit_ca_cert,
+                           allow_insecure_key=cs.edensplit_allow_insecure_key)
     mode = "frame-once session" if frame_once else "pairs"
     where = (f"{args.transport.upper()} {args.payload}, flow {args.flow.upper()}, {mode}, cloud "
              f"{cs.cloud_server_url}, edge {cs.edge_server_url}")

@@ -51,22 +51,22 @@ class MetricsResponse(Response):
     media_type = CONTENT_TYPE_LATEST
 
 
-def health_router(key: str | None = None) -> APIRouter:
+def health_router(keyed: bool = False) -> APIRouter:
     """The health routes (open) and /metrics (guarded by `key`, when set)."""
     router = APIRouter(tags=["health"])
 
     @router.get("/health", response_model=HealthResponse, summary="Model, device and weights source",
-                responses=route_responses("/health", key))
+                responses=route_responses("/health", keyed))
     async def health(request: Request) -> dict[str, Any]:
         return runtime_of(request).health()
 
-    @router.get("/health/live", summary="The process answers", responses=route_responses("/health/live", key))
+    @router.get("/health/live", summary="The process answers", responses=route_responses("/health/live", keyed))
     async def live() -> dict[str, str]:
         return {"status": "ok"}
 
     not_ready = {"model": HealthResponse, "headers": REQUEST_ID,
                  "description": "not ready: loading, warming up, failed to load (see `error`) or shutting down"}
-    ready_responses = {**route_responses("/health/ready", key), 503: not_ready}
+    ready_responses = {**route_responses("/health/ready", keyed), 503: not_ready}
 
     @router.get("/health/ready", response_model=HealthResponse, summary="200 once the model is loaded, else 503",
                 responses=ready_responses)
@@ -75,8 +75,8 @@ def health_router(key: str | None = None) -> APIRouter:
         return JSONResponse(info, status_code=200 if info["ready"] else 503)
 
     @router.get("/metrics", summary="Prometheus metrics (of every worker, under gunicorn)",
-                response_class=MetricsResponse, dependencies=bearer_scheme("/metrics", key),
-                responses=route_responses("/metrics", key, success={
+                response_class=MetricsResponse, dependencies=bearer_scheme("/metrics", keyed),
+                responses=route_responses("/metrics", keyed, success={
                     "description": f"Prometheus text exposition format ({CONTENT_TYPE_LATEST})"}))
     async def metrics(request: Request) -> Response:
         return MetricsResponse(request.app.state.metrics.render())
@@ -84,15 +84,15 @@ def health_router(key: str | None = None) -> APIRouter:
     return router
 
 
-def operations_router(service: Service, key: str | None = None) -> APIRouter:
+def operations_router(service: Service, keyed: bool = False) -> APIRouter:
     """Each declared operation as a POST route, and all of them as the message types of one WebSocket; `key`,
     when set, guards them (documented: 401 and the bearer scheme)."""
     router = APIRouter()
     for endpoint in service.endpoints:
         router.add_api_route(endpoint.path, _handler(endpoint), methods=["POST"], tags=[service.component],
                              summary=endpoint.summary, description=endpoint.description,
-                             response_model=endpoint.response_model, responses=endpoint_responses(endpoint, key),
-                             dependencies=bearer_scheme(endpoint.path, key), openapi_extra=_openapi(endpoint))
+                             response_model=endpoint.response_model, responses=endpoint_responses(endpoint, keyed),
+                             dependencies=bearer_scheme(endpoint.path, keyed), openapi_extra=_openapi(endpoint))
     endpoints = service.by_name
 
     async def websocket(websocket: WebSocket) -> None:
@@ -205,8 +205,8 @@ def create_app(service: Service, settings: ServerSettings, model: Eden | None = 
     setup_tracing(f"edensplit-{service.component}")
     app.add_middleware(http.HttpFraming, pipeline=pipeline)
     _error_handlers(app, pipeline)
-    app.include_router(health_router(settings.edensplit_api_key))
-    app.include_router(operations_router(service, settings.edensplit_api_key))
+    app.include_router(health_router(settings.keyed))
+    app.include_router(operations_router(service, settings.keyed))
     for router in service.routers:
         app.include_router(router)
     return app

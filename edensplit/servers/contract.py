@@ -73,6 +73,7 @@ class OperationInput:
     content_type_header: str = ""  # the whole Content-Type (a multipart body's boundary)
     cancellation: Cancellation = field(default_factory=Cancellation)
     received: float = field(default_factory=time.perf_counter)  # when the request arrived (its first byte)
+    client: str = "anonymous"  # the client it came from (servers.auth): sessions are per client
 
 
 @dataclass

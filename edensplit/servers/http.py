@@ -118,7 +118,7 @@ async def serve(operation: Operation[Any, Any], request: Request, batcher: str |
     body = await request.body()
     content_type = request.headers.get("content-type", "")
     inp = OperationInput(kind, body, None, request.query_params, request.path_params, answer, exchange.request_id,
-                         content_type, cancellation, exchange.started)
+                         content_type, cancellation, exchange.started, exchange.client_name)
     scope = request.scope
 
     def request_digest() -> str:
@@ -198,7 +198,7 @@ class HttpFraming:
             await send(message)
 
         try:
-            self.pipeline.authenticate(exchange, headers.get("authorization"))
+            self.pipeline.admit(exchange, headers, "X-Request-ID")
             if scope["method"] in BODY_METHODS:
                 body, inner = await self._read(scope, receive, headers, exchange, holding)
                 delivered = False

@@ -143,7 +143,9 @@ class Metrics:
     def __init__(self, stage: str):
         self.multiprocess_dir = enable_multiprocess()
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("edensplit_requests", "requests answered", ("route", "method", "status"), registry=r)
+        self.requests = Counter("edensplit_requests", "requests answered, by client (the keys file's names, or "
+                                "default, or anonymous: as many values as the file has clients)",
+                                ("route", "method", "status", "client_name"), registry=r)
         self.latency = Histogram("edensplit_request_seconds", "request wall time", ("route",), buckets=BUCKETS,
                                  registry=r)
         self.bytes_in = Counter("edensplit_request_bytes", "request body bytes", ("route",), registry=r)

@@ -110,12 +110,12 @@ def error_responses(codes: Iterable[ErrorCode]) -> dict[int, dict[str, Any]]:
     return responses
 
 
-def route_responses(path: str, key: str | None, codes: Iterable[ErrorCode] = (),
+def route_responses(path: str, keyed: bool, codes: Iterable[ErrorCode] = (),
                     success: dict[str, Any] | None = None) -> dict[int | str, dict[str, Any]]:
     """A route's responses: `codes`, UNAUTHORIZED where `key` guards `path`, INTERNAL_ERROR; `success` merged
     into its 200 (FastAPI adds the response model's JSON there)."""
     responses: dict[int | str, dict[str, Any]] = dict(
-        error_responses((*codes, *access_errors(path, key), ErrorCode.INTERNAL_ERROR)))
+        error_responses((*codes, *access_errors(path, keyed), ErrorCode.INTERNAL_ERROR)))
     responses[200] = {"headers": dict(REQUEST_ID), **(success or {})}
     return responses
 
@@ -125,11 +125,11 @@ def endpoint_codes(endpoint: Endpoint) -> tuple[ErrorCode, ...]:
     return (*endpoint.errors, *http.BODY_ERRORS, *http.SERVE_ERRORS, *PIPELINE_ERRORS)
 
 
-def endpoint_responses(endpoint: Endpoint, key: str | None) -> dict[int | str, dict[str, Any]]:
+def endpoint_responses(endpoint: Endpoint, keyed: bool) -> dict[int | str, dict[str, Any]]:
     """An operation's responses: its codes, and its answer as JSON or in the binary media types it answers in."""
     headers = {**REQUEST_ID, "X-Processing-Time": {"schema": {"type": "string"}, "description": "seconds spent"}}
     answers = {kind: binary(f"the answer itself ({kind})") for kind in endpoint.operation.answers}
-    return route_responses(endpoint.path, key, endpoint_codes(endpoint),
+    return route_responses(endpoint.path, keyed, endpoint_codes(endpoint),
                            {"description": "the JSON envelope, or the answer itself when a binary type is asked for "
                                            "(Accept) or the request was binary", "headers": headers,
                             "content": answers})

@@ -11,7 +11,9 @@ one more framer.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -22,11 +24,12 @@ from opentelemetry.trace import SpanKind
 from starlette.concurrency import run_in_threadpool
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.servers.auth import check_access
+from edensplit.servers.auth import ANONYMOUS, Access
 from edensplit.servers.budget import ByteBudget
 from edensplit.servers.contract import Cancellation, Operation, OperationInput, Reply, run_operation
 from edensplit.servers.envelope import log_refusal
 from edensplit.servers.idempotency import IdempotencyCache
+from edensplit.servers.ids import check_id, is_id
 from edensplit.servers.metrics import Metrics
 from edensplit.servers.runtime import ModelRuntime
 from edensplit.settings import ServerSettings
@@ -35,6 +38,7 @@ from edensplit.tracing import continued, tracer
 log = logging.getLogger("edensplit.server")
 access_log = logging.getLogger("edensplit.access")
 MAX_TIMEOUT_S = 24 * 3600.0
+UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 # What the pipeline answers around an operation's own steps: a bad timeout, an id reused for another request, no
 # model place or no model (yet), the deadline passed, a fault (CANCELLED is never sent: the caller is gone).
 PIPELINE_ERRORS = (ErrorCode.INVALID_PARAMETER, ErrorCode.IDEMPOTENCY_CONFLICT, ErrorCode.OVERLOADED,
@@ -61,7 +65,9 @@ class Exchange:
     target: str  # what names it in the log line: the path (HTTP), the path and the message type (WS)
     request_id: str
     keyed: bool  # the caller named the id: it is the request's idempotency key
+    given_id: Any = None  # the id the caller sent, valid or not
     client: str | None = None  # the client's version (X-Client-Version)
+    client_name: str = ANONYMOUS  # who sent it: the client its key names (servers.auth)
     route: str = "unmatched"  # the route it matched: the metrics' label
     operation: str | None = None  # the operation's name (a WebSocket message's type)
     started: float = field(default_factory=time.perf_counter)
@@ -82,7 +88,8 @@ class Exchange:
 
 
 def request_timeout(value: Any, default: float | None, name: str) -> float | None:
-    """A request's time budget in seconds: its own (a positive decimal number), else the server's default."""
+    """A request's time budget in seconds: its own (a positive decimal number) up to the server's, else the
+    server's (REQUEST_TIMEOUT_S: a cap, not only a default)."""
     if value is None or value == "":
         return default
     try:
@@ -92,7 +99,28 @@ def request_timeout(value: Any, default: float | None, name: str) -> float | Non
     if not (0 < seconds <= MAX_TIMEOUT_S) or isinstance(value, bool):
         raise EdenError(f"{name} must be a positive number of seconds (at most {MAX_TIMEOUT_S:.0f}), got {value!r}",
                         code=ErrorCode.INVALID_PARAMETER)
-    return seconds
+    return seconds if default is None else min(seconds, default)
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped, for a text log line nobody can forge a line into."""
+    return UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def host_name(host: str) -> str:
+    """The name or address of a Host header, without its port (an IPv6 literal without its brackets)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 class Pipeline:
@@ -102,22 +130,40 @@ class Pipeline:
         self.component, self.settings, self.runtime, self.metrics = component, settings, runtime, metrics
         self.budget = ByteBudget(int(settings.body_memory_mb * 2**20))
         self.idempotency = IdempotencyCache(int(settings.idempotency_cache_mb * 2**20))
+        self.access = Access(settings.edensplit_api_key, settings.edensplit_api_keys_file)
+        self.allowed_hosts = {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()}
+        self.allowed_origins = {o.strip().rstrip("/") for o in settings.allowed_origins.split(",") if o.strip()}
 
     # -- a request begins ----------------------------------------------------------------------------
 
     def begin(self, transport: str, method: str, path: str, *, request_id: Any = None, target: str | None = None,
               client: str | None = None) -> Exchange:
-        """A request arrives: the caller's id (its idempotency key) or a new one."""
-        keyed = isinstance(request_id, str) and request_id != ""
+        """A request arrives: the caller's id (its idempotency key, once `admit` has checked it) or a new one."""
+        keyed = is_id(request_id)
         exchange = Exchange(transport, method, path, target or path, request_id if keyed else uuid.uuid4().hex,
-                            keyed, client, route=path if transport == "ws" else "unmatched")
+                            keyed, request_id, client, route=path if transport == "ws" else "unmatched")
         if transport == "ws":  # until an answer or an error is sent: the caller went away
             exchange.status, exchange.code = ErrorCode.CANCELLED.status, str(ErrorCode.CANCELLED)
         return exchange
 
-    def authenticate(self, exchange: Exchange, authorization: str | None) -> None:
-        """UNAUTHORIZED unless the server has no key, the route is open, or the request carries the key."""
-        check_access(exchange.path, authorization, self.settings.edensplit_api_key)
+    def admit(self, exchange: Exchange, headers: Mapping[str, str], id_field: str | None = None) -> None:
+        """Who may ask, before anything is read: a server without a key answers only requests addressed to it by
+        an IP address, localhost or an ALLOWED_HOSTS name (400 INVALID_HOST: DNS rebinding needs a name); a
+        WebSocket handshake from a browser only from an ALLOWED_ORIGINS origin (403 FORBIDDEN_ORIGIN); the key
+        names the client (401 UNAUTHORIZED without a known one); an id the caller gave is checked (`id_field`
+        names it)."""
+        if not self.access.enabled:
+            host = host_name(headers.get("host", ""))
+            if not (is_address(host) or host == "localhost" or host in self.allowed_hosts):
+                raise EdenError(f"this server answers requests to its IP address or localhost (or ALLOWED_HOSTS), "
+                                f"not to {printable(host)[:80]!r}", code=ErrorCode.INVALID_HOST)
+        origin = headers.get("origin")
+        if exchange.transport == "ws" and origin is not None and origin.rstrip("/") not in self.allowed_origins:
+            raise EdenError(f"WebSocket connections from the web page at {printable(origin)[:80]!r} are refused "
+                            "(ALLOWED_ORIGINS lists the origins allowed)", code=ErrorCode.FORBIDDEN_ORIGIN)
+        exchange.client_name = self.access.client(exchange.path, headers.get("authorization"))
+        if id_field is not None and exchange.given_id is not None:
+            check_id(exchange.given_id, id_field)
 
     def hold(self, nbytes: int, what: str = "request bodies") -> None:
         """Count bytes held for a request not yet admitted (a body, a message being reassembled); OVERLOADED
@@ -143,6 +189,7 @@ class Pipeline:
                 span.set_attributes({
                     "edensplit.component": self.component, "edensplit.transport": exchange.transport,
                     "edensplit.request_id": exchange.request_id, "edensplit.operation": exchange.operation or "",
+                    "edensplit.client_name": exchange.client_name,
                     "http.request.method": exchange.method, "http.route": exchange.route,
                     "http.response.status_code": exchange.status})
                 if exchange.code:
@@ -157,7 +204,7 @@ class Pipeline:
         IDEMPOTENCY_CONFLICT when the id belongs to another request; errors are never kept."""
         if not exchange.keyed:
             return await run_operation(operation, inp, self.runtime, render, exchange.steps, batcher)
-        key = f"{exchange.transport}:{exchange.request_id}"
+        key = f"{exchange.client_name}:{exchange.transport}:{exchange.request_id}"  # two clients' ids never meet
         stored = await self.idempotency.begin(key, await run_in_threadpool(digest))
         if stored is not None:
             exchange.replayed = True
@@ -198,15 +245,17 @@ class Pipeline:
         """One access-log line and the request's metrics."""
         elapsed = time.perf_counter() - exchange.started
         what = "abandoned upload" if exchange.abandoned else exchange.request_id
-        access_log.info("%s %s %s %s in=%d out=%d %.1fms client=%s", what, exchange.method, exchange.target,
-                        exchange.label, exchange.bytes_in, exchange.bytes_out, elapsed * 1000, exchange.client or "-",
+        access_log.info("%s %s %s %s in=%d out=%d %.1fms client=%s client_name=%s", what, exchange.method,
+                        printable(exchange.target), exchange.label, exchange.bytes_in, exchange.bytes_out,
+                        elapsed * 1000, printable(exchange.client or "-"), exchange.client_name,
                         extra={"request_id": exchange.request_id, "transport": exchange.transport,
                                "method": exchange.method, "route": exchange.route, "path": exchange.path,
                                "type": exchange.operation, "status": exchange.status, "code": exchange.code,
                                "bytes_in": exchange.bytes_in, "bytes_out": exchange.bytes_out,
-                               "ms": round(elapsed * 1000, 1), "client": exchange.client})
+                               "ms": round(elapsed * 1000, 1), "client": exchange.client,
+                               "client_name": exchange.client_name})
         metrics, route = self.metrics, exchange.route
-        metrics.requests.labels(route, exchange.method, exchange.label).inc()
+        metrics.requests.labels(route, exchange.method, exchange.label, exchange.client_name).inc()
         if exchange.code is not None or exchange.status >= 400:
             metrics.errors.labels(route, exchange.code or f"HTTP_{exchange.status}").inc()
         metrics.latency.labels(route).observe(elapsed)

@@ -24,23 +24,30 @@ import torch
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.eden import FrameContext
 from edensplit.model.encoding import FrameEncoding
+from edensplit.servers.ids import ID_RULE, ID_SCHEMA, check_id
 
 KEEP_FRAMES = 4  # the last frames of a session kept: enough for resends of in-flight pairs
 GRACE_S = 2.0  # how long a lookup waits for the request bringing a frame to show up
 # What a session refuses: the frame before is missing, or a frame it holds is sent with other content.
 SESSION_ERRORS = (ErrorCode.SESSION_NOT_FOUND, ErrorCode.IDEMPOTENCY_CONFLICT)
-MAX_SESSION_ID = 128  # characters
-SESSION_ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_SESSION_ID, "pattern": "^[^/]+$",
-                     "description": f"1-{MAX_SESSION_ID} characters, no '/'"}
+SESSION_ID_SCHEMA = {**ID_SCHEMA, "description": f"{ID_RULE}; sessions are per client"}
 FRAME_INDEX_SCHEMA = {"type": "integer", "minimum": 0, "description": "the frame's index k in its video"}
 
 
 def check_session_id(session_id: str) -> str:
-    """A session id of 1-MAX_SESSION_ID characters, else INVALID_PARAMETER."""
-    if not session_id or len(session_id) > MAX_SESSION_ID:
-        raise EdenError(f"a session id of 1-{MAX_SESSION_ID} characters and a frame index >= 0 are required",
-                        code=ErrorCode.INVALID_PARAMETER)
-    return session_id
+    """A session id (servers.ids: 1-128 characters of A-Z a-z 0-9 . _ : -), else INVALID_PARAMETER."""
+    return check_id(session_id, "session_id")
+
+
+def client_session(client: str, session_id: str) -> str:
+    """What the store knows a client's session by: one client never reaches another's, whatever ids they pick
+    (another's session is, to it, a session that does not exist)."""
+    return f"{client}/{session_id}"
+
+
+def shown(key: str) -> str:
+    """The session id a store key stands for, as its client named it (messages never name the client)."""
+    return key.split("/", 1)[-1]
 
 
 @dataclass(eq=False)
@@ -157,9 +164,10 @@ class SessionStore:
         session = self._session(session_id)
         held = session.frames.get(index)
         if held is not None and not same_encoding(held.encoding, encoding):
-            raise EdenError(f"session {session_id!r} already holds another frame {index}; a frame's content never "
-                            "changes within a session (a new video needs a new session id)",
-                            code=ErrorCode.IDEMPOTENCY_CONFLICT, details={"session_id": session_id, "index": index})
+            raise EdenError(f"session {shown(session_id)!r} already holds another frame {index}; a frame's content "
+                            "never changes within a session (a new video needs a new session id)",
+                            code=ErrorCode.IDEMPOTENCY_CONFLICT,
+                            details={"session_id": shown(session_id), "index": index})
         async with session.arrived:
             if held is None:
                 session.frames[index] = SessionFrame(encoding, pixels)
@@ -185,10 +193,10 @@ class SessionStore:
                 until = start + (wait_s if index in session.incoming else min(grace_s, wait_s))
                 if now >= until:
                     self.on_lookup("miss")
-                    raise EdenError(f"session {session_id!r} does not hold frame {index} (expired, evicted or the "
-                                    "edge restarted): send that frame's encoding again",
+                    raise EdenError(f"session {shown(session_id)!r} does not hold frame {index} (expired, evicted or "
+                                    "the edge restarted): send that frame's encoding again",
                                     code=ErrorCode.SESSION_NOT_FOUND,
-                                    details={"session_id": session_id, "missing_index": index})
+                                    details={"session_id": shown(session_id), "missing_index": index})
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(session.arrived.wait(), until - now)
             self.on_lookup("hit")

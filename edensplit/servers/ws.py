@@ -30,6 +30,7 @@ from edensplit.errors import EdenError, ErrorCode
 from edensplit.servers.contract import JSON, OperationInput, Reply, check_content_type
 from edensplit.servers.envelope import error_body, error_response
 from edensplit.servers.idempotency import digest
+from edensplit.servers.ids import check_id
 from edensplit.servers.pipeline import Exchange, Pipeline
 from edensplit.servers.service import Endpoint
 from edensplit.tracing import HEADERS as TRACE_FIELDS
@@ -77,16 +78,16 @@ class WsRequest:
         inner = self.header.get("payload")
         return {**self.header, **inner} if isinstance(inner, dict) else self.header
 
-    def operation_input(self, endpoint: Endpoint, pipeline: Pipeline) -> OperationInput:
+    def operation_input(self, endpoint: Endpoint, pipeline: Pipeline, client: str) -> OperationInput:
         operation = endpoint.operation
         cancellation = pipeline.deadline(self.header.get("timeout_s"), "timeout_s")
         if self.binary:
             kind = str(self.header.get("content_type") or operation.binary_inputs[0]).lower()
             return OperationInput(kind, self.payload, None, self.header, self.header, operation.answers[0],
-                                  self.request_id, cancellation=cancellation, received=self.started)
+                                  self.request_id, cancellation=cancellation, received=self.started, client=client)
         fields = self.fields
         return OperationInput(JSON, b"", fields, fields, fields, JSON, self.request_id, cancellation=cancellation,
-                              received=self.started)
+                              received=self.started, client=client)
 
 
 def render(req: WsRequest, reply: Reply) -> WsAnswer:
@@ -104,8 +105,10 @@ def render(req: WsRequest, reply: Reply) -> WsAnswer:
 class Connection:
     """The per-connection state: reassembly, the window of requests in flight, serialized sends."""
 
-    def __init__(self, websocket: WebSocket, endpoints: Mapping[str, Endpoint], window: int, max_bytes: int):
+    def __init__(self, websocket: WebSocket, endpoints: Mapping[str, Endpoint], window: int, max_bytes: int,
+                 client_name: str):
         self.ws, self.endpoints, self.window = websocket, endpoints, window
+        self.client_name = client_name  # the client the handshake's key named: every message is its
         self.pipeline: Pipeline = websocket.app.state.pipeline
         self.reassembler = Reassembler(max_bytes)
         self.received: dict[tuple[str, Any], int] = {}  # wire bytes of chunked requests still arriving
@@ -119,7 +122,7 @@ class Connection:
         """The pipeline's record of one request on this connection."""
         exchange = self.pipeline.begin("ws", "WS", self.path, request_id=request_id,
                                        target=f"{self.path} {operation or '-'}", client=self.client)
-        exchange.operation, exchange.bytes_in = operation, size
+        exchange.operation, exchange.bytes_in, exchange.client_name = operation, size, self.client_name
         return exchange
 
     async def send(self, frames: tuple[str, ...] | tuple[bytes, ...] | list[str]) -> int:
@@ -147,7 +150,7 @@ class Connection:
         exchange.started = req.started
         with self.pipeline.span(exchange, req.header):
             try:
-                inp = req.operation_input(endpoint, self.pipeline)
+                inp = req.operation_input(endpoint, self.pipeline, self.client_name)
                 answer = await self.pipeline.answer(exchange, endpoint.operation, inp, lambda r: render(req, r),
                                                     req.digest, endpoint.batcher)
                 exchange.bytes_out = await self.send(answer.frames)
@@ -236,6 +239,7 @@ class Connection:
         if not isinstance(rid, str) or not rid:
             raise EdenError("every request needs a non-empty string request_id", code=ErrorCode.INVALID_REQUEST,
                             details={"type": kind})
+        check_id(rid, "request_id")  # INVALID_PARAMETER: 1-128 characters of A-Z a-z 0-9 . _ : -
         return WsRequest(str(kind), rid, binary, header, payload, total)
 
     @staticmethod
@@ -310,7 +314,7 @@ async def serve_websocket(websocket: WebSocket, endpoints: Mapping[str, Endpoint
     exchange = pipeline.begin("ws", "WS", websocket.scope["path"], target=f"{websocket.scope['path']} handshake",
                               client=websocket.headers.get("x-client-version"))
     try:
-        pipeline.authenticate(exchange, websocket.headers.get("authorization"))
+        pipeline.admit(exchange, websocket.headers)
         if state.websockets >= settings.max_ws_connections:
             raise EdenError(f"the server has {state.websockets} WebSocket connections open (limit "
                             f"{settings.max_ws_connections}); retry shortly", code=ErrorCode.OVERLOADED,
@@ -323,7 +327,8 @@ async def serve_websocket(websocket: WebSocket, endpoints: Mapping[str, Endpoint
         return
     state.websockets += 1
     try:
-        await Connection(websocket, endpoints, window, int(settings.max_request_mb * 2**20)).run()
+        await Connection(websocket, endpoints, window, int(settings.max_request_mb * 2**20),
+                         exchange.client_name).run()
     finally:
         state.websockets -= 1
 

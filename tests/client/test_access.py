@@ -43,12 +43,12 @@ def test_http_sends_the_key_as_a_bearer_header_and_nothing_without_one():
         seen.append(request)
         return httpx.Response(200, json={"status": "ok"})
 
-    HttpTransport("http://s", api_key=KEY, transport=httpx.MockTransport(handler)).health()
-    HttpTransport("http://s", transport=httpx.MockTransport(handler)).health()
-    HttpTransport("http://s", api_key="", transport=httpx.MockTransport(handler)).health()
+    HttpTransport("http://127.0.0.1", api_key=KEY, transport=httpx.MockTransport(handler)).health()
+    HttpTransport("http://127.0.0.1", transport=httpx.MockTransport(handler)).health()
+    HttpTransport("http://127.0.0.1", api_key="", transport=httpx.MockTransport(handler)).health()
 
     async def run() -> None:
-        transport = AsyncHttpTransport("http://cloud", api_key=KEY, transport=httpx.MockTransport(handler))
+        transport = AsyncHttpTransport("http://127.0.0.1", api_key=KEY, transport=httpx.MockTransport(handler))
         await transport.health()
         await transport.aclose()
 

@@ -156,6 +156,7 @@ def test_async_cloud_reports_the_clouds_error():
 
 def _overloaded(cloud) -> float:
     for line in cloud.get("/metrics").text.splitlines():
-        if line.startswith('edensplit_requests_total{method="POST",route="/api/v1/encode",status="503"}'):
+        if line.startswith('edensplit_requests_total{client_name="anonymous",method="POST",route="/api/v1/encode",'
+                           'status="503"}'):
             return float(line.split()[-1])
     return 0.0

@@ -167,7 +167,8 @@ def test_health_says_what_runs(cloud):
 
 def encode_metrics(client) -> dict[str, float]:
     """/metrics for the route /api/v1/encode: POSTs answered 200, body bytes in and out, latency observations."""
-    wanted = {("edensplit_requests_total", (("method", "POST"), ("route", "/api/v1/encode"), ("status", "200"))):
+    wanted = {("edensplit_requests_total", (("client_name", "anonymous"), ("method", "POST"),
+                                            ("route", "/api/v1/encode"), ("status", "200"))):
               "ok", ("edensplit_request_bytes_total", (("route", "/api/v1/encode"),)): "in",
               ("edensplit_response_bytes_total", (("route", "/api/v1/encode"),)): "out",
               ("edensplit_request_seconds_count", (("route", "/api/v1/encode"),)): "timed",

@@ -208,7 +208,8 @@ def test_request_schemas_state_the_rules_the_servers_check(apps):
     session = edge["/api/v1/sessions/{session_id}/frames/{index}"]["post"]
     assert len(session["requestBody"]["content"]["application/json"]["schema"]["oneOf"]) == 2
     params = {p["name"]: p for p in session["parameters"]}
-    assert params["session_id"]["schema"]["maxLength"] == 128 and params["index"]["schema"]["minimum"] == 0
+    assert params["session_id"]["schema"]["pattern"] == "^[A-Za-z0-9._:-]{1,128}$"
+    assert params["index"]["schema"]["minimum"] == 0
     flat = set(Options.model_fields) - {"wire_dtype"}
     assert {n for n, p in params.items() if p["in"] == "query"} == flat
     assert params["method"]["schema"]["enum"] == list(METHODS)

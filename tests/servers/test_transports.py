@@ -5,6 +5,7 @@ invalid requests, each sent both ways."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,7 +127,8 @@ class Answer:
 
 
 def _session(case: Case, transport: str) -> str:
-    return f"{case.name}-{transport}".replace(" ", "_").replace("'", "")[:100]
+    """An id for the case (ids are 1-128 of A-Z a-z 0-9 . _ : -)."""
+    return re.sub(r"[^A-Za-z0-9._:-]", "_", f"{case.name}-{transport}")[:100]
 
 
 def _http_answer(response) -> Answer:

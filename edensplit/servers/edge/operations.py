@@ -37,7 +37,7 @@ from edensplit.servers.edge.validation import (
 )
 from edensplit.servers.inputs import FRAME_ERRORS, FRAME_TYPES, PAIR, SINGLE, parse_document, read_frames
 from edensplit.servers.schemas import InterpolateFramesRequest, InterpolateRequest, SessionFrameRequest
-from edensplit.servers.sessions import SESSION_ERRORS, SessionStore, check_session_id
+from edensplit.servers.sessions import SESSION_ERRORS, SessionStore, check_session_id, client_session
 from edensplit.wire.blob import BLOB_MEDIA_TYPE, EncodedFrames, unpack_encoding
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames, unpack_frames
 from edensplit.wire.images import b64decode_field, b64encode, decode_image, encode_png
@@ -154,6 +154,7 @@ class SessionFrame:
     request_id: str
     answer: str
     cancellation: Cancellation
+    client: str  # whose session it is
 
 
 def session_key(params: Mapping[str, Any]) -> tuple[str, int]:
@@ -206,10 +207,12 @@ class SessionFrameOperation(EdgeOperation):
         if blob is not None:
             encoding = unpack_encoding(blob, frames=1, max_pixels=self.max_pixels).encoding
             check_encoding(model, encoding)
-        return SessionFrame(session_id, index, opts, encoding, pixels, inp.request_id, inp.answer, inp.cancellation)
+        return SessionFrame(session_id, index, opts, encoding, pixels, inp.request_id, inp.answer, inp.cancellation,
+                            inp.client)
 
     async def prepare(self, frame: SessionFrame, model: Eden) -> InterpolateJob | Reply:
-        sid, index, opts = frame.session_id, frame.index, frame.options
+        index, opts = frame.index, frame.options
+        sid = client_session(frame.client, frame.session_id)  # the client's own: another's is as one that is not
         async with self.sessions.incoming(sid, index):
             encoding = frame.encoding
             if encoding is None:
@@ -217,7 +220,7 @@ class SessionFrameOperation(EdgeOperation):
                 encoding = (await encode_at_cloud(self.cloud, [frame.pixels], frame.request_id)).encoding
             current = await self.sessions.put(sid, index, encoding, frame.pixels)
         if not (index > 0 if opts.interpolate is None else opts.interpolate):
-            return Reply({"session_id": sid, "stored": index})
+            return Reply({"session_id": frame.session_id, "stored": index})
         if index == 0:
             raise EdenError("frame 0 has no predecessor to interpolate from", code=ErrorCode.INVALID_PARAMETER)
         needs_difference = EdenError("a session frame needs the pair's raw 'difference' (flow A: the client holds "

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from pydantic import WithJsonSchema
 
 from edensplit.client.http import AsyncHttpTransport
@@ -25,6 +25,7 @@ from edensplit.servers.edge.operations import (
     warm_up,
 )
 from edensplit.servers.envelope import success_body
+from edensplit.servers.http import exchange_of
 from edensplit.servers.inputs import PAIR
 from edensplit.servers.openapi import (
     OPTIONS,
@@ -44,7 +45,13 @@ from edensplit.servers.schemas import (
     StoredData,
 )
 from edensplit.servers.service import Endpoint, Service
-from edensplit.servers.sessions import FRAME_INDEX_SCHEMA, SESSION_ID_SCHEMA, SessionStore, check_session_id
+from edensplit.servers.sessions import (
+    FRAME_INDEX_SCHEMA,
+    SESSION_ID_SCHEMA,
+    SessionStore,
+    check_session_id,
+    client_session,
+)
 from edensplit.settings import ServerSettings
 from edensplit.wire.blob import BLOB_MEDIA_TYPE
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE
@@ -63,7 +70,8 @@ def cloud_client(settings: ServerSettings) -> tuple[AsyncCloud, CloudEncoder]:
     out a short cloud outage (CLOUD_RETRY_FOR_S) within the request's own deadline, not the client's minute: the
     client, whose request this is, keeps its own retry budget."""
     cloud = AsyncCloud(AsyncHttpTransport(settings.cloud_server_url, name="cloud server", retry_for=CLOUD_RETRY_FOR_S,
-                                          api_key=settings.edensplit_api_key, ca_cert=settings.edensplit_ca_cert))
+                                          api_key=settings.cloud_api_key, ca_cert=settings.edensplit_ca_cert,
+                                          allow_insecure_key=settings.edensplit_allow_insecure_key))
 
     async def encode_at_cloud(frames: list[np.ndarray], request_id: str) -> bytes:
         """Flow B: the cloud's float32 blob of a pair or one frame (binary, no base64)."""
@@ -74,14 +82,16 @@ def cloud_client(settings: ServerSettings) -> tuple[AsyncCloud, CloudEncoder]:
     return cloud, encode_at_cloud
 
 
-def sessions_router(sessions: SessionStore, key: str | None = None) -> APIRouter:
+def sessions_router(sessions: SessionStore, keyed: bool = False) -> APIRouter:
     router = APIRouter()
     path = "/api/v1/sessions/{session_id}"
 
-    @router.delete(path, tags=["edge"], summary="Forget a video session", dependencies=bearer_scheme(path, key),
-                   responses=route_responses(path, key, (ErrorCode.INVALID_PARAMETER,)))
-    async def drop_session(session_id: SessionId) -> dict[str, Any]:
-        return success_body({"dropped": sessions.drop(check_session_id(session_id))})
+    @router.delete(path, tags=["edge"], summary="Forget a video session", dependencies=bearer_scheme(path, keyed),
+                   responses=route_responses(path, keyed, (ErrorCode.INVALID_PARAMETER,)))
+    async def drop_session(session_id: SessionId, request: Request) -> dict[str, Any]:
+        """The caller's own session only: another client's is answered as one that does not exist."""
+        key = client_session(exchange_of(request).client_name, check_session_id(session_id))
+        return success_body({"dropped": sessions.drop(key)})
 
     return router
 
@@ -126,7 +136,7 @@ def edge_service(settings: ServerSettings, cloud_encoder: CloudEncoder | None = 
                  response_model=Envelope[InterpolateData], batcher="sampler"),
     )
     return Service("edge", INTERPOLATE, "edensplit edge (EDEN sampler + decoder)", "/ws/interpolate", endpoints,
-                   warm_up=warm_up, routers=(sessions_router(sessions, settings.edensplit_api_key),),
+                   warm_up=warm_up, routers=(sessions_router(sessions, settings.keyed),),
                    state={"sessions": sessions, "cloud_client": cloud},
                    on_shutdown=(cloud.aclose,) if cloud is not None else ())
 
