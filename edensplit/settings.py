@@ -55,6 +55,9 @@ class ServerSettings(ModelSettings):
     body_timeout_s: float = Field(60.0, gt=0, description="a request body must arrive within this (408 "
                                   "BODY_TIMEOUT); it is read before a model place is taken; BODY_TIMEOUT_S")
     max_body_reads: int = Field(64, ge=1, description="request bodies read at once; more get 503; MAX_BODY_READS")
+    max_inflate_ratio: float = Field(200, gt=1, description="a compressed body may inflate to this many times its "
+                                     "size (past 1 MiB; 413 beyond), so a few KB cannot buy seconds of CPU; "
+                                     "MAX_INFLATE_RATIO")
     body_memory_mb: float = Field(1024, gt=0, description="MiB held by bodies being read or decompressed and "
                                   "WebSocket messages being reassembled, all together; 503 past it; BODY_MEMORY_MB")
     max_ws_connections: int = Field(64, ge=1, description="WebSocket connections at once; MAX_WS_CONNECTIONS")

@@ -4,20 +4,26 @@ OVERLOADED instead of growing the process without bound."""
 
 from __future__ import annotations
 
+import threading
+
 from edensplit.errors import EdenError, ErrorCode
 
 
 class ByteBudget:
-    """Reserve bytes before holding them, release them when done; `reserve` never blocks."""
+    """Reserve bytes before holding them, release them when done; `reserve` never blocks. Thread-safe: bodies
+    inflate on the thread pool."""
 
     def __init__(self, limit: int):
         self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
 
     def reserve(self, n: int, what: str = "request bodies") -> None:
-        if self.used + n > self.limit:
-            raise EdenError(f"the server holds {self.used} bytes of {what} being read (limit {self.limit}); "
-                            "retry shortly", code=ErrorCode.OVERLOADED, details={"retry_after_s": 1})
-        self.used += n
+        with self._lock:
+            if self.used + n > self.limit:
+                raise EdenError(f"the server holds {self.used} bytes of {what} being read (limit {self.limit}); "
+                                "retry shortly", code=ErrorCode.OVERLOADED, details={"retry_after_s": 1})
+            self.used += n
 
     def release(self, n: int) -> None:
-        self.used = max(0, self.used - n)
+        with self._lock:
+            self.used = max(0, self.used - n)

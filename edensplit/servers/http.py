@@ -159,6 +159,7 @@ class HttpFraming:
         settings = pipeline.settings
         self.max_body = int(settings.max_request_mb * 2**20)
         self.body_timeout_s, self.max_body_reads = settings.body_timeout_s, settings.max_body_reads
+        self.max_ratio = settings.max_inflate_ratio
         self.reading = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -244,23 +245,16 @@ class HttpFraming:
             chunks = await self._receive_body(receive, exchange, holding)
         finally:
             self.reading -= 1
-        body = b"".join(chunks)
+        sent = b"".join(chunks)
         if codec is None:
-            return body, scope
-        # It may inflate to MAX_REQUEST_MB, or as far as the budget has room for (503 past that, not 413).
-        budget = self.pipeline.budget
-        cap = max(min(self.max_body, budget.limit - budget.used), 1)
-        self.pipeline.hold(cap, "decompressed request bodies")
-        holding[0] += cap
-        try:
-            body = await run_in_threadpool(decompress, body, codec, cap)
-        except EdenError as exc:
-            if exc.code == ErrorCode.PAYLOAD_TOO_LARGE and cap < self.max_body:
-                raise EdenError("the server has no room to decompress this body now; retry shortly",
-                                code=ErrorCode.OVERLOADED, details={"retry_after_s": 1}) from None
-            raise
-        self.pipeline.release(cap - len(body))
-        holding[0] -= cap - len(body)
+            return sent, scope
+
+        def pay(n: int) -> None:  # it inflates a step at a time, each paid for from the budget (503 without room)
+            self.pipeline.hold(n, "decompressed request bodies")
+            holding[0] += n
+
+        # up to MAX_REQUEST_MB, and MAX_INFLATE_RATIO times its own size (413 past either)
+        body = await run_in_threadpool(decompress, sent, codec, self.max_body, max_ratio=self.max_ratio, reserve=pay)
         raw = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
         return body, {**scope, "headers": [*raw, (b"content-length", str(len(body)).encode())]}
 

@@ -81,9 +81,44 @@ def compress(data: bytes, codec: str, level: int | None = None) -> bytes:
     return lz4.frame.compress(data, compression_level=level, content_checksum=True)
 
 
-def decompress(data: bytes, codec: str, max_size: int) -> bytes:
-    """`data` decoded from `codec`, refusing more than `max_size` bytes of output (PAYLOAD_TOO_LARGE) and
-    corrupt, truncated or trailing data (INVALID_BLOB), without ever holding much more than `max_size`."""
+STEP = 8 * 2**20
+"""Output is produced (and, with `reserve`, paid for) this much at a time."""
+RATIO_FLOOR = 2**20
+"""With a ratio limit, a body may still inflate to this much: a small body is never refused for its ratio."""
+DEFAULT_MAX_RATIO = 200
+"""The servers' default ratio limit (MAX_INFLATE_RATIO); the client sends a body that would pass it uncompressed."""
+
+
+def within_ratio(raw: int, packed: int, max_ratio: float = DEFAULT_MAX_RATIO) -> bool:
+    """Whether a body of `raw` bytes compressed to `packed` inflates within the ratio limit."""
+    return raw <= max(RATIO_FLOOR, max_ratio * packed)
+
+
+class _Output:
+    """Decompressed bytes as they come, at most `limit`: each step paid for first (`reserve`), more refused."""
+
+    def __init__(self, codec: str, limit: int, max_size: int, reserve: Callable[[int], None] | None, ratio: str):
+        self.codec, self.limit, self.max_size, self.reserve, self.ratio = codec, limit, max_size, reserve, ratio
+        self.data = bytearray()
+
+    def room(self) -> int:
+        """How much the next step may bring: a step, or what is left under the limit and one byte more."""
+        return min(STEP, self.limit + 1 - len(self.data))
+
+    def add(self, chunk: bytes) -> None:
+        if self.reserve is not None and chunk:
+            self.reserve(len(chunk))
+        self.data += chunk
+        if len(self.data) > self.limit:
+            raise _too_large(self.codec, self.limit, self.ratio)
+
+
+def decompress(data: bytes, codec: str, max_size: int, *, max_ratio: float | None = None,
+               reserve: Callable[[int], None] | None = None) -> bytes:
+    """`data` decoded from `codec`, refusing more than `max_size` bytes of output, more than `max_ratio` times its
+    own size past RATIO_FLOOR (PAYLOAD_TOO_LARGE: a few KB cannot buy seconds of CPU), and corrupt, truncated or
+    trailing data (INVALID_BLOB). The output grows a STEP at a time, each step paid for with `reserve(n)` first
+    (a server's byte budget: what it has not yet inflated, it does not hold)."""
     codec = normalise_codec(codec)
     if not isinstance(max_size, int) or max_size < 0:
         raise ValueError(f"max_size must be a non-negative int, got {max_size!r}")
@@ -91,86 +126,88 @@ def decompress(data: bytes, codec: str, max_size: int) -> bytes:
         if len(data) > max_size:
             raise _too_large(codec, max_size)
         return bytes(data)
-    decoder = _DECODERS[codec]
+    limit, ratio = max_size, ""
+    if max_ratio is not None and max(RATIO_FLOOR, int(max_ratio * len(data))) < max_size:
+        limit = max(RATIO_FLOOR, int(max_ratio * len(data)))
+        ratio = f" ({max_ratio:g} times its {len(data)} bytes)"
+    out = _Output(codec, limit, max_size, reserve, ratio)
     try:
-        return decoder(data, max_size)
+        _DECODERS[codec](data, out)
     except (zlib.error, zstandard.ZstdError, RuntimeError, ValueError) as exc:
         raise _corrupt(codec, f"is corrupt ({exc})") from None
+    return bytes(out.data)
 
 
-# --- decoders: each returns at most max_size bytes, or raises --------------------------------------
+# --- decoders: each adds its output a step at a time, or raises --------------------------------------
 
 
-def _zlib_decompress(data: bytes, max_size: int, wbits: int, codec: str, members: bool) -> bytes:
-    """A zlib/gzip stream (several concatenated members if `members`), output capped at max_size + 1."""
-    out = bytearray()
+def _zlib_decompress(data: bytes, out: _Output, wbits: int, codec: str, members: bool) -> None:
+    """A zlib/gzip stream (several concatenated members if `members`)."""
     rest = memoryview(data)
     first = True
     while True:
         d = zlib.decompressobj(wbits)
+        tail: bytes | memoryview = rest
         try:
-            out += d.decompress(rest, max_size + 1 - len(out))  # max_length 0 would mean "no limit"; it is >= 1
+            while True:
+                room = out.room()
+                chunk = d.decompress(tail, room)
+                out.add(chunk)
+                tail = d.unconsumed_tail
+                if d.eof or (not tail and len(chunk) < room):
+                    break
         except zlib.error as exc:
             if first:
                 raise
             raise _corrupt(codec, f"has {len(rest)} bytes of trailing data that are not a {codec} member "
                                   f"({exc})") from None
-        if len(out) > max_size:
-            raise _too_large(codec, max_size)
-        if not d.eof:  # below the limit, so all the input was consumed without reaching the end
+        if not d.eof:  # all the input consumed, and no end marker
             raise _corrupt(codec, "is truncated (the stream ends before its end marker)")
         if not d.unused_data:
-            return bytes(out)
+            return
         if not members:
             raise _corrupt(codec, f"has {len(d.unused_data)} bytes of trailing data after the stream")
         rest, first = memoryview(d.unused_data), False
 
 
-def _gzip(data: bytes, max_size: int) -> bytes:
-    return _zlib_decompress(data, max_size, _GZIP_WBITS, "gzip", members=True)
+def _gzip(data: bytes, out: _Output) -> None:
+    _zlib_decompress(data, out, _GZIP_WBITS, "gzip", members=True)
 
 
-def _deflate(data: bytes, max_size: int) -> bytes:
-    return _zlib_decompress(data, max_size, _ZLIB_WBITS, "deflate", members=False)
+def _deflate(data: bytes, out: _Output) -> None:
+    _zlib_decompress(data, out, _ZLIB_WBITS, "deflate", members=False)
 
 
-def _lz4(data: bytes, max_size: int) -> bytes:
-    """One or more LZ4 frames, output capped at max_size + 1."""
-    out = bytearray()
+def _lz4(data: bytes, out: _Output) -> None:
+    """One or more LZ4 frames."""
     rest: bytes | memoryview = memoryview(data)
     if not data:
         raise _corrupt("lz4", "is empty (no frame)")
     while True:
         d = lz4.frame.LZ4FrameDecompressor()
-        out += d.decompress(rest, max_length=max_size + 1 - len(out))
-        if len(out) > max_size:
-            raise _too_large("lz4", max_size)
+        out.add(d.decompress(rest, max_length=out.room()))
+        while not d.eof and not d.needs_input:  # output still pending inside the decompressor
+            out.add(d.decompress(b"", max_length=out.room()))
         if not d.eof:
             raise _corrupt("lz4", "is truncated (a frame ends before its end mark)")
         if not d.unused_data:
-            return bytes(out)
+            return
         rest = d.unused_data
 
 
-def _zstd(data: bytes, max_size: int) -> bytes:
+def _zstd(data: bytes, out: _Output) -> None:
     """One or more zstd frames. python-zstandard's streaming reader bounds the output but silently stops
     at a truncated frame, so the frame and block structure is walked first (no decompression): that
     catches truncation and trailing garbage and gives an upper bound on the output size."""
     bound = _zstd_bound(data)
-    buf = bytearray(min(bound, max_size) + 1)  # one spare byte: output that reaches it is over a limit
-    view = memoryview(buf)
-    total = 0
     with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True) as reader:
-        while total < len(buf):  # read to the end (checksums included) unless the output passes the limit
-            n = reader.readinto(view[total:])
-            if not n:
+        while True:  # read to the end (checksums included) unless the output passes a limit
+            chunk = reader.read(out.room())
+            if not chunk:
                 break
-            total += n
-    if total > max_size:
-        raise _too_large("zstd", max_size)
-    if total > bound:  # cannot happen for valid frames: the bound is what their blocks can hold
+            out.add(chunk)
+    if len(out.data) > bound:  # cannot happen for valid frames: the bound is what their blocks can hold
         raise _corrupt("zstd", f"decodes to more than its blocks can hold ({bound:,} bytes)")
-    return bytes(view[:total])
 
 
 def _zstd_bound(data: bytes) -> int:
@@ -217,7 +254,8 @@ def _zstd_bound(data: bytes) -> int:
     return bound
 
 
-_DECODERS: dict[str, Callable[[bytes, int], bytes]] = {"gzip": _gzip, "deflate": _deflate, "zstd": _zstd, "lz4": _lz4}
+_DECODERS: dict[str, Callable[[bytes, _Output], None]] = {"gzip": _gzip, "deflate": _deflate, "zstd": _zstd,
+                                                           "lz4": _lz4}
 
 
 # --- measuring -------------------------------------------------------------------------------------
@@ -311,6 +349,6 @@ def _corrupt(codec: str, problem: str) -> WireError:
     return WireError(f"{codec}-encoded body {problem}", code=ErrorCode.INVALID_BLOB, details={"codec": codec})
 
 
-def _too_large(codec: str, max_size: int) -> WireError:
-    return WireError(f"{codec}-encoded body decompresses to more than {max_size:,} bytes, the limit",
+def _too_large(codec: str, max_size: int, ratio: str = "") -> WireError:
+    return WireError(f"{codec}-encoded body decompresses to more than {max_size:,} bytes, the limit{ratio}",
                      code=ErrorCode.PAYLOAD_TOO_LARGE, details={"codec": codec, "max_size": max_size})
