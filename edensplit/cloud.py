@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from edensplit.servers.app import build_or_exit
 from edensplit.servers.cloud.service import create_cloud_app
 
 __all__ = ["create_cloud_app"]  # and `app`, through __getattr__
@@ -15,7 +16,7 @@ __all__ = ["create_cloud_app"]  # and `app`, through __getattr__
 
 @functools.cache
 def _app() -> Any:
-    return create_cloud_app()
+    return build_or_exit(create_cloud_app, "cloud")
 
 
 def __getattr__(name: str) -> Any:

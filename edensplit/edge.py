@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from edensplit.servers.app import build_or_exit
 from edensplit.servers.edge.service import create_edge_app
 
 __all__ = ["create_edge_app"]  # and `app`, through __getattr__
@@ -15,7 +16,7 @@ __all__ = ["create_edge_app"]  # and `app`, through __getattr__
 
 @functools.cache
 def _app() -> Any:
-    return create_edge_app()
+    return build_or_exit(create_edge_app, "edge")
 
 
 def __getattr__(name: str) -> Any:

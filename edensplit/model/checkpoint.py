@@ -7,6 +7,9 @@ mismatch is reported by name before anything is built. Random weights are only m
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -119,6 +122,7 @@ def load_model(checkpoint: str | Path | None = None, config: EdenConfig | None =
         model = Eden(config, stages)
         init_random_weights(model, seed)
         model.weights_source = f"random (seed {seed})"
+        model.weights_digest = random_weights_digest(config, seed)
     else:
         state = read_state_dict(checkpoint)
         check_state_dict(state, config)
@@ -127,4 +131,24 @@ def load_model(checkpoint: str | Path | None = None, config: EdenConfig | None =
         wanted = model.state_dict().keys()
         model.load_state_dict({k: state[k] for k in wanted}, strict=True, assign=True)
         model.weights_source = str(checkpoint)
+        model.weights_digest = file_digest(checkpoint)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+DIGEST_CHARS = 16
+
+
+def file_digest(path: str | Path) -> str:
+    """A short SHA-256 of a whole checkpoint file: every process loading it, whatever stage, gets the same."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()[:DIGEST_CHARS]
+
+
+def random_weights_digest(config: EdenConfig, seed: int) -> str:
+    """A short SHA-256 of what random weights come from (the configuration and the seed): the cloud and the edge
+    agree on it exactly when they build the same random model."""
+    what = json.dumps({"config": dataclasses.asdict(config), "random_seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha256(what.encode()).hexdigest()[:DIGEST_CHARS]

@@ -184,7 +184,8 @@ class Eden(nn.Module):
         super().__init__()
         self.config = config
         self.args = args = config.model_args
-        self.weights_source = "uninitialised"  # a checkpoint path, or "random (seed N)"
+        self.weights_source = "uninitialised"  # a checkpoint path, or "random (seed N)": for logs, never /health
+        self.weights_digest = ""  # a short digest of the checkpoint file, or of the random weights' config and seed
         self.stages = frozenset(stages)
         if not self.stages or not self.stages <= ALL_STAGES:
             raise ValueError(f"stages must be a non-empty subset of {sorted(ALL_STAGES)}")

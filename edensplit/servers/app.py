@@ -8,6 +8,7 @@ import contextlib
 import inspect
 import logging
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -16,6 +17,7 @@ from fastapi import APIRouter, FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -23,7 +25,7 @@ from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.eden import Eden
 from edensplit.model.loading import load_model_for
 from edensplit.servers import http
-from edensplit.servers.auth import bearer_scheme
+from edensplit.servers.auth import Access, bearer_scheme
 from edensplit.servers.envelope import error_response
 from edensplit.servers.logs import configure_logging
 from edensplit.servers.metrics import Metrics
@@ -149,6 +151,39 @@ def drain_on_sigterm(runtime: ModelRuntime) -> Callable[[], None]:
     return restore
 
 
+def build_or_exit(factory: Callable[[], FastAPI], name: str) -> FastAPI:
+    """`factory()`, the app of a server started from its environment (`uvicorn edensplit.cloud:app`, gunicorn): a
+    configuration a person must fix (an empty key, a keys file that cannot be read, a setting out of range) is one
+    line on stderr and exit status 2, not a traceback."""
+    try:
+        return factory()
+    except EdenError as exc:
+        message = exc.message
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        message = f"{'.'.join(map(str, error['loc'])).upper()}: {error['msg']}"
+    print(f"edensplit {name}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def reload_on_sighup(access: Access) -> Callable[[], None]:
+    """With a keys file, SIGHUP reads it again at once (instead of ending the process); returns what undoes it.
+    Only the main thread can listen to signals: elsewhere (and without a keys file) this does nothing."""
+    if access.path is None or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGHUP)
+
+    def handler(signum: int, frame: Any) -> None:
+        access.reload()
+
+    signal.signal(signal.SIGHUP, handler)
+
+    def restore() -> None:
+        if signal.getsignal(signal.SIGHUP) is handler:
+            signal.signal(signal.SIGHUP, previous)
+    return restore
+
+
 def create_app(service: Service, settings: ServerSettings, model: Eden | None = None) -> FastAPI:
     """The app serving `service`, whose model is `model`, or is loaded once at start-up (lifespan) and kept
     resident, then warmed up before the server reports ready. On SIGTERM it stops admitting and finishes what
@@ -174,9 +209,11 @@ def create_app(service: Service, settings: ServerSettings, model: Eden | None = 
         await run_in_threadpool(runtime.warm_up, service.warm_up if settings.warmup else None)
         metrics.workers_ready.set(1 if runtime.ready else 0)
         restore = drain_on_sigterm(runtime)
+        unhook = reload_on_sighup(pipeline.access)
         try:
             yield
         finally:
+            unhook()
             restore()
             metrics.workers_ready.set(0)
             for close in service.on_shutdown:

@@ -47,7 +47,7 @@ class HttpAnswer:
 
     @property
     def nbytes(self) -> int:
-        return len(self.body)
+        return len(self.body) + len(self.media_type) + sum(len(k) + len(v) for k, v in self.headers)
 
     def response(self, replayed: bool = False) -> Response:
         extra = (("X-Idempotent-Replay", "true"),) if replayed else ()

@@ -1,7 +1,8 @@
 """Idempotency: a request's id (X-Request-ID, a WebSocket message's request_id) is its idempotency key.
 
-Recent successful answers are kept, keyed by id with a digest of the request, within a byte bound
-(IDEMPOTENCY_CACHE_MB, least recently used dropped first): a retried request gets the same answer
+Recent successful answers are kept, keyed by client and id with a digest of the request, within a byte bound
+(IDEMPOTENCY_CACHE_MB, least recently used dropped first) that counts each entry whole: its answer, its key and
+digest, and a fixed overhead for the entry itself (`ENTRY_BYTES`): a retried request gets the same answer
 without being computed again. The same id with another request is refused (409 IDEMPOTENCY_CONFLICT);
 a duplicate of a request still running waits for it. Errors are never kept, so a retry of a failed
 request runs again.
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from edensplit.errors import EdenError, ErrorCode
+
+ENTRY_BYTES = 512  # what an entry costs beyond its answer, key and digest: the objects holding them
 
 
 def digest(*parts: bytes | str) -> str:
@@ -36,7 +39,8 @@ class Stored:
 
 
 def conflict(key: str) -> EdenError:
-    return EdenError(f"request id {key!r} was used for another request; use a new id per request (reuse it only "
+    rid = key.rsplit("/", 1)[-1]  # the caller's id, without the client and transport the cache keys it by
+    return EdenError(f"request id {rid!r} was used for another request; use a new id per request (reuse it only "
                      "to retry the same request)", code=ErrorCode.IDEMPOTENCY_CONFLICT)
 
 
@@ -69,8 +73,9 @@ class IdempotencyCache:
             await running[1].wait()  # the original's answer, or (if it failed) our turn to run
 
     def finish(self, key: str, answer: Any = None, size: int = 0) -> None:
-        """The request `begin` let run is done: keep its answer if it succeeded (answer not None)."""
+        """The request `begin` let run is done: keep its answer (`size` bytes) if it succeeded (not None)."""
         request_digest, done = self._running.pop(key, ("", None))
+        size += len(key) + len(request_digest) + ENTRY_BYTES
         if answer is not None and self.max_bytes > 0 and size <= self.max_bytes:
             self._done[key] = Stored(request_digest, answer, size)
             self.size += size

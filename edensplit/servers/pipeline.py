@@ -204,7 +204,7 @@ class Pipeline:
         IDEMPOTENCY_CONFLICT when the id belongs to another request; errors are never kept."""
         if not exchange.keyed:
             return await run_operation(operation, inp, self.runtime, render, exchange.steps, batcher)
-        key = f"{exchange.client_name}:{exchange.transport}:{exchange.request_id}"  # two clients' ids never meet
+        key = f"{exchange.client_name}/{exchange.transport}/{exchange.request_id}"  # two clients' ids never meet
         stored = await self.idempotency.begin(key, await run_in_threadpool(digest))
         if stored is not None:
             exchange.replayed = True

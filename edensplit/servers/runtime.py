@@ -23,6 +23,7 @@ from edensplit.servers.batching import Batcher
 from edensplit.version import __version__
 
 log = logging.getLogger("edensplit.server")
+LOAD_FAILED = "the model could not be loaded: the server's log says why"  # /health never shows paths or errors
 R = TypeVar("R")
 
 
@@ -49,8 +50,8 @@ class ModelRuntime:
 
     def require_model(self) -> Eden:
         if self.model is None:
-            raise EdenError(f"the {self.stage} model is not loaded: {self.load_error or 'starting up'}",
-                            code=ErrorCode.NOT_READY)
+            why = "it failed to load (the server's log says why)" if self.load_error else "starting up"
+            raise EdenError(f"the {self.stage} model is not loaded: {why}", code=ErrorCode.NOT_READY)
         return self.model
 
     @contextlib.asynccontextmanager
@@ -135,11 +136,11 @@ class ModelRuntime:
             "stage": self.stage, "model_loaded": model is not None, "ready": self.ready and not self.draining,
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started, 3), "inflight": self.inflight,
-            "error": self.load_error, "max_batch": self.max_batch,
+            "error": LOAD_FAILED if self.load_error else None, "max_batch": self.max_batch,
         }
         if model is not None:
             info.update(device=str(model.device), dtype=str(model.dtype).removeprefix("torch."),
-                        weights_source=model.weights_source,
+                        weights_digest=model.weights_digest,
                         random_weights=model.weights_source.startswith("random"),
                         model_args=model.args.as_dict())
         return info

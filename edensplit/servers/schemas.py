@@ -198,7 +198,9 @@ class HealthResponse(BaseModel):
     ready: bool = Field(False, description="loaded, warmed up and admitting requests")
     device: str | None = None
     dtype: str | None = None
-    weights_source: str | None = Field(None, description="checkpoint path, or 'random (seed N)'")
+    weights_digest: str | None = Field(None, description="a short SHA-256 of the checkpoint file, or of the random "
+                                       "weights' configuration and seed: equal on a cloud and an edge that run "
+                                       "the same model (never a path)")
     random_weights: bool = False
     model_args: dict[str, Any] | None = None
     version: str

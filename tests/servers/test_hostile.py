@@ -39,6 +39,7 @@ import safetensors.torch
 import torch
 import websockets.exceptions
 import websockets.sync.client
+import zstandard
 from PIL import Image
 
 from edensplit.errors import ErrorCode
@@ -803,7 +804,34 @@ def valid_ws(name: str, server: str, build: Callable[[str], tuple[str | bytes, .
     return Case(name, server, Ws(build=build), "success", prelude=prelude)
 
 
-CASES = cloud_http_cases() + edge_http_cases() + cloud_ws_cases() + edge_ws_cases()
+def probe_cases() -> list[Case]:
+    """What a security review probed (#15): ids that could forge a log line or fill the replay cache, a Host that
+    names another site (DNS rebinding), a few KB of zstd that would inflate far past any reasonable ratio."""
+    bomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (64 * 2**20))
+    cases = []
+    for server, path, body, kind in (("cloud", ENCODE, PAIR_CONTAINER, FRAMES_MEDIA_TYPE),
+                                     ("edge", INTERPOLATE, PAIR_BLOB, BLOB_MEDIA_TYPE)):
+        op = "encode" if server == "cloud" else "interpolate"
+        cases += [
+            h(f"{server}: X-Request-ID of 129 characters", server, path, "INVALID_PARAMETER", body, kind,
+              headers={"X-Request-ID": "r" * 129}),
+            h(f"{server}: X-Request-ID with a space", server, path, "INVALID_PARAMETER", body, kind,
+              headers={"X-Request-ID": "two words"}),
+            h(f"{server}: a Host that names another site", server, path, "INVALID_HOST", body, kind,
+              headers={"Host": "rebound.example"}),
+            h(f"{server}: 8 KB of zstd inflating to 64 MiB", server, path, "PAYLOAD_TOO_LARGE", bomb, kind,
+              headers={"Content-Encoding": "zstd"}),
+            ws(f"{server}: WS request_id with a newline", server,
+               (pack_binary({"type": op, "request_id": "a\nFAKE log line"}, body),), "INVALID_PARAMETER"),
+            ws(f"{server}: WS request_id of 129 characters", server,
+               (pack_binary({"type": op, "request_id": "r" * 129}, body),), "INVALID_PARAMETER"),
+        ]
+    cases.append(h("edge: session id with a space", "edge", session_path("two%20words", 0), "INVALID_PARAMETER",
+                   FRAME_BLOBS[0], BLOB_MEDIA_TYPE))
+    return cases
+
+
+CASES = cloud_http_cases() + edge_http_cases() + cloud_ws_cases() + edge_ws_cases() + probe_cases()
 VALID = valid_cases()
 
 

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from edensplit.model.checkpoint import load_model
 from edensplit.model.stages import encode_frames
 from edensplit.servers.cloud.service import create_cloud_app
-from edensplit.servers.idempotency import IdempotencyCache
+from edensplit.servers.idempotency import ENTRY_BYTES, IdempotencyCache
 from edensplit.settings import ServerSettings
 from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames
@@ -168,15 +168,18 @@ def test_a_session_frame_is_never_silently_replaced(edge):
 
 
 def test_the_cache_is_bounded_in_bytes():
+    """Each entry counts whole: its answer, its key and digest, and the entry's own overhead."""
+    entry = 300 + len("k0") + len("d") + ENTRY_BYTES
+
     async def scenario() -> IdempotencyCache:
-        cache = IdempotencyCache(max_bytes=1000)
+        cache = IdempotencyCache(max_bytes=3 * entry + entry // 2)
         for i in range(10):
             assert await cache.begin(f"k{i}", "d") is None
             cache.finish(f"k{i}", f"answer {i}", size=300)
         return cache
 
     cache = asyncio.run(scenario())
-    assert len(cache) == 3 and cache.size == 900
+    assert len(cache) == 3 and cache.size == 3 * entry
     assert asyncio.run(_replayed(cache, "k9")) == "answer 9"
 
 
