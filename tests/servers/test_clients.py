@@ -19,7 +19,6 @@ from edensplit.client.http import HttpTransport
 from edensplit.client.jobs import interpolate_video
 from edensplit.client.services import Cloud, Edge
 from edensplit.errors import ConfigError, EdenError
-from edensplit.servers.auth import Access, parse_keys
 from edensplit.servers.launch import ServerProcess
 from edensplit.wire.blob import BLOB_MEDIA_TYPE
 from tests.conftest import generated, run_cli
@@ -176,6 +175,8 @@ def test_a_removed_key_is_refused_after_sighup_and_within_two_seconds_without(mo
 
 
 def test_the_keys_file_is_read_as_documented(tmp_path):
+    from edensplit.servers.auth import Access, parse_keys
+
     assert parse_keys(KEYS, "keys") == {"alice-key-0123456789": "alice", "bob-key-9876543210": "bob"}
     for text, problem in (("alice", "expected `<name> <key>`"), ("al/ice k", "a client name is"),
                           ("a k\nb k", "b's key is also a's"), ("a k1\na k2", "named twice")):
