@@ -23,7 +23,7 @@ def check(args: argparse.Namespace) -> None:
     from fractions import Fraction
 
     from edensplit.client.rates import multiplier_for_rate
-    from edensplit.video.images import list_images, read_png
+    from edensplit.video.images import check_images, list_images, read_png
     from edensplit.video.reading import probe_video
 
     pair = bool(args.frame_0_path or args.frame_1_path)
@@ -44,8 +44,10 @@ def check(args: argparse.Namespace) -> None:
                                 f"{args.multi} was given")
             args.multi = multi
     elif args.input_dir:
-        if len(list_images(args.input_dir)) < 2:
+        images = list_images(args.input_dir)
+        if len(images) < 2:
             raise EdenError(f"{args.input_dir} has fewer than 2 numbered images; interpolation needs at least 2")
+        check_images(images)  # an image in another format (EPS, ICO, ...) is refused before any is decoded
         if args.fps:
             try:
                 args.fps = Fraction(args.fps)
