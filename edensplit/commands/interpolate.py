@@ -73,13 +73,15 @@ def output_of(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run one job; Ctrl-C says in one line how to resume (status 130), and a failed video or folder job how many
     of its frames are kept for the rerun."""
-    from edensplit.client.resume import saved_frames, state_dir
+    from edensplit.client.resume import check_state, saved_frames, state_dir
 
     if args.quiet:
         logging.getLogger().setLevel(logging.ERROR)
     check(args)
     output = output_of(args)
     resumable = bool(args.video_path or args.input_dir)
+    if resumable:
+        check_state(output)  # a state path that is not this user's private folder: refused before any work
     backend: Any = None
     try:
         backend, where, fingerprint = open_backend_for(args)
