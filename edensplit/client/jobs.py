@@ -32,15 +32,15 @@ import numpy as np
 
 from edensplit.client.backends import Backend
 from edensplit.client.multiply import Item, StreamStats, level_backends, multiply
-from edensplit.client.outputs import FolderSink, PreviewSheet, TimedFrames, VideoSink, keep_copy
+from edensplit.client.outputs import FolderSink, PreviewSheet, TimedFrames, VideoSink, keep_copy, write_png_whole
 from edensplit.client.progress import Meter, Progress, Timings, metered, server_timings
 from edensplit.client.rates import levels_of
 from edensplit.client.resume import JobState, folder_identity, input_identity
 from edensplit.client.scenes import SceneDetector
 from edensplit.client.spec import JobResult, JobSpec
-from edensplit.errors import ErrorCode, InputError
+from edensplit.errors import EdenError, ErrorCode, InputError
 from edensplit.model.seeds import noise_seed
-from edensplit.video.images import list_images, read_images, read_png, write_png
+from edensplit.video.images import list_images, read_images, read_png
 from edensplit.video.reading import probe_video, read_frames
 from edensplit.video.writing import VideoWriter
 
@@ -114,13 +114,16 @@ def _run_job(backend: Backend, source: _Source, out_dir: Path, spec: JobSpec, fi
     levels_of(spec.multi)  # refuse another multiplier before touching anything
     out_dir.mkdir(parents=True, exist_ok=True)
     generated_dir = out_dir / "generated" if spec.save_frames else None
-    if generated_dir:
-        generated_dir.mkdir(exist_ok=True)
+    if generated_dir is not None and generated_dir.is_symlink():
+        raise EdenError(f"refusing to write --save_frames through the symbolic link {generated_dir} (to "
+                        f"{os.readlink(generated_dir)})", code=ErrorCode.INVALID_PARAMETER)
     extra = [out_dir / video] if video else []
     state = JobState(out_dir / filename, {"input": source.identity, **spec.identity()}, resume=spec.resume,
                      say=spec.say, extra=extra)
-    done = state.open()
+    done = state.open()  # a state path that is not this user's private folder is refused here, untouched
     try:
+        if generated_dir is not None:
+            generated_dir.mkdir(exist_ok=True)
         result = _write(backend, source, spec, state, done, out_dir, extra, video_rate, generated_dir)
     except InputError:
         state.discard()  # the input cannot make this job: nothing to resume
@@ -249,8 +252,6 @@ def interpolate_pair_files(backend: Backend, frame0_path: str | Path, frame1_pat
     output.unlink(missing_ok=True)  # an older result there would look like this job's
     started = time.perf_counter()
     middle = backend.interpolate_pair(frames[0], frames[1], noise_seed(seed, 0), 0)
-    partial = out_dir / ".interpolated.png.partial"
-    write_png(partial, middle)
-    os.replace(partial, output)
+    write_png_whole(output, middle)  # a new temporary file, renamed: never a link planted in out_dir
     return JobResult(output, 2, 1, time.perf_counter() - started, sent_pairs=1)
 

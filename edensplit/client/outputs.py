@@ -1,9 +1,14 @@
 """Where a job's frames go: numbered PNGs into a folder, a video (`VideoWriter`), the --preview sheet of the
-first pairs, and hard-linked copies of the frames the job's state keeps."""
+first pairs, and hard-linked copies of the frames the job's state keeps.
+
+The output directory may be shared: a file is written there under a new, unpredictable temporary name created
+exclusively (`O_EXCL|O_NOFOLLOW`) and renamed into place, so a link planted at a predictable name is never
+written through."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from fractions import Fraction
@@ -14,8 +19,9 @@ from PIL import Image
 
 from edensplit.client.multiply import Item
 from edensplit.client.progress import Timings
+from edensplit.video.frames import check_frame
 from edensplit.video.images import write_png
-from edensplit.video.sheet import save_contact_sheet
+from edensplit.video.sheet import contact_sheet
 from edensplit.video.writing import VideoWriter
 
 PREVIEW_PAIRS = 4
@@ -26,13 +32,34 @@ PNG_LEVEL = 1
 """zlib level of the PNGs an image-folder job writes (lossless either way; 1 is ~3x faster than 6)."""
 
 
+_EXCLUSIVE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 def keep_copy(source: Path, target: Path) -> None:
-    """`target` as a copy of `source` (a hard link where the filesystem allows: no second write)."""
+    """`target` as a copy of `source` (a hard link where the filesystem allows: no second write). A link at
+    `target` is removed, not followed."""
     target.unlink(missing_ok=True)
     try:
         os.link(source, target)
-    except OSError:
-        target.write_bytes(source.read_bytes())
+    except FileExistsError:  # made meanwhile: not overwritten
+        raise
+    except OSError:  # no hard links here
+        with os.fdopen(os.open(target, _EXCLUSIVE, 0o666), "wb") as fp:
+            fp.write(source.read_bytes())
+
+
+def write_png_whole(target: Path, frame: np.ndarray, compress_level: int = 6) -> Path:
+    """Write `frame` as the PNG `target`, whole or not at all: into a new temporary file next to it (an
+    unpredictable name, created exclusively, never through a link), renamed over `target`."""
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.partial")
+    try:
+        with os.fdopen(os.open(tmp, _EXCLUSIVE, 0o666), "wb") as fp:
+            Image.fromarray(check_frame(frame)).save(fp, format="PNG", compress_level=compress_level)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
 
 
 class TimedFrames:
@@ -74,10 +101,7 @@ class PreviewSheet:
         if not self.rows:
             return None
         labels = ["frame k"] + [f"t={Fraction(j, self.multi)}" for j in range(1, self.multi)] + ["frame k+1"]
-        partial = path.with_name(f".{path.name}.partial")
-        save_contact_sheet(partial, self.rows, labels=labels)
-        os.replace(partial, path)
-        return path
+        return write_png_whole(path, contact_sheet(self.rows, labels=labels))
 
 
 class FolderSink:

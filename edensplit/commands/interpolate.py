@@ -23,7 +23,7 @@ def check(args: argparse.Namespace) -> None:
     from fractions import Fraction
 
     from edensplit.client.rates import multiplier_for_rate
-    from edensplit.video.images import list_images, read_png
+    from edensplit.video.images import check_images, list_images, read_png
     from edensplit.video.reading import probe_video
 
     pair = bool(args.frame_0_path or args.frame_1_path)
@@ -44,8 +44,10 @@ def check(args: argparse.Namespace) -> None:
                                 f"{args.multi} was given")
             args.multi = multi
     elif args.input_dir:
-        if len(list_images(args.input_dir)) < 2:
+        images = list_images(args.input_dir)
+        if len(images) < 2:
             raise EdenError(f"{args.input_dir} has fewer than 2 numbered images; interpolation needs at least 2")
+        check_images(images)  # an image in another format (EPS, ICO, ...) is refused before any is decoded
         if args.fps:
             try:
                 args.fps = Fraction(args.fps)
@@ -71,13 +73,15 @@ def output_of(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run one job; Ctrl-C says in one line how to resume (status 130), and a failed video or folder job how many
     of its frames are kept for the rerun."""
-    from edensplit.client.resume import saved_frames, state_dir
+    from edensplit.client.resume import check_state, saved_frames, state_dir
 
     if args.quiet:
         logging.getLogger().setLevel(logging.ERROR)
     check(args)
     output = output_of(args)
     resumable = bool(args.video_path or args.input_dir)
+    if resumable:
+        check_state(output)  # a state path that is not this user's private folder: refused before any work
     backend: Any = None
     try:
         backend, where, fingerprint = open_backend_for(args)

@@ -1,6 +1,9 @@
 """Still frames: PNG files (`write_png`, `read_png`) and folders of numbered images (`list_images`, `read_images`).
 
-An image folder's frames are read one at a time, in the order of the number in their names.
+An image folder's frames are read one at a time, in the order of the number in their names. Input images are
+untrusted: only PNG, JPEG, BMP, TIFF and WebP are decoded (`IMAGE_FORMATS`: the format is told from the file's
+first bytes, so no other Pillow plugin parses it and EPS never reaches Ghostscript), and an image larger than
+Pillow's `MAX_IMAGE_PIXELS` (a decompression bomb) is refused from its header, before its pixels are decoded.
 """
 
 from __future__ import annotations
@@ -8,14 +11,22 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from edensplit.errors import ErrorCode, InputError
 from edensplit.video.frames import PathLike, check_frame
 
-__all__ = ["IMAGE_SUFFIXES", "list_images", "read_images", "read_png", "write_png"]
+__all__ = ["IMAGE_FORMATS", "IMAGE_SUFFIXES", "check_image_format", "check_images", "decode_image_file",
+           "image_format", "list_images", "read_images", "read_png", "write_png"]
+
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+"""The Pillow formats an input image may be in; anything else is refused, naming what it is."""
+
+_NOT_PILLOW = {b"%PDF": "PDF", b"<svg": "SVG", b"<?xml": "XML", b"\x1f\x8b": "gzip"}
+"""Formats Pillow cannot read, named when a file starts with them."""
 
 
 def write_png(path: PathLike, frame: np.ndarray, compress_level: int = 6) -> Path:
@@ -25,15 +36,63 @@ def write_png(path: PathLike, frame: np.ndarray, compress_level: int = 6) -> Pat
     return p
 
 
+def image_format(prefix: bytes) -> str | None:
+    """The image format a file starting with `prefix` (16 bytes) is in, by the plugins' own signature checks
+    (no plugin parses anything): one of IMAGE_FORMATS first, else any other Pillow knows, else None."""
+    Image.init()
+    for fmt in (*IMAGE_FORMATS, *Image.ID):
+        accept = Image.OPEN[fmt][1] if fmt in Image.OPEN else None
+        if accept is not None and accept(prefix):
+            return fmt
+    return next((name for magic, name in _NOT_PILLOW.items() if prefix.startswith(magic)), None)
+
+
+def check_image_format(prefix: bytes, name: PathLike, formats: Sequence[str] = IMAGE_FORMATS) -> str:
+    """The format of the image `name` starting with `prefix`, or an InputError naming what it is instead."""
+    fmt = image_format(prefix)
+    if fmt is None:
+        raise InputError(f"not a readable image: {name} (not a {_listed(formats)} image)", code=ErrorCode.INVALID_IMAGE)
+    if fmt not in formats:
+        raise InputError(f"not an image edensplit reads: {name} is {fmt} (it reads {_listed(formats)} images)",
+                         code=ErrorCode.INVALID_IMAGE)
+    return fmt
+
+
+def _listed(formats: Sequence[str]) -> str:
+    names = [{"WEBP": "WebP"}.get(f, f) for f in formats]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def decode_image_file(fp: IO[bytes], name: PathLike, formats: Sequence[str] = IMAGE_FORMATS) -> np.ndarray:
+    """An open image file as a contiguous uint8 RGB `[H, W, 3]` array: only `formats` are decoded, and the pixel
+    count is checked against `Image.MAX_IMAGE_PIXELS` from the header (an InputError, not Pillow's warning or
+    DecompressionBombError)."""
+    prefix = fp.read(16)
+    fmt = check_image_format(prefix, name, formats)
+    fp.seek(0)
+    try:
+        with Image.OPEN[fmt][0](fp, str(name)) as img:  # the plugin itself: Image.open would warn on a large image
+            width, height = img.size
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and width * height > limit:
+                raise InputError(f"image too large: {name} is {width}x{height} pixels, over the limit of {limit} "
+                                 "(Pillow's MAX_IMAGE_PIXELS: a decompression bomb?)", code=ErrorCode.INVALID_IMAGE)
+            return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    except InputError:
+        raise
+    except Exception as exc:  # Pillow's plugins raise many kinds (OSError, SyntaxError, struct.error, ...)
+        raise InputError(f"not a readable image: {name} ({exc})", code=ErrorCode.INVALID_IMAGE) from None
+
+
 def read_png(path: PathLike) -> np.ndarray:
-    """Read a PNG (or any image Pillow opens) as a contiguous uint8 RGB `[H, W, 3]` array."""
+    """Read a PNG (or a JPEG, BMP, TIFF or WebP image) as a contiguous uint8 RGB `[H, W, 3]` array."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"image file not found: {p}", code=ErrorCode.INVALID_PARAMETER)
     try:
-        with Image.open(p) as img:
-            return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
-    except (UnidentifiedImageError, OSError) as exc:
+        with open(p, "rb") as fp:
+            return decode_image_file(fp, p)
+    except OSError as exc:
         raise InputError(f"not a readable image: {p} ({exc})", code=ErrorCode.INVALID_IMAGE) from None
 
 
@@ -65,6 +124,18 @@ def list_images(folder: PathLike) -> list[Path]:
                              code=ErrorCode.INVALID_PARAMETER)
         numbered[number] = child
     return [numbered[n] for n in sorted(numbered)]
+
+
+def check_images(paths: Sequence[PathLike]) -> None:
+    """Refuse a folder with an image in another format before any is decoded (16 bytes of each are read)."""
+    for path in paths:
+        try:
+            with open(path, "rb") as fp:
+                prefix = fp.read(16)
+        except OSError as exc:
+            raise InputError(f"not a readable image: {path} ({exc.strerror or exc})",
+                             code=ErrorCode.INVALID_IMAGE) from None
+        check_image_format(prefix, path)
 
 
 def read_images(paths: Sequence[PathLike]) -> Iterator[np.ndarray]:

@@ -8,6 +8,10 @@ container; for files from elsewhere, a rate within one part in a million of a wh
 (n * 1000/1001) rate is snapped to it. `read_frames` converts with the frame's own colorspace and asks swscale
 for exact rounding and full chroma interpolation: its fast default YUV -> RGB path reads 4:2:0 video about 1.5
 levels too dark.
+
+Input videos are untrusted: FFmpeg opens them with the `file` protocol only and only the demuxers of real video
+containers (`DEMUXERS`), checked before a demuxer reads its header. A playlist (HLS), a concat list or any other
+format that makes FFmpeg open further files or URLs is refused, and nothing it names is opened.
 """
 
 from __future__ import annotations
@@ -24,10 +28,23 @@ from av.video.reformatter import Interpolation
 from edensplit.errors import ErrorCode, InputError
 from edensplit.video.frames import PathLike
 
-__all__ = ["RATE_TAG", "VideoInfo", "probe_video", "read_frames"]
+__all__ = ["DEMUXERS", "RATE_TAG", "VideoInfo", "open_video", "probe_video", "read_frames"]
 
 RATE_TAG = "EDENSPLIT_FRAME_RATE"
 """Stream metadata key holding the exact rate, for containers (Matroska) that cannot store it."""
+
+DEMUXERS: tuple[str, ...] = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "flv", "mpegts",
+                              "mpeg", "ogg", "asf", "mxf", "nut", "yuv4mpegpipe", "ivf", "gif")
+"""The FFmpeg demuxers an input video may be read with: containers whose demuxers open no other file (MP4/MOV,
+Matroska/WebM, AVI, FLV, MPEG-TS/PS, Ogg, ASF/WMV, MXF, NUT, Y4M, IVF, GIF). Not hls, dash, concat, image2
+(file patterns), sdp/rtp/rtsp or any other."""
+
+_SAFE_OPEN = {"protocol_whitelist": "file", "format_whitelist": ",".join(DEMUXERS)}
+_PLAYLISTS = {
+    b"#EXTM3U": "an HLS/M3U playlist", b"ffconcat": "an FFmpeg concat list", b"<?xml": "an XML file (a DASH manifest?)",
+    b"<MPD": "a DASH manifest", b"[playlist]": "a PLS playlist", b"v=0": "an SDP session file",
+}
+"""How a refused input is named, by its first bytes (FFmpeg does not say which demuxer it refused)."""
 
 # YUV -> RGB with exact rounding and full chroma interpolation (about 10 ms a 1080p frame, not 2 ms).
 _TO_RGB = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
@@ -52,6 +69,34 @@ class VideoInfo:
         return None if self.duration is None else max(round(self.duration * self.rate), 1)
 
 
+def open_video(path: PathLike) -> av.container.InputContainer:
+    """Open the file `path` for reading with the `file` protocol only and only the `DEMUXERS` (the demuxer is
+    checked after FFmpeg's probe, before it reads anything): an InputError otherwise, naming what the file is."""
+    p = Path(path)
+    try:
+        # "file:" so that a name such as "concat:a|b" or "http:x" is a file name, never another protocol
+        return av.open(f"file:{p}", "r", container_options=dict(_SAFE_OPEN))
+    except av.ArgumentError:  # EINVAL: FFmpeg's "Format not on whitelist"
+        raise InputError(f"not a readable video: {p} ({_what_is(p)}: edensplit opens only video containers: "
+                         "MP4/MOV, Matroska/WebM, AVI, FLV, MPEG-TS/PS, Ogg, ASF, MXF, NUT, Y4M, IVF, GIF; never "
+                         "playlists or lists that make FFmpeg open other files)",
+                         code=ErrorCode.INVALID_PARAMETER) from None
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InputError(f"not a readable video: {p} ({reason})", code=ErrorCode.INVALID_PARAMETER) from None
+
+
+def _what_is(path: Path) -> str:
+    """What a refused input looks like, from its first bytes: a kind of playlist, or another format."""
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    except OSError:
+        head = b""
+    return next((what for magic, what in _PLAYLISTS.items() if head.startswith(magic)),
+                "a format FFmpeg reads with another demuxer")
+
+
 def _open_input(path: PathLike) -> tuple[av.container.InputContainer, av.VideoStream]:
     """Open `path` and its first video stream, or raise an InputError naming the path and the problem."""
     p = Path(path)
@@ -59,11 +104,7 @@ def _open_input(path: PathLike) -> tuple[av.container.InputContainer, av.VideoSt
         raise InputError(f"video file not found: {p}", code=ErrorCode.INVALID_PARAMETER)
     if not p.is_file():
         raise InputError(f"not a video file: {p} is a directory or special file", code=ErrorCode.INVALID_PARAMETER)
-    try:
-        container = av.open(str(p), "r")
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise InputError(f"not a readable video: {p} ({reason})", code=ErrorCode.INVALID_PARAMETER) from None
+    container = open_video(p)
     if not container.streams.video:
         container.close()
         raise InputError(f"not a video: {p} has no video stream", code=ErrorCode.INVALID_PARAMETER)

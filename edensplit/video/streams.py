@@ -20,6 +20,7 @@ from fractions import Fraction
 import av
 
 from edensplit.video.frames import PathLike
+from edensplit.video.reading import open_video
 
 __all__ = ["TEXT_SUBTITLES", "StreamCopier", "subtitle_packet", "subtitle_text"]
 
@@ -88,7 +89,7 @@ class StreamCopier:
         say = say or (lambda message: None)
         self.notes: list[str] = []
         self._output = output
-        self._input = av.open(str(source), "r")
+        self._input = open_video(source)  # the file protocol and video demuxers only, as the frames are read
         self._carried: dict[int, _Carried] = {}
         for stream in self._input.streams:
             if stream.type not in ("audio", "subtitle"):
