@@ -67,10 +67,17 @@ class ServerProcess:
                     return self
                 if ready is not None and ready.json().get("status") == "error":
                     self.stop()
-                    raise EdenError(f"{self.app} cannot serve: {ready.json().get('error')}", code=ErrorCode.NOT_READY)
+                    raise EdenError(f"{self.app} cannot serve: {self.why()}", code=ErrorCode.NOT_READY)
                 time.sleep(0.1)  # polling a process that is starting: no event to wait on
         self.stop()
         raise EdenError(f"{self.app} did not become ready within {timeout:.0f} s", code=ErrorCode.NOT_READY)
+
+    def why(self) -> str:
+        """What the server logged about its model not loading (/health does not say: no paths or errors there)."""
+        lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path else []
+        said = [line for line in lines if "cannot load its model" in line]
+        return said[-1].split("cannot load its model", 1)[1].removeprefix(" (not ready; see /health): ") if said \
+            else "its model failed to load (see its log)"
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (a graceful stop), then SIGKILL after `timeout` (to its process group, if it has its own)."""
