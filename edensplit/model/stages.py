@@ -10,6 +10,7 @@ The contract between them is in `encoding.py`, the sampler in `sampler.py`, both
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -23,6 +24,8 @@ from edensplit.model.encoding import FrameEncoding, Geometry
 from edensplit.model.sampler import REFERENCE_SAMPLER, Sampler
 
 STD_EPS = 1e-8
+COSINE_EPS = 1e-8  # F.cosine_similarity's eps: a black pixel's norm
+SUM_PIECE = 32767  # values per torch sum in `mean_of`: below torch's parallel grain (32768), one thread
 
 
 def geometry_for(model: Eden, height: int, width: int) -> Geometry:
@@ -90,12 +93,63 @@ def encode_frames(model: Eden, frames: np.ndarray | Tensor, batched: bool = Fals
 
 @torch.inference_mode()
 def frame_difference(frame0: np.ndarray | Tensor, frame1: np.ndarray | Tensor) -> Tensor:
-    """Raw mean cosine similarity over pixels of two unpadded frames -> [B] float32 (the API's 'difference')."""
-    x0, x1 = as_frames(frame0), as_frames(frame1)
+    """Raw mean cosine similarity over pixels of two unpadded frames -> [B] float32 (the API's 'difference').
+
+    The client (flow A sessions), the cloud, the edge (flow B) and `--local` each compute it, so it depends on the
+    pixels alone, never on the process's torch thread count or the batch: each pixel's similarity is torch's float32
+    value computed in numpy (`cosine_map`), and the mean is torch's float32 sum and division, the sum taken in
+    pieces that torch never splits across threads (`mean_of`). Below torch's parallel grain (32768 pixels, e.g.
+    the golden cases) that is the reference's own arithmetic, bit for bit."""
+    x0, x1 = pixel_planes(frame0), pixel_planes(frame1)
     if x0.shape != x1.shape:
         raise InputError(f"the two frames differ in size: {tuple(x0.shape[-2:])} vs {tuple(x1.shape[-2:])}",
                          code=ErrorCode.FRAME_SIZE_MISMATCH)
-    return F.cosine_similarity(x0, x1, dim=1, eps=1e-8).mean(dim=(1, 2))
+    return torch.from_numpy(np.array([mean_of(frame) for frame in cosine_map(x0, x1)], dtype=np.float32))
+
+
+def mean_of(values: np.ndarray) -> np.float32:
+    """float32 values -> their float32 mean: torch's float32 sum of each piece of SUM_PIECE values (fewer than torch's
+    parallel grain, so summed on one thread whatever the thread count), the pieces' sums added exactly and rounded
+    to float32, then divided by the count in float32 (what torch's mean does)."""
+    flat = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32).ravel())
+    total = math.fsum(float(piece.sum()) for piece in flat.split(SUM_PIECE))
+    return np.float32(total) / np.float32(flat.numel())
+
+
+def pixel_planes(frames: np.ndarray | Tensor) -> np.ndarray:
+    """What `as_frames` makes of frames, as a contiguous numpy float32 [B, 3, H, W] (uint8 numpy frames without
+    torch: the same IEEE division by 255)."""
+    if not (isinstance(frames, np.ndarray) and frames.dtype == np.uint8):
+        return np.ascontiguousarray(as_frames(frames).detach().cpu().numpy())
+    u8 = frames[None] if frames.ndim == 3 else frames
+    if u8.ndim != 4 or u8.shape[-1] != 3:
+        raise InputError(f"uint8 frames must be [H, W, 3] or [B, H, W, 3] RGB, got {tuple(frames.shape)}",
+                         code=ErrorCode.SHAPE_MISMATCH)
+    planes = np.empty((u8.shape[0], 3, u8.shape[1], u8.shape[2]), np.float32)
+    for c in range(3):
+        np.divide(u8[..., c], np.float32(255), out=planes[:, c], dtype=np.float32)
+    return planes
+
+
+def cosine_map(x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    """Per-pixel cosine similarity of float32 frames [B, 3, H, W] -> [B, H, W] float32, operation by operation as
+    torch's CPU kernel computes `F.cosine_similarity(x0, x1, dim=1, eps=1e-8)` (each norm by fused multiply-adds,
+    clamped to eps; each frame divided by its norm; the products summed in channel order), in numpy's
+    element-wise IEEE operations: the same bits whatever the thread count, batch or machine."""
+    def norm(x: np.ndarray) -> np.ndarray:
+        squares = _fma32(x[:, 2], x[:, 2], _fma32(x[:, 1], x[:, 1], x[:, 0] * x[:, 0]))
+        return np.maximum(np.sqrt(squares), np.float32(COSINE_EPS))
+
+    n0, n1 = norm(x0), norm(x1)
+    products = [(x0[:, c] / n0) * (x1[:, c] / n1) for c in range(3)]
+    return (products[0] + products[1]) + products[2]
+
+
+def _fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 a * b + c as a fused multiply-add: the product is exact in float64, the sum rounded to float64, then
+    to float32. The two roundings equal one for all 2**24 colours of uint8 frames (checked exhaustively: no float64
+    sum lands on a float32 tie); other float inputs may rarely differ from a hardware FMA, never between runs."""
+    return (a.astype(np.float64) * b + c).astype(np.float32)
 
 
 def normalise_difference(raw: Tensor, cos_sim_mean: float, cos_sim_std: float) -> Tensor:
