@@ -188,7 +188,7 @@ class EncoderServer:
             status = str(exc.code.status)
             return None, {"code": str(exc.code), "message": exc.message, "details": exc.details}
         finally:
-            self.server_app.state.metrics.requests.labels("ray:encode_blob", "HANDLE", status).inc()
+            self.server_app.state.metrics.requests.labels("ray:encode_blob", "HANDLE", status, INTERPOLATOR).inc()
 
 
 @serve.ingress()
