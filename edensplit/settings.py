@@ -41,6 +41,9 @@ class ModelSettings(BaseSettings):
     eden_random_weights: bool = Field(False, description="allow random weights when MODEL_PATH is unset")
     eden_random_seed: int = Field(0, description="seed of the random weights")
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads for the model")
+    edensplit_stand_in_model: bool = Field(False, description="benchmarks only: a stand-in with the full-size "
+                                           "model's shapes and no network, to time the serving path; refused "
+                                           "with MODEL_PATH; EDENSPLIT_STAND_IN_MODEL")
     eden_compile: bool = Field(False, description="torch.compile the model's hot functions (warmed up before the "
                                "server reports ready); EDEN_COMPILE")
 

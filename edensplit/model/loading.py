@@ -8,10 +8,12 @@ from collections.abc import Iterable
 
 import torch
 
+from edensplit.errors import ConfigError
 from edensplit.model.checkpoint import load_model
 from edensplit.model.config import load_config
 from edensplit.model.eden import ENCODE, INTERPOLATE, Eden
 from edensplit.model.precision import torch_dtype
+from edensplit.model.stand_in import StandIn
 from edensplit.settings import ModelSettings
 
 log = logging.getLogger("edensplit.server")
@@ -25,6 +27,13 @@ def load_model_for(stages: Iterable[str], settings: ModelSettings) -> Eden:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     config = load_config(settings.eden_config)
+    if settings.edensplit_stand_in_model:
+        if settings.model_path is not None:
+            raise ConfigError("EDENSPLIT_STAND_IN_MODEL=1 and MODEL_PATH are both set: the stand-in measures the "
+                              "serving path and never serves a model; unset one")
+        log.warning("%s stage: STAND-IN MODEL (EDENSPLIT_STAND_IN_MODEL=1): the full-size shapes, no network; its "
+                    "frames are a checkerboard, not interpolations", stage)
+        return StandIn(config, stages, settings.device, torch_dtype(settings.eden_dtype))  # type: ignore[return-value]
     model = load_model(settings.model_path, config, stages=set(stages), device=settings.device,
                        dtype=torch_dtype(settings.eden_dtype), allow_random=settings.eden_random_weights,
                        seed=settings.eden_random_seed)

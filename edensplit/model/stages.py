@@ -22,6 +22,7 @@ from edensplit.errors import ErrorCode, InputError
 from edensplit.model.eden import ENCODE, INTERPOLATE, Eden, FrameContext
 from edensplit.model.encoding import FrameEncoding, Geometry
 from edensplit.model.sampler import REFERENCE_SAMPLER, Sampler
+from edensplit.model.stand_in import StandIn
 
 STD_EPS = 1e-8
 COSINE_EPS = 1e-8  # F.cosine_similarity's eps: a black pixel's norm
@@ -71,6 +72,10 @@ def encode_frames(model: Eden, frames: np.ndarray | Tensor, batched: bool = Fals
     exact mode (a frame's encoding never depends on what it was sent with); `batched` runs all frames as one
     call (a GPU's fast path: the same values up to float rounding)."""
     _require(model, ENCODE)
+    if isinstance(model, StandIn):  # measuring the serving path: the shapes, none of the arithmetic
+        shape = frames.shape
+        batch, (height, width) = (1 if len(shape) == 3 else shape[0]), shape[-3:-1] if shape[-1] == 3 else shape[-2:]
+        return model.encode(batch, geometry_for(model, height, width))
     x = as_frames(frames).to(model.device)
     geo = geometry_for(model, x.shape[-2], x.shape[-1])
     top, bottom, left, right = geo.padding
@@ -198,6 +203,8 @@ def interpolate(model: Eden, enc0: FrameEncoding, enc1: FrameEncoding, differenc
     if tuple(difference.shape) != (B,):
         raise InputError(f"difference must have shape [{B}], got {list(difference.shape)}",
                          code=ErrorCode.SHAPE_MISMATCH)
+    if isinstance(model, StandIn):  # measuring the serving path: a frame of the right size, no sampling
+        return model.frames(B, geo)
     cfg = model.config
     scaler = cfg.vae_scaler if vae_scaler is None else vae_scaler
     shift = cfg.vae_shift if vae_shift is None else vae_shift

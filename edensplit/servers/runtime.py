@@ -140,7 +140,7 @@ class ModelRuntime:
         }
         if model is not None:
             info.update(device=str(model.device), dtype=str(model.dtype).removeprefix("torch."),
-                        weights_digest=model.weights_digest,
+                        weights_digest=model.weights_digest, stand_in=getattr(model, "stand_in", False),
                         random_weights=model.weights_source.startswith("random"),
                         model_args=model.args.as_dict())
         return info

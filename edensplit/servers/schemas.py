@@ -198,6 +198,8 @@ class HealthResponse(BaseModel):
     ready: bool = Field(False, description="loaded, warmed up and admitting requests")
     device: str | None = None
     dtype: str | None = None
+    stand_in: bool = Field(False, description="the stand-in of EDENSPLIT_STAND_IN_MODEL=1 (benchmarks of the "
+                           "serving path): no model, checkerboard frames")
     weights_digest: str | None = Field(None, description="a short SHA-256 of the checkpoint file, or of the random "
                                        "weights' configuration and seed: equal on a cloud and an edge that run "
                                        "the same model (never a path)")
