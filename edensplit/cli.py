@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(run, "allow_insecure_key", dest="edensplit_allow_insecure_key", action="store_true", default=None,
           help="send the key over http:// or ws:// to a server off this machine (default: refused; "
                "EDENSPLIT_ALLOW_INSECURE_KEY=1)")
+    _flag(run, "shm", dest="edensplit_shm", action="store_true", default=None,
+          help="flow A, binary: encodings from the cloud to the edge through shared memory when both run on this "
+               "machine with ALLOW_SHM=1 (else as bytes; default EDENSPLIT_SHM)")
     _flag(run, "ca_cert", dest="edensplit_ca_cert",
           help="PEM CA bundle to verify https/wss servers (default EDENSPLIT_CA_CERT)")
     _flag(run, "num_steps", type=int, default=2, help="sampler steps (2 = the reference grid)")
@@ -120,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         _flag(s, "timeout_graceful_shutdown", type=float, default=30.0,
               help="on SIGTERM, seconds to finish requests in flight before exiting (default 30)")
         _flag(s, "max_inflight", type=int, help="requests admitted at once; more get 503 (default 8)")
+        _flag(s, "allow_shm", action="store_true", default=None,
+              help="take and give encodings as shared-memory handles, for callers on this machine (default "
+                   "ALLOW_SHM)")
         _flag(s, "max_batch", type=int, help="requests per model call with dynamic batching (default 1, the exact "
               "mode; GPU_BATCH on CUDA in bfloat16/float16)")
         _model_flags(s)

@@ -79,8 +79,16 @@ class ServerSettings(ModelSettings):
                                  "refused unless from one of these, comma-separated; ALLOWED_ORIGINS")
     allowed_hosts: str = Field("", description="a server without a key answers requests whose Host is an IP "
                                "address or localhost, and these names, comma-separated; ALLOWED_HOSTS")
+    edensplit_shm: bool = Field(False, description="edge, flow B: take the cloud's encodings through shared memory "
+                                "when the cloud runs on this machine (with ALLOW_SHM=1); EDENSPLIT_SHM")
     edensplit_ca_cert: Path | None = Field(None, description="edge, flow B: CA bundle for the cloud's TLS "
                                            "certificate; EDENSPLIT_CA_CERT")
+    allow_shm: bool = Field(False, description="take and give encodings as shared-memory handles (callers on "
+                            "this host, of this user: POSIX shared memory, /dev/shm); ALLOW_SHM")
+    shm_ttl_s: float = Field(30.0, gt=0, description="a segment this server made and nobody took is removed after "
+                             "this; SHM_TTL_S")
+    shm_max_segments: int = Field(64, ge=1, description="segments made and not yet taken, at most (their bytes count "
+                                  "against BODY_MEMORY_MB); SHM_MAX_SEGMENTS")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line; "
                                                 "LOG_FORMAT")
     warmup: bool = Field(True, description="run one small model pass before reporting ready; WARMUP")
@@ -120,6 +128,8 @@ class ClientSettings(BaseSettings):
                                            "certificates; EDENSPLIT_CA_CERT")
     edensplit_allow_insecure_key: bool = Field(False, description="send the key to a server at an http:// or "
                                                "ws:// URL off this machine; EDENSPLIT_ALLOW_INSECURE_KEY")
+    edensplit_shm: bool = Field(False, description="flow A: encodings from the cloud to the edge through shared "
+                                "memory when both run on this machine (servers with ALLOW_SHM=1); EDENSPLIT_SHM")
     edensplit_timeout: float = Field(30.0, gt=0, description="seconds per request attempt; EDENSPLIT_TIMEOUT")
     # The same defaults as edensplit.client.retry's DEFAULT_RETRIES / DEFAULT_RETRY_FOR (a test holds them equal;
     # not imported, so reading settings does not import the client).

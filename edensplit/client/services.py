@@ -9,6 +9,9 @@ inside a request.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,6 +23,8 @@ from edensplit.client.transport import AsyncTransport, Transport
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.wire import codecs
 from edensplit.wire.options import Options
+
+log = logging.getLogger("edensplit.client")
 
 
 class _Service:
@@ -49,25 +54,39 @@ class _Service:
         self.close()
 
 
+def check_shm(shm: bool, payload: Payload) -> bool:
+    """Shared-memory handles travel on the binary path only."""
+    if shm and payload != "binary":
+        raise EdenError("shared memory (--shm) moves binary encodings: use it with --payload binary",
+                        code=ErrorCode.INVALID_PARAMETER)
+    return shm
+
+
 class Cloud(_Service):
-    """The cloud encoder: `encode` (a pair) and `encode_frame` (one video frame) -> EncodedBlob."""
+    """The cloud encoder: `encode` (a pair) and `encode_frame` (one video frame) -> EncodedBlob. With `shm` (a
+    cloud on this host) it asks for shared-memory handles instead of the bytes, and gets the bytes from a cloud
+    that gives none."""
 
     WS_PATH = "/ws/encode"
 
     def __init__(self, transport: Transport | Client, *, payload: Payload = "binary",
-                 wire_dtype: str = codecs.DEFAULT):
+                 wire_dtype: str = codecs.DEFAULT, shm: bool = False):
         super().__init__(transport, payload)
         self.options = Options.from_flat({"wire_dtype": wire_dtype})  # INVALID_PARAMETER for an unknown one
+        self.shm = check_shm(shm, self.payload)
 
     def encode(self, frame0: np.ndarray, frame1: np.ndarray, *, request_id: str | None = None) -> EncodedBlob:
         """A pair -> its enc_out blob (both frames, and their difference)."""
-        call = requests.encode(frame0, frame1, self.options, payload=self.payload, request_id=request_id)
-        return requests.blob_from(self.client.send(call))
+        call = requests.encode(frame0, frame1, self.options, payload=self.payload, request_id=request_id,
+                               shm=self.shm)
+        blob = requests.blob_from(self.client.send(call))
+        return replace(blob, renew=lambda: self.encode(frame0, frame1)) if blob.handle is not None else blob
 
     def encode_frame(self, frame: np.ndarray, *, request_id: str | None = None) -> EncodedBlob:
         """One video frame -> its enc_out blob (frame-once sessions)."""
-        call = requests.encode_frame(frame, self.options, payload=self.payload, request_id=request_id)
-        return requests.blob_from(self.client.send(call))
+        call = requests.encode_frame(frame, self.options, payload=self.payload, request_id=request_id, shm=self.shm)
+        blob = requests.blob_from(self.client.send(call))
+        return replace(blob, renew=lambda: self.encode_frame(frame)) if blob.handle is not None else blob
 
 
 class Edge(_Service):
@@ -79,13 +98,34 @@ class Edge(_Service):
         """`options`: sent with every request (num_steps, method, vae_scaler, vae_shift); per-call ones are added."""
         super().__init__(transport, payload)
         self.options = options or Options()
+        self.takes_handles = True  # until it answers SHM_DISABLED: then encodings from shared memory go as bytes
+
+    def _send_encoded(self, build: Callable[[EncodedBlob], requests.Call], encoded: EncodedBlob) -> requests.Answer:
+        """The call `build` makes of `encoded`: a shared-memory handle goes as the bytes to an edge that takes no
+        handles, and is asked for again (`renew`) once when its segment is gone (a retry after the edge took it)."""
+        if encoded.handle is not None and not self.takes_handles:
+            encoded = encoded.bytes_only()
+        try:
+            return self.client.send(build(encoded))
+        except EdenError as exc:
+            if encoded.handle is None or exc.code not in (ErrorCode.SHM_DISABLED, ErrorCode.SHM_NOT_FOUND):
+                raise
+            if exc.code == ErrorCode.SHM_DISABLED:
+                self.takes_handles = False
+                log.warning("the edge takes no shared-memory handles (ALLOW_SHM is off there): encodings go as "
+                            "bytes")
+                return self.client.send(build(encoded.bytes_only()))
+            if encoded.renew is None:
+                raise
+            return self.client.send(build(encoded.renew()))
 
     def _options(self, **per_call: Any) -> Options:
         """The client's options plus this call's (validated: a bad value is INVALID_PARAMETER here)."""
         return Options.from_flat({**self.options.flat(), **per_call})
 
-    def _frame(self, call: requests.Call) -> np.ndarray:
-        frame = requests.frame_from(self.client.send(call))
+    @staticmethod
+    def _frame(answer: requests.Answer) -> np.ndarray:
+        frame = requests.frame_from(answer)
         if frame is None:
             raise EdenError("the edge stored the frame but answered without interpolating",
                             code=ErrorCode.UPSTREAM_ERROR)
@@ -93,7 +133,8 @@ class Edge(_Service):
 
     def interpolate(self, pair: EncodedBlob, *, seed: int = 0) -> np.ndarray:
         """A pair's blob -> the middle frame."""
-        return self._frame(requests.interpolate(pair, self._options(seed=seed), payload=self.payload))
+        options = self._options(seed=seed)
+        return self._frame(self._send_encoded(lambda p: requests.interpolate(p, options, payload=self.payload), pair))
 
     def session_frame(self, session_id: str, index: int, frame: EncodedBlob | np.ndarray, *,
                       difference: float | None = None, seed: int = 0, interpolate: bool | None = None
@@ -101,23 +142,27 @@ class Edge(_Service):
         """Frame `index` of a frame-once session: its blob (flow A) or the frame itself (flow B, the edge has the
         cloud encode it). Stores it; for index > 0 (unless interpolate=False) returns the frame (index-1, index)."""
         options = self._options(seed=seed, difference=difference, interpolate=interpolate)
-        call = requests.session_frame(session_id, index, frame, options, payload=self.payload)
-        return requests.frame_from(self.client.send(call))
+        if isinstance(frame, np.ndarray):
+            return requests.frame_from(self.client.send(
+                requests.session_frame(session_id, index, frame, options, payload=self.payload)))
+        return requests.frame_from(self._send_encoded(
+            lambda f: requests.session_frame(session_id, index, f, options, payload=self.payload), frame))
 
     def interpolate_frames(self, frame0: np.ndarray, frame1: np.ndarray, *, seed: int = 0) -> np.ndarray:
         """Flow B: raw frames to the edge, which calls the cloud itself."""
-        return self._frame(requests.interpolate_frames(frame0, frame1, self._options(seed=seed),
-                                                       payload=self.payload))
+        return self._frame(self.client.send(requests.interpolate_frames(frame0, frame1, self._options(seed=seed),
+                                                                        payload=self.payload)))
 
 
 class AsyncCloud:
     """The cloud from asyncio code (the edge in flow B): `await encode(...)` / `await encode_frame(...)`."""
 
     def __init__(self, transport: AsyncTransport | AsyncClient, *, payload: Payload = "binary",
-                 wire_dtype: str = codecs.DEFAULT):
+                 wire_dtype: str = codecs.DEFAULT, shm: bool = False):
         self.client = transport if isinstance(transport, AsyncClient) else AsyncClient(transport)
         self.payload = check_payload(payload)
         self.options = Options.from_flat({"wire_dtype": wire_dtype})
+        self.shm = check_shm(shm, self.payload)
 
     @property
     def transport(self) -> AsyncTransport:
@@ -130,13 +175,14 @@ class AsyncCloud:
 
     async def encode(self, frame0: np.ndarray, frame1: np.ndarray, *, request_id: str | None = None
                      ) -> EncodedBlob:
-        """A pair -> its enc_out blob."""
-        call = requests.encode(frame0, frame1, self.options, payload=self.payload, request_id=request_id)
+        """A pair -> its enc_out blob (a handle to it, with `shm`, from a cloud that gives them)."""
+        call = requests.encode(frame0, frame1, self.options, payload=self.payload, request_id=request_id,
+                               shm=self.shm)
         return requests.blob_from(await self.client.send(call))
 
     async def encode_frame(self, frame: np.ndarray, *, request_id: str | None = None) -> EncodedBlob:
-        """One frame -> its enc_out blob."""
-        call = requests.encode_frame(frame, self.options, payload=self.payload, request_id=request_id)
+        """One frame -> its enc_out blob (a handle to it, with `shm`, from a cloud that gives them)."""
+        call = requests.encode_frame(frame, self.options, payload=self.payload, request_id=request_id, shm=self.shm)
         return requests.blob_from(await self.client.send(call))
 
     async def health(self) -> dict[str, Any]:

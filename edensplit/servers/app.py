@@ -60,7 +60,7 @@ def health_router(keyed: bool = False) -> APIRouter:
     @router.get("/health", response_model=HealthResponse, summary="Model, device and weights source",
                 responses=route_responses("/health", keyed))
     async def health(request: Request) -> dict[str, Any]:
-        return runtime_of(request).health()
+        return {**runtime_of(request).health(), "shared_memory": request.app.state.pipeline.shm.enabled}
 
     @router.get("/health/live", summary="The process answers", responses=route_responses("/health/live", keyed))
     async def live() -> dict[str, str]:
@@ -211,7 +211,8 @@ def create_app(service: Service, settings: ServerSettings, model: Eden | None = 
         restore = drain_on_sigterm(runtime)
         unhook = reload_on_sighup(pipeline.access)
         try:
-            yield
+            async with pipeline.shm.running():  # ALLOW_SHM: crashed processes' segments swept, expired ones too
+                yield
         finally:
             unhook()
             restore()

@@ -170,6 +170,14 @@ class Metrics:
         self.workers_ready = Gauge("edensplit_workers_ready", "processes serving this app with their model loaded "
                                    "and warmed up (gunicorn workers; 1 for a single process)", registry=r,
                                    multiprocess_mode="livesum")
+        self.shm_bytes = Gauge("edensplit_shm_bytes", "shared memory (ALLOW_SHM): bytes in segments this server made "
+                               "that are not yet taken (held against BODY_MEMORY_MB)", registry=r,
+                               multiprocess_mode="livesum")
+        self.shm_segments = Gauge("edensplit_shm_segments", "shared memory: segments this server made that are not "
+                                  "yet taken (at most SHM_MAX_SEGMENTS)", registry=r, multiprocess_mode="livesum")
+        self.shm_bytes_moved = Counter("edensplit_shm_bytes_moved", "shared memory: data bytes put in segments "
+                                       "(made), read from them (taken) and removed unread (expired)", ("event",),
+                                       registry=r)
         self.info = Gauge("edensplit_info", "server identity", ("stage", "version"), registry=r,
                           multiprocess_mode="livemax")
         self.info.labels(stage, __version__).set(1)

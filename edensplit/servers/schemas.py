@@ -204,6 +204,8 @@ class HealthResponse(BaseModel):
                                        "weights' configuration and seed: equal on a cloud and an edge that run "
                                        "the same model (never a path)")
     random_weights: bool = False
+    shared_memory: bool = Field(False, description="ALLOW_SHM=1: takes and gives encodings as shared-memory handles "
+                                "(callers on its host)")
     model_args: dict[str, Any] | None = None
     version: str
     uptime_s: float

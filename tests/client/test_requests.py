@@ -178,7 +178,7 @@ def test_websocket_messages_carry_ids_options_and_the_payload_type(blobs):
     call = requests.session_frame("s5", 3, blobs["frame"], Options(seed=2, difference=0.5), payload="binary")
     header = message(call, "rid")
     assert header == {"type": "session_frame", "request_id": "rid", "session_id": "s5", "index": 3, "seed": 2,
-                      "difference": 0.5, "content_type": BLOB_MEDIA_TYPE}
+                      "difference": 0.5, "content_type": BLOB_MEDIA_TYPE, "accept": FRAMES_MEDIA_TYPE}
     chunks = frames_of(call, "rid", chunk_bytes=len(blobs["frame"].raw) // 3)
     assert len(chunks) >= 3
     heads = [unpack_binary(c)[0] for c in chunks]
