@@ -49,6 +49,7 @@ from edensplit.wire.blob import BLOB_MEDIA_TYPE
 log = logging.getLogger("edensplit.server")
 
 CLOUD_APP, EDGE_APP = "cloud", "edge"
+IN_CLUSTER = "ray:edge"  # the client_name of the edge's calls through a handle (flow B inside the cluster)
 ENCODER, INTERPOLATOR = "Encoder", "Interpolator"
 CLUSTER_RETRY = RetryPolicy(retry_for=CLOUD_RETRY_FOR_S, max_backoff_s=2.0)  # the client's policy, on Ray's errors
 TRANSIENT = (BackPressureError, DeploymentUnavailableError, ray.exceptions.RayActorError,
@@ -188,7 +189,7 @@ class EncoderServer:
             status = str(exc.code.status)
             return None, {"code": str(exc.code), "message": exc.message, "details": exc.details}
         finally:
-            self.server_app.state.metrics.requests.labels("ray:encode_blob", "HANDLE", status).inc()
+            self.server_app.state.metrics.requests.labels("ray:encode_blob", "HANDLE", status, IN_CLUSTER).inc()
 
 
 @serve.ingress()
