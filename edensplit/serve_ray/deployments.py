@@ -214,7 +214,8 @@ class InterpolatorServer:
         replica_ready(self.server_app)
 
     async def encode_in_cluster(self, frames: list[np.ndarray], request_id: str) -> bytes:
-        """The Encoder deployment's blob of a pair or one frame; transient failures retried (full jitter) for
+        """The Encoder deployment's blob of a pair or one frame; transient failures (Ray's: the queue full, a
+        replica lost or starting; the encoder's own OVERLOADED and NOT_READY) retried (full jitter) for
         CLOUD_RETRY_FOR_S, then given as the cloud's error code."""
         if self._encoder is None:
             self._encoder = serve.get_deployment_handle(self.encoder_name, app_name=self.encoder_app)
@@ -223,7 +224,6 @@ class InterpolatorServer:
         while True:
             try:
                 blob, error = await self._encoder.encode_blob.remote(batch, request_id)
-                break
             except TRANSIENT as exc:
                 delay = budget.next_delay()
                 if delay is None:
@@ -231,9 +231,14 @@ class InterpolatorServer:
                     raise EdenError(f"the encoder deployment is unavailable ({type(exc).__name__}; "
                                     f"{budget.summary()})", code=code, details={"retry_after_s": 1}) from None
                 await asyncio.sleep(delay)
-        if error is not None:
-            raise EdenError(error["message"], code=ErrorCode(error["code"]), details=error.get("details"))
-        return blob
+                continue
+            if error is None:
+                return blob
+            code = ErrorCode(error["code"])
+            delay = budget.next_delay() if code in (ErrorCode.OVERLOADED, ErrorCode.NOT_READY) else None
+            if delay is None:
+                raise EdenError(error["message"], code=code, details=error.get("details"))
+            await asyncio.sleep(delay)
 
 
 Encoder = serve.deployment(name=ENCODER)(EncoderServer)
