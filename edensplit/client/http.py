@@ -47,7 +47,7 @@ class _HttpBase:
         """httpx.request keyword arguments for one attempt of `call`; a binary body is compressed here, once per
         attempt, when asked (off by default: on float tensors it saves under 10% and pays only on links below
         ~20 MB/s)."""
-        headers = {**self.headers, "Accept": call.accept, "X-Request-ID": request_id, **outgoing()}
+        headers = {**self.headers, **call.headers, "Accept": call.accept, "X-Request-ID": request_id, **outgoing()}
         kwargs: dict[str, Any] = {"params": call.options}
         if call.body is None:
             kwargs["json"] = call.document

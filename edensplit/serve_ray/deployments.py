@@ -34,7 +34,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edensplit.client.retry import RetryPolicy
-from edensplit.errors import EdenError, ErrorCode
+from edensplit.errors import ConfigError, EdenError, ErrorCode
 from edensplit.model.eden import ENCODE, INTERPOLATE
 from edensplit.model.loading import load_model_for
 from edensplit.servers.cloud.operations import EncodeJob
@@ -142,6 +142,17 @@ def mounted(app: FastAPI) -> FastAPI:
     return app
 
 
+def replica_settings(settings: dict[str, Any], keyed: bool) -> ServerSettings:
+    """A replica's settings: the deployment's arguments, and its own environment for the rest (the keys are
+    never arguments: docs/scaling.md). A deployment made with a key refuses to start on a node whose environment
+    has none, rather than serve without one."""
+    s = ServerSettings(**settings)
+    if keyed and not s.keyed:
+        raise ConfigError("serve-ray was given a key but this replica's environment has neither EDENSPLIT_API_KEY "
+                          "nor EDENSPLIT_API_KEYS_FILE: export it where `ray start` runs on this node")
+    return s
+
+
 def replica_ready(app: FastAPI | None) -> None:
     """Ray Serve's health check: the model is loaded and warmed up, and the replica is not draining."""
     runtime: ModelRuntime | None = app.state.runtime if app is not None else None
@@ -153,8 +164,8 @@ def replica_ready(app: FastAPI | None) -> None:
 class EncoderServer:
     """The cloud: the encoder's HTTP and WebSocket API, and `encode_blob` for the interpolator's flow B."""
 
-    def __init__(self, settings: dict[str, Any], batching: str = "project"):
-        self.settings = ServerSettings(**settings)
+    def __init__(self, settings: dict[str, Any], batching: str = "project", keyed: bool = False):
+        self.settings = replica_settings(settings, keyed)
         self.model = load_model_for({ENCODE}, self.settings)
         self.batching = batching
         self.server_app: FastAPI | None = None
@@ -197,8 +208,8 @@ class InterpolatorServer:
     """The edge: the interpolator's HTTP and WebSocket API; flow B encodes through the Encoder deployment."""
 
     def __init__(self, settings: dict[str, Any], batching: str = "project", encoder_app: str = CLOUD_APP,
-                 encoder: str = ENCODER):
-        self.settings = ServerSettings(**settings)
+                 encoder: str = ENCODER, keyed: bool = False):
+        self.settings = replica_settings(settings, keyed)
         self.model = load_model_for({INTERPOLATE}, self.settings)
         self.batching = batching
         self.encoder_app, self.encoder_name = encoder_app, encoder
