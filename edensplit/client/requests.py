@@ -10,7 +10,7 @@ the work for the payload actually sent: a binary call packs a frames container o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -23,6 +23,7 @@ from edensplit.wire.options import Options
 from edensplit.wire.shm import SHM_MEDIA_TYPE, Handle, take_segment
 
 JSON = "application/json"
+SESSION_HEADER = "X-Session-ID"
 Payload = Literal["binary", "json"]
 PAYLOADS = ("binary", "json")
 
@@ -102,6 +103,7 @@ class Call:
     document: dict[str, Any] | None = None  # JSON calls: the user's JSON shape
     ids: dict[str, Any] = field(default_factory=dict)  # path-like fields (session_id, index) a WS message carries
     request_id: str | None = None  # HTTP X-Request-ID (WebSocket makes its own per attempt)
+    headers: dict[str, str] = field(default_factory=dict)  # HTTP only: e.g. X-Session-ID, a proxy's routing key
 
     @property
     def binary(self) -> bool:
@@ -190,12 +192,14 @@ def session_frame(session_id: str, index: int, frame: EncodedBlob | np.ndarray, 
     """Frame `index` of a frame-once session: its blob (flow A) or the frame itself (flow B)."""
     path, ids = f"/api/v1/sessions/{session_id}/frames/{index}", {"session_id": session_id, "index": index}
     if isinstance(frame, np.ndarray):
-        return _frames_call("session_frame", path, {"frame": frame}, options, payload, FRAMES_MEDIA_TYPE, ids=ids)
-    if payload == "binary":
+        call = _frames_call("session_frame", path, {"frame": frame}, options, payload, FRAMES_MEDIA_TYPE, ids=ids)
+    elif payload == "binary":
         kind, body = _encoded(frame)
-        return Call("session_frame", path, options.flat(), kind, FRAMES_MEDIA_TYPE, body=body, ids=ids)
-    return Call("session_frame", path, {}, JSON, JSON, document={"enc_out": frame.b64, **options.json_fields()},
-                ids=ids)
+        call = Call("session_frame", path, options.flat(), kind, FRAMES_MEDIA_TYPE, body=body, ids=ids)
+    else:
+        call = Call("session_frame", path, {}, JSON, JSON, document={"enc_out": frame.b64, **options.json_fields()},
+                    ids=ids)
+    return replace(call, headers={SESSION_HEADER: session_id})  # Ray Serve keeps a session on one replica by it
 
 
 def interpolate_frames(frame0: np.ndarray, frame1: np.ndarray, options: Options, *, payload: Payload) -> Call:

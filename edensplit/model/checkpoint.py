@@ -1,6 +1,6 @@
 """Loading EDEN weights: the released `{"eden": state_dict}` file, a bare state dict, or safetensors.
 
-Checkpoints are read with `torch.load(weights_only=True)`: no arbitrary object is ever unpickled.
+Checkpoints are read with `torch.load(weights_only=True)`: no arbitrary Python object is ever loaded.
 Keys and shapes are checked against the full released layout (whatever stages are loaded), so a
 mismatch is reported by name before anything is built. Random weights are only made on request.
 """
@@ -44,7 +44,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint that can be loaded safely: it is corrupt, not a torch.save file, "
             f"or holds objects other than tensors ({type(exc).__name__}); edensplit only reads weights-only "
-            "checkpoints and never unpickles arbitrary objects"
+            "checkpoints and never loads arbitrary Python objects"
         ) from None
     if isinstance(obj, Mapping) and CHECKPOINT_KEY in obj:
         obj = obj[CHECKPOINT_KEY]
