@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
           help="send the key over http:// or ws:// to a server off this machine (default: refused; "
                "EDENSPLIT_ALLOW_INSECURE_KEY=1)")
     _flag(run, "shm", dest="edensplit_shm", action="store_true", default=None,
-          help="flow A, binary: encodings from the cloud to the edge through shared memory when both run on this "
-               "machine with ALLOW_SHM=1 (else as bytes; default EDENSPLIT_SHM)")
+          help="binary: frames and encodings through shared memory, only handles over the sockets, when the "
+               "servers run on this machine with ALLOW_SHM=1 (else as bytes; default EDENSPLIT_SHM)")
     _flag(run, "ca_cert", dest="edensplit_ca_cert",
           help="PEM CA bundle to verify https/wss servers (default EDENSPLIT_CA_CERT)")
     _flag(run, "num_steps", type=int, default=2, help="sampler steps (2 = the reference grid)")

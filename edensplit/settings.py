@@ -128,8 +128,8 @@ class ClientSettings(BaseSettings):
                                            "certificates; EDENSPLIT_CA_CERT")
     edensplit_allow_insecure_key: bool = Field(False, description="send the key to a server at an http:// or "
                                                "ws:// URL off this machine; EDENSPLIT_ALLOW_INSECURE_KEY")
-    edensplit_shm: bool = Field(False, description="flow A: encodings from the cloud to the edge through shared "
-                                "memory when both run on this machine (servers with ALLOW_SHM=1); EDENSPLIT_SHM")
+    edensplit_shm: bool = Field(False, description="frames and encodings through shared memory, only handles over "
+                                "the sockets, when the servers run on this machine with ALLOW_SHM=1; EDENSPLIT_SHM")
     edensplit_timeout: float = Field(30.0, gt=0, description="seconds per request attempt; EDENSPLIT_TIMEOUT")
     # The same defaults as edensplit.client.retry's DEFAULT_RETRIES / DEFAULT_RETRY_FOR (a test holds them equal;
     # not imported, so reading settings does not import the client).

@@ -163,7 +163,8 @@ class Pipeline:
         self.access = Access(settings.edensplit_api_key, settings.edensplit_api_keys_file)
         self.allowed_hosts = {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()}
         self.allowed_origins = {o.strip().rstrip("/") for o in settings.allowed_origins.split(",") if o.strip()}
-        self.shm = SharedMemory(settings.allow_shm, self.budget, metrics, settings.shm_ttl_s, settings.shm_max_segments)
+        self.shm = SharedMemory(settings.allow_shm, self.budget, metrics, settings.shm_ttl_s, settings.shm_max_segments,
+                                int(settings.max_request_mb * 2**20))
 
     # -- a request begins ----------------------------------------------------------------------------
 
