@@ -31,6 +31,8 @@ from edensplit.wire import shm
 from edensplit.wire.shm import SHM_MEDIA_TYPE, Handle
 
 log = logging.getLogger("edensplit.server")
+SHM_ERRORS = (ErrorCode.SHM_DISABLED, ErrorCode.SHM_NOT_FOUND, ErrorCode.SHM_FORBIDDEN, ErrorCode.SHM_INVALID,
+              ErrorCode.PAYLOAD_TOO_LARGE)
 SWEEP_S = 1.0
 HEADER_BYTES = 256  # a segment's header line, counted with its data
 
