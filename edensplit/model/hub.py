@@ -4,7 +4,6 @@ one line: not cached with no way to the Hub says how to fetch it ahead of time (
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -13,7 +12,6 @@ from edensplit.errors import CheckpointError, ConfigError
 SCHEME = "hf://"
 RELEASED = "hf://zhZ524/EDEN/eden.pt"  # the released EDEN checkpoint (its config is edensplit's default)
 FORM = "hf://owner/name/file (a revision as hf://owner/name@revision/file)"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _OTHER_KINDS = {"datasets", "spaces", "buckets", "kernels"}  # the Hub's other repository kinds: no weights there
 
 
@@ -48,6 +46,9 @@ def is_hub_uri(text: str) -> bool:
 def parse(uri: str) -> HubFile:
     """`hf://owner/name[@revision]/path/in/repo` (`models/` before the owner is allowed; a revision `refs/pr/N`
     takes its slashes), or ConfigError in one line."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     parts = uri.removeprefix(SCHEME).split("/")
     if parts[:1] == ["models"]:
         parts = parts[1:]
@@ -61,8 +62,10 @@ def parse(uri: str) -> HubFile:
         revision, rest = "/".join(["refs", *rest[:2]]), rest[2:]
     if at and not revision:
         raise ConfigError(f"{uri}: nothing after '@': write {FORM}")
-    if not (_NAME.fullmatch(owner) and _NAME.fullmatch(name)):
-        raise ConfigError(f"{uri}: {owner}/{name} is not a Hub repository name: write {FORM}")
+    try:
+        validate_repo_id(f"{owner}/{name}")
+    except HFValidationError as exc:
+        raise ConfigError(f"{uri}: {owner}/{name} is not a Hub repository name ({_first_line(exc)})") from None
     filename = str(PurePosixPath(*rest))
     if ".." in rest or "." in rest:
         raise ConfigError(f"{uri}: the file's path in the repository may not hold '.' or '..'")
@@ -81,8 +84,8 @@ def fetch(ref: HubFile, *, local_only: bool = False) -> Fetched:
     commit it names, unless HF_HUB_OFFLINE=1 or `local_only`); CheckpointError or ConfigError saying why not."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    cached = try_to_load_from_cache(ref.repo_id, ref.filename, revision=ref.revision)
     try:
+        cached = try_to_load_from_cache(ref.repo_id, ref.filename, revision=ref.revision)
         path = Path(hf_hub_download(ref.repo_id, ref.filename, revision=ref.revision, local_files_only=local_only))
     except Exception as exc:  # the hub's exceptions, one line each (why_not); anything else is a bug: raised
         raise why_not(ref, exc) from None

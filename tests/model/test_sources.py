@@ -69,6 +69,9 @@ def test_not_cached_and_offline_is_one_line_that_says_how_to_fetch_it(hub_cache)
     ("hf://datasets/someone/data/eden.pt", "not datasets"),
     (f"hf://{REPO}/../eden.pt", "may not hold '.' or '..'"),
     ("hf://some one/eden/eden.pt", "is not a Hub repository name"),
+    ("hf://a--b/eden/eden.pt", "is not a Hub repository name"),
+    ("hf://someone/eden./eden.pt", "is not a Hub repository name"),
+    ("hf://someone/eden.git/eden.pt", "is not a Hub repository name"),
 ])
 def test_a_malformed_uri_is_one_line(hub_cache, uri, phrase):
     with pytest.raises(ConfigError, match=phrase) as err:
