@@ -113,11 +113,11 @@ def open_backend_for(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]
     if args.local:
         from edensplit.client.backends import LocalBackend
         from edensplit.model.eden import ALL_STAGES
-        from edensplit.model.loading import load_model_for
+        from edensplit.model.loading import for_trying_out, load_model_for
         from edensplit.model.pipeline import LocalPipeline
         from edensplit.model.sampler import Sampler
 
-        settings = ModelSettings(**overrides(args, MODEL_FIELDS))
+        settings = for_trying_out(ModelSettings(**overrides(args, MODEL_FIELDS)), None if args.quiet else say)
         model = load_model_for(ALL_STAGES, settings)
         backend: Any = LocalBackend(LocalPipeline(model, Sampler(args.num_steps, args.method)))
         where = f"locally ({model.weights_source} on {model.device})"
