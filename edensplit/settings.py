@@ -145,6 +145,9 @@ class ClientSettings(BaseSettings):
                                    "budget ends them first by default; EDENSPLIT_RETRIES")
     edensplit_retry_for: float = Field(60.0, ge=0, description="seconds of outage a request rides out (from its "
                                        "first failure) before the job fails; EDENSPLIT_RETRY_FOR")
+    edensplit_startup_wait: float = Field(300.0, ge=0, description="seconds a job waits for a server that answers "
+                                          "but is still loading its model (503) before it starts; "
+                                          "EDENSPLIT_STARTUP_WAIT")
 
     def api_key(self) -> str | None:
         """The bearer key in clear, for the transports (None when unset or empty)."""

@@ -122,10 +122,11 @@ def open_backend_for(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]
         backend: Any = LocalBackend(LocalPipeline(model, Sampler(args.num_steps, args.method)))
         where = f"locally ({model.weights_source} on {model.device})"
         return backend, where, {**sampler, "model": str(model.weights_source), "dtype": settings.eden_dtype}
+    cs = ClientSettings(**overrides(args, CLIENT_FIELDS))
+    preflight(args, cs)  # before the client's own imports: a server that never answered fails the job at once
     from edensplit.client.flows import open_backend
     from edensplit.wire.options import Options
 
-    cs = ClientSettings(**overrides(args, CLIENT_FIELDS))
     frame_once = bool(args.video_path or args.input_dir) and not args.pairs
     backend = open_backend(cloud_url=cs.cloud_server_url, edge_url=cs.edge_server_url, transport=args.transport,
                            flow=args.flow, frame_once=frame_once, payload=args.payload, wire_dtype=args.wire_dtype,
@@ -140,6 +141,22 @@ def open_backend_for(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]
     where = (f"{args.transport.upper()} {args.payload}, flow {args.flow.upper()}, {mode}, cloud "
              f"{cs.cloud_server_url}, edge {cs.edge_server_url}")
     return backend, where, {**sampler, "model": "servers", "wire_dtype": args.wire_dtype}
+
+
+def preflight(args: argparse.Namespace, cs: ClientSettings) -> None:
+    """Before any frame: each server the job needs answers /health/ready (one that never answered fails it within
+    1.5 s, one loading its model is waited for), and a cloud and an edge run the same model."""
+    from edensplit.client.preflight import check_ready
+    from edensplit.client.transport import ClientConfig
+
+    servers = {"edge": cs.edge_server_url} if args.flow == "b" else {"cloud": cs.cloud_server_url,
+                                                                      "edge": cs.edge_server_url}
+    config = ClientConfig.of(timeout=cs.edensplit_timeout, api_key=cs.api_key(), ca_cert=cs.edensplit_ca_cert,
+                             allow_insecure_key=cs.edensplit_allow_insecure_key)
+    for role, url in servers.items():  # no key sent in clear text, not even to /health/ready
+        ClientConfig.of(api_key=config.api_key, name=f"{role} server",
+                        allow_insecure_key=config.allow_insecure_key).check_url(url)
+    check_ready(servers, config, startup_wait=cs.edensplit_startup_wait, say=None if args.quiet else say)
 
 
 def run_job(args: argparse.Namespace, backend: Any, where: str, fingerprint: dict[str, Any]) -> int:
