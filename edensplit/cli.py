@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(b, "log_dir", help="where the servers' logs go (default a temporary folder)")
     _serve_ray_parser(sub)
     _doctor_parser(sub)
+    _ui_parser(sub)
     w = sub.add_parser("download", help="fetch weights from the Hugging Face Hub into its cache ahead of time")
     w.add_argument("uri", nargs="?", default=RELEASED,
                    help=f"hf://owner/name[@revision]/file (default {RELEASED}, the released EDEN)")
@@ -195,6 +196,19 @@ def _doctor_parser(sub: Any) -> None:
     _flag(d, "json", action="store_true", help="print the checks as one JSON document")
 
 
+def _ui_parser(sub: Any) -> None:
+    u = sub.add_parser("ui", help="a web page to interpolate a clip: upload, progress, cancel, download (jobs on "
+                       "the servers, or --local)")
+    u.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default 127.0.0.1: this machine only; elsewhere set EDENSPLIT_API_KEY)")
+    u.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    _flag(u, "local", action="store_true", help="run the jobs in this process, no servers")
+    _servers_flags(u)
+    _flag(u, "transport", choices=["http", "ws"], help="the jobs' transport (default http)")
+    _flag(u, "flow", choices=["a", "b"], help="the jobs' flow (default a)")
+    _model_flags(u, title="model, with --local (defaults from MODEL_PATH, EDEN_CONFIG, DEVICE)")
+
+
 def _serve_ray_parser(sub: Any) -> None:
     r = sub.add_parser("serve-ray", help="serve the cloud (/cloud) and edge (/edge) APIs on Ray Serve, one HTTP "
                        "proxy (pip install -e '.[ray]')")
@@ -221,7 +235,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {"interpolate": "edensplit.commands.interpolate:run", "cloud": "edensplit.commands.serve:serve",
             "edge": "edensplit.commands.serve:serve", "serve-ray": "edensplit.commands.serve:serve_ray",
             "bench": "edensplit.bench.entry:run_from_args", "demo": "edensplit.cli:cmd_demo",
-            "download": "edensplit.commands.download:run", "doctor": "edensplit.commands.doctor:run"}
+            "download": "edensplit.commands.download:run", "doctor": "edensplit.commands.doctor:run",
+            "ui": "edensplit.commands.ui:run"}
 
 
 def dispatch(args: argparse.Namespace) -> int:

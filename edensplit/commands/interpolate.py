@@ -159,18 +159,25 @@ def preflight(args: argparse.Namespace, cs: ClientSettings) -> None:
     check_ready(servers, config, startup_wait=cs.edensplit_startup_wait, say=None if args.quiet else say)
 
 
+def spec_for(args: argparse.Namespace, fingerprint: dict[str, Any], **extra: Any) -> Any:
+    """The JobSpec of the options (`extra`: fields the command line has no flag for, such as a page's `watch`)."""
+    from edensplit.client.spec import JobSpec
+
+    fields: dict[str, Any] = dict(
+        seed=args.seed, multi=args.multi, codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt,
+        save_frames=args.save_frames, progress=not (args.no_progress or args.quiet), resume=not args.no_resume,
+        fingerprint=fingerprint, say=(lambda message: None) if args.quiet else say,
+        scene_detect=not args.no_scene_detect, preview=args.preview, filename=output_of(args).name,
+        fps=args.fps or None, video_name=f"interpolated.{args.container}",
+        **({} if args.scene_threshold is None else {"scene_threshold": args.scene_threshold}))
+    return JobSpec(**{**fields, **extra})
+
+
 def run_job(args: argparse.Namespace, backend: Any, where: str, fingerprint: dict[str, Any]) -> int:
     from edensplit.client.jobs import interpolate_folder, interpolate_pair_files, interpolate_video
     from edensplit.client.progress import stage_summary
-    from edensplit.client.spec import JobSpec
 
-    spec = JobSpec(seed=args.seed, multi=args.multi, codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt,
-                   save_frames=args.save_frames, progress=not (args.no_progress or args.quiet),
-                   resume=not args.no_resume, fingerprint=fingerprint,
-                   say=(lambda message: None) if args.quiet else say, scene_detect=not args.no_scene_detect,
-                   preview=args.preview, filename=output_of(args).name, fps=args.fps or None,
-                   video_name=f"interpolated.{args.container}",
-                   **({} if args.scene_threshold is None else {"scene_threshold": args.scene_threshold}))
+    spec = spec_for(args, fingerprint)
     if args.video_path:
         result = interpolate_video(backend, args.video_path, args.output_dir, spec)
     elif args.input_dir:
