@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from edensplit.commands.options import CLIENT_FIELDS, MODEL_FIELDS, overrides
 from edensplit.net import is_loopback
@@ -28,6 +29,20 @@ def job_options(args: argparse.Namespace) -> list[str]:
     return options
 
 
+def trying_out(folder: Path) -> list[str]:
+    """--local without a model named: what `edensplit demo` runs (MODEL_PATH, else the tiny EDEN where this copy
+    has it, else random weights of a small config, written in `folder`), said in a line, as job options."""
+    from edensplit.demo import demo_model
+
+    env, _ = demo_model(folder)
+    options = ["--model_path", env["MODEL_PATH"]] if "MODEL_PATH" in env else []
+    if env.get("EDEN_RANDOM_WEIGHTS"):
+        options.append("--random_weights")
+    if "EDEN_CONFIG" in env:
+        options += ["--config", env["EDEN_CONFIG"]]
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve the page until Ctrl-C."""
     import uvicorn
@@ -40,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
             "ui: binding %s with no API key: anyone who can reach this address can run jobs (set EDENSPLIT_API_KEY "
             "or --api_key)", args.host)
     app = create_ui_app(settings, local=args.local, options=job_options(args))
+    if args.local and args.model_path is None and not args.eden_random_weights:
+        app.state.jobs.options += trying_out(app.state.jobs.root)
     where = "in this process (--local)" if args.local else \
         f"on the cloud {settings.cloud_server_url} and the edge {settings.edge_server_url}"
     print(f"edensplit ui: http://{args.host}:{args.port}/ (jobs run {where}); Ctrl-C stops", flush=True)

@@ -218,3 +218,15 @@ def test_with_a_key_the_page_api_asks_for_it():
         assert taken.status_code == 200 and taken.json()["data"]["bytes"] == 3
     finally:
         app.state.jobs.close()
+
+
+def test_local_without_a_model_named_runs_what_the_demo_runs(no_tiny, tmp_path, monkeypatch, capsys):
+    from edensplit.commands.ui import trying_out
+
+    for name in ("MODEL_PATH", "EDEN_RANDOM_WEIGHTS", "EDEN_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    options = trying_out(tmp_path)  # no tiny EDEN in this copy: random weights of a small config, said
+    assert options == ["--random_weights", "--config", str(tmp_path / "demo_eden.yaml")]
+    assert "RANDOM weights" in capsys.readouterr().out
+    monkeypatch.setenv("MODEL_PATH", "hf://zhZ524/EDEN/eden.pt")
+    assert trying_out(tmp_path) == []  # MODEL_PATH: the jobs read it themselves
