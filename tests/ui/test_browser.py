@@ -182,7 +182,7 @@ def envelope_error(response: httpx.Response) -> tuple[int, str]:
     return response.status_code, body["error"]["code"]
 
 
-def test_the_page_refuses_in_the_servers_envelope(ui, ui_tmp):
+def test_the_page_refuses_in_the_servers_envelope(ui, ui_tmp, two_seconds):
     with httpx.Client(base_url=ui.url, timeout=30) as http:
         assert envelope_error(http.get("/", headers={"Host": "evil.example"})) == (400, "INVALID_HOST")
         post = http.post("/api/uploads", params={"name": "a.mkv"}, content=b"x",
@@ -196,6 +196,22 @@ def test_the_page_refuses_in_the_servers_envelope(ui, ui_tmp):
         assert envelope_error(http.post("/api/jobs", json={"uploads": ["nope"]}, headers=page)) == (404, "NOT_FOUND")
         assert envelope_error(http.post("/api/jobs", content=b"{", headers=page)) == (422, "INVALID_REQUEST")
         assert envelope_error(http.get("/api/jobs/nope")) == (404, "NOT_FOUND")
+        # One job at a time per page.
+        video = http.post("/api/uploads", params={"name": "clip.mkv"}, content=two_seconds.read_bytes())
+        first = http.post("/api/jobs", json={"uploads": [video.json()["data"]["upload_id"]], "multi": 8},
+                          headers=page)
+        assert first.status_code == 200 and first.json()["data"]["state"] == "running", first.text
+        again = http.post("/api/uploads", params={"name": "clip.mkv"}, content=two_seconds.read_bytes())
+        second = http.post("/api/jobs", json={"uploads": [again.json()["data"]["upload_id"]], "multi": 2},
+                           headers=page)
+        assert envelope_error(second) == (409, "IDEMPOTENCY_CONFLICT") and "running a job" in second.text
+        other = http.post("/api/jobs", json={"uploads": [again.json()["data"]["upload_id"]], "multi": 2},
+                          headers={"X-Page-ID": "page-2"})  # another page: its own job, its own folder
+        assert other.status_code == 200, other.text
+        for started in (first, other):
+            job = started.json()["data"]["id"]
+            assert http.post(f"/api/jobs/{job}/cancel").json()["data"]["state"] in ("cancelled", "done")
+        wait_until(lambda: not left_behind(ui_tmp), TTL_S + 5, "the cancelled jobs' files")
         # Count: UI_MAX_UPLOADS kept at once; the unused ones expire after UI_UPLOAD_TTL_S.
         kept = [http.post("/api/uploads", params={"name": f"{k}.png"}, content=b"png") for k in range(MAX_UPLOADS)]
         assert [r.status_code for r in kept] == [200] * MAX_UPLOADS
