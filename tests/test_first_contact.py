@@ -69,9 +69,10 @@ def test_no_server_running_fails_the_job_in_one_line_within_1_5_s(clip, tmp_path
     assert refused.returncode == 2 and "--fps 7" in refused.stderr
     took, proc = timed("--cloud_url", cloud, "--edge_url", edge)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "nothing answers at" in proc.stderr
-    # The CLI's own part is held to 1.5 s above, in this process; here, that the process ends with it, not after a
-    # minute of retries, with room for two cold starts' spread on a machine as busy as a test run makes it.
-    assert took - start_up < 1.5 + 1.5, (took, start_up)
+    # The CLI's own part is held to 1.5 s above, in this process. Here, that the process ends with it (not after a
+    # minute of retries): within 1.5 s beyond its start-up, give or take as much again as the start-up itself
+    # (a cold start is 2-3 s on 2 idle cores and twice that on cores as busy as the test run makes them).
+    assert took - start_up < 1.5 + start_up, (took, start_up)
 
 
 IN_PROCESS = pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument with the TestClient")
