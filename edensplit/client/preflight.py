@@ -2,7 +2,7 @@
 same model.
 
 - A server that never answered (a refused connection, an unreachable host, a timeout on every probe for
-  `PROBE_S`, 1.2 s in all, the servers probed side by side: the job ends within 1.5 s) is a set-up mistake: one
+  `PROBE_S`, 1.0 s in all, the servers probed side by side: the job ends within 1.5 s) is a set-up mistake: one
   line naming the URL, what was tried, and the commands that start it (`edensplit cloud` / `edensplit edge`, or
   `--local`).
 - A server that answers 503 while it loads (or warms up) its model is waited for, with a progress line every
@@ -29,7 +29,7 @@ from edensplit.client.transport import ClientConfig, connection_failure
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.net import is_loopback
 
-PROBE_S = 1.2  # how long a server that never answered is probed before the job gives up
+PROBE_S = 1.0  # how long a server that never answered is probed before the job gives up
 PROBE_EVERY_S = 0.2  # between probes refused at once
 SAY_EVERY_S = 5.0  # a progress line this often while a server loads its model
 DEFAULT_STARTUP_WAIT_S = 300.0
