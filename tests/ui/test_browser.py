@@ -139,12 +139,12 @@ def test_a_clip_interpolated_in_the_browser_equals_the_command_line(ui, servers,
     figures = page.inner_text("#figures")
     assert figures.startswith("95/95 frames, ") and figures.endswith("(done)"), figures
     assert page.eval_on_selector("progress", "p => [p.value, p.max]") == [95, 95]
-    screenshot(page, tmp_path, "ui-done.png")
-    with page.expect_download() as download:
+    with page.expect_download() as download:  # before UI_UPLOAD_TTL_S, however busy the machine
         page.click("a[download]")
     got = tmp_path / "downloaded.mp4"
     download.value.save_as(got)
     assert download.value.suggested_filename == "interpolated.mp4"
+    screenshot(page, tmp_path, "ui-done.png")
     page.close()
 
     out = tmp_path / "cli"  # the command line, same options: the clip, 2x, these servers
