@@ -14,12 +14,13 @@ import json
 import time
 import urllib.parse
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
 
-from edensplit.client.preflight import PROBE_S, http_base, model_differences, probe_ready, start_command
+from edensplit.client.preflight import PROBE_S, Probe, http_base, model_differences, probe_ready, start_command
 from edensplit.client.transport import ClientConfig
 from edensplit.commands.options import CLIENT_FIELDS, overrides
 from edensplit.errors import EdenError, ErrorCode
@@ -96,14 +97,23 @@ class Doctor:
     # -- the checks ----------------------------------------------------------------------------------
 
     def reachable(self) -> list[Check]:
-        checks = []
         for role, url in self.urls.items():
             ClientConfig.of(api_key=self.config.api_key, name=f"{role} server",
                             allow_insecure_key=self.config.allow_insecure_key).check_url(url)
+
+        def probe(role: str) -> Probe | EdenError:
             try:
-                found = probe_ready(role, url, self.config, probe_s=self.probe_s, startup_wait=0)
+                return probe_ready(role, self.urls[role], self.config, probe_s=self.probe_s, startup_wait=0)
             except EdenError as exc:
-                checks.append(Check(f"{role} server", FAIL, exc.message))
+                return exc
+
+        with ThreadPoolExecutor(max_workers=len(self.urls)) as pool:  # side by side, as before a job
+            probes = dict(zip(self.urls, pool.map(probe, self.urls), strict=True))
+        checks = []
+        for role, url in self.urls.items():
+            found = probes[role]
+            if isinstance(found, EdenError):
+                checks.append(Check(f"{role} server", FAIL, found.message))
                 continue
             if not found.answered:
                 checks.append(Check(f"{role} server", FAIL, f"nothing answers at {found.never_answered()}: start it "
