@@ -186,12 +186,13 @@ def reload_on_sighup(access: Access) -> Callable[[], None]:
 
 
 def create_app(service: Service, settings: ServerSettings, model: Eden | None = None) -> FastAPI:
-    """The app serving `service`, whose model is `model`, or is loaded once at start-up (lifespan) and kept
-    resident, then warmed up before the server reports ready. On SIGTERM it stops admitting and finishes what
-    is in flight (uvicorn waits for it, up to its graceful-shutdown timeout).
+    """The app serving `service`, whose model is `model`, or is loaded once at start-up (after the server starts
+    listening: 503 "loading" until then) and kept resident, then warmed up before the server reports ready. On
+    SIGTERM it stops admitting and finishes what is in flight (uvicorn waits for it, up to its graceful-shutdown
+    timeout).
 
     As gunicorn workers (`gunicorn ... -k uvicorn.workers.UvicornWorker`) each worker loads its own model and
-    takes no connection before it is ready; their metrics go to files they share (edensplit.servers.metrics),
+    answers 503 NOT_READY until it is ready; their metrics go to files they share (edensplit.servers.metrics),
     so that /metrics, whichever worker answers, counts them all, `edensplit_workers_ready` the ready ones."""
     configure_logging(settings.log_format)
     metrics = Metrics(service.stage)
