@@ -22,13 +22,15 @@ from edensplit.model.checkpoint import load_model
 from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.servers.launch import ServerProcess, free_port
 from edensplit.settings import ServerSettings
-from tests.conftest import ROOT, TINY_CONFIG, run_cli_here
+from tests.conftest import ROOT, TINY_CONFIG, TINY_YAML, run_cli_here
 
 
 @pytest.fixture(scope="module")
 def other_edge(model_env, workdir) -> Iterator[ServerProcess]:
-    """An edge started with other weights than the `servers` pair (random weights of another seed)."""
-    with ServerProcess("edensplit.edge:app", env={**model_env, "EDEN_RANDOM_SEED": "5"},
+    """An edge started with another configuration than the `servers` pair: a wider tiny model (hidden_dim 64)."""
+    config = workdir / "wider.yaml"
+    config.write_text(TINY_YAML.replace("hidden_dim: 32", "hidden_dim: 64"))
+    with ServerProcess("edensplit.edge:app", env={**model_env, "EDEN_CONFIG": str(config)},
                        log_path=workdir / "other-edge.log") as edge:
         yield edge
 
@@ -121,8 +123,9 @@ def test_a_job_refuses_to_start_when_the_cloud_and_the_edge_run_different_models
     assert r.returncode == 2, r.stderr
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith(f"edensplit interpolate: error: the cloud server at {cloud.url} and the edge server at "
-                           f"{other_edge.url} run different models (weights random (seed 0) (digest ")
-    assert "vs random (seed 5)" in line and line.endswith("the job was not started")
+                           f"{other_edge.url} run different models (model arguments hidden_dim 32 vs 64; weights "
+                           "random (seed 0) (digest ")
+    assert line.endswith("start both with the same MODEL_PATH (and EDEN_CONFIG); the job was not started"), line
     assert not (out / "interpolated.mp4").exists()
 
 
@@ -169,8 +172,10 @@ def test_doctor_reports_a_model_mismatch_as_an_error(servers, other_edge):
     assert r.returncode == 1, r.stdout + r.stderr
     rows = verdicts(r.stdout)
     assert rows["model"] == "FAIL" and rows["cloud server"] == rows["edge server"] == "ok", r.stdout
-    assert "the cloud and the edge run different models: weights random (seed 0)" in r.stdout
-    assert r.stdout.splitlines()[-1].startswith("edensplit doctor: 1 of 10 checks failed")
+    assert "the cloud and the edge run different models: model arguments hidden_dim 32 vs 64; weights" in r.stdout
+    # The round trip shows it too: the edge refuses the cloud's encodings of another model.
+    assert rows["round trip"] == "FAIL" and "enc_out has hidden size 32, the loaded model 64" in r.stdout
+    assert r.stdout.splitlines()[-1] == "edensplit doctor: 2 of 10 checks failed"
 
 
 def test_doctor_with_nothing_running_and_a_usage_error(tmp_path: Path):
