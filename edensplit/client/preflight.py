@@ -7,7 +7,8 @@ same model.
   `--local`).
 - A server that answers 503 while it loads (or warms up) its model is waited for, with a progress line every
   `SAY_EVERY_S`, up to the start-up budget (`--startup_wait`, EDENSPLIT_STARTUP_WAIT, default 300 s); one whose
-  model failed to load is said at once.
+  model failed to load is said at once. Another 503 (overloaded: a full Ray Serve queue), a 502 or a 504 is a
+  server that is there: the job starts, and its retries ride the overload out.
 - Once a server has answered, its going away is an outage the job rides out (`--retry_for`), not this.
 - Flow A: the cloud's and the edge's `model_args` and weights digest (from `/health/ready`) must agree: a cloud
   encoding for another model than the edge samples with is refused before the first frame (MODEL_MISMATCH).
@@ -35,6 +36,7 @@ SAY_EVERY_S = 5.0  # a progress line this often while a server loads its model
 DEFAULT_STARTUP_WAIT_S = 300.0
 COMMANDS = {"cloud": "edensplit cloud", "edge": "edensplit edge"}
 DEFAULT_PORTS = {"cloud": 8000, "edge": 8001}
+BUSY = (429, 502, 503, 504)  # answers of a server that is there (overloaded, or a gateway's), not a health document
 
 
 def http_base(url: str) -> str:
@@ -156,8 +158,14 @@ def probe_ready(role: str, url: str, config: ClientConfig, *, probe_s: float = P
                     last_said = now
                 time.sleep(min(0.25, max(startup_wait - (now - loading_since), 0.01)))
                 continue
-            raise EdenError(f"{base}/health/ready answered HTTP {response.status_code}, not an edensplit {role} "
-                            f"server's answer: is {base} the {role} server's URL?", code=ErrorCode.UPSTREAM_ERROR)
+            if response.status_code in BUSY:  # a server (or a proxy before it) too busy to say more: it is there,
+                found.health, found.seconds = {}, time.monotonic() - started  # and the job's retries ride it out
+                return found
+            error = document.get("error") if isinstance(document.get("error"), dict) else {}
+            said = f": {error.get('message')}" if error.get("message") else ""
+            raise EdenError(f"{base}/health/ready answered HTTP {response.status_code}{said}; not an edensplit "
+                            f"{role} server's answer: is {base} the {role} server's URL?",
+                            code=ErrorCode.UPSTREAM_ERROR)
     finally:
         if http is None:
             client.close()
