@@ -107,7 +107,7 @@ class Jobs:
         self.root = Path(tempfile.mkdtemp(prefix="edensplit-ui-"))  # mode 0700: this user's only
         self.uploads: dict[str, Upload] = {}
         self.jobs: dict[str, Job] = {}
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self._local: tuple[Any, str, dict[str, Any]] | None = None  # --local: one model for every job
 
     # -- uploads --------------------------------------------------------------------------------------
@@ -166,27 +166,25 @@ class Jobs:
                 *(["--local"] if self.local else []), *self.options]
 
     def start(self, page: str, upload_ids: list[str], multi: int) -> Job:
-        """Start a job for `page` (one at a time: INVALID_PARAMETER while its last one runs)."""
+        """Start a job for `page` (one at a time: IDEMPOTENCY_CONFLICT, 409, while its last one runs)."""
         if multi not in (2, 4, 8):
             raise EdenError(f"the multiplier must be 2, 4 or 8, got {multi}", code=ErrorCode.INVALID_PARAMETER)
-        with self.lock:
+        job_id = uuid.uuid4().hex
+        folder = self.root / "jobs" / job_id
+        with self.lock:  # the check and the record at once: two requests of one page start one job
             if any(j.page == page and j.state == RUNNING for j in self.jobs.values()):
                 raise EdenError("this page is running a job: cancel it or wait for it to finish",
                                 code=ErrorCode.IDEMPOTENCY_CONFLICT)
-        uploads = self.take_uploads(upload_ids)
-        job_id = uuid.uuid4().hex
-        folder = self.root / "jobs" / job_id
-        try:
-            folder.mkdir(parents=True, mode=0o700)
-            argv = self.arguments(uploads, multi, folder / "out")
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            for upload in uploads:
-                upload.in_use = False
-            raise
-        job = Job(job_id, page, folder, uploads, multi)
-        with self.lock:
-            self.jobs[job_id] = job
+            uploads = self.take_uploads(upload_ids)
+            try:
+                folder.mkdir(parents=True, mode=0o700)
+                argv = self.arguments(uploads, multi, folder / "out")
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                for upload in uploads:
+                    upload.in_use = False
+                raise
+            job = self.jobs[job_id] = Job(job_id, page, folder, uploads, multi)
         job.thread = threading.Thread(target=self._run, args=(job, argv), name=f"ui-job-{job_id[:8]}", daemon=True)
         job.thread.start()
         return job
