@@ -238,8 +238,9 @@ def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow
     """The backend for a transport (http, ws) and flow (a, b); each frame travels once unless not frame_once.
     `options` (num_steps, method, ...) go with every edge request; `retries` / `retry_for` bound each request's
     retries; `api_key` is sent as a bearer key (over https/wss, or to this machine, unless `allow_insecure_key`)
-    and `ca_cert` verifies https/wss servers. `shm` (flow A, binary): encodings go from the cloud to the edge
-    through shared memory when both run on this machine (else as bytes, said once)."""
+    and `ca_cert` verifies https/wss servers. `shm` (binary): frames and encodings go through shared memory,
+    and only handles over the sockets, when the servers run on this machine with ALLOW_SHM=1 (else as bytes,
+    said once); flow B's edge asks the cloud for handles when it runs with EDENSPLIT_SHM=1."""
     if transport not in ("http", "ws"):
         raise EdenError(f"unknown transport {transport!r}: use http or ws", code=ErrorCode.INVALID_PARAMETER)
     if flow not in ("a", "b"):
@@ -257,19 +258,15 @@ def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow
             return HttpTransport(url, config, compress=compress, max_connections=1 if one_connection else None)
         return WsTransport(url, config, path=ws_path)
 
+    servers = {"edge": edge_url} if flow == "b" else {"cloud": cloud_url, "edge": edge_url}
+    if check_shm(shm, body) and not all(on_this_host(url) for url in servers.values()):
+        log.warning("--shm: %s not on this machine: bodies go as bytes",
+                    " and ".join(f"the {name} ({url})" for name, url in servers.items()))
+        shm = False
     # A session's edge requests, one at a time, on one connection: one edge worker holds the session.
     edge = Edge(connect(edge_url, "edge server", Edge.WS_PATH, one_connection=frame_once), payload=body,
-                options=options)
+                options=options, shm=shm)
     if flow == "b":
-        if shm:
-            log.warning("--shm is flow A's: in flow B the edge calls the cloud, with shared memory when the edge "
-                        "runs with EDENSPLIT_SHM=1")
         return FrameOnceProxyClient(edge) if frame_once else EdgeProxyClient(edge)
-    if shm:
-        check_shm(shm, body)
-        if not (on_this_host(cloud_url) and on_this_host(edge_url)):
-            log.warning("--shm: the cloud (%s) and the edge (%s) are not both on this machine: encodings go as "
-                        "bytes", cloud_url, edge_url)
-            shm = False
     cloud = Cloud(connect(cloud_url, "cloud server", Cloud.WS_PATH), payload=body, wire_dtype=wire_dtype, shm=shm)
     return FrameOnceClient(cloud, edge) if frame_once else SplitClient(cloud, edge)

@@ -149,23 +149,17 @@ def _frames_call(operation: str, path: str, frames: dict[str, np.ndarray], optio
 
 # -- the cloud ------------------------------------------------------------------------------------
 
-def blob_accept(shm: bool) -> str:
-    """The cloud's binary answer: the blob, or (`shm`) a shared-memory handle to it where the cloud gives them."""
-    return f"{SHM_MEDIA_TYPE}, {BLOB_MEDIA_TYPE}" if shm else BLOB_MEDIA_TYPE
-
-
 def encode(frame0: np.ndarray, frame1: np.ndarray, options: Options, *, payload: Payload,
-           request_id: str | None = None, shm: bool = False) -> Call:
+           request_id: str | None = None) -> Call:
     """A pair -> its enc_out blob (cloud). Options: wire_dtype (a query parameter in both payloads)."""
     return _frames_call("encode", "/api/v1/encode", {"frame0": frame0, "frame1": frame1}, options, payload,
-                        blob_accept(shm), request_id=request_id, flat_options=True)
+                        BLOB_MEDIA_TYPE, request_id=request_id, flat_options=True)
 
 
-def encode_frame(frame: np.ndarray, options: Options, *, payload: Payload, request_id: str | None = None,
-                 shm: bool = False) -> Call:
+def encode_frame(frame: np.ndarray, options: Options, *, payload: Payload, request_id: str | None = None) -> Call:
     """One video frame -> its enc_out blob (cloud, frame-once sessions)."""
-    return _frames_call("encode_frame", "/api/v1/encode_frame", {"frame": frame}, options, payload,
-                        blob_accept(shm), request_id=request_id, flat_options=True)
+    return _frames_call("encode_frame", "/api/v1/encode_frame", {"frame": frame}, options, payload, BLOB_MEDIA_TYPE,
+                        request_id=request_id, flat_options=True)
 
 
 def _encoded(pair: EncodedBlob) -> tuple[str, bytes]:

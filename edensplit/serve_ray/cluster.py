@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 
 from edensplit.errors import EdenError, ErrorCode
+from edensplit.model.hub import RELEASED
+from edensplit.model.sources import is_local_file
 from edensplit.net import is_loopback
 from edensplit.serve_ray.config import RayServeConfig, ServiceConfig
 from edensplit.serve_ray.proxy import CALLBACK, CALLBACK_ENV, LIMIT_ENV, WHERE
@@ -54,13 +56,15 @@ def deployment_options(service: ServiceConfig, affinity: bool) -> dict[str, Any]
 
 
 def check_model(settings: dict[str, Any], stage: str) -> None:
-    """Fail before Ray starts on what this machine can tell: a checkpoint that is missing here (replicas on other
-    nodes read their own path), or no checkpoint and random weights not allowed."""
+    """Fail before Ray starts on what this machine can tell: a checkpoint file that is missing here (replicas on
+    other nodes read their own path; a name, `tiny` or `hf://`, each replica resolves), or no checkpoint and random
+    weights not allowed."""
     s = ServerSettings(**settings)
     if s.model_path is None and not s.eden_random_weights:
-        raise EdenError(f"{stage}: no MODEL_PATH (--model_path) and random weights not allowed (--random_weights "
-                        "or EDEN_RANDOM_WEIGHTS=1, for tests only)", code=ErrorCode.INVALID_PARAMETER)
-    if s.model_path is not None and not os.path.exists(s.model_path):
+        raise EdenError(f"{stage}: no MODEL_PATH (--model_path: a checkpoint file, {RELEASED}, or tiny to try "
+                        "things out) and random weights not allowed (--random_weights or EDEN_RANDOM_WEIGHTS=1, for "
+                        "tests only)", code=ErrorCode.INVALID_PARAMETER)
+    if s.model_path is not None and is_local_file(s.model_path) and not os.path.exists(s.model_path):
         log.warning("%s: %s is not on this machine; each replica's node must have it", stage, s.model_path)
 
 

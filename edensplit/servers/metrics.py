@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from edensplit.processes import process_identity, running
 from edensplit.version import __version__
 
 log = logging.getLogger("edensplit.server")
@@ -41,30 +42,6 @@ log = logging.getLogger("edensplit.server")
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DIR_PREFIX = "edensplit-metrics-"
-
-
-def process_identity(pid: int) -> str | None:
-    """`PID-STARTTIME` of a running process (from /proc/PID/stat), so that a reused pid names another process;
-    `PID` alone where there is no /proc; None if no such process runs."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f"{pid}-{f.read().rsplit(')', 1)[1].split()[19]}"  # field 22: counted after the command's ')'
-    except FileNotFoundError:
-        if os.path.isdir("/proc/self"):
-            return None  # Linux, and the process is gone
-    except (OSError, IndexError):
-        pass
-    return str(pid) if running(pid) else None
-
-
-def running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process, but running
-    return True
 
 
 def _command_line(pid: int) -> str:

@@ -40,7 +40,7 @@ from edensplit.servers.idempotency import IdempotencyCache
 from edensplit.servers.ids import check_id, is_id
 from edensplit.servers.metrics import Metrics
 from edensplit.servers.runtime import ModelRuntime
-from edensplit.servers.shm import SharedMemory
+from edensplit.servers.shm import SHM_ERRORS, SharedMemory
 from edensplit.settings import ServerSettings
 from edensplit.tracing import continued, tracer
 from edensplit.wire.shm import SHM_MEDIA_TYPE
@@ -50,9 +50,10 @@ access_log = logging.getLogger("edensplit.access")
 MAX_TIMEOUT_S = 24 * 3600.0
 UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 # What the pipeline answers around an operation's own steps: a bad timeout, an id reused for another request, no
-# model place or no model (yet), the deadline passed, a fault (CANCELLED is never sent: the caller is gone).
+# model place or no model (yet), the deadline passed, a fault (CANCELLED is never sent: the caller is gone), and
+# shared memory's refusals (a handle where it is off, or one that names no segment of ours to take).
 PIPELINE_ERRORS = (ErrorCode.INVALID_PARAMETER, ErrorCode.IDEMPOTENCY_CONFLICT, ErrorCode.OVERLOADED,
-                   ErrorCode.NOT_READY, ErrorCode.DEADLINE_EXCEEDED, ErrorCode.INTERNAL_ERROR)
+                   ErrorCode.NOT_READY, ErrorCode.DEADLINE_EXCEEDED, ErrorCode.INTERNAL_ERROR, *SHM_ERRORS)
 
 
 class Answer(Protocol):
@@ -163,7 +164,8 @@ class Pipeline:
         self.access = Access(settings.edensplit_api_key, settings.edensplit_api_keys_file)
         self.allowed_hosts = {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()}
         self.allowed_origins = {o.strip().rstrip("/") for o in settings.allowed_origins.split(",") if o.strip()}
-        self.shm = SharedMemory(settings.allow_shm, self.budget, metrics, settings.shm_ttl_s, settings.shm_max_segments)
+        self.shm = SharedMemory(settings.allow_shm, self.budget, metrics, settings.shm_ttl_s, settings.shm_max_segments,
+                                int(settings.max_request_mb * 2**20))
 
     # -- a request begins ----------------------------------------------------------------------------
 

@@ -23,32 +23,30 @@ from typing import Any
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.eden import Eden
+from edensplit.processes import maker_of
 from edensplit.servers.budget import ByteBudget
 from edensplit.servers.contract import Operation, OperationInput, Reply
-from edensplit.servers.metrics import Metrics, process_identity
+from edensplit.servers.metrics import Metrics
 from edensplit.wire import shm
 from edensplit.wire.shm import SHM_MEDIA_TYPE, Handle
 
 log = logging.getLogger("edensplit.server")
+SHM_ERRORS = (ErrorCode.SHM_DISABLED, ErrorCode.SHM_NOT_FOUND, ErrorCode.SHM_FORBIDDEN, ErrorCode.SHM_INVALID,
+              ErrorCode.PAYLOAD_TOO_LARGE)
 SWEEP_S = 1.0
 HEADER_BYTES = 256  # a segment's header line, counted with its data
-
-
-def maker_of(pid: int) -> str:
-    """What names a process in its segments' names: `<pid>-<start time>` (a reused pid names another)."""
-    identity = process_identity(pid) or str(pid)
-    return identity if "-" in identity else f"{identity}-0"
 
 
 class SharedMemory:
     """A server's shared memory: whether it is on, the segments this process made, the sweep."""
 
     def __init__(self, enabled: bool, budget: ByteBudget, metrics: Metrics | None = None, ttl_s: float = 30.0,
-                 max_segments: int = 64):
+                 max_segments: int = 64, max_bytes: int = 512 * 2**20):
         self.enabled = enabled and shm.available()
         if enabled and not self.enabled:
             log.warning("ALLOW_SHM=1 but this machine has no writable %s: shared memory is off", shm.SHM_DIR)
         self.budget, self.metrics, self.ttl_s, self.max_segments = budget, metrics, ttl_s, max_segments
+        self.max_bytes = max_bytes  # the most a segment it takes may hold (MAX_REQUEST_MB, as a body)
         self.maker = maker_of(os.getpid())
         self.made: dict[str, tuple[int, float]] = {}  # name -> (bytes held, when made)
         self._lock = threading.Lock()
@@ -181,6 +179,9 @@ class SharedOperation:
         self.client = inp.client
         if inp.content_type == SHM_MEDIA_TYPE:
             handle = Handle.loads(inp.body)
+            if handle.size > self.memory.max_bytes:
+                raise EdenError(f"the segment holds {handle.size} bytes, more than this server takes in a request "
+                                f"({self.memory.max_bytes}, MAX_REQUEST_MB)", code=ErrorCode.PAYLOAD_TOO_LARGE)
             if handle.media_type not in self.operation.binary_inputs:
                 raise shm.invalid(f"this operation takes {', '.join(self.operation.binary_inputs)} through shared "
                                   f"memory, not {handle.media_type}")

@@ -85,8 +85,9 @@ def segment_name(maker: str) -> str:
     return f"{PREFIX}{os.getuid()}-{maker}-{secrets.token_hex(16)}"
 
 
-def write_segment(name: str, data: bytes | memoryview, client: str, media_type: str) -> Handle:
-    """Create segment `name` (0600, exclusively, never through a link) holding `data` for `client`."""
+def write_segment(name: str, data: bytes | memoryview, client: str | None, media_type: str) -> Handle:
+    """Create segment `name` (0600, exclusively, never through a link) holding `data` for `client` (None: a
+    client's own segment, for whichever server it sends the handle to)."""
     header = MAGIC + json.dumps({"client": client, "media_type": media_type, "size": len(data)}).encode() + b"\n"
     fd = os.open(SHM_DIR / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
@@ -105,7 +106,8 @@ def take_segment(handle: Handle, client: str | None, media_type: str) -> bytes:
     """The data of the segment `handle` names, which is then removed (a handle is good for one use).
 
     SHM_NOT_FOUND if there is no such segment (unknown, used or expired); SHM_FORBIDDEN if it is not this user's,
-    not private, or made for another client (`client` None: any, for the process that asked for it itself);
+    not private, or made for another client (`client` None: any, for the process that asked for it itself; a
+    segment made for None is any client's: a client's own, its name the capability);
     SHM_INVALID if it is not an edensplit segment or holds other than the handle says."""
     path = SHM_DIR / handle.segment
     try:
@@ -129,7 +131,7 @@ def take_segment(handle: Handle, client: str | None, media_type: str) -> bytes:
                 header = json.loads(head[len(MAGIC):])
             except ValueError:
                 raise invalid(f"shared-memory segment {handle.segment} has an unreadable header") from None
-            if client is not None and header.get("client") != client:
+            if client is not None and header.get("client") not in (None, client):
                 raise EdenError(f"shared-memory segment {handle.segment} was made for another client",
                                 code=ErrorCode.SHM_FORBIDDEN)
             if header.get("size") != handle.size or header.get("media_type") != handle.media_type:

@@ -107,7 +107,7 @@ def test_session_requests_name_their_session_in_a_header_over_http_only(blobs):
     call = requests.session_frame("s7", 1, blobs["frame"], Options(), payload="binary")
     assert call.headers == {"X-Session-ID": "s7"} and not requests.interpolate(blobs["pair"], Options(),
                                                                                payload="binary").headers
-    assert set(message(call, "rid")) == {"type", "request_id", "session_id", "index", "content_type"}
+    assert set(message(call, "rid")) == {"type", "request_id", "session_id", "index", "content_type", "accept"}
 
 
 def test_binary_cloud_requests_pack_frames_and_ask_for_the_blob(blobs, monkeypatch):

@@ -182,3 +182,13 @@ def test_a_killed_clouds_segments_go_at_its_next_start(model_env, tmp_path):
         while made_by(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not made_by(pid)
+
+
+def test_the_document_lists_handles_where_the_server_takes_them():
+    for app, shared in ((cloud_app(), True), (cloud_app(allow_shm=False), False), (edge_app(), True)):
+        for path, item in app.app.openapi()["paths"].items():
+            if "post" in item and "requestBody" in item["post"]:
+                body, answer = item["post"]["requestBody"]["content"], item["post"]["responses"]["200"]["content"]
+                assert (SHM_MEDIA_TYPE in body) == shared and (SHM_MEDIA_TYPE in answer) == shared, path
+                codes = json.dumps(item["post"]["responses"])
+                assert all(code in codes for code in ("SHM_DISABLED", "SHM_NOT_FOUND", "SHM_FORBIDDEN")), path
