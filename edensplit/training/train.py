@@ -338,10 +338,20 @@ def cpu_seconds() -> float:
 
 
 def train(cfg: TrainConfig, out: Path) -> dict[str, Any]:
-    """Both stages, the refit constants and the checkpoint in `out`; returns the timings."""
-    torch.manual_seed(cfg.seed)
+    """Both stages, the refit constants and the checkpoint in `out`; returns the timings. The thread count and
+    deterministic mode it sets are put back after it."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
+    try:
+        return _train(cfg, out)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(cfg: TrainConfig, out: Path) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)
     timings: dict[str, Any] = {}
     wall0, cpu0 = time.perf_counter(), cpu_seconds()
 
