@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import resource
 import time
 from collections.abc import Iterator
@@ -233,6 +234,7 @@ class Log:
         self.name, self.every, self.total = name, every, total
         self.sums: dict[str, float] = {}
         self.count, self.start = 0, time.perf_counter()
+        self.history: list[dict[str, float]] = []  # the printed means: the loss curve
 
     def add(self, step_index: int, **values: float) -> None:
         for k, v in values.items():
@@ -240,6 +242,7 @@ class Log:
         self.count += 1
         if (step_index + 1) % self.every == 0 or step_index + 1 == self.total:
             rate = self.count / (time.perf_counter() - self.start)
+            self.history.append({"step": step_index + 1, **{k: round(v / self.count, 5) for k, v in self.sums.items()}})
             means = " ".join(f"{k} {v / self.count:.4f}" for k, v in self.sums.items())
             print(f"[{self.name} {step_index + 1}/{self.total}] {means} ({rate:.2f} steps/s)", flush=True)
             self.sums, self.count, self.start = {}, 0, time.perf_counter()
@@ -249,8 +252,8 @@ class Log:
 # The two stages
 
 
-def train_tokenizer(eden: Eden, encoder: TokenizerEncoder, data: Tensor, cfg: TrainConfig) -> None:
-    """Stage 1: the decoder side of EDEN and the tokenizer's encoder, on reconstructing It."""
+def train_tokenizer(eden: Eden, encoder: TokenizerEncoder, data: Tensor, cfg: TrainConfig) -> list[dict[str, float]]:
+    """Stage 1: the decoder side of EDEN and the tokenizer's encoder, on reconstructing It; returns the curve."""
     params = trainable(eden, DECODER_SIDE) + list(encoder.parameters())
     opt, sched = optimiser(params, cfg.vae_lr, cfg.vae_steps, cfg)
     critic = Discriminator(cfg.tokenizer)
@@ -275,6 +278,7 @@ def train_tokenizer(eden: Eden, encoder: TokenizerEncoder, data: Tensor, cfg: Tr
             values |= {"g": g_loss.item(), "d": d_loss.item(), "w": weight.item()}
         step(opt, sched, loss, params, cfg.grad_clip)
         log.add(i, **values)
+    return log.history
 
 
 @torch.no_grad()
@@ -292,8 +296,9 @@ def fit_latent_stats(eden: Eden, encoder: TokenizerEncoder, cfg: TrainConfig) ->
 
 
 def train_dit(eden: Eden, encoder: TokenizerEncoder, data: Tensor, cfg: TrainConfig, shift: float,
-              scaler: float) -> None:
-    """Stage 2: the DiT and its conditioning branch learn the velocity from noise to the normalised latents."""
+              scaler: float) -> list[dict[str, float]]:
+    """Stage 2: the DiT and its conditioning branch learn the velocity from noise to the normalised latents; returns
+    the curve."""
     params = trainable(eden, DIT_SIDE)
     encoder.requires_grad_(False)
     opt, sched = optimiser(params, cfg.dit_lr, cfg.dit_steps, cfg)
@@ -312,6 +317,7 @@ def train_dit(eden: Eden, encoder: TokenizerEncoder, data: Tensor, cfg: TrainCon
         loss = F.mse_loss(eden.velocity(xt, t, diff_emb, dit_ctx, grid), x1 - x0)
         step(opt, sched, loss, params, cfg.grad_clip)
         log.add(i, loss=loss.item())
+    return log.history
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,7 +344,8 @@ def cpu_seconds() -> float:
 
 
 def train(cfg: TrainConfig, out: Path) -> dict[str, Any]:
-    """Both stages, the refit constants and the checkpoint in `out`; returns the timings. The thread count and
+    """Both stages, the refit constants and the checkpoint in `out`; returns the timings, the loss curves and the
+    constants. The thread count and
     deterministic mode it sets are put back after it."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(cfg.threads)
@@ -366,18 +373,18 @@ def _train(cfg: TrainConfig, out: Path) -> dict[str, Any]:
     init_weights(eden)
     encoder = TokenizerEncoder(cfg.model, cfg.tokenizer.encoder_depth)
     init_weights(encoder)
-    train_tokenizer(eden, encoder, data, cfg)
+    curves = {"tokenizer": train_tokenizer(eden, encoder, data, cfg)}
     lap("tokenizer")
     shift, scaler = fit_latent_stats(eden, encoder, cfg)
     print(f"-- latents: vae_shift {shift:.6f}, vae_scaler {scaler:.6f}", flush=True)
-    train_dit(eden, encoder, data, cfg, shift, scaler)
+    curves["dit"] = train_dit(eden, encoder, data, cfg, shift, scaler)
     lap("dit")
     config = cfg.eden_config(vae_shift=shift, vae_scaler=scaler)
     eden.config = config
     eden.eval().requires_grad_(False)
     save(eden, config, out, {"training": {"command": "python -m edensplit.training", "config": cfg.as_dict()}})
     lap("saved")
-    return timings
+    return {"timings": timings, "curves": curves, "vae_shift": shift, "vae_scaler": scaler}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,11 +428,11 @@ def run(cfg: TrainConfig, out: Path, held_out: tuple[tuple[int, int, int], ...] 
     """Train, save, benchmark the saved files; write and return the report."""
     from edensplit.model.checkpoint import file_digest
 
-    timings = train(cfg, out)
+    trained = train(cfg, out)
     weights = out / WEIGHTS_NAME
     results = benchmark(weights, out / CONFIG_NAME, cfg.size, held_out)
     report = {"weights_sha256_16": file_digest(weights), "weights_bytes": weights.stat().st_size,
-              "torch": torch.__version__, "timings": timings, "results": results}
+              "torch": torch.__version__, "load_average_at_end": os.getloadavg(), **trained, "results": results}
     (out / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     print(format_results(results))
     print(f"weights {weights} ({report['weights_bytes'] / 1e6:.2f} MB, sha256 {report['weights_sha256_16']}...)")

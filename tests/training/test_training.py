@@ -26,8 +26,7 @@ FEW_STEPS = TrainConfig(size=32, dataset=16, vae_steps=3, dit_steps=3, vae_batch
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
-    timings = train(FEW_STEPS, out)
-    return out, timings
+    return out, train(FEW_STEPS, out)
 
 
 def test_the_generator_is_a_function_of_seed_and_index():
@@ -51,8 +50,9 @@ def test_objects_move_and_the_middle_frame_is_the_middle():
 
 
 def test_the_checkpoint_loads_as_model_path_tiny_with_refitted_constants(trained, monkeypatch):
-    out, timings = trained
-    assert {"data", "tokenizer", "dit", "saved"} <= set(timings)
+    out, report = trained
+    assert {"data", "tokenizer", "dit", "saved"} <= set(report["timings"])
+    assert [p["step"] for p in report["curves"]["dit"]] == [1, 2, 3] and report["curves"]["tokenizer"][0]["l1"] > 0
     monkeypatch.setenv(TINY_DIR_ENV, str(out))
     model = load_model("tiny")
     raw = yaml.safe_load((out / CONFIG_NAME).read_text())
