@@ -59,17 +59,17 @@ class TrainConfig:
     model: ModelArgs = TINY_ARGS
     tokenizer: TokenizerArgs = TokenizerArgs()
     # stage 1
-    vae_steps: int = 3000
+    vae_steps: int = 2000
     vae_batch: int = 32
     vae_lr: float = 1e-3
     perceptual_weight: float = 1.0
     kl_weight: float = 1e-6  # per pixel and channel, as upstream's KL weight with its resolution scaling
-    disc_start: float = 0.8  # the critic joins for the last fifth of stage 1
+    disc_start: float = 0.9  # the critic joins for the last tenth of stage 1 (its steps cost twice as much)
     disc_weight: float = 0.5
     disc_lr: float = 2e-4
     fit_count: int = 1024  # triplets the latent statistics are measured on
     # stage 2
-    dit_steps: int = 4000
+    dit_steps: int = 3000
     dit_batch: int = 32
     dit_lr: float = 1e-3
     # both
