@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
-from edensplit.training.train import HELD_OUT, TrainConfig, run
+from edensplit.training.train import HELD_OUT, TrainConfig, report_markdown, run
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "model" / "tiny"
 
@@ -19,7 +20,12 @@ def main() -> None:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name),
                        help=f"(default {getattr(defaults, name)}; other values are for experiments)")
     p.add_argument("--quick-eval", action="store_true", help="benchmark 32 + 8 held-out triplets, not 200 + 50")
+    p.add_argument("--summarise", type=Path, metavar="REPORT", help="print a report's Markdown summary (timings, "
+                   "loss curves, held-out results) and exit, training nothing")
     args = p.parse_args()
+    if args.summarise:
+        print(report_markdown(json.loads(args.summarise.read_text())), end="")
+        return
     cfg = dataclasses.replace(defaults, seed=args.seed, dataset=args.dataset, vae_steps=args.vae_steps,
                               dit_steps=args.dit_steps, vae_batch=args.vae_batch, dit_batch=args.dit_batch)
     held_out = tuple((s, 32 if n == 200 else 8, f) for s, n, f in HELD_OUT) if args.quick_eval else HELD_OUT

@@ -437,3 +437,22 @@ def run(cfg: TrainConfig, out: Path, held_out: tuple[tuple[int, int, int], ...] 
     print(format_results(results))
     print(f"weights {weights} ({report['weights_bytes'] / 1e6:.2f} MB, sha256 {report['weights_sha256_16']}...)")
     return report
+
+
+def report_markdown(report: dict[str, Any], points: int = 6) -> str:
+    """A report as Markdown: the timings, the constants, the loss curves at a few steps, the held-out results."""
+    t = report["timings"]
+    lines = [f"Weights {report['weights_bytes'] / 1e6:.2f} MB (sha256 {report['weights_sha256_16']}...), torch "
+             f"{report['torch']}; vae_shift {report['vae_shift']:.6f}, vae_scaler {report['vae_scaler']:.6f}.", "",
+             "| phase | wall s (cumulative) | CPU s (cumulative) |", "|---|---|---|"]
+    lines += [f"| {name} | {v['wall_s']} | {v['cpu_s']} |" for name, v in t.items()]
+    for stage, curve in report["curves"].items():
+        picks = sorted({round(i * (len(curve) - 1) / (points - 1)) for i in range(points)})
+        keys = list(dict.fromkeys(k for point in curve for k in point if k != "step"))
+        lines += ["", f"{stage} loss curve (means over each logging interval):", "",
+                  "| step | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for i in picks:
+            cells = [str(curve[i]["step"]), *(f"{curve[i][k]:.4f}" if k in curve[i] else "-" for k in keys)]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "```", format_results(report["results"]), "```"]
+    return "\n".join(lines) + "\n"

@@ -76,6 +76,15 @@ def test_the_cli_interpolates_with_the_trained_checkpoint(trained, tmp_path):
     assert middle.shape == (40, 56, 3) and middle.dtype == np.uint8
 
 
+def test_the_report_summary_shows_the_curves_and_the_timings(trained):
+    from edensplit.training.train import report_markdown
+
+    _, trained_report = trained
+    report = {"weights_bytes": 1, "weights_sha256_16": "x", "torch": "t", "results": {}, **trained_report}
+    text = report_markdown(report)
+    assert "| tokenizer |" in text and "dit loss curve" in text and "| 3 |" in text
+
+
 def test_the_same_seed_makes_the_same_weights_and_another_does_not(trained, tmp_path):
     import torch
 
