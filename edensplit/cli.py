@@ -131,9 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(d, "frames", type=int, default=12, help="frames in the sample clip (default 12)")
     b = sub.add_parser("bench", help="benchmark: transports x wire dtypes x flows against --local (compare), "
                        "stages and servers per size and precision (perf), bytes of the user's design vs frame-once")
-    _flag(b, "mode", choices=["compare", "perf", "bytes"], default="compare",
+    _flag(b, "mode", choices=["compare", "perf", "bytes", "quality"], default="compare",
           help="compare: transports x wire dtypes x flows against --local (default); perf: stage and system "
-          "measurements per size and compute precision; bytes: the user's design vs frame-once float16/int8")
+          "measurements per size and compute precision; bytes: the user's design vs frame-once float16/int8; "
+          "quality: PSNR, SSIM and centroid error of middle frames vs the blend and the nearest frame (the tiny "
+          "EDEN unless MODEL_PATH is set)")
     _flag(b, "size", default="240x428", help="HxW of the generated clip (compare, bytes; default 240x428)")
     _flag(b, "frames", type=int, default=6, help="input frames (default 6)")
     _flag(b, "transports", help="compare: comma-separated, of http-json, http-binary, ws-json, ws-binary "
@@ -162,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(b, "budget_s", type=float, help="perf: start no measurement after this many seconds (the stages none "
           "after 55%% of it); what did not start is listed as skipped (default: no limit)")
     _flag(b, "log_dir", help="where the servers' logs go (default a temporary folder)")
+    _flag(b, "triplets", default="200,50", help="quality: held-out synthetic triplets at the training size and at "
+          "twice it (default 200,50)")
+    _flag(b, "real_triplets", type=int, default=24, help="quality: drop-frame triplets per real clip (default 24)")
     _serve_ray_parser(sub)
     _doctor_parser(sub)
     _ui_parser(sub)

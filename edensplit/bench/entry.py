@@ -18,7 +18,7 @@ from edensplit.bench.systems import USER_DESIGN, Design
 from edensplit.settings import ModelSettings
 from edensplit.wire import codecs
 
-MODES = ("compare", "perf", "bytes")
+MODES = ("compare", "perf", "bytes", "quality")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -61,6 +61,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         dtypes = tuple(args.dtypes.split(",")) if args.dtypes else (codecs.FLOAT32.name, codecs.FLOAT16.name)
         run_bench(parse_size(args.size), args.frames, transports, dtypes, flows, args.window, path(args.output),
                   log_dir, path(args.json_path))
+    elif args.mode == "quality":
+        from edensplit.bench.quality import run_quality
+
+        first, second = (int(n) for n in args.triplets.split(","))
+        run_quality(counts=(first, second), real_triplets=args.real_triplets, output=path(args.output),
+                    json_path=path(args.json_path), command=command)
     elif args.mode == "bytes":
         extra = tuple(parse_design(d) for d in args.designs.split(",")) if args.designs else BYTES_DESIGNS[1:]
         run_bytes(parse_size(args.size), args.frames, (USER_DESIGN, *extra), window=args.window,
