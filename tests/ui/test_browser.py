@@ -5,7 +5,8 @@ page's API refusals (size and count of uploads, Host, Origin, key, bad requests)
 
 Chromium is Debian's `chromium` package (or the binary EDENSPLIT_CHROMIUM names), driven by playwright through
 `executable_path`: nothing is downloaded. Without one the tests fail, saying how to install it.
-`EDENSPLIT_UPDATE_SCREENSHOTS=1` also writes the screenshots the README shows (docs/ui-running.png, docs/ui-done.png).
+`EDENSPLIT_UPDATE_SCREENSHOTS=1` also writes the screenshots the README shows (docs/ui-running.png, docs/ui-done.png),
+with the page's servers running the tiny EDEN (MODEL_PATH=tiny) so that they show an interpolation.
 """
 
 from __future__ import annotations
@@ -63,9 +64,25 @@ def ui_tmp(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ui-tmp")
 
 
+UPDATING = os.environ.get("EDENSPLIT_UPDATE_SCREENSHOTS") == "1"
+
+
 @pytest.fixture(scope="module")
-def ui(servers, ui_tmp, workdir) -> Iterator[UiProcess]:
-    cloud, edge = servers
+def page_servers(request, workdir) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """The suite's servers (random weights of a small config); the tiny EDEN (MODEL_PATH=tiny) when the docs'
+    screenshots are being made, so that they show an interpolation."""
+    if not UPDATING:
+        yield request.getfixturevalue("servers")
+        return
+    env = {"MODEL_PATH": "tiny", "DEVICE": "cpu"}
+    with ServerProcess("edensplit.cloud:app", env=env, log_path=workdir / "tiny-cloud.log") as cloud, \
+            ServerProcess("edensplit.edge:app", env=env, log_path=workdir / "tiny-edge.log") as edge:
+        yield cloud, edge
+
+
+@pytest.fixture(scope="module")
+def ui(page_servers, ui_tmp, workdir) -> Iterator[UiProcess]:
+    cloud, edge = page_servers
     env = {"CLOUD_SERVER_URL": cloud.url, "EDGE_SERVER_URL": edge.url, "TMPDIR": str(ui_tmp),
            "UI_UPLOAD_TTL_S": str(TTL_S), "UI_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB), "UI_MAX_UPLOADS": str(MAX_UPLOADS)}
     with UiProcess("edensplit ui", env=env, cwd=ROOT, log_path=workdir / "ui.log") as process:
@@ -108,13 +125,13 @@ def screenshot(page: Any, tmp_path: Path, name: str) -> None:
     """A screenshot into the test's folder, and into docs/ with EDENSPLIT_UPDATE_SCREENSHOTS=1."""
     shot = page.screenshot(path=str(tmp_path / name), full_page=True)
     assert shot[:8] == b"\x89PNG\r\n\x1a\n"
-    if os.environ.get("EDENSPLIT_UPDATE_SCREENSHOTS") == "1":
+    if UPDATING:
         (DOCS / name).write_bytes(shot)
 
 
-def test_a_clip_interpolated_in_the_browser_equals_the_command_line(ui, servers, two_seconds, browser, ui_tmp,
+def test_a_clip_interpolated_in_the_browser_equals_the_command_line(ui, page_servers, two_seconds, browser, ui_tmp,
                                                                      tmp_path):
-    cloud, edge = servers
+    cloud, edge = page_servers
     page = browser.new_page(accept_downloads=True, viewport={"width": 900, "height": 720})
     page.goto(ui.url + "/")
     page.set_input_files("input[type=file]", str(two_seconds))
@@ -133,7 +150,7 @@ def test_a_clip_interpolated_in_the_browser_equals_the_command_line(ui, servers,
             screenshot(page, tmp_path, "ui-running.png")
             shot = True
         time.sleep(0.03)
-    if os.environ.get("EDENSPLIT_UPDATE_SCREENSHOTS") == "1":  # a fast machine may finish before a preview shows
+    if UPDATING:  # a fast machine may finish before a preview shows
         assert shot, "no screenshot mid-job: the job ended before a preview showed"
     assert len(set(seen)) >= 2 and seen == sorted(seen), seen  # progress moved, never back
     figures = page.inner_text("#figures")
