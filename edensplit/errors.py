@@ -32,6 +32,7 @@ class ErrorCode(StrEnum):
     INVALID_HOST = "INVALID_HOST"  # a server without a key asked under a name (DNS rebinding), not its address
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"  # a request id reused with another body, or a session frame
     # resent with other content
+    JOB_RUNNING = "JOB_RUNNING"  # edensplit ui: this page's last job is still running (cancel it or wait)
     SESSION_NOT_FOUND = "SESSION_NOT_FOUND"  # a session cache the server no longer has: resend
     SHM_DISABLED = "SHM_DISABLED"  # a shared-memory handle (sent or asked for) at a server without ALLOW_SHM=1
     SHM_NOT_FOUND = "SHM_NOT_FOUND"  # a handle's segment is gone (unknown, already taken, or expired): encode again
@@ -60,7 +61,7 @@ _STATUS = {
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.SESSION_NOT_FOUND: 409, ErrorCode.OVERLOADED: 503, ErrorCode.NOT_READY: 503,
     ErrorCode.UNAUTHORIZED: 401, ErrorCode.FORBIDDEN_ORIGIN: 403, ErrorCode.INVALID_HOST: 400,
-    ErrorCode.IDEMPOTENCY_CONFLICT: 409, ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.IDEMPOTENCY_CONFLICT: 409, ErrorCode.JOB_RUNNING: 409, ErrorCode.DEADLINE_EXCEEDED: 504,
     ErrorCode.SHM_DISABLED: 415, ErrorCode.SHM_NOT_FOUND: 410, ErrorCode.SHM_FORBIDDEN: 403, ErrorCode.SHM_INVALID: 400,
     ErrorCode.CANCELLED: 499,
     ErrorCode.UPSTREAM_ERROR: 502, ErrorCode.ENCODE_ERROR: 500, ErrorCode.MODEL_ERROR: 500,

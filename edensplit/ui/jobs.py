@@ -166,7 +166,7 @@ class Jobs:
                 *(["--local"] if self.local else []), *self.options]
 
     def start(self, page: str, upload_ids: list[str], multi: int) -> Job:
-        """Start a job for `page` (one at a time: IDEMPOTENCY_CONFLICT, 409, while its last one runs)."""
+        """Start a job for `page` (one at a time: JOB_RUNNING, 409, while its last one runs)."""
         if multi not in (2, 4, 8):
             raise EdenError(f"the multiplier must be 2, 4 or 8, got {multi}", code=ErrorCode.INVALID_PARAMETER)
         job_id = uuid.uuid4().hex
@@ -174,7 +174,7 @@ class Jobs:
         with self.lock:  # the check and the record at once: two requests of one page start one job
             if any(j.page == page and j.state == RUNNING for j in self.jobs.values()):
                 raise EdenError("this page is running a job: cancel it or wait for it to finish",
-                                code=ErrorCode.IDEMPOTENCY_CONFLICT)
+                                code=ErrorCode.JOB_RUNNING)
             uploads = self.take_uploads(upload_ids)
             try:
                 folder.mkdir(parents=True, mode=0o700)

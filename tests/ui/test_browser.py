@@ -222,7 +222,7 @@ def test_the_page_refuses_in_the_servers_envelope(ui, ui_tmp, two_seconds):
         again = http.post("/api/uploads", params={"name": "clip.mkv"}, content=two_seconds.read_bytes())
         second = http.post("/api/jobs", json={"uploads": [again.json()["data"]["upload_id"]], "multi": 2},
                            headers=page)
-        assert envelope_error(second) == (409, "IDEMPOTENCY_CONFLICT") and "running a job" in second.text
+        assert envelope_error(second) == (409, "JOB_RUNNING") and "running a job" in second.text
         other = http.post("/api/jobs", json={"uploads": [again.json()["data"]["upload_id"]], "multi": 2},
                           headers={"X-Page-ID": "page-2"})  # another page: its own job, its own folder
         assert other.status_code == 200, other.text
