@@ -57,9 +57,9 @@ class StandIn:
                 torch.zeros(shape, device=self.device, dtype=self.dtype))
 
     def frame_context(self, cond_dit: Tensor, cond_dec: Tensor, grid: tuple[int, int]) -> FrameContext:
-        """One placeholder per block, batch-shaped (so contexts still join into batches)."""
+        """One empty tensor per block, batch-shaped (so contexts still join into batches and are sized as EDEN's)."""
         empty = torch.zeros(cond_dit.shape[0], 0, device=self.device, dtype=self.dtype)
-        return ([(empty, empty)] * self.args.dit_depth, [(empty, empty)] * self.args.decoder_depth)
+        return ([empty] * self.args.dit_depth, [empty] * self.args.decoder_depth)
 
     def condition(self, difference: Tensor) -> Tensor:
         return torch.zeros(difference.shape[0], self.args.hidden_dim, device=self.device, dtype=self.dtype)

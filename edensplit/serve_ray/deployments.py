@@ -30,6 +30,7 @@ import ray.exceptions
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -44,7 +45,7 @@ from edensplit.servers.edge.service import CLOUD_RETRY_FOR_S, create_edge_app
 from edensplit.servers.runtime import ModelRuntime
 from edensplit.servers.service import Endpoint, Service
 from edensplit.settings import ServerSettings
-from edensplit.wire.blob import BLOB_MEDIA_TYPE
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
 
 log = logging.getLogger("edensplit.server")
 
@@ -183,7 +184,8 @@ class EncoderServer:
             job = EncodeJob(frames, "float32", request_id, BLOB_MEDIA_TYPE, Cancellation())
             async with runtime.admission():
                 result = await runtime.predict(endpoint.operation, job, job.cancellation, endpoint.batcher)
-            return result.blob, None
+            return await run_in_threadpool(pack_encoding, result.encoding, result.difference, job.wire_dtype,
+                                           extra={"request_id": request_id}), None
         except EdenError as exc:
             status = str(exc.code.status)
             return None, {"code": str(exc.code), "message": exc.message, "details": exc.details}
