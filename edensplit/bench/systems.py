@@ -49,11 +49,19 @@ def frame_error(frames: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -
 
 
 @contextlib.contextmanager
-def servers(env: dict[str, str], log_dir: Path, tag: str = "bench") -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    """A cloud and an edge (which knows the cloud, for flow B): real uvicorn processes on loopback."""
-    with ServerProcess("edensplit.cloud:app", env=env, log_path=log_dir / f"{tag}-cloud.log") as cloud, \
-            ServerProcess("edensplit.edge:app", env={**env, "CLOUD_SERVER_URL": cloud.url},
-                          log_path=log_dir / f"{tag}-edge.log") as edge:
+def servers(env: dict[str, str], log_dir: Path, tag: str = "bench", *others: ServerProcess
+            ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """A cloud and an edge (which knows the cloud, for flow B): real uvicorn processes on loopback, started at once
+    (with `others`, stopped with them)."""
+    cloud = ServerProcess("edensplit.cloud:app", env=env, log_path=log_dir / f"{tag}-cloud.log")
+    edge = ServerProcess("edensplit.edge:app", env={**env, "CLOUD_SERVER_URL": cloud.url},
+                         log_path=log_dir / f"{tag}-edge.log")
+    with contextlib.ExitStack() as stack:
+        for server in (cloud, edge, *others):
+            stack.callback(server.stop)
+            server.launch()
+        for server in (cloud, edge, *others):
+            server.wait_ready()
         yield cloud, edge
 
 
@@ -88,11 +96,25 @@ class SystemRun:
 
     def hops(self) -> dict[str, float]:
         """Bytes per generated frame by hop: cloud_in, cloud_out, edge_in, edge_out."""
-        out = {}
-        for server, routes in self.routes.items():
-            for direction, kind in (("in", "request"), ("out", "response")):
-                out[f"{server}_{direction}"] = sum(v for k, v in routes.items() if k.startswith(kind + " "))
-        return out
+        return hops_of(self.routes)
+
+
+def hops_of(routes: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Bytes by hop (cloud_in, cloud_out, edge_in, edge_out) from {server: {"request|response route": bytes}}."""
+    out = {}
+    for server, by_route in routes.items():
+        for direction, kind in (("in", "request"), ("out", "response")):
+            out[f"{server}_{direction}"] = sum(v for k, v in by_route.items() if k.startswith(kind + " "))
+    return out
+
+
+def routes_per_frame(before: dict[str, dict[tuple[str, str], float]], after: dict[str, dict[tuple[str, str], float]],
+                     n: int) -> dict[str, dict[str, float]]:
+    """{server: {"request|response route": bytes per generated frame}} from `route_bytes` before and after n
+    generated frames (the routes that moved)."""
+    return {s: {f"{kind} {route}": (value - before[s].get((kind, route), 0.0)) / n
+                for (kind, route), value in after[s].items() if value != before[s].get((kind, route), 0.0)}
+            for s in after}
 
 
 def run_design(cloud_url: str, edge_url: str, design: Design, frames: list[np.ndarray], window: int) -> SystemRun:
@@ -108,11 +130,7 @@ def run_design(cloud_url: str, edge_url: str, design: Design, frames: list[np.nd
         after = {s: route_bytes(u) for s, u in urls.items()}
     finally:
         backend.close()
-    n = len(out)
-    routes = {s: {f"{kind} {route}": (value - before[s].get((kind, route), 0.0)) / n
-                  for (kind, route), value in after[s].items() if value != before[s].get((kind, route), 0.0)}
-              for s in urls}
-    return SystemRun(seconds, latencies, out, routes)
+    return SystemRun(seconds, latencies, out, routes_per_frame(before, after, len(out)))
 
 
 @dataclass

@@ -9,25 +9,46 @@ inside a request.
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
 from edensplit.client import requests
 from edensplit.client.policy import AsyncClient, Client
-from edensplit.client.requests import EncodedBlob, Payload, check_payload
+from edensplit.client.requests import Answer, Call, EncodedBlob, Payload, check_payload
 from edensplit.client.transport import AsyncTransport, Transport
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.wire import codecs
 from edensplit.wire.options import Options
 
+T = TypeVar("T")
+# A request's seconds, step by step: building its Call (pack), sending it and getting its answer over every attempt
+# (exchange), reading the answer (unpack). `edensplit bench --mode overhead` sets one on each service.
+StepTimer = Callable[[Call, float, float, float], None]
+
 
 class _Service:
-    """What both servers' clients share: the policy-wrapped transport, health, closing."""
+    """What both servers' clients share: the policy-wrapped transport, health, closing, and a step timer."""
 
     def __init__(self, transport: Transport | Client, payload: Payload):
         self.client = transport if isinstance(transport, Client) else Client(transport)
         self.payload = check_payload(payload)
+        self.timer: StepTimer | None = None  # unset, a request costs no clock reading
+
+    def _call(self, build: Callable[[], Call], read: Callable[[Answer], T]) -> T:
+        """Build a request, send it through the client and read its answer (each step timed when a timer is set)."""
+        if self.timer is None:
+            return read(self.client.send(build()))
+        started = time.perf_counter()
+        call = build()
+        packed = time.perf_counter()
+        answer = self.client.send(call)
+        answered = time.perf_counter()
+        out = read(answer)
+        self.timer(call, packed - started, answered - packed, time.perf_counter() - answered)
+        return out
 
     @property
     def transport(self) -> Transport:
@@ -61,13 +82,13 @@ class Cloud(_Service):
 
     def encode(self, frame0: np.ndarray, frame1: np.ndarray, *, request_id: str | None = None) -> EncodedBlob:
         """A pair -> its enc_out blob (both frames, and their difference)."""
-        call = requests.encode(frame0, frame1, self.options, payload=self.payload, request_id=request_id)
-        return requests.blob_from(self.client.send(call))
+        return self._call(lambda: requests.encode(frame0, frame1, self.options, payload=self.payload,
+                                                  request_id=request_id), requests.blob_from)
 
     def encode_frame(self, frame: np.ndarray, *, request_id: str | None = None) -> EncodedBlob:
         """One video frame -> its enc_out blob (frame-once sessions)."""
-        call = requests.encode_frame(frame, self.options, payload=self.payload, request_id=request_id)
-        return requests.blob_from(self.client.send(call))
+        return self._call(lambda: requests.encode_frame(frame, self.options, payload=self.payload,
+                                                        request_id=request_id), requests.blob_from)
 
 
 class Edge(_Service):
@@ -84,8 +105,8 @@ class Edge(_Service):
         """The client's options plus this call's (validated: a bad value is INVALID_PARAMETER here)."""
         return Options.from_flat({**self.options.flat(), **per_call})
 
-    def _frame(self, call: requests.Call) -> np.ndarray:
-        frame = requests.frame_from(self.client.send(call))
+    def _frame(self, build: Callable[[], Call]) -> np.ndarray:
+        frame = self._call(build, requests.frame_from)
         if frame is None:
             raise EdenError("the edge stored the frame but answered without interpolating",
                             code=ErrorCode.UPSTREAM_ERROR)
@@ -93,7 +114,7 @@ class Edge(_Service):
 
     def interpolate(self, pair: EncodedBlob, *, seed: int = 0) -> np.ndarray:
         """A pair's blob -> the middle frame."""
-        return self._frame(requests.interpolate(pair, self._options(seed=seed), payload=self.payload))
+        return self._frame(lambda: requests.interpolate(pair, self._options(seed=seed), payload=self.payload))
 
     def session_frame(self, session_id: str, index: int, frame: EncodedBlob | np.ndarray, *,
                       difference: float | None = None, seed: int = 0, interpolate: bool | None = None
@@ -101,13 +122,13 @@ class Edge(_Service):
         """Frame `index` of a frame-once session: its blob (flow A) or the frame itself (flow B, the edge has the
         cloud encode it). Stores it; for index > 0 (unless interpolate=False) returns the frame (index-1, index)."""
         options = self._options(seed=seed, difference=difference, interpolate=interpolate)
-        call = requests.session_frame(session_id, index, frame, options, payload=self.payload)
-        return requests.frame_from(self.client.send(call))
+        return self._call(lambda: requests.session_frame(session_id, index, frame, options, payload=self.payload),
+                          requests.frame_from)
 
     def interpolate_frames(self, frame0: np.ndarray, frame1: np.ndarray, *, seed: int = 0) -> np.ndarray:
         """Flow B: raw frames to the edge, which calls the cloud itself."""
-        return self._frame(requests.interpolate_frames(frame0, frame1, self._options(seed=seed),
-                                                       payload=self.payload))
+        return self._frame(lambda: requests.interpolate_frames(frame0, frame1, self._options(seed=seed),
+                                                               payload=self.payload))
 
 
 class AsyncCloud:

@@ -1,0 +1,255 @@
+"""Mode overhead: what the split adds per generated frame, beside the floor of moving the same bytes.
+
+Real servers on loopback with the stand-in model (EDENSPLIT_STAND_IN_MODEL=1: the full-size shapes, nothing
+computed), a clip held in memory, each path (transport-payload: http-binary, ws-json, ...) x wire dtype x flow x
+size as one row: rounds of the clip through the servers (pairs in flight), each followed by the floor for the
+bytes that round moved per hop (`edensplit.bench.floor`), so the machine's load falls on both. A row's figures
+are medians over its rounds; its step split (`edensplit.bench.steps`) and its bytes are summed over all rounds.
+A new way to move encodings is one more path value: it needs a payload `open_backend` knows and, if it is a new
+transport, a floor of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edensplit.bench.floor import Floor
+from edensplit.bench.inputs import _clip_frames
+from edensplit.bench.steps import ClientSteps, largest, server_seconds, split
+from edensplit.bench.systems import REQUEST_TIMEOUT_S, Design, hops_of, route_bytes, routes_per_frame, servers
+from edensplit.bench.timing import run_once, time_interleaved
+from edensplit.client.flows import open_backend
+from edensplit.model.eden import ENCODE, INTERPOLATE
+from edensplit.model.encoding import FrameEncoding
+from edensplit.model.loading import load_model_for
+from edensplit.model.seeds import make_noise
+from edensplit.model.stages import encode_frames, frame_context, frame_difference, interpolate, to_uint8
+from edensplit.settings import ModelSettings
+from edensplit.wire import codecs
+
+SIZES = ((480, 854), (1080, 1920))
+PATHS = ("http-binary", "ws-binary", "http-json", "ws-json")  # transport-payload
+DTYPES = (codecs.FLOAT16.name, codecs.FLOAT32.name)
+FLOWS = ("a-once", "a-pairs", "b-once", "b-pairs")
+STAND_IN_ENV = {"EDENSPLIT_STAND_IN_MODEL": "1"}
+MAX_ROUNDS = 5
+FULL_ROUNDS = 3  # a row of fewer rounds is thin
+THIN_FRAMES = (3, 2)  # frames per round, in turn, of a row whose warm-up pair says a full round would not fit
+FLOOR_REPS = 3  # hops per byte count per round; their median is the round's
+
+
+@dataclass
+class OverheadRow:
+    """One path x wire dtype x flow at one size: its figures (medians over rounds, ms per generated frame)."""
+
+    size: tuple[int, int]
+    transport: str
+    payload: str
+    wire_dtype: str  # flow B: the edge's own calls to the cloud (float32)
+    flow: str
+    rounds: int = 0
+    frames_per_round: int = 0
+    generated: int = 0  # over every round
+    ms_per_frame: float | None = None  # wall time per generated frame, pairs in flight
+    model_ms: float | None = None  # the model's own work per generated frame, in this process (StandInCost)
+    model_parts: dict[str, float] = field(default_factory=dict)  # its parts: the stand-in's calls, the difference
+    floor_ms: float | None = None  # the same bytes per hop through the bare app
+    hops: dict[str, float] = field(default_factory=dict)  # bytes per generated frame: cloud_in/out, edge_in/out
+    hop_transports: dict[str, str] = field(default_factory=dict)  # what each hop's floor went over
+    steps: dict[str, float] = field(default_factory=dict)  # ms per generated frame, summed over requests
+    largest_step: str | None = None
+    seconds: float = 0.0  # the row's time in all: warm-up, rounds, floors
+    failed: str | None = None
+
+    @property
+    def path(self) -> str:
+        return f"{self.transport}-{self.payload}"
+
+    @property
+    def thin(self) -> bool:
+        return self.rounds < FULL_ROUNDS
+
+    @property
+    def frames_per_s(self) -> float | None:
+        return 1000 / self.ms_per_frame if self.ms_per_frame else None
+
+    @property
+    def overhead_ms(self) -> float | None:
+        """Serving overhead per generated frame: wall time per generated frame less the stand-in model's."""
+        return None if self.ms_per_frame is None or self.model_ms is None else self.ms_per_frame - self.model_ms
+
+    @property
+    def vs_floor(self) -> float | None:
+        overhead = self.overhead_ms
+        return overhead / self.floor_ms if overhead is not None and self.floor_ms else None
+
+
+def designs(paths: Sequence[str], dtypes: Sequence[str], flows: Sequence[str]) -> list[Design]:
+    """The rows of one size, in the table's order; flow B has one wire dtype (the edge's float32 calls)."""
+    out = []
+    for flow in flows:
+        for path in paths:
+            transport, _, payload = path.partition("-")
+            for dtype in (codecs.FLOAT32.name,) if flow.startswith("b") else dtypes:
+                out.append(Design(transport, payload or "binary", flow, dtype))
+    return out
+
+
+def cost_order(design: Design) -> tuple[bool, bool, bool]:
+    """Cheaper rows first (binary, half precision, frame-once), so the costly ones get what the budget has left."""
+    return design.payload == "json", design.wire_dtype == codecs.FLOAT32.name, not design.flow.endswith("once")
+
+
+def hop_transports(design: Design) -> dict[str, str]:
+    """The transport of each hop: the row's, but flow B's edge -> cloud calls, which are HTTP."""
+    cloud = "http" if design.flow.startswith("b") else design.transport
+    return {"cloud_in": cloud, "cloud_out": cloud, "edge_in": design.transport, "edge_out": design.transport}
+
+
+class StandInCost:
+    """The model's own work per generated frame, timed in this process: the stand-in's calls as the servers' model
+    steps make them (the cloud's encode_frames of one frame or a pair; the edge's frame context for each frame it
+    has not seen, interpolate and the frame's conversion to uint8, from the encoding as the wire dtype carries it)
+    and the pair's difference (frame_difference: the client computes it in flow A sessions, the cloud for pairs,
+    the edge in flow B sessions), each the median of 3 calls."""
+
+    def __init__(self) -> None:
+        settings = ModelSettings(edensplit_stand_in_model=True)
+        self.cloud, self.edge = load_model_for({ENCODE}, settings), load_model_for({INTERPOLATE}, settings)
+        self._cache: dict[tuple[tuple[int, int], str, str], float] = {}
+
+    def ms(self, size: tuple[int, int], flow: str, wire_dtype: str) -> dict[str, float]:
+        """{"model": the stand-in's calls, "difference": frame_difference} in milliseconds per generated frame."""
+        key = (size, "once" if flow.endswith("once") else "pairs", wire_dtype)
+        if key not in self._cache:
+            n = 1 if key[1] == "once" else 2
+            pixels = np.zeros((n, *size, 3), np.uint8)
+            codec = codecs.get(wire_dtype)
+            enc = encode_frames(self.cloud, pixels)
+            wire = FrameEncoding(*(codec.unpack(name, codec.pack(name, getattr(enc, name)))
+                                   for name in ("cond_dit", "cond_dec")), enc.mean, enc.std, enc.geometry)
+            noise = make_noise(0, enc.geometry.latent_tokens, self.edge.args.latent_dim)
+
+            def calls() -> None:
+                encode_frames(self.cloud, pixels)
+                contexts = [frame_context(self.edge, wire[i:i + 1]) for i in range(n)]
+                to_uint8(interpolate(self.edge, wire[:1], wire[n - 1:], torch.tensor([0.5]), noise,
+                                     contexts=(contexts[0], contexts[-1])))
+
+            pair = np.zeros((2, *size, 3), np.uint8)
+            self._cache[key] = time_interleaved({"model": calls, "difference": lambda: frame_difference(*pair)},
+                                                torch.device("cpu"), iters=3)
+        return self._cache[key]
+
+
+def frames_per_round(warm_up_s: float, frames: int, window: int, share_s: float) -> int:
+    """`frames`, or fewer (THIN_FRAMES, in turn) when the warm-up pair says a round of `frames` would take over a
+    third of the row's share."""
+    for n in (frames, *(t for t in THIN_FRAMES if t < frames)):
+        if warm_up_s * (n - 1) / max(window, 1) <= share_s / 3:
+            return n
+    return min(frames, THIN_FRAMES[-1])
+
+
+def run_row(design: Design, size: tuple[int, int], clip: list[np.ndarray], urls: dict[str, str], floor: Floor,
+            share_s: float, window: int, stand_in: StandInCost) -> OverheadRow:
+    """One row: a warm-up pair, then rounds of the clip (at least one, at most MAX_ROUNDS, while the row's share
+    of the budget lasts), each followed by the floor of the bytes it moved."""
+    row = OverheadRow(size, design.transport, design.payload, design.wire_dtype, design.flow,
+                      hop_transports=hop_transports(design))
+    started = time.perf_counter()
+    row.model_parts = stand_in.ms(size, design.flow, design.wire_dtype)
+    row.model_ms = sum(row.model_parts.values())
+    backend = open_backend(cloud_url=urls["cloud"], edge_url=urls["edge"], transport=design.transport,
+                           payload=design.payload, flow=design.flow[0], frame_once=design.flow.endswith("once"),
+                           wire_dtype=design.wire_dtype, timeout=REQUEST_TIMEOUT_S)
+    walls, floors, recorder = [], [], ClientSteps()
+    steps: dict[str, float] = {}
+    moved: list[dict[str, dict[str, float]]] = []
+    try:
+        warm = time.perf_counter()
+        run_once(backend, clip[:2], 1)  # connections, first-call costs
+        row.frames_per_round = frames_per_round(time.perf_counter() - warm, len(clip), window, share_s)
+        frames = clip[:row.frames_per_round]
+        with recorder.installed(backend):
+            while True:
+                round_started = time.perf_counter()
+                before = {s: (route_bytes(u), server_seconds(u)) for s, u in urls.items()}
+                recorder.take()
+                seconds, _, out = run_once(backend, frames, window)
+                client = recorder.take()
+                after = {s: (route_bytes(u), server_seconds(u)) for s, u in urls.items()}
+                n = len(out)
+                routes = routes_per_frame({s: b[0] for s, b in before.items()}, {s: a[0] for s, a in after.items()}, n)
+                moved.append({s: {k: v * n for k, v in r.items()} for s, r in routes.items()})
+                server = {s: after[s][1] - before[s][1] for s in urls}
+                for key, value in split(client, server, design.flow).items():
+                    steps[key] = steps.get(key, 0.0) + value
+                walls.append(seconds / n * 1000)
+                hops = hops_of(routes)
+                floors.append(sum(floor.time_hops(row.hop_transports[hop], [round(b)], FLOOR_REPS)
+                                  for hop, b in hops.items()))
+                row.rounds, row.generated = row.rounds + 1, row.generated + n
+                spent, last = time.perf_counter() - started, time.perf_counter() - round_started
+                if row.rounds >= MAX_ROUNDS or spent + last > share_s:
+                    break
+    except Exception as exc:  # a row that fails is reported as failed; the matrix goes on
+        row.failed = f"{type(exc).__name__}: {exc}"
+    finally:
+        backend.close()
+    if row.rounds:
+        row.ms_per_frame, row.floor_ms = statistics.median(walls), statistics.median(floors)
+        totals: dict[str, dict[str, float]] = {}
+        for one in moved:
+            for s, r in one.items():
+                for k, v in r.items():
+                    totals.setdefault(s, {})[k] = totals.get(s, {}).get(k, 0.0) + v
+        row.hops = hops_of({s: {k: v / row.generated for k, v in r.items()} for s, r in totals.items()})
+        row.steps = {k: v / row.generated * 1000 for k, v in steps.items()}
+        row.largest_step = largest(row.steps)
+    row.seconds = time.perf_counter() - started
+    return row
+
+
+def run_matrix(sizes: Sequence[tuple[int, int]], paths: Sequence[str], dtypes: Sequence[str], flows: Sequence[str],
+               *, frames: int, window: int, budget_s: float, log_dir: Path | None = None,
+               on_row: Callable[[OverheadRow], None] | None = None, urls: dict[str, str] | None = None
+               ) -> tuple[list[OverheadRow], float]:
+    """Every row at every size through one cloud, one edge and one floor server; (rows in the table's order, the
+    seconds it all took, start-up included). The budget is the rows' (from when the servers are ready): each row's
+    share of it is what is left over the rows left. `urls` ({"cloud": ..., "edge": ...}): servers already running
+    to use instead of starting stand-in ones (the tests' tiny model)."""
+    started = time.perf_counter()
+    folder = Path(tempfile.mkdtemp(prefix="edensplit-overhead-"))
+    log_dir = log_dir or folder
+    stand_in = StandInCost()
+    plan = [(size, d) for size in sizes for d in sorted(designs(paths, dtypes, flows), key=cost_order)]
+    done: dict[tuple[tuple[int, int], Design], OverheadRow] = {}
+    floor = Floor(log_dir)
+    with contextlib.ExitStack() as stack:
+        if urls is None:
+            cloud, edge = stack.enter_context(servers(STAND_IN_ENV, log_dir, "overhead", floor.server))
+            urls = {"cloud": cloud.url, "edge": edge.url}
+        stack.enter_context(floor)
+        clips: dict[tuple[int, int], list[np.ndarray]] = {}
+        rows_started = time.perf_counter()
+        for i, (size, design) in enumerate(plan):
+            if size not in clips:
+                clips.clear()
+                clips[size] = _clip_frames(size, max(frames, 2), folder)
+            share = (budget_s - (time.perf_counter() - rows_started)) / (len(plan) - i)
+            row = run_row(design, size, clips[size], urls, floor, share, window, stand_in)
+            done[(size, design)] = row
+            if on_row is not None:
+                on_row(row)
+    rows = [done[(size, d)] for size in sizes for d in designs(paths, dtypes, flows)]
+    return rows, time.perf_counter() - started

@@ -1,0 +1,169 @@
+"""Mode overhead's output: the Markdown tables (per generated frame beside the floor, the step split, WebSocket vs
+HTTP), the acceptance line of issue #16, and the JSON document; `run_overhead` runs the matrix and writes them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from edensplit.bench.output import _env_line, _failure, _ms, _table, _table_line, environment, write_json
+from edensplit.bench.overhead import FLOOR_REPS, FULL_ROUNDS, MAX_ROUNDS, THIN_FRAMES, OverheadRow, run_matrix
+from edensplit.bench.steps import STEPS
+from edensplit.errors import ConfigError
+from edensplit.wire import codecs
+
+HOP_KEYS = ("cloud_in", "cloud_out", "edge_in", "edge_out")
+MAIN_COLUMNS = ("size", "path", "wire dtype", "flow", "rounds x frames", "generated frames/s",
+                "ms per generated frame", "model (stand-in) ms", "serving overhead ms", "floor ms", "overhead / floor",
+                "MB per hop (cloud in / cloud out / edge in / edge out)", "largest step")
+STEP_COLUMNS = ("size", "path", "wire dtype", "flow", *(title for _, title in STEPS), "largest step")
+WS_COLUMNS = ("size", "payload", "wire dtype", "flow", "HTTP overhead ms", "WS overhead ms", "WS / HTTP",
+              "HTTP overhead / floor", "WS overhead / floor")
+# Issue #16's acceptance: at 1080x1920, float16, flow A frame-once, the HTTP binary path's serving overhead per
+# generated frame at most 2x the floor for the same bytes.
+ACCEPTANCE = ((1080, 1920), "http", "binary", codecs.FLOAT16.name, "a-once", 2.0)
+
+
+def _size(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _key(row: OverheadRow) -> list[str]:
+    return [_size(row.size), row.path, row.wire_dtype + (" (edge→cloud)" if row.flow.startswith("b") else ""),
+            row.flow]
+
+
+def main_cells(row: OverheadRow) -> list[str]:
+    """A row's cells under MAIN_COLUMNS."""
+    if row.failed and not row.rounds:
+        return [*_key(row), *["-"] * (len(MAIN_COLUMNS) - 5), _failure(row.failed)]
+    hops = " / ".join(f"{row.hops.get(k, 0) / 1e6:.2f}" for k in HOP_KEYS)
+    rounds = f"{row.rounds} x {row.frames_per_round}" + (" (thin)" if row.thin else "")
+    fps = row.frames_per_s
+    return [*_key(row), rounds, "-" if fps is None else f"{fps:.2f}", _ms(row.ms_per_frame), _ms(row.model_ms),
+            _ms(row.overhead_ms), _ms(row.floor_ms), _ratio(row.vs_floor), hops, row.largest_step or "-"]
+
+
+def step_cells(row: OverheadRow) -> list[str]:
+    """A row's cells under STEP_COLUMNS."""
+    return [*_key(row), *(_ms(row.steps.get(key)) if row.steps else "-" for key, _ in STEPS),
+            row.largest_step or "-"]
+
+
+def ws_vs_http(rows: Sequence[OverheadRow]) -> list[list[str]]:
+    """Each WebSocket row beside the HTTP row of the same size, payload, wire dtype and flow."""
+    http = {(r.size, r.payload, r.wire_dtype, r.flow): r for r in rows if r.transport == "http"}
+    out = []
+    for ws in (r for r in rows if r.transport == "ws"):
+        other = http.get((ws.size, ws.payload, ws.wire_dtype, ws.flow))
+        if other is None or ws.overhead_ms is None or other.overhead_ms is None:
+            continue
+        out.append([_size(ws.size), ws.payload, ws.wire_dtype, ws.flow, _ms(other.overhead_ms), _ms(ws.overhead_ms),
+                    _ratio(ws.overhead_ms / other.overhead_ms), _ratio(other.vs_floor), _ratio(ws.vs_floor)])
+    return out
+
+
+def acceptance(rows: Sequence[OverheadRow]) -> tuple[str, bool] | None:
+    """Issue #16's criterion on the row it names, when the run has that row."""
+    size, transport, payload, dtype, flow, limit = ACCEPTANCE
+    row = next((r for r in rows if (r.size, r.transport, r.payload, r.wire_dtype, r.flow)
+                == (size, transport, payload, dtype, flow) and r.vs_floor is not None), None)
+    if row is None:
+        return None
+    return (f"{_size(size)} {transport}-{payload} {dtype} {flow}: serving overhead {row.overhead_ms:.1f} ms per "
+            f"generated frame, {row.vs_floor:.2f}x the floor's {row.floor_ms:.1f} ms (at most {limit:g}x asked)",
+            row.vs_floor <= limit)
+
+
+def report(rows: Sequence[OverheadRow], env: dict[str, Any], settings: dict[str, Any], seconds: float,
+           command: str | None = None) -> str:
+    """The Markdown: a heading line, the command, what the figures are, the three tables, thin rows, acceptance."""
+    sizes = ", ".join(_size(s) for s in settings["sizes"])
+    lines = [f"edensplit bench --mode overhead: {sizes}, {len(rows)} rows, pairs in flight {settings['window']}, "
+             f"rounds of {settings['frames']} frames (thin rows: {' or '.join(map(str, THIN_FRAMES))}), "
+             f"budget {settings['budget_s']:.0f} s; "
+             f"the matrix took {seconds:.0f} s; {_env_line(env)}."]
+    if command:
+        lines += ["", f"    {command}"]
+    lines += [
+        "",
+        "Real servers on loopback with the stand-in model (EDENSPLIT_STAND_IN_MODEL=1: full-size shapes, nothing "
+        "computed), the clip held in memory. Per generated frame: the wall time with pairs in flight (median over "
+        f"the row's rounds, {MAX_ROUNDS} at most; fewer than {FULL_ROUNDS} is thin); the model's own work (the "
+        "stand-in's calls and the pair's difference, timed in this process); serving overhead = the first less the "
+        "second; the floor = each hop's bytes "
+        "per generated frame through a bare uvicorn app (HTTP: POST read whole, 16 bytes back, httpx keep-alive; "
+        f"WebSocket: the same bytes in, 16 bytes back), median of {FLOOR_REPS} per hop, summed, timed after each "
+        "round (median over rounds). Flow B's edge→cloud hops are HTTP (the edge's client). docs/performance.md "
+        "explains every column.",
+        "",
+        *_table(MAIN_COLUMNS, [main_cells(r) for r in rows]),
+        "",
+        "Steps, ms per generated frame, summed over the requests (pairs in flight overlap, so they add up to the "
+        "client's request time, more than the wall time): the client's pack, exchange and unpack, the servers' "
+        "request time and edensplit_stage_seconds (both servers; flow B's edge prepare less the cloud's request "
+        "time).",
+        "",
+        *_table(STEP_COLUMNS, [step_cells(r) for r in rows]),
+    ]
+    compared = ws_vs_http(rows)
+    if compared:
+        lines += ["", "WebSocket vs HTTP, the same payload, wire dtype and flow:", "", *_table(WS_COLUMNS, compared)]
+    thin = [f"{_size(r.size)} {r.path} {r.wire_dtype} {r.flow} ({r.rounds} x {r.frames_per_round})"
+            for r in rows if r.thin]
+    lines += ["", "Thin rows (fewer than {} rounds): {}.".format(FULL_ROUNDS, "; ".join(thin) if thin else "none")]
+    failed = [f"{_size(r.size)} {r.path} {r.wire_dtype} {r.flow}: {r.failed}" for r in rows if r.failed]
+    if failed:
+        lines += ["", "Failed: " + "; ".join(failed) + "."]
+    verdict = acceptance(rows)
+    if verdict is not None:
+        lines += ["", f"Issue #16: {'met' if verdict[1] else 'NOT met'}: {verdict[0]}."]
+    return "\n".join(lines) + "\n"
+
+
+def row_json(row: OverheadRow) -> dict[str, Any]:
+    d = asdict(row)
+    d["size"] = list(row.size)
+    d.update(path=row.path, thin=row.thin, frames_per_s=row.frames_per_s, overhead_ms=row.overhead_ms,
+             overhead_vs_floor=row.vs_floor)
+    return d
+
+
+def run_overhead(sizes: Sequence[tuple[int, int]], paths: Sequence[str], dtypes: Sequence[str], flows: Sequence[str],
+                 *, frames: int, window: int, budget_s: float, output: Path | None = None,
+                 json_path: Path | None = None, log_dir: Path | None = None, command: str | None = None,
+                 urls: dict[str, str] | None = None) -> list[OverheadRow]:
+    """`edensplit bench --mode overhead`: the matrix, each row printed as it ends, then the report written."""
+    if os.environ.get("MODEL_PATH"):
+        raise ConfigError("edensplit bench --mode overhead runs the stand-in model (EDENSPLIT_STAND_IN_MODEL=1), "
+                          "which is refused beside MODEL_PATH: unset it")
+    env = environment()  # at the start: its time and load average are the run's
+    config = os.environ.get("EDEN_CONFIG")
+    env["model"] = ("servers given by URL, their own model" if urls else "the stand-in model "
+                    "(EDENSPLIT_STAND_IN_MODEL=1) of " + (f"config {config}" if config else "the released config "
+                                                             "(full size)"))
+    settings = {"sizes": [list(s) for s in sizes], "paths": list(paths), "dtypes": list(dtypes), "flows": list(flows),
+                "frames": frames, "window": window, "budget_s": budget_s}
+    print(_table_line(MAIN_COLUMNS), flush=True)
+    rows, seconds = run_matrix(sizes, paths, dtypes, flows, frames=frames, window=window, budget_s=budget_s,
+                               log_dir=log_dir, on_row=lambda r: print(_table_line(main_cells(r)), flush=True),
+                               urls=urls)
+    text = report(rows, env, {**settings, "sizes": sizes}, seconds, command)
+    print(text)
+    if output:
+        output.write_text(text)
+    if json_path:
+        verdict = acceptance(rows)
+        write_json(json_path, {
+            "kind": "edensplit.bench.overhead", "version": 1, "environment": env, "command": command,
+            **settings, "seconds": seconds, "steps": dict(STEPS),
+            "acceptance": None if verdict is None else {"criterion": verdict[0], "met": verdict[1]},
+            "rows": [row_json(r) for r in rows]})
+    return rows
