@@ -1,4 +1,4 @@
-"""The `edensplit` command: interpolate (split or --local), cloud, edge, demo.
+"""The `edensplit` command: interpolate (split or --local), cloud, edge, demo, bench, serve-ray, download.
 
 Options fall back to the environment (CLOUD_SERVER_URL, EDGE_SERVER_URL, MODEL_PATH, EDEN_CONFIG,
 DEVICE, ...). Errors a user can fix print one line and exit with status 2, never a traceback.
@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from edensplit.errors import EdenError
 from edensplit.model import precision
+from edensplit.model.hub import RELEASED
 from edensplit.version import __version__
 from edensplit.wire import codecs
 
@@ -31,7 +32,8 @@ def _flag(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> No
 def _model_flags(p: argparse.ArgumentParser, config: tuple[str, ...] = ("--config", "--eden_config"),
                  where: str = "", title: str = "model (defaults from MODEL_PATH, EDEN_CONFIG, DEVICE)") -> None:
     g = p.add_argument_group(title)
-    _flag(g, "model_path", help=f"checkpoint: eden.pt / .pth / .safetensors{where}")
+    _flag(g, "model_path", help=f"the weights: a checkpoint file (eden.pt / .pth / .safetensors){where}, "
+          "hf://owner/name[@revision]/file from the Hugging Face Hub (e.g. hf://zhZ524/EDEN/eden.pt), or tiny")
     g.add_argument(*config, dest="eden_config", help="eval_eden.yaml-style config")
     _flag(g, "device", help="cpu or cuda:N")
     _flag(g, "dtype", dest="eden_dtype", choices=precision.names(), help="compute dtype")
@@ -102,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(run, "allow_insecure_key", dest="edensplit_allow_insecure_key", action="store_true", default=None,
           help="send the key over http:// or ws:// to a server off this machine (default: refused; "
                "EDENSPLIT_ALLOW_INSECURE_KEY=1)")
+    _flag(run, "shm", dest="edensplit_shm", action="store_true", default=None,
+          help="binary: frames and encodings through shared memory, only handles over the sockets, when the "
+               "servers run on this machine with ALLOW_SHM=1 (else as bytes; default EDENSPLIT_SHM)")
     _flag(run, "ca_cert", dest="edensplit_ca_cert",
           help="PEM CA bundle to verify https/wss servers (default EDENSPLIT_CA_CERT)")
     _flag(run, "num_steps", type=int, default=2, help="sampler steps (2 = the reference grid)")
@@ -120,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         _flag(s, "timeout_graceful_shutdown", type=float, default=30.0,
               help="on SIGTERM, seconds to finish requests in flight before exiting (default 30)")
         _flag(s, "max_inflight", type=int, help="requests admitted at once; more get 503 (default 8)")
+        _flag(s, "allow_shm", action="store_true", default=None,
+              help="take and give encodings as shared-memory handles, for callers on this machine (default "
+                   "ALLOW_SHM)")
         _flag(s, "max_batch", type=int, help="requests per model call with dynamic batching (default 1, the exact "
               "mode; GPU_BATCH on CUDA in bfloat16/float16)")
         _model_flags(s)
@@ -165,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
           "seconds, shared out as they run (default 480)")
     _flag(b, "log_dir", help="where the servers' logs go (default a temporary folder)")
     _serve_ray_parser(sub)
+    w = sub.add_parser("download", help="fetch weights from the Hugging Face Hub into its cache ahead of time")
+    w.add_argument("uri", nargs="?", default=RELEASED,
+                   help=f"hf://owner/name[@revision]/file (default {RELEASED}, the released EDEN)")
     return parser
 
 
@@ -193,7 +204,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {"interpolate": "edensplit.commands.interpolate:run", "cloud": "edensplit.commands.serve:serve",
             "edge": "edensplit.commands.serve:serve", "serve-ray": "edensplit.commands.serve:serve_ray",
-            "bench": "edensplit.bench.entry:run_from_args", "demo": "edensplit.cli:cmd_demo"}
+            "bench": "edensplit.bench.entry:run_from_args", "demo": "edensplit.cli:cmd_demo",
+            "download": "edensplit.commands.download:run"}
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -33,6 +33,10 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"  # a request id reused with another body, or a session frame
     # resent with other content
     SESSION_NOT_FOUND = "SESSION_NOT_FOUND"  # a session cache the server no longer has: resend
+    SHM_DISABLED = "SHM_DISABLED"  # a shared-memory handle (sent or asked for) at a server without ALLOW_SHM=1
+    SHM_NOT_FOUND = "SHM_NOT_FOUND"  # a handle's segment is gone (unknown, already taken, or expired): encode again
+    SHM_FORBIDDEN = "SHM_FORBIDDEN"  # a segment not this user's and private, or made for another client
+    SHM_INVALID = "SHM_INVALID"  # not a handle, not an edensplit segment, or one holding other than it says
     OVERLOADED = "OVERLOADED"  # too much work in flight: retry after a moment
     NOT_READY = "NOT_READY"  # the model is not loaded (yet), or the server is shutting down
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # the request's deadline passed before its answer was ready
@@ -57,6 +61,7 @@ _STATUS = {
     ErrorCode.SESSION_NOT_FOUND: 409, ErrorCode.OVERLOADED: 503, ErrorCode.NOT_READY: 503,
     ErrorCode.UNAUTHORIZED: 401, ErrorCode.FORBIDDEN_ORIGIN: 403, ErrorCode.INVALID_HOST: 400,
     ErrorCode.IDEMPOTENCY_CONFLICT: 409, ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.SHM_DISABLED: 415, ErrorCode.SHM_NOT_FOUND: 410, ErrorCode.SHM_FORBIDDEN: 403, ErrorCode.SHM_INVALID: 400,
     ErrorCode.CANCELLED: 499,
     ErrorCode.UPSTREAM_ERROR: 502, ErrorCode.ENCODE_ERROR: 500, ErrorCode.MODEL_ERROR: 500,
     ErrorCode.INTERNAL_ERROR: 500,

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-from pydantic import AfterValidator, Field, SecretStr
+from pydantic import AfterValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edensplit.model import precision
@@ -34,7 +34,9 @@ class ModelSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    model_path: Path | None = Field(None, description="checkpoint (.pt/.pth/.safetensors); MODEL_PATH")
+    model_path: str | None = Field(None, description="the weights: a checkpoint file (.pt/.pth/.safetensors), an "
+                                   "hf://owner/name[@revision]/file URI, or tiny (edensplit.model.sources); "
+                                   "MODEL_PATH")
     eden_config: Path | None = Field(None, description="an eval_eden.yaml-style file; EDEN_CONFIG")
     device: str = Field(default_factory=default_device, description="cpu or cuda:N; DEVICE")
     eden_dtype: Precision = Field(precision.DEFAULT, description="compute dtype")
@@ -46,6 +48,12 @@ class ModelSettings(BaseSettings):
                                            "with MODEL_PATH; EDENSPLIT_STAND_IN_MODEL")
     eden_compile: bool = Field(False, description="torch.compile the model's hot functions (warmed up before the "
                                "server reports ready); EDEN_COMPILE")
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        """MODEL_PATH= (empty) is unset; a Path given in code is its string."""
+        return None if value == "" else str(value) if isinstance(value, Path) else value
 
 
 class ServerSettings(ModelSettings):
@@ -79,8 +87,16 @@ class ServerSettings(ModelSettings):
                                  "refused unless from one of these, comma-separated; ALLOWED_ORIGINS")
     allowed_hosts: str = Field("", description="a server without a key answers requests whose Host is an IP "
                                "address or localhost, and these names, comma-separated; ALLOWED_HOSTS")
+    edensplit_shm: bool = Field(False, description="edge, flow B: take the cloud's encodings through shared memory "
+                                "when the cloud runs on this machine (with ALLOW_SHM=1); EDENSPLIT_SHM")
     edensplit_ca_cert: Path | None = Field(None, description="edge, flow B: CA bundle for the cloud's TLS "
                                            "certificate; EDENSPLIT_CA_CERT")
+    allow_shm: bool = Field(False, description="take and give encodings as shared-memory handles (callers on "
+                            "this host, of this user: POSIX shared memory, /dev/shm); ALLOW_SHM")
+    shm_ttl_s: float = Field(30.0, gt=0, description="a segment this server made and nobody took is removed after "
+                             "this; SHM_TTL_S")
+    shm_max_segments: int = Field(64, ge=1, description="segments made and not yet taken, at most (their bytes count "
+                                  "against BODY_MEMORY_MB); SHM_MAX_SEGMENTS")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line; "
                                                 "LOG_FORMAT")
     warmup: bool = Field(True, description="run one small model pass before reporting ready; WARMUP")
@@ -120,6 +136,8 @@ class ClientSettings(BaseSettings):
                                            "certificates; EDENSPLIT_CA_CERT")
     edensplit_allow_insecure_key: bool = Field(False, description="send the key to a server at an http:// or "
                                                "ws:// URL off this machine; EDENSPLIT_ALLOW_INSECURE_KEY")
+    edensplit_shm: bool = Field(False, description="frames and encodings through shared memory, only handles over "
+                                "the sockets, when the servers run on this machine with ALLOW_SHM=1; EDENSPLIT_SHM")
     edensplit_timeout: float = Field(30.0, gt=0, description="seconds per request attempt; EDENSPLIT_TIMEOUT")
     # The same defaults as edensplit.client.retry's DEFAULT_RETRIES / DEFAULT_RETRY_FOR (a test holds them equal;
     # not imported, so reading settings does not import the client).

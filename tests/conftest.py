@@ -25,6 +25,9 @@ from edensplit.video.sample import make_sample_clip
 # ASGITransport); a server without a key answers names only when ALLOWED_HOSTS lists them (DNS rebinding needs a
 # name; tests/servers/test_access.py tests the rule itself).
 os.environ.setdefault("ALLOWED_HOSTS", "testserver,cloud,edge")
+# No test touches the network: huggingface_hub (MODEL_PATH=hf://...) reads only its cache, in this process and in
+# every server and CLI process a test starts (set before anything imports huggingface_hub, which reads it once).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 # In-repo golden vectors by default, so a clone tests on its own; EDEN_FIXTURES may point at another copy.
 FIXTURES = Path(os.environ.get("EDEN_FIXTURES", Path(__file__).resolve().parent / "fixtures" / "eden-reference"))
@@ -44,6 +47,47 @@ def fixture_checkpoint(folder: Path, name: str) -> Path:
         if (path := folder / f"{name}{suffix}").is_file():
             return path
     raise FileNotFoundError(f"no {name}.safetensors or {name}.pt in {folder}")
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty hub cache of this test's own, offline (HF_HUB_CACHE, HF_HUB_OFFLINE=1), for this process (whose
+    huggingface_hub may have read the variables already) and the processes it starts; tests.hub fills it."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    for name, value in (("HF_HUB_CACHE", cache), ("HF_HUB_OFFLINE", True)):
+        monkeypatch.setenv(name, "1" if value is True else str(value))
+        monkeypatch.setattr(constants, name, value if value is True else str(value))
+    return cache
+
+
+@pytest.fixture
+def tiny_dir(tmp_path, monkeypatch) -> Path:
+    """A stand-in for the tiny EDEN installed with the package (MODEL_PATH=tiny), where EDENSPLIT_TINY_DIR points: a
+    random TINY_CONFIG model's safetensors and its config, as the package's model/tiny folder holds them."""
+    from safetensors.torch import save_file
+
+    from edensplit.model.sources import TINY_CONFIG_FILE, TINY_DIR_ENV, TINY_WEIGHTS_FILE
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    save_file(load_model(None, TINY_CONFIG, allow_random=True, seed=11).state_dict(), folder / TINY_WEIGHTS_FILE)
+    (folder / TINY_CONFIG_FILE).write_text(TINY_YAML)
+    monkeypatch.setenv(TINY_DIR_ENV, str(folder))
+    return folder
+
+
+@pytest.fixture
+def no_tiny(tmp_path, monkeypatch) -> Path:
+    """A copy of edensplit without the tiny EDEN, whether or not this one has it."""
+    from edensplit.model.sources import TINY_DIR_ENV
+
+    folder = tmp_path / "no-tiny"
+    folder.mkdir()
+    monkeypatch.setenv(TINY_DIR_ENV, str(folder))
+    return folder
 
 
 @pytest.fixture(scope="session")

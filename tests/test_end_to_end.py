@@ -108,17 +108,19 @@ def test_cli_errors_are_one_line_without_traceback(workdir, clip):
         (["--video_path", str(workdir / "missing.mp4"), "--local"], "video file not found"),
         (["--frame_0_path", "x.png"], "both --frame_0_path and --frame_1_path"),
         (["--video_path", str(clip), "--local", "--config", str(workdir / "nope.yaml")], "config file not found"),
-        (["--video_path", str(clip), "--local"], "no checkpoint given"),
+        (["--video_path", str(clip), "--local"], "the tiny EDEN is not installed"),  # the try-out default
         (["--video_path", str(not_video)], "not a readable video"),
         (["--video_path", str(clip), "--cloud_url", "http://127.0.0.1:9", "--retries", "1",
           "--no_progress"], "cannot reach the cloud server"),
     ]
     not_video.write_text("this is text")
+    no_tiny = workdir / "no-tiny"  # a copy without the tiny EDEN, whether or not this one has it
+    no_tiny.mkdir(exist_ok=True)
     unset = ("EDEN_RANDOM_WEIGHTS", "MODEL_PATH", "EDEN_CONFIG")
     saved = {k: os.environ.pop(k) for k in unset if k in os.environ}
     try:
         for args, phrase in cases:  # in this process: an uncaught exception would fail the test itself
-            r = run_cli_here(["interpolate", *args], {})
+            r = run_cli_here(["interpolate", *args], {"EDENSPLIT_TINY_DIR": str(no_tiny)})
             assert r.returncode == 2, (args, r.stderr)
             assert phrase in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     finally:

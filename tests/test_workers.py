@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from edensplit.servers.launch import GunicornProcess, ServerProcess
-from edensplit.servers.metrics import DIR_PREFIX, process_identity
+from edensplit.servers.metrics import master_dir, process_identity
 from tests.conftest import N_FRAMES, ROOT, generated, run_cli
 
 WORKERS = 2
@@ -57,7 +56,7 @@ def api_bytes(text: str) -> float:
 
 def per_worker(server: GunicornProcess, route: str) -> dict[int, float]:
     """{worker pid: requests it answered on `route`}, from the files the workers write their metrics to."""
-    folder = Path(tempfile.gettempdir()) / (DIR_PREFIX + str(process_identity(server.proc.pid)))
+    folder = Path(master_dir(str(process_identity(server.proc.pid))))
     counts: dict[int, float] = {}
     for path in folder.glob("counter_*.db"):
         pid = int(path.stem.split("_")[1])
@@ -143,7 +142,7 @@ def workers_of(server: GunicornProcess) -> set[int]:
 
 def gauge(server: GunicornProcess, pid: int, name: str) -> float | None:
     """A live-summed gauge as worker `pid` last set it, from its file; None before it has."""
-    folder = Path(tempfile.gettempdir()) / (DIR_PREFIX + str(process_identity(server.proc.pid)))
+    folder = Path(master_dir(str(process_identity(server.proc.pid))))
     path = folder / f"gauge_livesum_{pid}.db"
     if not path.is_file():
         return None
@@ -172,3 +171,36 @@ def test_a_dead_workers_counts_stay_and_its_gauges_go(gunicorn_servers):
         assert metric(text, "edensplit_workers_ready") == WORKERS
         assert metric(text, "edensplit_inflight") == 0
         assert api_requests(text) == before
+
+
+# What a local user could plant where the master's metrics directory goes (a plain file, once enough to stop every
+# worker from booting), planted by the master itself in this gunicorn config's hook, before any worker starts: at
+# the directory's place in this user's `<tmp>/edensplit-<uid>/`, and at the name it had directly in <tmp>.
+TRAP = """\
+import os, tempfile
+from edensplit.servers.metrics import DIR_PREFIX, process_identity
+
+def on_starting(server):
+    name = DIR_PREFIX + process_identity(os.getpid())
+    root = os.path.join(tempfile.gettempdir(), f"edensplit-{os.getuid()}")
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    for path in (os.path.join(root, name), os.path.join(tempfile.gettempdir(), name)):
+        with open(path, "w") as f:
+            f.write("not a directory")
+"""
+
+
+def test_a_worker_boots_whatever_is_at_its_metrics_directory(model_env, tmp_path):
+    """The user's command (plus the hook that plants the file): the worker warns once and serves its own
+    /metrics."""
+    (tmp_path / "trap.py").write_text(TRAP)
+    log = tmp_path / "g-trap.log"
+    server = GunicornProcess("edensplit.cloud:app", workers=1, cwd=ROOT, log_path=log,
+                             extra_args=("-c", str(tmp_path / "trap.py")))
+    env = {k: v for k, v in os.environ.items() if k.upper() != "PROMETHEUS_MULTIPROC_DIR"}
+    server.env = {**env, **model_env, "TMPDIR": str(tmp_path)}
+    with server:
+        text = scrape(server.url)
+    assert metric(text, "edensplit_workers_ready") == 1
+    assert log.read_text().count("metrics directory not used") == 1, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text()

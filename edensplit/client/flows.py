@@ -24,6 +24,7 @@ one answers SESSION_NOT_FOUND and the client resends the one frame it needs (doc
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -37,16 +38,18 @@ from edensplit.client.encodings import SharedEncodings
 from edensplit.client.http import HttpTransport
 from edensplit.client.requests import EncodedBlob, check_payload
 from edensplit.client.retry import DEFAULT_RETRIES, DEFAULT_RETRY_FOR
-from edensplit.client.services import Cloud, Edge
+from edensplit.client.services import Cloud, Edge, check_shm
 from edensplit.client.transport import ClientConfig
 from edensplit.client.ws import WsTransport
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.stages import frame_difference
+from edensplit.net import on_this_host
 from edensplit.tracing import traced_pair
 from edensplit.wire import codecs
 from edensplit.wire.options import Options
 
 KEEP_BLOBS = 4
+log = logging.getLogger("edensplit.client")
 
 
 class SplitClient(Backend):
@@ -231,11 +234,13 @@ def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow
                  payload: str = "binary", wire_dtype: str = codecs.DEFAULT, options: Options | None = None,
                  timeout: float = 30.0, retries: int = DEFAULT_RETRIES, retry_for: float = DEFAULT_RETRY_FOR,
                  compress: str | None = None, api_key: str | None = None, ca_cert: str | Path | None = None,
-                 allow_insecure_key: bool = False) -> Backend:
+                 allow_insecure_key: bool = False, shm: bool = False) -> Backend:
     """The backend for a transport (http, ws) and flow (a, b); each frame travels once unless not frame_once.
     `options` (num_steps, method, ...) go with every edge request; `retries` / `retry_for` bound each request's
     retries; `api_key` is sent as a bearer key (over https/wss, or to this machine, unless `allow_insecure_key`)
-    and `ca_cert` verifies https/wss servers."""
+    and `ca_cert` verifies https/wss servers. `shm` (binary): frames and encodings go through shared memory,
+    and only handles over the sockets, when the servers run on this machine with ALLOW_SHM=1 (else as bytes,
+    said once); flow B's edge asks the cloud for handles when it runs with EDENSPLIT_SHM=1."""
     if transport not in ("http", "ws"):
         raise EdenError(f"unknown transport {transport!r}: use http or ws", code=ErrorCode.INVALID_PARAMETER)
     if flow not in ("a", "b"):
@@ -253,10 +258,15 @@ def open_backend(*, cloud_url: str, edge_url: str, transport: str = "http", flow
             return HttpTransport(url, config, compress=compress, max_connections=1 if one_connection else None)
         return WsTransport(url, config, path=ws_path)
 
+    servers = {"edge": edge_url} if flow == "b" else {"cloud": cloud_url, "edge": edge_url}
+    if check_shm(shm, body) and not all(on_this_host(url) for url in servers.values()):
+        log.warning("--shm: %s not on this machine: bodies go as bytes",
+                    " and ".join(f"the {name} ({url})" for name, url in servers.items()))
+        shm = False
     # A session's edge requests, one at a time, on one connection: one edge worker holds the session.
     edge = Edge(connect(edge_url, "edge server", Edge.WS_PATH, one_connection=frame_once), payload=body,
-                options=options)
+                options=options, shm=shm)
     if flow == "b":
         return FrameOnceProxyClient(edge) if frame_once else EdgeProxyClient(edge)
-    cloud = Cloud(connect(cloud_url, "cloud server", Cloud.WS_PATH), payload=body, wire_dtype=wire_dtype)
+    cloud = Cloud(connect(cloud_url, "cloud server", Cloud.WS_PATH), payload=body, wire_dtype=wire_dtype, shm=shm)
     return FrameOnceClient(cloud, edge) if frame_once else SplitClient(cloud, edge)

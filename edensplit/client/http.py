@@ -58,7 +58,7 @@ class _HttpBase:
         attempt, when asked (off by default: on float tensors it saves under 10% and pays only on links below
         ~20 MB/s), and sent as it is where it would inflate past the servers' ratio limit (nearly constant
         frames)."""
-        headers = {**self.headers, "Accept": call.accept, "X-Request-ID": request_id, **outgoing()}
+        headers = {**self.headers, **call.headers, "Accept": call.accept, "X-Request-ID": request_id, **outgoing()}
         kwargs: dict[str, Any] = {"params": call.options}
         if call.body is None:
             kwargs["json"] = call.document

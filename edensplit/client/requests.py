@@ -9,7 +9,8 @@ the work for the payload actually sent: a binary call packs a frames container o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -19,26 +20,36 @@ from edensplit.wire.blob import BLOB_MEDIA_TYPE, read_blob_header
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames, unpack_frames
 from edensplit.wire.images import b64decode_field, b64encode, decode_image, encode_png
 from edensplit.wire.options import Options
+from edensplit.wire.shm import SHM_MEDIA_TYPE, Handle, take_segment
 
 JSON = "application/json"
+SESSION_HEADER = "X-Session-ID"
 Payload = Literal["binary", "json"]
 PAYLOADS = ("binary", "json")
 
 
 @dataclass(frozen=True)
 class EncodedBlob:
-    """The cloud's answer: an enc_out blob (raw bytes, or the base64 text as received, passed on as is)."""
+    """The cloud's answer: an enc_out blob (raw bytes, or the base64 text as received, passed on as is), or a
+    shared-memory handle to it (a cloud on this host, `--shm`): good for one use, after which `renew` (when
+    set) asks the cloud for the encoding again."""
 
     blob: bytes | None
     blob_b64: str | None
     grid: tuple[int, int]
     difference: float | None  # a pair's raw mean cosine similarity; None for one frame
     size: int  # bytes of the blob
+    handle: Handle | None = None
+    renew: Callable[[], EncodedBlob] | None = field(default=None, compare=False, repr=False)
 
     @property
     def raw(self) -> bytes:
-        """The blob's bytes (decoded from base64 only if it came as JSON)."""
-        return self.blob if self.blob is not None else b64decode_field(self.blob_b64 or "", "enc_out")
+        """The blob's bytes (decoded from base64 only if it came as JSON; a handle's segment is taken: once)."""
+        if self.blob is not None:
+            return self.blob
+        if self.handle is not None:
+            return take_segment(self.handle, None, BLOB_MEDIA_TYPE)
+        return b64decode_field(self.blob_b64 or "", "enc_out")
 
     @property
     def b64(self) -> str:
@@ -52,6 +63,24 @@ class EncodedBlob:
         ph, pw = (int(v) for v in header["grid"].split(","))
         diff = header.get("difference")
         return cls(blob, None, (ph, pw), None if diff is None else float(diff), len(blob))
+
+    @classmethod
+    def from_handle(cls, body: bytes) -> EncodedBlob:
+        """A shared-memory answer: the handle, the grid and difference from the metadata it carries."""
+        handle = Handle.loads(body)
+        meta = handle.metadata
+        try:
+            grid = (int(meta["ph"]), int(meta["pw"]))
+        except (KeyError, TypeError, ValueError):
+            raise EdenError("a shared-memory answer without its grid (ph, pw)", code=ErrorCode.UPSTREAM_ERROR) from None
+        diff = meta.get("difference")
+        return cls(None, None, grid, None if diff is None else float(diff), handle.size, handle)
+
+    def bytes_only(self) -> EncodedBlob:
+        """The same encoding as bytes (a handle's segment taken here), for a server that takes no handles."""
+        if self.handle is None:
+            return self
+        return EncodedBlob(self.raw, None, self.grid, self.difference, self.size)
 
     @classmethod
     def from_json(cls, enc_out: str, metadata: dict[str, Any]) -> EncodedBlob:
@@ -74,6 +103,7 @@ class Call:
     document: dict[str, Any] | None = None  # JSON calls: the user's JSON shape
     ids: dict[str, Any] = field(default_factory=dict)  # path-like fields (session_id, index) a WS message carries
     request_id: str | None = None  # HTTP X-Request-ID (WebSocket makes its own per attempt)
+    headers: dict[str, str] = field(default_factory=dict)  # HTTP only: e.g. X-Session-ID, a proxy's routing key
 
     @property
     def binary(self) -> bool:
@@ -132,13 +162,21 @@ def encode_frame(frame: np.ndarray, options: Options, *, payload: Payload, reque
                         request_id=request_id, flat_options=True)
 
 
+def _encoded(pair: EncodedBlob) -> tuple[str, bytes]:
+    """A binary call's body for an encoding: the blob, or its shared-memory handle."""
+    if pair.handle is not None:
+        return SHM_MEDIA_TYPE, pair.handle.dumps()
+    return BLOB_MEDIA_TYPE, pair.raw
+
+
 # -- the edge -------------------------------------------------------------------------------------
 
 def interpolate(pair: EncodedBlob, options: Options, *, payload: Payload) -> Call:
     """A pair's blob -> the middle frame (edge)."""
     path = "/api/v1/interpolate"
     if payload == "binary":
-        return Call("interpolate", path, options.flat(), BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, body=pair.raw)
+        kind, body = _encoded(pair)
+        return Call("interpolate", path, options.flat(), kind, FRAMES_MEDIA_TYPE, body=body)
     document = {"enc_out": pair.b64, **options.json_fields(), "metadata": {"ph": pair.grid[0], "pw": pair.grid[1]}}
     return Call("interpolate", path, {}, JSON, JSON, document=document)
 
@@ -148,12 +186,14 @@ def session_frame(session_id: str, index: int, frame: EncodedBlob | np.ndarray, 
     """Frame `index` of a frame-once session: its blob (flow A) or the frame itself (flow B)."""
     path, ids = f"/api/v1/sessions/{session_id}/frames/{index}", {"session_id": session_id, "index": index}
     if isinstance(frame, np.ndarray):
-        return _frames_call("session_frame", path, {"frame": frame}, options, payload, FRAMES_MEDIA_TYPE, ids=ids)
-    if payload == "binary":
-        return Call("session_frame", path, options.flat(), BLOB_MEDIA_TYPE, FRAMES_MEDIA_TYPE, body=frame.raw,
+        call = _frames_call("session_frame", path, {"frame": frame}, options, payload, FRAMES_MEDIA_TYPE, ids=ids)
+    elif payload == "binary":
+        kind, body = _encoded(frame)
+        call = Call("session_frame", path, options.flat(), kind, FRAMES_MEDIA_TYPE, body=body, ids=ids)
+    else:
+        call = Call("session_frame", path, {}, JSON, JSON, document={"enc_out": frame.b64, **options.json_fields()},
                     ids=ids)
-    return Call("session_frame", path, {}, JSON, JSON, document={"enc_out": frame.b64, **options.json_fields()},
-                ids=ids)
+    return replace(call, headers={SESSION_HEADER: session_id})  # Ray Serve keeps a session on one replica by it
 
 
 def interpolate_frames(frame0: np.ndarray, frame1: np.ndarray, options: Options, *, payload: Payload) -> Call:
@@ -169,7 +209,9 @@ def _unreadable(what: str, exc: Exception) -> EdenError:
 
 
 def blob_from(answer: Answer) -> EncodedBlob:
-    """The cloud's answer -> an EncodedBlob (the raw blob, or its base64 text as received)."""
+    """The cloud's answer -> an EncodedBlob (the raw blob, its base64 text as received, or a handle to it)."""
+    if answer.content_type == SHM_MEDIA_TYPE:
+        return EncodedBlob.from_handle(answer.body)
     if answer.body:
         return EncodedBlob.from_bytes(answer.body)
     try:

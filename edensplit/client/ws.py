@@ -57,10 +57,11 @@ def ws_url(base_url: str, path: str = "") -> str:
 
 def message(call: Call, request_id: str) -> dict[str, Any]:
     """The JSON message (text) or EDS1 header (binary) of `call`: type, request_id, identity fields, options;
-    a binary one names its payload's media type, a JSON one carries its document as `payload`."""
+    a binary one names its payload's media type and the answers it accepts, a JSON one carries its document as
+    `payload`."""
     head = {"type": call.operation, "request_id": request_id, **call.ids, **call.options, **outgoing()}
     if call.binary:
-        head["content_type"] = call.content_type
+        head["content_type"], head["accept"] = call.content_type, call.accept
     else:
         head["payload"] = call.document or {}
     return head

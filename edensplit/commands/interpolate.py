@@ -113,11 +113,11 @@ def open_backend_for(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]
     if args.local:
         from edensplit.client.backends import LocalBackend
         from edensplit.model.eden import ALL_STAGES
-        from edensplit.model.loading import load_model_for
+        from edensplit.model.loading import for_trying_out, load_model_for
         from edensplit.model.pipeline import LocalPipeline
         from edensplit.model.sampler import Sampler
 
-        settings = ModelSettings(**overrides(args, MODEL_FIELDS))
+        settings = for_trying_out(ModelSettings(**overrides(args, MODEL_FIELDS)), None if args.quiet else say)
         model = load_model_for(ALL_STAGES, settings)
         backend: Any = LocalBackend(LocalPipeline(model, Sampler(args.num_steps, args.method)))
         where = f"locally ({model.weights_source} on {model.device})"
@@ -133,8 +133,10 @@ def open_backend_for(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]
                            retry_for=cs.edensplit_retry_for,
                            compress=None if args.compress == "none" else args.compress,
                            api_key=cs.api_key(), ca_cert=cs.edensplit_ca_cert,
-                           allow_insecure_key=cs.edensplit_allow_insecure_key)
+                           allow_insecure_key=cs.edensplit_allow_insecure_key, shm=cs.edensplit_shm)
     mode = "frame-once session" if frame_once else "pairs"
+    if any(getattr(service, "shm", False) for service in backend.services.values()):
+        mode += ", shared memory"
     where = (f"{args.transport.upper()} {args.payload}, flow {args.flow.upper()}, {mode}, cloud "
              f"{cs.cloud_server_url}, edge {cs.edge_server_url}")
     return backend, where, {**sampler, "model": "servers", "wire_dtype": args.wire_dtype}

@@ -18,7 +18,8 @@ def serve(args: argparse.Namespace) -> int:
     from edensplit.model.loading import load_model_for
     from edensplit.servers.logs import configure_logging, uvicorn_log_config
 
-    settings = ServerSettings(**overrides(args, (*MODEL_FIELDS, "max_inflight", "max_batch", "edensplit_api_key")))
+    settings = ServerSettings(**overrides(args, (*MODEL_FIELDS, "max_inflight", "max_batch", "edensplit_api_key",
+                                                 "allow_shm")))
     configure_logging(settings.log_format, own_process=True)  # LOG_FORMAT=json: every line, from the first one
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise EdenError("TLS needs both --ssl_certfile and --ssl_keyfile")

@@ -1,6 +1,6 @@
 """Loading EDEN weights: the released `{"eden": state_dict}` file, a bare state dict, or safetensors.
 
-Checkpoints are read with `torch.load(weights_only=True)`: no arbitrary object is ever unpickled.
+Checkpoints are read with `torch.load(weights_only=True)`: no arbitrary Python object is ever loaded.
 Keys and shapes are checked against the full released layout (whatever stages are loaded), so a
 mismatch is reported by name before anything is built. Random weights are only made on request.
 """
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from edensplit.errors import CheckpointError
+from edensplit.model import hub, sources
 from edensplit.model.config import EdenConfig
 from edensplit.model.eden import ALL_STAGES, Eden
 
@@ -44,7 +45,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint that can be loaded safely: it is corrupt, not a torch.save file, "
             f"or holds objects other than tensors ({type(exc).__name__}); edensplit only reads weights-only "
-            "checkpoints and never unpickles arbitrary objects"
+            "checkpoints and never loads arbitrary Python objects"
         ) from None
     if isinstance(obj, Mapping) and CHECKPOINT_KEY in obj:
         obj = obj[CHECKPOINT_KEY]
@@ -113,25 +114,33 @@ def init_random_weights(model: nn.Module, seed: int) -> None:
 def load_model(checkpoint: str | Path | None = None, config: EdenConfig | None = None, *,
                stages: Iterable[str] = ALL_STAGES, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32, allow_random: bool = False, seed: int = 0) -> Eden:
-    """Build EDEN for `stages` on `device` from a checkpoint, or with random weights if explicitly allowed."""
-    config = config or EdenConfig()
+    """Build EDEN for `stages` on `device` from a checkpoint, or with random weights if explicitly allowed.
+
+    `checkpoint` is what MODEL_PATH may be (edensplit.model.sources): a file, or as a str `tiny` or an `hf://` URI.
+    `config` defaults to the weights' own (the tiny EDEN's), else the released model's."""
     if checkpoint is None:
         if not allow_random:
-            raise CheckpointError("no checkpoint given: set MODEL_PATH (or pass --random-weights to "
-                                  "run with random weights, for testing the pipeline only)")
+            raise CheckpointError("no checkpoint given: set MODEL_PATH to a checkpoint file or "
+                                  f"{hub.RELEASED} (the released EDEN), or MODEL_PATH={sources.TINY} to try "
+                                  "things out (--random_weights or EDEN_RANDOM_WEIGHTS=1: random weights, for "
+                                  "testing the pipeline only)")
+        config = config or EdenConfig()
         model = Eden(config, stages)
         init_random_weights(model, seed)
-        model.weights_source = f"random (seed {seed})"
+        model.weights_source = model.weights_name = f"random (seed {seed})"
         model.weights_digest = random_weights_digest(config, seed)
     else:
-        state = read_state_dict(checkpoint)
+        weights = sources.resolve(checkpoint)
+        config = weights.config_for(config)
+        state = read_state_dict(weights.file)
         check_state_dict(state, config)
         with torch.device("meta"):
             model = Eden(config, stages)
         wanted = model.state_dict().keys()
         model.load_state_dict({k: state[k] for k in wanted}, strict=True, assign=True)
-        model.weights_source = str(checkpoint)
-        model.weights_digest = file_digest(checkpoint)
+        model.weights_source, model.weights_name = weights.source, weights.name
+        model.weights_repository, model.weights_revision = weights.repository, weights.revision
+        model.weights_digest = file_digest(weights.file)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 

@@ -184,7 +184,10 @@ class Eden(nn.Module):
         super().__init__()
         self.config = config
         self.args = args = config.model_args
-        self.weights_source = "uninitialised"  # a checkpoint path, or "random (seed N)": for logs, never /health
+        self.weights_source = "uninitialised"  # a file path, a name or "random (seed N)": for logs, never /health
+        self.weights_name = "uninitialised"  # what runs, never a path (edensplit.model.sources): for /health too
+        self.weights_repository: str | None = None  # weights from the Hub: the repository and the commit
+        self.weights_revision: str | None = None
         self.weights_digest = ""  # a short digest of the checkpoint file, or of the random weights' config and seed
         self.stages = frozenset(stages)
         if not self.stages or not self.stages <= ALL_STAGES:

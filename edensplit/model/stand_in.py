@@ -31,7 +31,8 @@ class StandIn:
         self.stages = frozenset(stages)
         self.device, self.dtype = torch.device(device), dtype
         self.weights_source = STAND_IN
-        self.weights_digest = "stand-in"
+        self.weights_digest = self.weights_name = "stand-in"
+        self.weights_repository = self.weights_revision = None
         self.stand_in = True
         self._boards: dict[Geometry, Tensor] = {}
 

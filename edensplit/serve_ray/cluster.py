@@ -17,17 +17,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from edensplit.errors import EdenError, ErrorCode
+from edensplit.model.hub import RELEASED
+from edensplit.model.sources import is_local_file
 from edensplit.net import is_loopback
 from edensplit.serve_ray.config import RayServeConfig, ServiceConfig
-from edensplit.serve_ray.proxy import CALLBACK, CALLBACK_ENV
+from edensplit.serve_ray.proxy import CALLBACK, CALLBACK_ENV, LIMIT_ENV, WHERE
+from edensplit.servers.auth import Access
 from edensplit.settings import ServerSettings
 
 log = logging.getLogger("edensplit.server")
 ROUTER = "edensplit.serve_ray.router.SessionAffinityRouter"
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray's single-machine mode: every address is 127.0.0.1
              "RAY_USAGE_STATS_ENABLED": "0",           # nothing leaves the machine
-             CALLBACK_ENV: CALLBACK}                   # a request whose replica was lost: 503, retried (proxy.py)
+             CALLBACK_ENV: CALLBACK}                   # the proxy's middlewares: keys and sizes checked before a
+                                                       # body is read, a lost replica's request 503 (proxy.py)
 
 
 @dataclass
@@ -50,14 +56,49 @@ def deployment_options(service: ServiceConfig, affinity: bool) -> dict[str, Any]
 
 
 def check_model(settings: dict[str, Any], stage: str) -> None:
-    """Fail before Ray starts on what this machine can tell: a checkpoint that is missing here (replicas on other
-    nodes read their own path), or no checkpoint and random weights not allowed."""
+    """Fail before Ray starts on what this machine can tell: a checkpoint file that is missing here (replicas on
+    other nodes read their own path; a name, `tiny` or `hf://`, each replica resolves), or no checkpoint and random
+    weights not allowed."""
     s = ServerSettings(**settings)
     if s.model_path is None and not s.eden_random_weights:
-        raise EdenError(f"{stage}: no MODEL_PATH (--model_path) and random weights not allowed (--random_weights "
-                        "or EDEN_RANDOM_WEIGHTS=1, for tests only)", code=ErrorCode.INVALID_PARAMETER)
-    if s.model_path is not None and not os.path.exists(s.model_path):
+        raise EdenError(f"{stage}: no MODEL_PATH (--model_path: a checkpoint file, {RELEASED}, or tiny to try "
+                        "things out) and random weights not allowed (--random_weights or EDEN_RANDOM_WEIGHTS=1, for "
+                        "tests only)", code=ErrorCode.INVALID_PARAMETER)
+    if s.model_path is not None and is_local_file(s.model_path) and not os.path.exists(s.model_path):
         log.warning("%s: %s is not on this machine; each replica's node must have it", stage, s.model_path)
+
+
+def cluster_environment(config: RayServeConfig, base_settings: dict[str, Any], cloud: dict[str, Any],
+                        edge: dict[str, Any]) -> tuple[bool, dict[str, str]]:
+    """Whether the servers need a key, and what a local cluster's processes (the proxy, the replicas) must find
+    in their environment, which they inherit from this one: the keys (EDENSPLIT_API_KEY, from the environment
+    or --api_key; the keys file's path), the proxy's middlewares and its body limit (the larger service's
+    MAX_REQUEST_MB). The keys are checked here (an empty key, an unreadable file), before Ray starts."""
+    keys = ServerSettings(**base_settings)
+    Access(keys.edensplit_api_key, keys.edensplit_api_keys_file)
+    env = {LIMIT_ENV: f"{max(ServerSettings(**cloud).max_request_mb, ServerSettings(**edge).max_request_mb):g}"}
+    if keys.edensplit_api_key is not None:
+        env["EDENSPLIT_API_KEY"] = keys.edensplit_api_key
+    if keys.edensplit_api_keys_file is not None:
+        env["EDENSPLIT_API_KEYS_FILE"] = str(keys.edensplit_api_keys_file.resolve())
+    if config.ray.address is None:
+        return keys.keyed, {**LOCAL_ENV, **env}
+    if keys.edensplit_api_key != os.environ.get("EDENSPLIT_API_KEY"):
+        raise EdenError("--api_key reaches only a cluster this command starts: for one made with `ray start`, export "
+                        "EDENSPLIT_API_KEY (or EDENSPLIT_API_KEYS_FILE) where `ray start` runs on every node, and "
+                        "here (docs/scaling.md)", code=ErrorCode.INVALID_PARAMETER)
+    return keys.keyed, {}
+
+
+def proxy_checks_keys(url: str) -> bool | None:
+    """Whether the proxy at `url` (an app's prefix) refuses a request without a key itself (proxy.Gate, which
+    marks its answer), rather than reading its body and leaving the replica to; None if it cannot be asked."""
+    try:
+        answer = httpx.post(url + "/api/v1/encode", content=b"", timeout=5.0)
+        return answer.status_code == 401 and answer.json()["error"]["details"].get("refused_by") == \
+            WHERE["refused_by"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def deploy(config: RayServeConfig, base_settings: dict[str, Any]) -> Served:
@@ -68,14 +109,13 @@ def deploy(config: RayServeConfig, base_settings: dict[str, Any]) -> Served:
     edge_settings = config.service_settings(config.edge, base_settings)
     check_model(cloud_settings, "cloud")
     check_model(edge_settings, "edge")
-    if not is_loopback(config.http.host) and not (ServerSettings(**cloud_settings).edensplit_api_key
-                                               and ServerSettings(**edge_settings).edensplit_api_key):
+    keyed, environment = cluster_environment(config, base_settings, cloud_settings, edge_settings)
+    if not is_loopback(config.http.host) and not keyed:
         log.warning("serve-ray: the proxy binds %s with no API key: anyone who can reach this address can use it "
                     "(set EDENSPLIT_API_KEY or --api_key, and TLS in front)", config.http.host)
     local = config.ray.address is None
-    if local:
-        os.environ.update(LOCAL_ENV)
-    else:
+    os.environ.update(environment)
+    if not local:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
@@ -121,10 +161,10 @@ def deploy(config: RayServeConfig, base_settings: dict[str, Any]) -> Served:
                         http_options={"host": http.host, "port": http.port,
                                       "request_timeout_s": http.request_timeout_s})
         ray_serve.run(Encoder.options(**deployment_options(config.cloud, False))
-                      .bind(cloud_settings, config.cloud.batching),
+                      .bind(cloud_settings, config.cloud.batching, keyed=keyed),
                       name=CLOUD_APP, route_prefix=config.cloud.route_prefix)
         ray_serve.run(Interpolator.options(**deployment_options(config.edge, config.session_affinity))
-                      .bind(edge_settings, config.edge.batching),
+                      .bind(edge_settings, config.edge.batching, keyed=keyed),
                       name=EDGE_APP, route_prefix=config.edge.route_prefix)
     except BaseException as exc:
         stop()
@@ -134,6 +174,10 @@ def deploy(config: RayServeConfig, base_settings: dict[str, Any]) -> Served:
                             code=ErrorCode.NOT_READY) from None
         raise
     base = f"http://{'127.0.0.1' if http.host in ('0.0.0.0', '::') else http.host}:{http.port}"
+    if keyed and not proxy_checks_keys(base + config.cloud.route_prefix):
+        log.warning("serve-ray: the Ray proxy does not check keys itself (its node's `ray start` lacked %s=%s or the "
+                    "keys): it reads each request's body before a replica refuses one without a key "
+                    "(docs/scaling.md)", CALLBACK_ENV, CALLBACK)
     return Served(base + config.cloud.route_prefix, base + config.edge.route_prefix, session_dir, started_ray,
                   time.perf_counter() - started, stop)
 
@@ -157,10 +201,13 @@ def resource_shortfall(config: RayServeConfig, total: dict[str, float]) -> list[
 
 
 def _session_dir(ray: Any) -> str | None:
+    """This machine's directory of the Ray session (its logs), from Ray's public runtime context."""
     try:
-        return ray._private.worker._global_node.get_session_dir_path()
-    except AttributeError:
+        context = ray.get_runtime_context()
+        path = os.path.join(context.get_temp_dir(), context.get_session_name())
+    except (AttributeError, AssertionError, RuntimeError):
         return None
+    return path if os.path.isdir(path) else None
 
 
 def serve_until_stopped(served: Served, say: Callable[[str], None] = print) -> int:

@@ -23,6 +23,10 @@ DEPLOYMENT_OPTIONS = frozenset({
     "graceful_shutdown_timeout_s", "request_router_config", "logging_config"})
 DEFAULTS = {"num_replicas": 1, "max_ongoing_requests": 16, "max_queued_requests": 64,
             "ray_actor_options": {"num_cpus": 1, "num_gpus": 0}}
+# Read by the proxy and the replicas from their own environment, never passed as deployment arguments (which
+# Ray keeps in its cluster state, readable by whoever can reach the cluster): not settings of this file.
+KEY_SETTINGS = ("edensplit_api_key", "edensplit_api_keys_file", "edensplit_cloud_api_key")
+REQUEST_TIMEOUT_S = 360.0  # the servers' REQUEST_TIMEOUT_S (300), a body and Ray's queue: the app's 504 comes first
 
 
 class ServiceConfig(BaseModel):
@@ -58,6 +62,10 @@ class ServiceConfig(BaseModel):
         unknown = sorted(set(named) - set(ServerSettings.model_fields))
         if unknown:
             raise ValueError(f"unknown server settings {unknown}")
+        keys = [k.upper() for k in KEY_SETTINGS if k in named]
+        if keys:
+            raise ValueError(f"{', '.join(keys)}: set in the environment of `edensplit serve-ray` (and of `ray start` "
+                             "on every node of a cluster it joins), not in this file (docs/scaling.md, keys)")
         return named
 
     def options(self) -> dict[str, Any]:
@@ -89,8 +97,9 @@ class HttpConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     proxy_location: Literal["HeadOnly", "EveryNode"] = "HeadOnly"
-    request_timeout_s: float | None = Field(None, gt=0, description="the proxy's own end-to-end limit (none: the "
-                                            "servers' REQUEST_TIMEOUT_S and the client's deadlines decide)")
+    request_timeout_s: float = Field(REQUEST_TIMEOUT_S, gt=0, description="the proxy's own end-to-end limit on an "
+                                     "HTTP request, seconds (a WebSocket connection has none): a request still "
+                                     "unanswered then gets Ray's 408 and is cancelled")
 
 
 class RayServeConfig(BaseModel):
@@ -123,8 +132,9 @@ class RayServeConfig(BaseModel):
 
     def service_settings(self, service: ServiceConfig, base: dict[str, Any]) -> dict[str, Any]:
         """What a replica builds its ServerSettings from: `base` (the command's environment and flags), then the
-        file's shared settings, then the service's own. Checked here, so a mistake fails before Ray starts."""
-        merged = {**base, **self.settings, **service.settings}
+        file's shared settings, then the service's own, less the keys (KEY_SETTINGS: each replica reads them from
+        its environment). Checked here, so a mistake fails before Ray starts."""
+        merged = {k: v for k, v in {**base, **self.settings, **service.settings}.items() if k not in KEY_SETTINGS}
         try:
             ServerSettings(**merged)
         except ValidationError as exc:

@@ -35,7 +35,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edensplit.client.retry import RetryPolicy
-from edensplit.errors import EdenError, ErrorCode
+from edensplit.errors import ConfigError, EdenError, ErrorCode
 from edensplit.model.eden import ENCODE, INTERPOLATE
 from edensplit.model.loading import load_model_for
 from edensplit.servers.cloud.operations import EncodeJob
@@ -50,6 +50,7 @@ from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
 log = logging.getLogger("edensplit.server")
 
 CLOUD_APP, EDGE_APP = "cloud", "edge"
+IN_CLUSTER = "ray:edge"  # the client_name of the edge's calls through a handle (flow B inside the cluster)
 ENCODER, INTERPOLATOR = "Encoder", "Interpolator"
 CLUSTER_RETRY = RetryPolicy(retry_for=CLOUD_RETRY_FOR_S, max_backoff_s=2.0)  # the client's policy, on Ray's errors
 TRANSIENT = (BackPressureError, DeploymentUnavailableError, ray.exceptions.RayActorError,
@@ -142,6 +143,17 @@ def mounted(app: FastAPI) -> FastAPI:
     return app
 
 
+def replica_settings(settings: dict[str, Any], keyed: bool) -> ServerSettings:
+    """A replica's settings: the deployment's arguments, and its own environment for the rest (the keys are
+    never arguments: docs/scaling.md). A deployment made with a key refuses to start on a node whose environment
+    has none, rather than serve without one."""
+    s = ServerSettings(**settings)
+    if keyed and not s.keyed:
+        raise ConfigError("serve-ray was given a key but this replica's environment has neither EDENSPLIT_API_KEY "
+                          "nor EDENSPLIT_API_KEYS_FILE: export it where `ray start` runs on this node")
+    return s
+
+
 def replica_ready(app: FastAPI | None) -> None:
     """Ray Serve's health check: the model is loaded and warmed up, and the replica is not draining."""
     runtime: ModelRuntime | None = app.state.runtime if app is not None else None
@@ -153,8 +165,8 @@ def replica_ready(app: FastAPI | None) -> None:
 class EncoderServer:
     """The cloud: the encoder's HTTP and WebSocket API, and `encode_blob` for the interpolator's flow B."""
 
-    def __init__(self, settings: dict[str, Any], batching: str = "project"):
-        self.settings = ServerSettings(**settings)
+    def __init__(self, settings: dict[str, Any], batching: str = "project", keyed: bool = False):
+        self.settings = replica_settings(settings, keyed)
         self.model = load_model_for({ENCODE}, self.settings)
         self.batching = batching
         self.server_app: FastAPI | None = None
@@ -190,7 +202,7 @@ class EncoderServer:
             status = str(exc.code.status)
             return None, {"code": str(exc.code), "message": exc.message, "details": exc.details}
         finally:
-            self.server_app.state.metrics.requests.labels("ray:encode_blob", "HANDLE", status, INTERPOLATOR).inc()
+            self.server_app.state.metrics.requests.labels("ray:encode_blob", "HANDLE", status, IN_CLUSTER).inc()
 
 
 @serve.ingress()
@@ -198,8 +210,8 @@ class InterpolatorServer:
     """The edge: the interpolator's HTTP and WebSocket API; flow B encodes through the Encoder deployment."""
 
     def __init__(self, settings: dict[str, Any], batching: str = "project", encoder_app: str = CLOUD_APP,
-                 encoder: str = ENCODER):
-        self.settings = ServerSettings(**settings)
+                 encoder: str = ENCODER, keyed: bool = False):
+        self.settings = replica_settings(settings, keyed)
         self.model = load_model_for({INTERPOLATE}, self.settings)
         self.batching = batching
         self.encoder_app, self.encoder_name = encoder_app, encoder
@@ -215,7 +227,8 @@ class InterpolatorServer:
         replica_ready(self.server_app)
 
     async def encode_in_cluster(self, frames: list[np.ndarray], request_id: str) -> bytes:
-        """The Encoder deployment's blob of a pair or one frame; transient failures retried (full jitter) for
+        """The Encoder deployment's blob of a pair or one frame; transient failures (Ray's: the queue full, a
+        replica lost or starting; the encoder's own OVERLOADED and NOT_READY) retried (full jitter) for
         CLOUD_RETRY_FOR_S, then given as the cloud's error code."""
         if self._encoder is None:
             self._encoder = serve.get_deployment_handle(self.encoder_name, app_name=self.encoder_app)
@@ -224,7 +237,6 @@ class InterpolatorServer:
         while True:
             try:
                 blob, error = await self._encoder.encode_blob.remote(batch, request_id)
-                break
             except TRANSIENT as exc:
                 delay = budget.next_delay()
                 if delay is None:
@@ -232,9 +244,14 @@ class InterpolatorServer:
                     raise EdenError(f"the encoder deployment is unavailable ({type(exc).__name__}; "
                                     f"{budget.summary()})", code=code, details={"retry_after_s": 1}) from None
                 await asyncio.sleep(delay)
-        if error is not None:
-            raise EdenError(error["message"], code=ErrorCode(error["code"]), details=error.get("details"))
-        return blob
+                continue
+            if error is None:
+                return blob
+            code = ErrorCode(error["code"])
+            delay = budget.next_delay() if code in (ErrorCode.OVERLOADED, ErrorCode.NOT_READY) else None
+            if delay is None:
+                raise EdenError(error["message"], code=code, details=error.get("details"))
+            await asyncio.sleep(delay)
 
 
 Encoder = serve.deployment(name=ENCODER)(EncoderServer)

@@ -29,7 +29,7 @@ from edensplit.servers.auth import Access, bearer_scheme
 from edensplit.servers.envelope import error_response
 from edensplit.servers.logs import configure_logging
 from edensplit.servers.metrics import Metrics
-from edensplit.servers.openapi import REQUEST_ID, endpoint_responses, route_responses
+from edensplit.servers.openapi import REQUEST_ID, endpoint_responses, route_responses, with_handles
 from edensplit.servers.pipeline import Pipeline
 from edensplit.servers.runtime import ModelRuntime
 from edensplit.servers.schemas import HealthResponse, schema_error
@@ -60,7 +60,7 @@ def health_router(keyed: bool = False) -> APIRouter:
     @router.get("/health", response_model=HealthResponse, summary="Model, device and weights source",
                 responses=route_responses("/health", keyed))
     async def health(request: Request) -> dict[str, Any]:
-        return runtime_of(request).health()
+        return {**runtime_of(request).health(), "shared_memory": request.app.state.pipeline.shm.enabled}
 
     @router.get("/health/live", summary="The process answers", responses=route_responses("/health/live", keyed))
     async def live() -> dict[str, str]:
@@ -86,15 +86,15 @@ def health_router(keyed: bool = False) -> APIRouter:
     return router
 
 
-def operations_router(service: Service, keyed: bool = False) -> APIRouter:
+def operations_router(service: Service, keyed: bool = False, shm: bool = False) -> APIRouter:
     """Each declared operation as a POST route, and all of them as the message types of one WebSocket; `key`,
     when set, guards them (documented: 401 and the bearer scheme)."""
     router = APIRouter()
     for endpoint in service.endpoints:
         router.add_api_route(endpoint.path, _handler(endpoint), methods=["POST"], tags=[service.component],
                              summary=endpoint.summary, description=endpoint.description,
-                             response_model=endpoint.response_model, responses=endpoint_responses(endpoint, keyed),
-                             dependencies=bearer_scheme(endpoint.path, keyed), openapi_extra=_openapi(endpoint))
+                             response_model=endpoint.response_model, responses=endpoint_responses(endpoint, keyed, shm),
+                             dependencies=bearer_scheme(endpoint.path, keyed), openapi_extra=_openapi(endpoint, shm))
     endpoints = service.by_name
 
     async def websocket(websocket: WebSocket) -> None:
@@ -120,10 +120,10 @@ def _handler(endpoint: Endpoint) -> Callable[..., Any]:
     return handle
 
 
-def _openapi(endpoint: Endpoint) -> dict[str, Any]:
+def _openapi(endpoint: Endpoint, shm: bool) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if endpoint.request_body:
-        extra["requestBody"] = dict(endpoint.request_body)
+        extra["requestBody"] = with_handles(endpoint.request_body) if shm else dict(endpoint.request_body)
     if endpoint.parameters:
         extra["parameters"] = [dict(p) for p in endpoint.parameters]
     return extra
@@ -211,7 +211,8 @@ def create_app(service: Service, settings: ServerSettings, model: Eden | None = 
         restore = drain_on_sigterm(runtime)
         unhook = reload_on_sighup(pipeline.access)
         try:
-            yield
+            async with pipeline.shm.running():  # ALLOW_SHM: crashed processes' segments swept, expired ones too
+                yield
         finally:
             unhook()
             restore()
@@ -243,7 +244,7 @@ def create_app(service: Service, settings: ServerSettings, model: Eden | None = 
     app.add_middleware(http.HttpFraming, pipeline=pipeline)
     _error_handlers(app, pipeline)
     app.include_router(health_router(settings.keyed))
-    app.include_router(operations_router(service, settings.keyed))
+    app.include_router(operations_router(service, settings.keyed, pipeline.shm.enabled))
     for router in service.routers:
         app.include_router(router)
     return app

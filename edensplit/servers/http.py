@@ -22,7 +22,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.servers.contract import JSON, Operation, OperationInput, Reply, check_content_type
+from edensplit.servers.contract import JSON, Operation, OperationInput, Reply
 from edensplit.servers.envelope import error_response, success_body
 from edensplit.servers.idempotency import digest
 from edensplit.servers.pipeline import Exchange, Pipeline
@@ -79,22 +79,6 @@ def response_codec(accept_encoding: str | None) -> str | None:
     return next((c for c in RESPONSE_CODECS if offered.get(c, 0) > 0), None)
 
 
-def response_format(accept: str, binary_types: tuple[str, ...], binary_request: bool) -> str:
-    """JSON, or one of `binary_types`, from the Accept header; a binary request defaults to binary. An Accept
-    that names only types this endpoint cannot answer in is NOT_ACCEPTABLE."""
-    accepted = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-    accepted = [a for a in accepted if a]
-    for candidate in accepted:
-        if candidate in binary_types:
-            return candidate
-        if candidate == JSON:
-            return JSON
-    if accepted and not any(a in ("*/*", "application/*") for a in accepted):
-        raise EdenError(f"cannot answer in {', '.join(accepted)}; use {JSON} or {', '.join(binary_types)}",
-                        code=ErrorCode.NOT_ACCEPTABLE)
-    return binary_types[0] if binary_request else JSON
-
-
 def render(reply: Reply) -> HttpAnswer:
     """The reply as an HTTP answer: the binary body as is, or the JSON envelope (serialized here, off the event
     loop: `run_operation` calls this on the thread pool)."""
@@ -113,8 +97,8 @@ async def serve(operation: Operation[Any, Any], request: Request, batcher: str |
     pipeline: Pipeline = request.app.state.pipeline
     exchange = exchange_of(request)
     kind = media_type(request)
-    check_content_type(operation, kind)
-    answer = response_format(request.headers.get("accept", ""), operation.answers, kind in operation.binary_inputs)
+    pipeline.check_content_type(operation, kind)
+    operation, answer = pipeline.negotiate(exchange, operation, kind, request.headers.get("accept", ""))
     cancellation = pipeline.deadline(request.headers.get("x-request-timeout"), "X-Request-Timeout")
     body = request.scope.get("state", {}).get("body")  # as the framing read it: no copy of Starlette's
     if body is None:

@@ -5,14 +5,17 @@ the model queue, and the edge's session cache.
 Under gunicorn (`gunicorn cloud_server.main:app -w 4 -k uvicorn.workers.UvicornWorker`) every worker is a
 process of its own; a scrape of /metrics lands on one of them, and must still count all of them. So each
 worker of a gunicorn master writes its metrics to files in a directory they share (prometheus_client's
-multiprocess mode), derived from the master's pid and start time: nothing to set beyond the model's own
-variables. `PROMETHEUS_MULTIPROC_DIR`, when set, names that directory instead (and turns the mode on outside
-gunicorn too, e.g. `uvicorn --workers N`; an empty directory, cleaned by whoever sets it). A scrape merges
-the files: counters and histograms add up over every worker that ever ran (a dead worker's counts stay),
-the gauges are set as their values change (multiprocess mode has no `set_function`) and add up over the
-live workers only (`livesum`); a dead worker's gauges are dropped at the next scrape
-(`mark_process_dead`, for each pid with files that no longer runs: gunicorn's `child_exit` hook would need
-a config file the user's command does not name).
+multiprocess mode), named after the master's pid and start time, inside this user's `<tmp>/edensplit-<uid>/`
+(mode 0700, checked with lstat to be a directory of this user's that nobody else can open: the user's command
+runs no project code in the master, so the workers make it): nothing to set beyond the model's own variables.
+`PROMETHEUS_MULTIPROC_DIR`, when set, names that directory instead (and turns the mode on outside gunicorn too,
+e.g. `uvicorn --workers N`; an empty directory, cleaned by whoever sets it; it must be this user's and not
+writable by others). A directory that fails a check is one warning and this process's metrics alone, never a
+worker that cannot start. A scrape merges the files: counters and histograms add up over every worker that
+ever ran (a dead worker's counts stay), the gauges are set as their values change (multiprocess mode has no
+`set_function`) and add up over the live workers only (`livesum`); a dead worker's gauges are dropped at the
+next scrape (`mark_process_dead`, for each pid with files that no longer runs: gunicorn's `child_exit` hook
+would need a config file the user's command does not name).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -30,6 +34,7 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from edensplit.processes import process_identity, running
 from edensplit.version import __version__
 
 log = logging.getLogger("edensplit.server")
@@ -37,30 +42,6 @@ log = logging.getLogger("edensplit.server")
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DIR_PREFIX = "edensplit-metrics-"
-
-
-def process_identity(pid: int) -> str | None:
-    """`PID-STARTTIME` of a running process (from /proc/PID/stat), so that a reused pid names another process;
-    `PID` alone where there is no /proc; None if no such process runs."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f"{pid}-{f.read().rsplit(')', 1)[1].split()[19]}"  # field 22: counted after the command's ')'
-    except FileNotFoundError:
-        if os.path.isdir("/proc/self"):
-            return None  # Linux, and the process is gone
-    except (OSError, IndexError):
-        pass
-    return str(pid) if running(pid) else None
-
-
-def running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process, but running
-    return True
 
 
 def _command_line(pid: int) -> str:
@@ -85,6 +66,43 @@ def gunicorn_master() -> int | None:
     return parent
 
 
+class UnusableDir(Exception):
+    """A metrics directory that another user could read, replace or fill: never used."""
+
+
+def _check_private(path: str, forbidden: int) -> None:
+    """UnusableDir unless `path` itself (not a link's target) is a directory of this process's user with none of
+    the permission bits `forbidden` (0o077: other users have no access; 0o022: they cannot write)."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise UnusableDir(f"{path} is a symbolic link")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnusableDir(f"{path} is not a directory")
+    uid = getattr(os, "getuid", lambda: st.st_uid)()
+    if st.st_uid != uid:
+        raise UnusableDir(f"{path} belongs to uid {st.st_uid}, not to this process's user (uid {uid})")
+    if st.st_mode & forbidden:
+        raise UnusableDir(f"{path} is open to other users (mode {stat.S_IMODE(st.st_mode):o})")
+
+
+def _private_dir(path: str) -> str:
+    """`path`, made mode 0700 if it does not exist, checked (lstat) to be this user's alone."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    _check_private(path, 0o077)
+    return path
+
+
+def user_root() -> str:
+    """The parent of this user's per-master directories: `<tmp>/edensplit-<uid>`, mode 0700."""
+    return os.path.join(tempfile.gettempdir(), f"edensplit-{getattr(os, 'getuid', lambda: 0)()}")
+
+
+def master_dir(identity: str) -> str:
+    """The directory of the gunicorn master `PID-STARTTIME` (see process_identity)."""
+    return os.path.join(user_root(), DIR_PREFIX + identity)
+
+
 def _remove_stale_dirs(root: str) -> None:
     """Remove the directories of gunicorn masters that no longer run (the counts of a server that stopped)."""
     for path in glob.glob(os.path.join(root, DIR_PREFIX + "*")):
@@ -95,32 +113,46 @@ def _remove_stale_dirs(root: str) -> None:
 
 def multiprocess_dir() -> str | None:
     """Where this process's metrics go when it is one of several processes serving one app:
-    PROMETHEUS_MULTIPROC_DIR if set, else (a gunicorn worker) a directory of the master's; None when alone."""
-    if os.environ.get(MULTIPROC_ENV):
-        return os.environ[MULTIPROC_ENV]
+    PROMETHEUS_MULTIPROC_DIR if set, else (a gunicorn worker) its master's directory in this user's
+    `<tmp>/edensplit-<uid>/` (whose dead masters' directories it removes); None when alone, and None (this
+    process's metrics only, one warning) when the directory could be another user's: a link, not a directory,
+    someone else's, or writable by others."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        try:
+            os.makedirs(given, mode=0o700, exist_ok=True)
+            _check_private(given, 0o022)
+        except (OSError, UnusableDir) as exc:
+            return _unusable(f"{MULTIPROC_ENV}: {exc}")
+        return given
     master = gunicorn_master()
     identity = process_identity(master) if master is not None else None
     if identity is None:
         return None
-    root = tempfile.gettempdir()
-    _remove_stale_dirs(root)
-    path = os.path.join(root, DIR_PREFIX + identity)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    if os.stat(path).st_uid != os.getuid():
-        log.warning("%s belongs to another user: this worker's /metrics shows this worker only", path)
-        return None
-    return path
+    try:
+        root = _private_dir(user_root())
+        _remove_stale_dirs(root)
+        return _private_dir(master_dir(identity))
+    except (OSError, UnusableDir) as exc:
+        return _unusable(str(exc))
+
+
+def _unusable(reason: str) -> None:
+    log.warning("metrics directory not used (%s): this process's /metrics shows this process only", reason)
+    return None
 
 
 def enable_multiprocess() -> str | None:
     """Turn prometheus_client's multiprocess mode on for the metrics created from now on, if this process is
-    one of several (see multiprocess_dir); returns the directory, or None (one process, nothing changes).
-    prometheus_client picks its value class when it is imported, from PROMETHEUS_MULTIPROC_DIR, and reads the
-    variable again when each metric's file is opened: both are set here, before the first metric exists."""
+    one of several (see multiprocess_dir); returns the directory, or None (one process, or a directory refused:
+    per-process metrics). prometheus_client picks its value class when it is imported, from
+    PROMETHEUS_MULTIPROC_DIR, and reads the variable again when each metric's file is opened: both are set here,
+    before the first metric exists (and the class put back when a given directory is refused)."""
     path = multiprocess_dir()
     if path is None:
+        if os.environ.get(MULTIPROC_ENV) and getattr(values.ValueClass, "_multiprocess", False):
+            values.ValueClass = values.MutexValue
         return None
-    os.makedirs(path, exist_ok=True)
     os.environ[MULTIPROC_ENV] = path
     if not getattr(values.ValueClass, "_multiprocess", False):
         values.ValueClass = values.MultiProcessValue()
@@ -171,6 +203,14 @@ class Metrics:
         self.workers_ready = Gauge("edensplit_workers_ready", "processes serving this app with their model loaded "
                                    "and warmed up (gunicorn workers; 1 for a single process)", registry=r,
                                    multiprocess_mode="livesum")
+        self.shm_bytes = Gauge("edensplit_shm_bytes", "shared memory (ALLOW_SHM): bytes in segments this server made "
+                               "that are not yet taken (held against BODY_MEMORY_MB)", registry=r,
+                               multiprocess_mode="livesum")
+        self.shm_segments = Gauge("edensplit_shm_segments", "shared memory: segments this server made that are not "
+                                  "yet taken (at most SHM_MAX_SEGMENTS)", registry=r, multiprocess_mode="livesum")
+        self.shm_bytes_moved = Counter("edensplit_shm_bytes_moved", "shared memory: data bytes put in segments "
+                                       "(made), read from them (taken) and removed unread (expired)", ("event",),
+                                       registry=r)
         self.info = Gauge("edensplit_info", "server identity", ("stage", "version"), registry=r,
                           multiprocess_mode="livemax")
         self.info.labels(stage, __version__).set(1)

@@ -24,9 +24,17 @@ from edensplit.servers.schemas import EncodeRequest, ErrorEnvelope, inline_schem
 from edensplit.servers.service import Endpoint
 from edensplit.wire import codecs
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE
+from edensplit.wire.shm import SHM_MEDIA_TYPE
 
 OPTIONS = ("seed", "num_steps", "method", "difference", "vae_scaler", "vae_shift")  # the edge's sampling options
 OPTIONS_DOC = f"options as query parameters: {', '.join(OPTIONS)}"
+HANDLE_SCHEMA = {
+    "type": "object", "required": ["segment", "size", "media_type"],
+    "description": "a shared-memory handle (servers with ALLOW_SHM=1; docs/protocol.md, Shared memory): the segment "
+                   "holds a body of `media_type`, taken once",
+    "properties": {"segment": {"type": "string", "pattern": r"^edensplit-shm-\d+-\d+-\d+-[0-9a-f]{32}$"},
+                   "size": {"type": "integer", "minimum": 0}, "media_type": {"type": "string"},
+                   "metadata": {"type": "object"}}}
 RETRY_AFTER = (ErrorCode.OVERLOADED, ErrorCode.NOT_READY)  # answered with Retry-After (envelope.error_response)
 REQUEST_ID = {"X-Request-ID": {"required": True, "schema": {"type": "string"},
                                "description": "the request's id (the caller's, or made): its idempotency key"}}
@@ -39,6 +47,11 @@ def binary(description: str) -> dict[str, Any]:
 def request_body(schema: type[BaseModel], **binaries: dict[str, Any]) -> dict[str, Any]:
     """A request body of JSON `schema` or the binary media types given (media type -> content)."""
     return {"required": True, "content": {JSON: {"schema": inline_schema(schema)}, **binaries}}
+
+
+def with_handles(body: dict[str, Any]) -> dict[str, Any]:
+    """A request body that may also be a shared-memory handle to one of its binary kinds (ALLOW_SHM=1)."""
+    return {**body, "content": {**body["content"], SHM_MEDIA_TYPE: {"schema": HANDLE_SCHEMA}}}
 
 
 def frames_body(schema: type[BaseModel], names: tuple[str, ...]) -> dict[str, Any]:
@@ -125,10 +138,14 @@ def endpoint_codes(endpoint: Endpoint) -> tuple[ErrorCode, ...]:
     return (*endpoint.errors, *http.BODY_ERRORS, *http.SERVE_ERRORS, *PIPELINE_ERRORS)
 
 
-def endpoint_responses(endpoint: Endpoint, keyed: bool) -> dict[int | str, dict[str, Any]]:
-    """An operation's responses: its codes, and its answer as JSON or in the binary media types it answers in."""
+def endpoint_responses(endpoint: Endpoint, keyed: bool, shm: bool = False) -> dict[int | str, dict[str, Any]]:
+    """An operation's responses: its codes, and its answer as JSON or in the binary media types it answers in (and,
+    `shm`, as a shared-memory handle)."""
     headers = {**REQUEST_ID, "X-Processing-Time": {"schema": {"type": "string"}, "description": "seconds spent"}}
     answers = {kind: binary(f"the answer itself ({kind})") for kind in endpoint.operation.answers}
+    if shm:
+        answers[SHM_MEDIA_TYPE] = {"schema": {**HANDLE_SCHEMA, "description": "a handle to the answer in shared "
+                                              "memory, when Accept asks for it"}}
     return route_responses(endpoint.path, keyed, endpoint_codes(endpoint),
                            {"description": "the JSON envelope, or the answer itself when a binary type is asked for "
                                            "(Accept) or the request was binary", "headers": headers,

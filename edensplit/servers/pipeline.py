@@ -27,23 +27,34 @@ from starlette.concurrency import run_in_threadpool
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.servers.auth import ANONYMOUS, Access
 from edensplit.servers.budget import ByteBudget
-from edensplit.servers.contract import Cancellation, Operation, OperationInput, Reply, run_operation
+from edensplit.servers.contract import (
+    JSON,
+    Cancellation,
+    Operation,
+    OperationInput,
+    Reply,
+    check_content_type,
+    run_operation,
+)
 from edensplit.servers.envelope import log_refusal
 from edensplit.servers.idempotency import IdempotencyCache
 from edensplit.servers.ids import check_id, is_id
 from edensplit.servers.metrics import Metrics
 from edensplit.servers.runtime import ModelRuntime
+from edensplit.servers.shm import SHM_ERRORS, SharedMemory
 from edensplit.settings import ServerSettings
 from edensplit.tracing import continued, tracer
+from edensplit.wire.shm import SHM_MEDIA_TYPE
 
 log = logging.getLogger("edensplit.server")
 access_log = logging.getLogger("edensplit.access")
 MAX_TIMEOUT_S = 24 * 3600.0
 UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 # What the pipeline answers around an operation's own steps: a bad timeout, an id reused for another request, no
-# model place or no model (yet), the deadline passed, a fault (CANCELLED is never sent: the caller is gone).
+# model place or no model (yet), the deadline passed, a fault (CANCELLED is never sent: the caller is gone), and
+# shared memory's refusals (a handle where it is off, or one that names no segment of ours to take).
 PIPELINE_ERRORS = (ErrorCode.INVALID_PARAMETER, ErrorCode.IDEMPOTENCY_CONFLICT, ErrorCode.OVERLOADED,
-                   ErrorCode.NOT_READY, ErrorCode.DEADLINE_EXCEEDED, ErrorCode.INTERNAL_ERROR)
+                   ErrorCode.NOT_READY, ErrorCode.DEADLINE_EXCEEDED, ErrorCode.INTERNAL_ERROR, *SHM_ERRORS)
 # The pipeline's own steps of a request it answers, before the operation's (contract.STEPS): the body or message
 # read whole (the transport's time, the byte budget held meanwhile) and the replay cache's digest and lookup.
 PIPELINE_STEPS = ("read", "idempotency")
@@ -82,6 +93,7 @@ class Exchange:
     steps: dict[str, float] = field(default_factory=dict)
     read: float | None = None  # seconds the transport took to read the body or message whole (a step, once answered)
     replayed: bool = False  # answered from the idempotency cache
+    single_use: bool = False  # its answer is a shared-memory handle, good once: never replayed, made anew
     abandoned: bool = False  # the caller went away before its body arrived
 
     @property
@@ -128,6 +140,25 @@ def is_address(name: str) -> bool:
     return True
 
 
+def answer_type(accept: str, binary_types: tuple[str, ...], binary_request: bool) -> str:
+    """JSON, or one of `binary_types`, from the Accept header; a binary request defaults to binary. An Accept
+    that names only types this endpoint cannot answer in is NOT_ACCEPTABLE."""
+    accepted = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    accepted = [a for a in accepted if a]
+    for candidate in accepted:
+        if candidate in binary_types:
+            return candidate
+        if candidate == JSON:
+            return JSON
+    if SHM_MEDIA_TYPE in accepted:
+        raise EdenError("this server does not answer with shared-memory handles (start it with ALLOW_SHM=1 on the "
+                        "same host as its callers), or accept the bytes", code=ErrorCode.SHM_DISABLED)
+    if accepted and not any(a in ("*/*", "application/*") for a in accepted):
+        raise EdenError(f"cannot answer in {', '.join(accepted)}; use {JSON} or {', '.join(binary_types)}",
+                        code=ErrorCode.NOT_ACCEPTABLE)
+    return binary_types[0] if binary_request else JSON
+
+
 class Pipeline:
     """A server's request pipeline: its key, budget, replay cache, runtime, metrics and component name."""
 
@@ -138,6 +169,8 @@ class Pipeline:
         self.access = Access(settings.edensplit_api_key, settings.edensplit_api_keys_file)
         self.allowed_hosts = {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()}
         self.allowed_origins = {o.strip().rstrip("/") for o in settings.allowed_origins.split(",") if o.strip()}
+        self.shm = SharedMemory(settings.allow_shm, self.budget, metrics, settings.shm_ttl_s, settings.shm_max_segments,
+                                int(settings.max_request_mb * 2**20))
 
     # -- a request begins ----------------------------------------------------------------------------
 
@@ -169,6 +202,26 @@ class Pipeline:
         exchange.client_name = self.access.client(exchange.path, headers.get("authorization"))
         if id_field is not None and exchange.given_id is not None:
             check_id(exchange.given_id, id_field)
+
+    def check_content_type(self, operation: Operation[Any, Any], content_type: str) -> None:
+        """UNSUPPORTED_MEDIA_TYPE unless the operation reads `content_type`; a shared-memory handle only where
+        shared memory is on (SHM_DISABLED)."""
+        if content_type == SHM_MEDIA_TYPE:
+            self.shm.check_enabled()
+        else:
+            check_content_type(operation, content_type)
+
+    def negotiate(self, exchange: Exchange, operation: Operation[Any, Any], content_type: str,
+                  accept: str) -> tuple[Operation[Any, Any], str]:
+        """The answer type from `accept` (HTTP's Accept, a WebSocket binary message's `accept`), and the operation
+        as this request needs it: through shared memory where its body is a handle or it asks for one (then the
+        operation's own first binary answer goes into a segment; such an answer is never replayed)."""
+        binary_request = content_type in operation.binary_inputs or content_type == SHM_MEDIA_TYPE
+        answer = answer_type(accept, operation.answers + self.shm.answers, binary_request)
+        handle_out = answer == SHM_MEDIA_TYPE
+        exchange.single_use = handle_out
+        adapted = self.shm.adapt(operation, content_type == SHM_MEDIA_TYPE, handle_out)
+        return adapted, operation.answers[0] if handle_out else answer
 
     def hold(self, nbytes: int, what: str = "request bodies") -> None:
         """Count bytes held for a request not yet admitted (a body, a message being reassembled); OVERLOADED
@@ -206,22 +259,25 @@ class Pipeline:
                      render: Callable[[Reply], A], digest: Callable[[], str], batcher: str | None = None) -> A:
         """The request's answer: run through `operation` (its deadline, an admission place, the steps), or, for
         a request the server answered already (same id, same content: `digest`), the answer it got then.
-        IDEMPOTENCY_CONFLICT when the id belongs to another request; errors are never kept. The steps recorded
-        (PIPELINE_STEPS, then the operation's) are the transport's read, then the replay cache's digest and
-        lookup (none for a request without an id: no time), then the operation's from its admission on."""
+        IDEMPOTENCY_CONFLICT when the id belongs to another request; errors are never kept. An answer that is a
+        shared-memory handle is never kept (its segment is good for one use; a retry gets a new one). The steps
+        recorded (PIPELINE_STEPS, then the operation's) are the transport's read, then the replay cache's digest
+        and lookup (none for a request without an id, or one answered by a handle: no time), then the
+        operation's from its admission on."""
         started = time.perf_counter()
         if exchange.read is not None:
             exchange.steps["read"] = exchange.read
+        keyed = exchange.keyed and not exchange.single_use
         key = f"{exchange.client_name}/{exchange.transport}/{exchange.request_id}"  # two clients' ids never meet
         try:
-            stored = await self.idempotency.begin(key, await run_in_threadpool(digest)) if exchange.keyed else None
+            stored = await self.idempotency.begin(key, await run_in_threadpool(digest)) if keyed else None
         finally:
             exchange.steps["idempotency"] = time.perf_counter() - started
         if stored is not None:
             exchange.replayed = True
             return stored.answer
         inp = dataclasses.replace(inp, received=time.perf_counter())  # admission_wait: from here
-        if not exchange.keyed:
+        if not keyed:
             return await run_operation(operation, inp, self.runtime, render, exchange.steps, batcher)
         answer = None
         try:

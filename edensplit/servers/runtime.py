@@ -140,6 +140,8 @@ class ModelRuntime:
         }
         if model is not None:
             info.update(device=str(model.device), dtype=str(model.dtype).removeprefix("torch."),
+                        weights=model.weights_name, weights_repository=model.weights_repository,
+                        weights_revision=model.weights_revision,
                         weights_digest=model.weights_digest, stand_in=getattr(model, "stand_in", False),
                         random_weights=model.weights_source.startswith("random"),
                         model_args=model.args.as_dict())

@@ -200,10 +200,17 @@ class HealthResponse(BaseModel):
     dtype: str | None = None
     stand_in: bool = Field(False, description="the stand-in of EDENSPLIT_STAND_IN_MODEL=1 (benchmarks of the "
                            "serving path): no model, checkerboard frames")
+    weights: str | None = Field(None, description="which weights run, never a path: an hf:// URI, \"tiny EDEN trained "
+                                "on synthetic motion\", \"local checkpoint\", \"random (seed N)\" or \"stand-in\"")
+    weights_repository: str | None = Field(None, description="weights from the Hugging Face Hub: the repository")
+    weights_revision: str | None = Field(None, description="weights from the Hugging Face Hub: the commit they came "
+                                         "from")
     weights_digest: str | None = Field(None, description="a short SHA-256 of the checkpoint file, or of the random "
                                        "weights' configuration and seed: equal on a cloud and an edge that run "
                                        "the same model (never a path)")
     random_weights: bool = False
+    shared_memory: bool = Field(False, description="ALLOW_SHM=1: takes and gives encodings as shared-memory handles "
+                                "(callers on its host)")
     model_args: dict[str, Any] | None = None
     version: str
     uptime_s: float

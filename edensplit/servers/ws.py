@@ -16,6 +16,7 @@ the connection and the server keep going.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Mapping
@@ -27,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketState
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.servers.contract import JSON, OperationInput, Reply, check_content_type
+from edensplit.servers.contract import JSON, OperationInput, Reply
 from edensplit.servers.envelope import error_body, error_response
 from edensplit.servers.idempotency import digest
 from edensplit.servers.ids import check_id
@@ -103,7 +104,8 @@ def render(req: WsRequest, reply: Reply) -> WsAnswer:
     metadata = reply.metadata or {**reply.data, "request_id": req.request_id}
     kind = f"{req.type}_result"
     if req.binary:
-        header = {"type": kind, "request_id": req.request_id, "status": "success", "metadata": metadata}
+        header = {"type": kind, "request_id": req.request_id, "status": "success", "content_type": reply.media_type,
+                  "metadata": metadata}
         return WsAnswer(tuple(split_binary(header, reply.body or b"", CHUNK_BYTES)))
     payload = reply.data if reply.metadata else {}
     return WsAnswer(tuple(split_text({"type": kind, "request_id": req.request_id, "status": "success",
@@ -160,7 +162,12 @@ class Connection:
         with self.pipeline.span(exchange, req.header):
             try:
                 inp = req.operation_input(endpoint, self.pipeline, self.client_name)
-                answer = await self.pipeline.answer(exchange, endpoint.operation, inp, lambda r: render(req, r),
+                operation = endpoint.operation
+                if req.binary:  # its header's `accept`: a binary answer type, or a shared-memory handle
+                    operation, answer = self.pipeline.negotiate(exchange, operation, inp.content_type,
+                                                                str(req.header.get("accept") or ""))
+                    inp = dataclasses.replace(inp, answer=endpoint.operation.answers[0] if answer == JSON else answer)
+                answer = await self.pipeline.answer(exchange, operation, inp, lambda r: render(req, r),
                                                     req.digest, endpoint.batcher)
                 exchange.bytes_out = await self.send(answer.frames)
                 self.pipeline.succeeded(exchange)
@@ -272,7 +279,7 @@ class Connection:
                             details={"request_id": req.request_id})
         if req.binary:
             try:
-                check_content_type(endpoint.operation, str(req.header.get("content_type")
+                self.pipeline.check_content_type(endpoint.operation, str(req.header.get("content_type")
                                                            or endpoint.operation.binary_inputs[0]).lower())
             except EdenError as exc:
                 exc.details["request_id"] = req.request_id

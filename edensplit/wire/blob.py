@@ -4,7 +4,7 @@ Tensors: `cond_dit`, `cond_dec` [F, N, D] in the wire dtype, `mean`, `std` [F] f
 (str -> str) says what they are: format/version, the frames' Geometry, the token grid and padding,
 F, D, the wire dtype, the pair's raw `difference` (exact repr of the float) and any caller extras.
 Everything is checked on unpack, so the edge never runs a model on tensors that do not fit; nothing
-is unpickled. A float32 blob round-trips bit for bit.
+is deserialised as Python objects. A float32 blob round-trips bit for bit.
 
 The wire dtypes are the codecs of `wire/codecs.py`: each says how the tokens are stored (e.g. int8 with
 float32 per-token scales `cond_dit_scale`, `cond_dec_scale` [F, N] beside them) and come back; the tensors

@@ -93,6 +93,23 @@ def test_binary_raw_frames_are_packed_not_png_encoded(monkeypatch):
     assert "difference" not in single.url.params  # the edge computes it from the pixels it holds
 
 
+def test_session_requests_name_their_session_in_a_header_over_http_only(blobs):
+    """X-Session-ID: the key Ray Serve's proxy routes a session's requests to one replica by; every form of a
+    session request sends it over HTTP, nothing else does, and a WebSocket message is as it was."""
+    for payload in ("binary", "json"):
+        fake = FakeEdge()
+        edge = fake.edge(payload)
+        edge.session_frame("s7", 0, blobs["frame"])
+        edge.session_frame("s7", 1, FRAMES[1])
+        edge.interpolate(blobs["pair"])
+        edge.interpolate_frames(FRAMES[0], FRAMES[1])
+        assert [r.headers.get("x-session-id") for r in fake.requests] == ["s7", "s7", None, None], payload
+    call = requests.session_frame("s7", 1, blobs["frame"], Options(), payload="binary")
+    assert call.headers == {"X-Session-ID": "s7"} and not requests.interpolate(blobs["pair"], Options(),
+                                                                               payload="binary").headers
+    assert set(message(call, "rid")) == {"type", "request_id", "session_id", "index", "content_type", "accept"}
+
+
 def test_binary_cloud_requests_pack_frames_and_ask_for_the_blob(blobs, monkeypatch):
     seen: list[httpx.Request] = []
 
@@ -178,7 +195,7 @@ def test_websocket_messages_carry_ids_options_and_the_payload_type(blobs):
     call = requests.session_frame("s5", 3, blobs["frame"], Options(seed=2, difference=0.5), payload="binary")
     header = message(call, "rid")
     assert header == {"type": "session_frame", "request_id": "rid", "session_id": "s5", "index": 3, "seed": 2,
-                      "difference": 0.5, "content_type": BLOB_MEDIA_TYPE}
+                      "difference": 0.5, "content_type": BLOB_MEDIA_TYPE, "accept": FRAMES_MEDIA_TYPE}
     chunks = frames_of(call, "rid", chunk_bytes=len(blobs["frame"].raw) // 3)
     assert len(chunks) >= 3
     heads = [unpack_binary(c)[0] for c in chunks]

@@ -99,6 +99,42 @@ def test_health_shows_a_digest_the_cloud_and_the_edge_agree_on_and_no_path(tmp_p
     assert any("not a PyTorch checkpoint" in r.getMessage() for r in caplog.records)  # the log says why
 
 
+def test_health_names_the_weights_by_repository_revision_and_digest_and_never_by_path(hub_cache, tiny_dir, tmp_path):
+    """Weights by name (hf://, loaded from the cache at start-up), the tiny EDEN and a local file: /health says which
+    weights run and their digest, the cloud and the edge alike, and shows neither the cache nor a file's path."""
+    import io
+
+    import torch
+
+    from edensplit.model.sources import TINY, TINY_NAME
+    from tests.hub import COMMIT, cache_file
+
+    buffer = io.BytesIO()
+    torch.save({"eden": load_model(None, TINY_CONFIG, allow_random=True, seed=8).state_dict()}, buffer)
+    cache_file(hub_cache, "someone/eden-test", "eden.pt", buffer.getvalue())
+    local = tmp_path / "secret-path" / "eden.pt"
+    local.parent.mkdir()
+    local.write_bytes(buffer.getvalue())
+    config = tiny_dir / "eden_tiny.yaml"
+    uri = "hf://someone/eden-test/eden.pt"
+    seen = {}
+    for name, model_path in (("hub", uri), ("tiny", TINY), ("file", str(local))):
+        settings = ServerSettings(model_path=model_path, eden_config=config, warmup=False)
+        with TestClient(create_cloud_app(settings)) as cloud, TestClient(create_edge_app(settings)) as edge:
+            text = cloud.get("/health").text + edge.get("/health").text
+            a, b = cloud.get("/health").json(), edge.get("/health").json()
+        assert str(hub_cache) not in text and str(tmp_path) not in text
+        assert a["ready"] and {k: a[k] for k in a if k.startswith("weights")} == \
+            {k: b[k] for k in b if k.startswith("weights")}
+        seen[name] = a
+    assert (seen["hub"]["weights"], seen["hub"]["weights_repository"], seen["hub"]["weights_revision"]) == \
+        (uri, "someone/eden-test", COMMIT)
+    assert seen["hub"]["weights_digest"] == seen["file"]["weights_digest"]  # the same bytes, by name or by path
+    assert seen["tiny"]["weights"] == TINY_NAME and seen["tiny"]["weights_repository"] is None
+    assert seen["file"]["weights"] == "local checkpoint" and seen["tiny"]["weights_digest"] != seen["file"][
+        "weights_digest"]
+
+
 def test_a_request_timeout_is_capped_by_the_servers():
     with edge_app(request_timeout_s=0.001) as edge:
         r = edge.post("/api/v1/interpolate", content=PAIR, headers={**BLOB, "X-Request-Timeout": "86400"})

@@ -4,16 +4,19 @@ session cache and its client of the cloud (flow B), closed at shutdown."""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import WithJsonSchema
+from starlette.concurrency import run_in_threadpool
 
 from edensplit.client.http import AsyncHttpTransport
 from edensplit.client.services import AsyncCloud
 from edensplit.errors import ErrorCode
 from edensplit.model.eden import INTERPOLATE, Eden
+from edensplit.net import on_this_host
 from edensplit.servers.app import create_app
 from edensplit.servers.auth import bearer_scheme
 from edensplit.servers.contract import PNG
@@ -57,6 +60,7 @@ from edensplit.wire.blob import BLOB_MEDIA_TYPE
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE
 
 CLOUD_RETRY_FOR_S = 20.0
+log = logging.getLogger("edensplit.server")
 ANSWERS = (f"`Accept: {PNG}` or `{FRAMES_MEDIA_TYPE}` (the default for a binary request) answers with the frame "
            "itself instead of the JSON envelope.")
 BINARY_ONLY = "read from a binary body (a JSON body carries its options itself)"
@@ -68,16 +72,24 @@ FrameIndex = Annotated[int, WithJsonSchema(FRAME_INDEX_SCHEMA)]
 def cloud_client(settings: ServerSettings) -> tuple[AsyncCloud, CloudEncoder]:
     """Flow B's client of the cloud at CLOUD_SERVER_URL (binary, float32), and the encoder call over it. It rides
     out a short cloud outage (CLOUD_RETRY_FOR_S) within the request's own deadline, not the client's minute: the
-    client, whose request this is, keeps its own retry budget."""
+    client, whose request this is, keeps its own retry budget. With EDENSPLIT_SHM=1 and the cloud on this
+    machine, it asks for shared-memory handles and takes the segments itself."""
+    shm = settings.edensplit_shm and on_this_host(settings.cloud_server_url)
+    if settings.edensplit_shm and not shm:
+        log.warning("EDENSPLIT_SHM=1, but the cloud (%s) is not on this machine: its encodings come as bytes",
+                    settings.cloud_server_url)
     cloud = AsyncCloud(AsyncHttpTransport(settings.cloud_server_url, name="cloud server", retry_for=CLOUD_RETRY_FOR_S,
                                           api_key=settings.cloud_api_key, ca_cert=settings.edensplit_ca_cert,
-                                          allow_insecure_key=settings.edensplit_allow_insecure_key))
+                                          allow_insecure_key=settings.edensplit_allow_insecure_key), shm=shm)
 
     async def encode_at_cloud(frames: list[np.ndarray], request_id: str) -> bytes:
-        """Flow B: the cloud's float32 blob of a pair or one frame (binary, no base64)."""
+        """Flow B: the cloud's float32 blob of a pair or one frame (binary, no base64; a segment read off the
+        event loop)."""
         if len(frames) == 2:
-            return (await cloud.encode(*frames, request_id=request_id)).raw
-        return (await cloud.encode_frame(frames[0], request_id=request_id)).raw
+            encoded = await cloud.encode(*frames, request_id=request_id)
+        else:
+            encoded = await cloud.encode_frame(frames[0], request_id=request_id)
+        return encoded.raw if encoded.handle is None else await run_in_threadpool(lambda: encoded.raw)
 
     return cloud, encode_at_cloud
 

@@ -1,0 +1,180 @@
+"""Shared memory between co-located stages: an encoding handed from the cloud to the edge through a POSIX shared
+memory segment (a file of /dev/shm), with only a small handle crossing HTTP or WebSocket.
+
+A segment holds a header line and the data: `EDSHM1 <header JSON>\\n<data>`, the header naming the client the
+segment was made for, the data's media type and size. Its name, `edensplit-shm-<uid>-<pid>-<start>-<token>`, says
+whose it is (the user, and the process that made it and when that process started, so that a crashed maker's
+segments can be found and removed) and is unguessable (128 random bits). Segments are created mode 0600, exclusively,
+never through a link; a reader checks the owner and mode before trusting one.
+
+Threat model: processes of the same user are trusted, as with a Unix socket; other users are not (they can neither
+read a segment nor plant one that is taken for ours). The handle (`application/vnd.edensplit.shm-handle+json`) is
+`{"segment": name, "size": n, "media_type": type}`, with the answer's `metadata` (what a JSON answer would say
+beside the data: the grid, the difference) when a server made it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edensplit.errors import EdenError, ErrorCode
+
+SHM_MEDIA_TYPE = "application/vnd.edensplit.shm-handle+json"
+SHM_DIR = Path("/dev/shm")
+MAGIC = b"EDSHM1 "
+PREFIX = "edensplit-shm-"
+NAME = re.compile(r"edensplit-shm-(\d+)-(\d+)-(\d+)-([0-9a-f]{32})")
+MAX_HANDLE_BYTES = 4096
+MAX_HEADER_BYTES = 4096
+
+
+def available() -> bool:
+    """Whether this machine has POSIX shared memory as files (Linux's /dev/shm)."""
+    return SHM_DIR.is_dir() and os.access(SHM_DIR, os.W_OK)
+
+
+@dataclass(frozen=True)
+class Handle:
+    """What travels instead of the data: the segment's name, the data's size and media type."""
+
+    segment: str
+    size: int
+    media_type: str
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def dumps(self) -> bytes:
+        fields: dict[str, Any] = {"segment": self.segment, "size": self.size, "media_type": self.media_type}
+        if self.metadata:
+            fields["metadata"] = self.metadata
+        return json.dumps(fields, sort_keys=True).encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> Handle:
+        """A handle from its JSON; SHM_INVALID if it is not one (a name of ours, a size, a media type)."""
+        if len(data) > MAX_HANDLE_BYTES:
+            raise invalid(f"a shared-memory handle is at most {MAX_HANDLE_BYTES} bytes, got {len(data)}")
+        try:
+            fields = json.loads(data)
+            segment, size, media_type = fields["segment"], fields["size"], fields["media_type"]
+            metadata = fields.get("metadata", {})
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise invalid("not a shared-memory handle: a JSON object with segment, size and media_type") from None
+        if not isinstance(segment, str) or not NAME.fullmatch(segment):
+            raise invalid("the handle's segment is not an edensplit segment name")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(media_type, str):
+            raise invalid("the handle's size must be a non-negative integer and its media_type a string")
+        if not isinstance(metadata, dict):
+            raise invalid("the handle's metadata must be an object")
+        return cls(segment, size, media_type, metadata)
+
+
+def invalid(message: str) -> EdenError:
+    return EdenError(message, code=ErrorCode.SHM_INVALID)
+
+
+def segment_name(maker: str) -> str:
+    """A new segment's name for this user and the process `maker` ("<pid>-<start time>")."""
+    return f"{PREFIX}{os.getuid()}-{maker}-{secrets.token_hex(16)}"
+
+
+def write_segment(name: str, data: bytes | memoryview, client: str | None, media_type: str) -> Handle:
+    """Create segment `name` (0600, exclusively, never through a link) holding `data` for `client` (None: a
+    client's own segment, for whichever server it sends the handle to)."""
+    header = MAGIC + json.dumps({"client": client, "media_type": media_type, "size": len(data)}).encode() + b"\n"
+    fd = os.open(SHM_DIR / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            f.write(header)
+            f.write(data)
+    except BaseException:
+        os.unlink(SHM_DIR / name)
+        raise
+    finally:
+        os.close(fd)
+    return Handle(name, len(data), media_type)
+
+
+def take_segment(handle: Handle, client: str | None, media_type: str) -> bytes:
+    """The data of the segment `handle` names, which is then removed (a handle is good for one use).
+
+    SHM_NOT_FOUND if there is no such segment (unknown, used or expired); SHM_FORBIDDEN if it is not this user's,
+    not private, or made for another client (`client` None: any, for the process that asked for it itself; a
+    segment made for None is any client's: a client's own, its name the capability);
+    SHM_INVALID if it is not an edensplit segment or holds other than the handle says."""
+    path = SHM_DIR / handle.segment
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise EdenError(f"shared-memory segment {handle.segment} does not exist (unknown, already used, or expired: "
+                        "ask the cloud for the encoding again)", code=ErrorCode.SHM_NOT_FOUND) from None
+    except OSError as exc:
+        raise EdenError(f"shared-memory segment {handle.segment} cannot be opened ({exc.strerror}): not ours",
+                        code=ErrorCode.SHM_FORBIDDEN) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+            raise EdenError(f"shared-memory segment {handle.segment} is not this user's private segment",
+                            code=ErrorCode.SHM_FORBIDDEN)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            head = f.readline(MAX_HEADER_BYTES)
+            if not head.startswith(MAGIC) or not head.endswith(b"\n"):
+                raise invalid(f"shared-memory segment {handle.segment} is not an edensplit segment")
+            try:
+                header = json.loads(head[len(MAGIC):])
+            except ValueError:
+                raise invalid(f"shared-memory segment {handle.segment} has an unreadable header") from None
+            if client is not None and header.get("client") not in (None, client):
+                raise EdenError(f"shared-memory segment {handle.segment} was made for another client",
+                                code=ErrorCode.SHM_FORBIDDEN)
+            if header.get("size") != handle.size or header.get("media_type") != handle.media_type:
+                raise invalid(f"shared-memory segment {handle.segment} does not hold what its handle says")
+            if handle.media_type != media_type:
+                raise invalid(f"the handle names {handle.media_type}, this request takes {media_type}")
+            data = f.read(handle.size + 1)
+        if len(data) != handle.size:
+            raise invalid(f"shared-memory segment {handle.segment} holds {len(data)} bytes, its handle says "
+                          f"{handle.size}")
+    finally:
+        os.close(fd)
+    remove(handle.segment)
+    return data
+
+
+def remove(name: str) -> bool:
+    """Remove segment `name` if it is still there; whether it was."""
+    try:
+        os.unlink(SHM_DIR / name)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def segments(uid: int | None = None) -> Iterator[tuple[str, str, int]]:
+    """(name, maker "<pid>-<start>", size in bytes) of this user's edensplit segments."""
+    uid = os.getuid() if uid is None else uid
+    try:
+        entries = list(os.scandir(SHM_DIR))
+    except OSError:
+        return
+    for entry in entries:
+        match = NAME.fullmatch(entry.name)
+        if match and int(match.group(1)) == uid:
+            try:
+                size = entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+            yield entry.name, f"{match.group(2)}-{match.group(3)}", size
+
+
+def header_of(name: str) -> dict[str, Any]:
+    """A segment's header (for tests and diagnostics)."""
+    with open(SHM_DIR / name, "rb") as f:
+        return json.loads(f.readline(MAX_HEADER_BYTES)[len(MAGIC):])

@@ -1,0 +1,98 @@
+"""A shared-memory segment: private to its user, made once under an unguessable name, taken once, and checked
+before it is trusted (owner, mode, header, client, size)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from edensplit.errors import EdenError, ErrorCode
+from edensplit.wire import shm
+from edensplit.wire.shm import Handle, segment_name, take_segment, write_segment
+
+BLOB = "application/vnd.edensplit.enc-out+safetensors"
+
+
+@pytest.fixture
+def made():
+    """A segment of 1000 bytes for client alice; removed after the test if it is still there."""
+    handle = write_segment(segment_name(f"{os.getpid()}-1"), os.urandom(1000), "alice", BLOB)
+    yield handle
+    shm.remove(handle.segment)
+
+
+def code_of(call) -> ErrorCode:
+    with pytest.raises(EdenError) as err:
+        call()
+    return err.value.code
+
+
+def test_a_segment_is_private_unguessable_and_good_for_one_use(made):
+    info = os.lstat(shm.SHM_DIR / made.segment)
+    assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == os.getuid()
+    assert shm.NAME.fullmatch(made.segment) and len(made.segment.rsplit("-", 1)[1]) == 32  # 128 random bits
+    assert segment_name("1-2") != segment_name("1-2")
+    data = take_segment(made, "alice", BLOB)
+    assert len(data) == 1000
+    assert not (shm.SHM_DIR / made.segment).exists()
+    assert code_of(lambda: take_segment(made, "alice", BLOB)) == ErrorCode.SHM_NOT_FOUND
+
+
+def test_a_handle_names_one_of_our_segments_and_nothing_else():
+    for bad in (b"not json", b"[]", b'{"segment": "x"}',
+                b'{"segment": "../../etc/passwd", "size": 1, "media_type": "a"}',
+                b'{"segment": "edensplit-shm-0-1-2-' + b"0" * 32 + b'", "size": -1, "media_type": "a"}',
+                b'{"segment": "edensplit-shm-0-1-2-' + b"0" * 32 + b'", "size": true, "media_type": "a"}',
+                b"{" + b" " * 5000 + b"}"):
+        assert code_of(lambda b=bad: Handle.loads(b)) == ErrorCode.SHM_INVALID, bad[:60]
+
+
+def test_a_segment_for_another_client_or_holding_other_than_its_handle_says_is_refused(made):
+    assert code_of(lambda: take_segment(made, "bob", BLOB)) == ErrorCode.SHM_FORBIDDEN
+    longer = Handle(made.segment, made.size + 1, made.media_type)
+    assert code_of(lambda: take_segment(longer, "alice", BLOB)) == ErrorCode.SHM_INVALID
+    other = Handle(made.segment, made.size, "application/vnd.edensplit.frames+safetensors")
+    assert code_of(lambda: take_segment(other, "alice", BLOB)) == ErrorCode.SHM_INVALID
+    assert (shm.SHM_DIR / made.segment).exists()  # a refused take leaves it to its owner
+    assert len(take_segment(made, None, BLOB)) == 1000  # None: the process that asked for it takes it itself
+
+
+def test_a_file_that_is_not_our_private_segment_is_refused(tmp_path):
+    name = segment_name(f"{os.getpid()}-1")
+    path = shm.SHM_DIR / name
+    handle = Handle(name, 4, BLOB)
+    try:
+        path.write_bytes(b"EDSHM1 {}\nabcd")  # world-readable: not private
+        path.chmod(0o644)
+        assert code_of(lambda: take_segment(handle, None, BLOB)) == ErrorCode.SHM_FORBIDDEN
+        path.chmod(0o600)
+        path.write_bytes(b"just some bytes")  # private, not an edensplit segment
+        assert code_of(lambda: take_segment(handle, None, BLOB)) == ErrorCode.SHM_INVALID
+        path.unlink()
+        target = tmp_path / "elsewhere"
+        target.write_bytes(b"EDSHM1 {}\nabcd")
+        path.symlink_to(target)  # a link planted at a segment's name is never followed
+        assert code_of(lambda: take_segment(handle, None, BLOB)) == ErrorCode.SHM_FORBIDDEN
+        path.unlink()
+        if os.getuid() == 0:  # another user's segment (root can make one)
+            path.write_bytes(b'EDSHM1 {"client": "alice", "media_type": "%s", "size": 4}\nabcd' % BLOB.encode())
+            path.chmod(0o600)
+            os.chown(path, 12345, 12345)
+            assert code_of(lambda: take_segment(handle, "alice", BLOB)) == ErrorCode.SHM_FORBIDDEN
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_segments_are_made_exclusively_never_through_a_link(tmp_path):
+    name = segment_name(f"{os.getpid()}-1")
+    target = tmp_path / "victim"
+    target.write_bytes(b"keep me")
+    (shm.SHM_DIR / name).symlink_to(target)
+    try:
+        with pytest.raises(FileExistsError):
+            write_segment(name, b"data", "alice", BLOB)
+        assert target.read_bytes() == b"keep me"
+    finally:
+        (shm.SHM_DIR / name).unlink()
