@@ -1,12 +1,13 @@
 """Mode overhead: what the split adds per generated frame, beside the floor of moving the same bytes.
 
 Real servers on loopback with the stand-in model (EDENSPLIT_STAND_IN_MODEL=1: the full-size shapes, nothing
-computed), a clip held in memory, each path (transport-payload: http-binary, ws-json, ...) x wire dtype x flow x
-size as one row: rounds of the clip through the servers (pairs in flight), each followed by the floor for the
-bytes that round moved per hop (`edensplit.bench.floor`), so the machine's load falls on both. A row's figures
-are medians over its rounds; its step split (`edensplit.bench.steps`) and its bytes are summed over all rounds.
-A new way to move encodings is one more path value: it needs a payload `open_backend` knows and, if it is a new
-transport, a floor of its own.
+computed), a clip held in memory, each path (transport-payload: http-binary, ws-json, ..., and http-shm / ws-shm: the
+binary payload with `shm`, frames and encodings through shared memory and only handles over the sockets, the servers
+with ALLOW_SHM=1 and flow B's edge with EDENSPLIT_SHM=1) x wire dtype x flow x size as one row: rounds of the clip
+through the servers (pairs in flight), each followed by the floor for the bytes that round moved per hop over the
+sockets (`edensplit.bench.floor`), so the machine's load falls on both. A row's figures are medians over its rounds;
+its step split (`edensplit.bench.steps`) and its bytes are summed over all rounds. A new way to move encodings is one
+more path value: it needs a payload `open_backend` knows and, if it is a new transport, a floor of its own.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import torch
 
 from edensplit.bench.floor import Floor
 from edensplit.bench.inputs import _clip_frames
-from edensplit.bench.steps import ClientSteps, largest, server_seconds, split
-from edensplit.bench.systems import REQUEST_TIMEOUT_S, Design, hops_of, route_bytes, routes_per_frame, servers
+from edensplit.bench.steps import ClientSteps, ServerCounts, largest, server_counts, split
+from edensplit.bench.systems import REQUEST_TIMEOUT_S, Design, hops_of, routes_per_frame, start_together
 from edensplit.bench.timing import run_once, time_interleaved
 from edensplit.client.flows import open_backend
 from edensplit.model.eden import ENCODE, INTERPOLATE
@@ -33,14 +34,16 @@ from edensplit.model.encoding import FrameEncoding
 from edensplit.model.loading import load_model_for
 from edensplit.model.seeds import make_noise
 from edensplit.model.stages import encode_frames, frame_context, frame_difference, interpolate, to_uint8
+from edensplit.servers.launch import ServerProcess
 from edensplit.settings import ModelSettings
 from edensplit.wire import codecs
 
 SIZES = ((480, 854), (1080, 1920))
-PATHS = ("http-binary", "ws-binary", "http-json", "ws-json")  # transport-payload
+PATHS = ("http-binary", "ws-binary", "http-shm", "ws-shm", "http-json", "ws-json")  # transport-payload
+SHM = "shm"  # the payload of the shared-memory paths: binary bodies, with `shm`
 DTYPES = (codecs.FLOAT16.name, codecs.FLOAT32.name)
 FLOWS = ("a-once", "a-pairs", "b-once", "b-pairs")
-STAND_IN_ENV = {"EDENSPLIT_STAND_IN_MODEL": "1"}
+STAND_IN_ENV = {"EDENSPLIT_STAND_IN_MODEL": "1", "ALLOW_SHM": "1"}  # shared memory taken where a client asks
 MAX_ROUNDS = 5
 FULL_ROUNDS = 3  # a row of fewer rounds is thin
 THIN_FRAMES = (3, 2)  # frames per round, in turn, of a row whose warm-up pair says a full round would not fit
@@ -64,6 +67,7 @@ class OverheadRow:
     model_parts: dict[str, float] = field(default_factory=dict)  # its parts: the stand-in's calls, the difference
     floor_ms: float | None = None  # the same bytes per hop through the bare app
     hops: dict[str, float] = field(default_factory=dict)  # bytes per generated frame: cloud_in/out, edge_in/out
+    shm_hops: dict[str, float] = field(default_factory=dict)  # the same hops' bytes through shared memory
     hop_transports: dict[str, str] = field(default_factory=dict)  # what each hop's floor went over
     steps: dict[str, float] = field(default_factory=dict)  # ms per generated frame, summed over requests
     largest_step: str | None = None
@@ -105,7 +109,8 @@ def designs(paths: Sequence[str], dtypes: Sequence[str], flows: Sequence[str]) -
 
 
 def cost_order(design: Design) -> tuple[bool, bool, bool]:
-    """Cheaper rows first (binary, half precision, frame-once), so the costly ones get what the budget has left."""
+    """Cheaper rows first (binary or shm, half precision, frame-once), so the costly ones get what the budget has
+    left."""
     return design.payload == "json", design.wire_dtype == codecs.FLOAT32.name, not design.flow.endswith("once")
 
 
@@ -160,6 +165,16 @@ def frames_per_round(warm_up_s: float, frames: int, window: int, share_s: float)
     return min(frames, THIN_FRAMES[-1])
 
 
+def shm_hops(before: dict[str, ServerCounts], after: dict[str, ServerCounts]) -> dict[str, float]:
+    """Bytes each hop moved through shared memory between two counts: a server's "taken" its way in (what it read
+    from segments: the client's frames, the cloud's encodings), its "made" its way out (the segments it wrote)."""
+    out = {}
+    for server in after:
+        for direction, event in (("in", "taken"), ("out", "made")):
+            out[f"{server}_{direction}"] = after[server].shm[event] - before[server].shm[event]
+    return out
+
+
 def run_row(design: Design, size: tuple[int, int], clip: list[np.ndarray], urls: dict[str, str], floor: Floor,
             share_s: float, window: int, stand_in: StandInCost) -> OverheadRow:
     """One row: a warm-up pair, then rounds of the clip (at least one, at most MAX_ROUNDS, while the row's share
@@ -169,12 +184,16 @@ def run_row(design: Design, size: tuple[int, int], clip: list[np.ndarray], urls:
     started = time.perf_counter()
     row.model_parts = stand_in.ms(size, design.flow, design.wire_dtype)
     row.model_ms = sum(row.model_parts.values())
+    shared = design.payload == SHM
+    urls = {"cloud": urls["cloud"], "edge": urls["edge_shm" if shared and "edge_shm" in urls else "edge"]}
     backend = open_backend(cloud_url=urls["cloud"], edge_url=urls["edge"], transport=design.transport,
-                           payload=design.payload, flow=design.flow[0], frame_once=design.flow.endswith("once"),
-                           wire_dtype=design.wire_dtype, timeout=REQUEST_TIMEOUT_S)
+                           payload="binary" if shared else design.payload, flow=design.flow[0],
+                           frame_once=design.flow.endswith("once"), wire_dtype=design.wire_dtype,
+                           timeout=REQUEST_TIMEOUT_S, shm=shared)
     walls, floors, recorder = [], [], ClientSteps()
     steps: dict[str, float] = {}
     moved: list[dict[str, dict[str, float]]] = []
+    shm_moved: dict[str, float] = {}
     try:
         warm = time.perf_counter()
         run_once(backend, clip[:2], 1)  # connections, first-call costs
@@ -183,15 +202,18 @@ def run_row(design: Design, size: tuple[int, int], clip: list[np.ndarray], urls:
         with recorder.installed(backend):
             while True:
                 round_started = time.perf_counter()
-                before = {s: (route_bytes(u), server_seconds(u)) for s, u in urls.items()}
+                before = {s: server_counts(u) for s, u in urls.items()}
                 recorder.take()
                 seconds, _, out = run_once(backend, frames, window)
                 client = recorder.take()
-                after = {s: (route_bytes(u), server_seconds(u)) for s, u in urls.items()}
+                after = {s: server_counts(u) for s, u in urls.items()}
                 n = len(out)
-                routes = routes_per_frame({s: b[0] for s, b in before.items()}, {s: a[0] for s, a in after.items()}, n)
+                routes = routes_per_frame({s: b.routes for s, b in before.items()},
+                                          {s: a.routes for s, a in after.items()}, n)
                 moved.append({s: {k: v * n for k, v in r.items()} for s, r in routes.items()})
-                server = {s: after[s][1] - before[s][1] for s in urls}
+                for hop, value in shm_hops(before, after).items():
+                    shm_moved[hop] = shm_moved.get(hop, 0.0) + value
+                server = {s: after[s].seconds - before[s].seconds for s in urls}
                 for key, value in split(client, server, design.flow).items():
                     steps[key] = steps.get(key, 0.0) + value
                 walls.append(seconds / n * 1000)
@@ -214,10 +236,21 @@ def run_row(design: Design, size: tuple[int, int], clip: list[np.ndarray], urls:
                 for k, v in r.items():
                     totals.setdefault(s, {})[k] = totals.get(s, {}).get(k, 0.0) + v
         row.hops = hops_of({s: {k: v / row.generated for k, v in r.items()} for s, r in totals.items()})
+        row.shm_hops = {hop: v / row.generated for hop, v in shm_moved.items()}
         row.steps = {k: v / row.generated * 1000 for k, v in steps.items()}
         row.largest_step = largest(row.steps)
     row.seconds = time.perf_counter() - started
     return row
+
+
+def stand_in_servers(log_dir: Path) -> dict[str, ServerProcess]:
+    """The matrix's servers, not started: a cloud, an edge and an edge that asks the cloud for shared-memory handles
+    (EDENSPLIT_SHM=1: flow B's shm rows), all with the stand-in model and ALLOW_SHM=1."""
+    cloud = ServerProcess("edensplit.cloud:app", env=STAND_IN_ENV, log_path=log_dir / "overhead-cloud.log")
+    edges = {name: ServerProcess("edensplit.edge:app", env={**STAND_IN_ENV, "CLOUD_SERVER_URL": cloud.url, **extra},
+                                 log_path=log_dir / f"overhead-{name}.log")
+             for name, extra in (("edge", {}), ("edge_shm", {"EDENSPLIT_SHM": "1"}))}
+    return {"cloud": cloud, **edges}
 
 
 def run_matrix(sizes: Sequence[tuple[int, int]], paths: Sequence[str], dtypes: Sequence[str], flows: Sequence[str],
@@ -227,7 +260,7 @@ def run_matrix(sizes: Sequence[tuple[int, int]], paths: Sequence[str], dtypes: S
     """Every row at every size through one cloud, one edge and one floor server; (rows in the table's order, the
     seconds it all took, start-up included). The budget is the rows' (from when the servers are ready): each row's
     share of it is what is left over the rows left. `urls` ({"cloud": ..., "edge": ...}): servers already running
-    to use instead of starting stand-in ones (the tests' tiny model)."""
+    to use instead of starting stand-in ones (and "edge_shm": the shm rows' edge, else "edge")."""
     started = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="edensplit-overhead-"))
     log_dir = log_dir or folder
@@ -237,8 +270,9 @@ def run_matrix(sizes: Sequence[tuple[int, int]], paths: Sequence[str], dtypes: S
     floor = Floor(log_dir)
     with contextlib.ExitStack() as stack:
         if urls is None:
-            cloud, edge = stack.enter_context(servers(STAND_IN_ENV, log_dir, "overhead", floor.server))
-            urls = {"cloud": cloud.url, "edge": edge.url}
+            processes = stand_in_servers(log_dir)
+            start_together(stack, *processes.values(), floor.server)
+            urls = {name: process.url for name, process in processes.items()}
         stack.enter_context(floor)
         clips: dict[tuple[int, int], list[np.ndarray]] = {}
         rows_started = time.perf_counter()

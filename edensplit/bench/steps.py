@@ -1,7 +1,7 @@
 """Where a row's time goes, step by step (`edensplit bench --mode overhead`): the client's own clocks (a step timer on
 each service: pack, exchange, unpack) and the servers' (edensplit_request_seconds and edensplit_stage_seconds by
-route, read from /metrics before and after), combined into one split whose steps add up to the client's request
-time."""
+route, read from /metrics before and after, with the bytes they counted), combined into one split whose steps add
+up to the client's request time."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import contextlib
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from edensplit.bench.systems import route_bytes_of
 from edensplit.client.backends import Backend
 from edensplit.client.requests import Call
 from edensplit.client.services import StepTimer
@@ -72,19 +74,34 @@ class ClientSteps:
                 service.timer = None
 
 
-def server_seconds(url: str) -> Counter[tuple[str, str]]:
-    """{(route, step): seconds} a server has counted on its API routes: each edensplit_stage_seconds step, and
-    REQUEST for edensplit_request_seconds (the requests' whole time)."""
-    out: Counter[tuple[str, str]] = Counter()
+@dataclass(frozen=True)
+class ServerCounts:
+    """What a server has counted so far, from one read of its /metrics: body bytes by route (`route_bytes`), seconds
+    by route and step (edensplit_stage_seconds' steps, and REQUEST for edensplit_request_seconds: the requests'
+    whole time), and the data bytes it put in shared-memory segments ("made") and read from them ("taken")."""
+
+    routes: dict[tuple[str, str], float]
+    seconds: Counter[tuple[str, str]]
+    shm: Counter[str]
+
+
+def server_counts(url: str) -> ServerCounts:
+    """A server's counts now (one GET /metrics)."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
+    seconds: Counter[tuple[str, str]] = Counter()
+    shm: Counter[str] = Counter()
     for family in text_string_to_metric_families(text):
+        if family.name == "edensplit_shm_bytes_moved":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    shm[sample.labels.get("event", "")] += sample.value
         if family.name not in ("edensplit_stage_seconds", "edensplit_request_seconds"):
             continue
         for sample in family.samples:
             route = sample.labels.get("route", "")
             if sample.name.endswith("_sum") and route.startswith(("/api/", "/ws/")):
-                out[(route, sample.labels.get("stage", REQUEST))] += sample.value
-    return out
+                seconds[(route, sample.labels.get("stage", REQUEST))] += sample.value
+    return ServerCounts(route_bytes_of(text), seconds, shm)
 
 
 def by_step(seconds: Mapping[tuple[str, str], float]) -> Counter[str]:

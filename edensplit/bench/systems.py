@@ -26,7 +26,11 @@ _BYTES = re.compile(r'^edensplit_(request|response)_bytes_total\{route="([^"]+)"
 
 def route_bytes(url: str) -> dict[tuple[str, str], float]:
     """{(request|response, route): body bytes} a server has counted on its API routes (HTTP and WebSocket)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return route_bytes_of(httpx.get(f"{url}/metrics", timeout=10).text)
+
+
+def route_bytes_of(text: str) -> dict[tuple[str, str], float]:
+    """`route_bytes` from a /metrics text already read."""
     return {(kind, route): float(value) for kind, route, value in _BYTES.findall(text)
             if route.startswith(("/api/", "/ws/"))}
 
@@ -48,20 +52,24 @@ def frame_error(frames: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -
             "psnr_db": None if mse == 0 else 10 * math.log10(255 ** 2 / mse)}
 
 
+def start_together(stack: contextlib.ExitStack, *processes: ServerProcess) -> None:
+    """Launch the processes at once, then wait until each is ready; each is stopped when `stack` closes."""
+    for process in processes:
+        stack.callback(process.stop)
+        process.launch()
+    for process in processes:
+        process.wait_ready()
+
+
 @contextlib.contextmanager
-def servers(env: dict[str, str], log_dir: Path, tag: str = "bench", *others: ServerProcess
-            ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    """A cloud and an edge (which knows the cloud, for flow B): real uvicorn processes on loopback, started at once
-    (with `others`, stopped with them)."""
+def servers(env: dict[str, str], log_dir: Path, tag: str = "bench") -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """A cloud and an edge (which knows the cloud, for flow B): real uvicorn processes on loopback, started at
+    once."""
     cloud = ServerProcess("edensplit.cloud:app", env=env, log_path=log_dir / f"{tag}-cloud.log")
     edge = ServerProcess("edensplit.edge:app", env={**env, "CLOUD_SERVER_URL": cloud.url},
                          log_path=log_dir / f"{tag}-edge.log")
     with contextlib.ExitStack() as stack:
-        for server in (cloud, edge, *others):
-            stack.callback(server.stop)
-            server.launch()
-        for server in (cloud, edge, *others):
-            server.wait_ready()
+        start_together(stack, cloud, edge)
         yield cloud, edge
 
 
