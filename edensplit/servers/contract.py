@@ -64,7 +64,7 @@ class OperationInput:
     """One request as every transport delivers it."""
 
     content_type: str  # the body's media type, lower case, no parameters
-    body: bytes | bytearray = b""  # the raw body: a binary kind, or JSON / multipart not parsed yet
+    body: bytes | bytearray | memoryview = b""  # the raw body (a binary kind, or JSON / multipart not parsed yet)
     document: Mapping[str, Any] | None = None  # a JSON request already parsed (WebSocket text messages)
     options: Mapping[str, Any] = field(default_factory=dict)  # flat options: query parameters or message fields
     params: Mapping[str, Any] = field(default_factory=dict)  # what names the resource: path or message fields

@@ -134,10 +134,11 @@ def read_blob_header(data: bytes) -> dict[str, str]:
     return metadata
 
 
-def unpack_encoding(data: bytes | bytearray, *, frames: int | None = None,
+def unpack_encoding(data: bytes | bytearray | memoryview, *, frames: int | None = None,
                     max_pixels: int | None = None) -> EncodedFrames:
-    """enc_out blob bytes -> EncodedFrames (CPU tensors in the wire dtype), every field checked. From a bytearray
-    (a request body as the servers read it), the tensors are views of it, not copies.
+    """enc_out blob bytes -> EncodedFrames (CPU tensors in the wire dtype), every field checked. From writable memory
+    (a bytearray: a request body as the servers read it; a segment taken from shared memory), the tensors are views
+    of it, not copies.
 
     `frames`, when given, is the number of frames the caller expects (2 for a pair); `max_pixels`, a
     caller's budget for the frames the blob stands for, is checked from the header, before loading.

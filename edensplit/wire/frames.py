@@ -56,11 +56,12 @@ def _frame_view(buffer: bytearray | memoryview, dtype: str, shape: list[int], co
     return np.frombuffer(buffer, np.uint8, count, offset).reshape(shape) if dtype == FRAME_DTYPE else None
 
 
-def unpack_frames(data: bytes | bytearray, names: Sequence[str], max_pixels: int | None = None
+def unpack_frames(data: bytes | bytearray | memoryview, names: Sequence[str], max_pixels: int | None = None
                   ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Container bytes -> (exactly the frames `names`, uint8 [H, W, 3], in that order; the caller's metadata).
-    `max_pixels`, a caller's budget for all frames together, is checked from the header, before loading. From a
-    bytearray (a request body as the servers read it), the frames are views of it, not copies."""
+    `max_pixels`, a caller's budget for all frames together, is checked from the header, before loading. From
+    writable memory (a request body as the servers read it, a segment taken from shared memory), the frames are
+    views of it, not copies."""
     header, metadata = read_header(data, WHAT)
     check_format(metadata, FORMAT, VERSION, WHAT)
     check_pixels(sum(math.prod(entry["shape"][:2]) for entry in header.values()), max_pixels, WHAT)
