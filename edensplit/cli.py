@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(b, "batches", help="perf: edge batch sizes to try (default 1,2,4,8,16 on a GPU, 1,2 on a CPU)")
     _flag(b, "parts", default="stages,system", help="perf: stages, system, or both (default)")
     _flag(b, "designs", help="perf and bytes: frame-once designs besides the user's, as "
-          "transport-payload:wire_dtype (default ws-binary:float16,ws-binary:int8 for perf, "
+          "transport-payload:wire_dtype, payload binary, json or shm (binary through shared memory) (default "
+          "ws-binary:float16,ws-binary:int8 for perf, "
           "http-binary:float16,http-binary:int8 for bytes)")
     _flag(b, "device", help="perf: cpu or cuda:N (default DEVICE, else cuda:0 when there is one)")
     _flag(b, "iters", type=int, default=3, help="perf: timed calls per stage figure, at least (default 3)")
@@ -171,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(b, "budget_s", type=float, help="perf: start no measurement after this many seconds (the stages none "
           "after 55%% of it); what did not start is listed as skipped (default: no limit); overhead: the rows' "
           "seconds, shared out as they run (default 480)")
+    _flag(b, "edge_device", help="perf, system part: the edge server's device (default --device's), e.g. cuda:1 "
+          "beside a cloud on cuda:0")
     _flag(b, "log_dir", help="where the servers' logs go (default a temporary folder)")
     _serve_ray_parser(sub)
     w = sub.add_parser("download", help="fetch weights from the Hugging Face Hub into its cache ahead of time")

@@ -86,5 +86,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         run_perf(sizes, precisions, batches, device=device, parts=tuple(args.parts.split(",")), designs=designs,
                  n_frames=args.frames, window=args.window, iters=args.iters, min_seconds=args.min_seconds,
                  batch_budget_s=args.batch_budget_s, output=path(args.output), json_path=path(args.json_path),
-                 log_dir=log_dir, command=command, budget_s=args.budget_s, clock=args.clock)
+                 log_dir=log_dir, command=command, budget_s=args.budget_s, clock=args.clock,
+                 edge_device=args.edge_device)
     return 0

@@ -21,21 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from edensplit.bench.floor import Floor
 from edensplit.bench.inputs import _clip_frames
 from edensplit.bench.steps import ClientSteps, ServerCounts, largest, server_counts, split
 from edensplit.bench.systems import REQUEST_TIMEOUT_S, Design, hops_of, routes_per_frame, start_together
-from edensplit.bench.timing import run_once, time_interleaved
+from edensplit.bench.timing import run_once
 from edensplit.client.flows import open_backend
-from edensplit.model.eden import ENCODE, INTERPOLATE
-from edensplit.model.encoding import FrameEncoding
-from edensplit.model.loading import load_model_for
-from edensplit.model.seeds import make_noise
-from edensplit.model.stages import encode_frames, frame_context, frame_difference, interpolate, to_uint8
+from edensplit.model.stages import frame_difference
 from edensplit.servers.launch import ServerProcess
-from edensplit.settings import ModelSettings
 from edensplit.wire import codecs
 
 SIZES = ((480, 854), (1080, 1920))
@@ -48,6 +42,11 @@ MAX_ROUNDS = 5
 FULL_ROUNDS = 3  # a row of fewer rounds is thin
 THIN_FRAMES = (3, 2)  # frames per round, in turn, of a row whose warm-up pair says a full round would not fit
 FLOOR_REPS = 3  # hops per byte count per round; their median is the round's
+# Issue #16's acceptance rows: at 1080x1920, float16, flow A frame-once, HTTP binary's serving overhead at most 2x
+# the floor for the same bytes; shared memory's (over HTTP) at most a fifth of HTTP binary's. They get FOCUS_WEIGHT
+# times a row's share of the budget (more rounds).
+ACCEPTANCE = ((1080, 1920), codecs.FLOAT16.name, "a-once", {"http-binary": 2.0, "http-shm": 1 / 5})
+FOCUS_WEIGHT = 3.0
 
 
 @dataclass
@@ -62,9 +61,10 @@ class OverheadRow:
     rounds: int = 0
     frames_per_round: int = 0
     generated: int = 0  # over every round
-    ms_per_frame: float | None = None  # wall time per generated frame, pairs in flight
-    model_ms: float | None = None  # the model's own work per generated frame, in this process (StandInCost)
-    model_parts: dict[str, float] = field(default_factory=dict)  # its parts: the stand-in's calls, the difference
+    ms_per_frame: float | None = None  # wall time per generated frame, one pair at a time
+    ms_in_flight: float | None = None  # wall time per generated frame, `window` pairs in flight
+    model_ms: float | None = None  # the model's own work per generated frame, one pair at a time
+    model_parts: dict[str, float] = field(default_factory=dict)  # the servers' model step, the pair's difference
     floor_ms: float | None = None  # the same bytes per hop through the bare app
     hops: dict[str, float] = field(default_factory=dict)  # bytes per generated frame: cloud_in/out, edge_in/out
     shm_hops: dict[str, float] = field(default_factory=dict)  # the same hops' bytes through shared memory
@@ -84,11 +84,13 @@ class OverheadRow:
 
     @property
     def frames_per_s(self) -> float | None:
-        return 1000 / self.ms_per_frame if self.ms_per_frame else None
+        """Generated frames per second with pairs in flight."""
+        return 1000 / self.ms_in_flight if self.ms_in_flight else None
 
     @property
     def overhead_ms(self) -> float | None:
-        """Serving overhead per generated frame: wall time per generated frame less the stand-in model's."""
+        """Serving overhead per generated frame: the wall time per generated frame, one pair at a time, less the
+        stand-in model's."""
         return None if self.ms_per_frame is None or self.model_ms is None else self.ms_per_frame - self.model_ms
 
     @property
@@ -114,53 +116,33 @@ def cost_order(design: Design) -> tuple[bool, bool, bool]:
     return design.payload == "json", design.wire_dtype == codecs.FLOAT32.name, not design.flow.endswith("once")
 
 
+def weight(size: tuple[int, int], design: Design) -> float:
+    """A row's weight in the budget: FOCUS_WEIGHT for the acceptance rows, else 1."""
+    focus_size, dtype, flow, paths = ACCEPTANCE
+    focus = (size, design.wire_dtype, design.flow) == (focus_size, dtype, flow)
+    return FOCUS_WEIGHT if focus and f"{design.transport}-{design.payload}" in paths else 1.0
+
+
 def hop_transports(design: Design) -> dict[str, str]:
     """The transport of each hop: the row's, but flow B's edge -> cloud calls, which are HTTP."""
     cloud = "http" if design.flow.startswith("b") else design.transport
     return {"cloud_in": cloud, "cloud_out": cloud, "edge_in": design.transport, "edge_out": design.transport}
 
 
-class StandInCost:
-    """The model's own work per generated frame, timed in this process: the stand-in's calls as the servers' model
-    steps make them (the cloud's encode_frames of one frame or a pair; the edge's frame context for each frame it
-    has not seen, interpolate and the frame's conversion to uint8, from the encoding as the wire dtype carries it)
-    and the pair's difference (frame_difference: the client computes it in flow A sessions, the cloud for pairs,
-    the edge in flow B sessions), each the median of 3 calls."""
-
-    def __init__(self) -> None:
-        settings = ModelSettings(edensplit_stand_in_model=True)
-        self.cloud, self.edge = load_model_for({ENCODE}, settings), load_model_for({INTERPOLATE}, settings)
-        self._cache: dict[tuple[tuple[int, int], str, str], float] = {}
-
-    def ms(self, size: tuple[int, int], flow: str, wire_dtype: str) -> dict[str, float]:
-        """{"model": the stand-in's calls, "difference": frame_difference} in milliseconds per generated frame."""
-        key = (size, "once" if flow.endswith("once") else "pairs", wire_dtype)
-        if key not in self._cache:
-            n = 1 if key[1] == "once" else 2
-            pixels = np.zeros((n, *size, 3), np.uint8)
-            codec = codecs.get(wire_dtype)
-            enc = encode_frames(self.cloud, pixels)
-            wire = FrameEncoding(*(codec.unpack(name, codec.pack(name, getattr(enc, name)))
-                                   for name in ("cond_dit", "cond_dec")), enc.mean, enc.std, enc.geometry)
-            noise = make_noise(0, enc.geometry.latent_tokens, self.edge.args.latent_dim)
-
-            def calls() -> None:
-                encode_frames(self.cloud, pixels)
-                contexts = [frame_context(self.edge, wire[i:i + 1]) for i in range(n)]
-                to_uint8(interpolate(self.edge, wire[:1], wire[n - 1:], torch.tensor([0.5]), noise,
-                                     contexts=(contexts[0], contexts[-1])))
-
-            pair = np.zeros((2, *size, 3), np.uint8)
-            self._cache[key] = time_interleaved({"model": calls, "difference": lambda: frame_difference(*pair)},
-                                                torch.device("cpu"), iters=3)
-        return self._cache[key]
+def difference_ms(frames: Sequence[np.ndarray]) -> float:
+    """Milliseconds of one frame_difference of the clip's first pair, in this process: the pair's raw difference,
+    which the client computes in flow A sessions and the edge in flow B sessions (scene-detection work, counted as
+    the model's), timed once per round so that the machine's load falls on it as on the round."""
+    started = time.perf_counter()
+    frame_difference(frames[0], frames[1])
+    return (time.perf_counter() - started) * 1000
 
 
 def frames_per_round(warm_up_s: float, frames: int, window: int, share_s: float) -> int:
-    """`frames`, or fewer (THIN_FRAMES, in turn) when the warm-up pair says a round of `frames` would take over a
-    third of the row's share."""
+    """`frames`, or fewer (THIN_FRAMES, in turn) when the warm-up pair says a round of `frames` (its pairs one at a
+    time, then in flight) would take over a third of the row's share."""
     for n in (frames, *(t for t in THIN_FRAMES if t < frames)):
-        if warm_up_s * (n - 1) / max(window, 1) <= share_s / 3:
+        if warm_up_s * (n - 1) * (1 + 1 / max(window, 1)) <= share_s / 3:
             return n
     return min(frames, THIN_FRAMES[-1])
 
@@ -176,21 +158,23 @@ def shm_hops(before: dict[str, ServerCounts], after: dict[str, ServerCounts]) ->
 
 
 def run_row(design: Design, size: tuple[int, int], clip: list[np.ndarray], urls: dict[str, str], floor: Floor,
-            share_s: float, window: int, stand_in: StandInCost) -> OverheadRow:
-    """One row: a warm-up pair, then rounds of the clip (at least one, at most MAX_ROUNDS, while the row's share
-    of the budget lasts), each followed by the floor of the bytes it moved."""
+            share_s: float, window: int) -> OverheadRow:
+    """One row: a warm-up pair, then rounds (at least one, at most MAX_ROUNDS, while the row's share of the budget
+    lasts), each the clip with its pairs one at a time (the wall time, the steps and the bytes: nothing overlaps, so
+    the wall time less the model's is what serving added), the clip with `window` pairs in flight (frames/s), a
+    pair's difference and the floor of the bytes the round moved. The model's work per generated frame is the
+    servers' model step (edensplit_stage_seconds, both servers: the stand-in's calls, and a pair's difference where
+    the cloud computes it) and, in frame-once sessions, the pair's difference (`difference_ms`)."""
     row = OverheadRow(size, design.transport, design.payload, design.wire_dtype, design.flow,
                       hop_transports=hop_transports(design))
     started = time.perf_counter()
-    row.model_parts = stand_in.ms(size, design.flow, design.wire_dtype)
-    row.model_ms = sum(row.model_parts.values())
     shared = design.payload == SHM
     urls = {"cloud": urls["cloud"], "edge": urls["edge_shm" if shared and "edge_shm" in urls else "edge"]}
     backend = open_backend(cloud_url=urls["cloud"], edge_url=urls["edge"], transport=design.transport,
                            payload="binary" if shared else design.payload, flow=design.flow[0],
                            frame_once=design.flow.endswith("once"), wire_dtype=design.wire_dtype,
                            timeout=REQUEST_TIMEOUT_S, shm=shared)
-    walls, floors, recorder = [], [], ClientSteps()
+    walls, in_flight, floors, models, recorder = [], [], [], [], ClientSteps()
     steps: dict[str, float] = {}
     moved: list[dict[str, dict[str, float]]] = []
     shm_moved: dict[str, float] = {}
@@ -204,7 +188,7 @@ def run_row(design: Design, size: tuple[int, int], clip: list[np.ndarray], urls:
                 round_started = time.perf_counter()
                 before = {s: server_counts(u) for s, u in urls.items()}
                 recorder.take()
-                seconds, _, out = run_once(backend, frames, window)
+                seconds, _, out = run_once(backend, frames, 1)
                 client = recorder.take()
                 after = {s: server_counts(u) for s, u in urls.items()}
                 n = len(out)
@@ -214,12 +198,17 @@ def run_row(design: Design, size: tuple[int, int], clip: list[np.ndarray], urls:
                 for hop, value in shm_hops(before, after).items():
                     shm_moved[hop] = shm_moved.get(hop, 0.0) + value
                 server = {s: after[s].seconds - before[s].seconds for s in urls}
-                for key, value in split(client, server, design.flow).items():
+                round_steps = split(client, server, design.flow)
+                for key, value in round_steps.items():
                     steps[key] = steps.get(key, 0.0) + value
                 walls.append(seconds / n * 1000)
-                hops = hops_of(routes)
+                flight_seconds, _, flight_out = run_once(backend, frames, window)
+                in_flight.append(flight_seconds / len(flight_out) * 1000)
+                once = design.flow.endswith("once")
+                models.append({"model": round_steps["model"] / n * 1000,
+                               "difference": difference_ms(frames) if once else 0.0})
                 floors.append(sum(floor.time_hops(row.hop_transports[hop], [round(b)], FLOOR_REPS)
-                                  for hop, b in hops.items()))
+                                  for hop, b in hops_of(routes).items()))
                 row.rounds, row.generated = row.rounds + 1, row.generated + n
                 spent, last = time.perf_counter() - started, time.perf_counter() - round_started
                 if row.rounds >= MAX_ROUNDS or spent + last > share_s:
@@ -230,6 +219,9 @@ def run_row(design: Design, size: tuple[int, int], clip: list[np.ndarray], urls:
         backend.close()
     if row.rounds:
         row.ms_per_frame, row.floor_ms = statistics.median(walls), statistics.median(floors)
+        row.ms_in_flight = statistics.median(in_flight)
+        row.model_parts = {part: statistics.median(m[part] for m in models) for part in models[0]}
+        row.model_ms = sum(row.model_parts.values())
         totals: dict[str, dict[str, float]] = {}
         for one in moved:
             for s, r in one.items():
@@ -259,12 +251,11 @@ def run_matrix(sizes: Sequence[tuple[int, int]], paths: Sequence[str], dtypes: S
                ) -> tuple[list[OverheadRow], float]:
     """Every row at every size through one cloud, one edge and one floor server; (rows in the table's order, the
     seconds it all took, start-up included). The budget is the rows' (from when the servers are ready): each row's
-    share of it is what is left over the rows left. `urls` ({"cloud": ..., "edge": ...}): servers already running
-    to use instead of starting stand-in ones (and "edge_shm": the shm rows' edge, else "edge")."""
+    share of it is what is left over the rows left, by their weights. `urls` ({"cloud": ..., "edge": ...}): servers
+    already running to use instead of starting stand-in ones (and "edge_shm": the shm rows' edge, else "edge")."""
     started = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="edensplit-overhead-"))
     log_dir = log_dir or folder
-    stand_in = StandInCost()
     plan = [(size, d) for size in sizes for d in sorted(designs(paths, dtypes, flows), key=cost_order)]
     done: dict[tuple[tuple[int, int], Design], OverheadRow] = {}
     floor = Floor(log_dir)
@@ -280,8 +271,9 @@ def run_matrix(sizes: Sequence[tuple[int, int]], paths: Sequence[str], dtypes: S
             if size not in clips:
                 clips.clear()
                 clips[size] = _clip_frames(size, max(frames, 2), folder)
-            share = (budget_s - (time.perf_counter() - rows_started)) / (len(plan) - i)
-            row = run_row(design, size, clips[size], urls, floor, share, window, stand_in)
+            left = budget_s - (time.perf_counter() - rows_started)
+            share = left * weight(size, design) / sum(weight(*planned) for planned in plan[i:])
+            row = run_row(design, size, clips[size], urls, floor, share, window)
             done[(size, design)] = row
             if on_row is not None:
                 on_row(row)

@@ -62,11 +62,12 @@ def start_together(stack: contextlib.ExitStack, *processes: ServerProcess) -> No
 
 
 @contextlib.contextmanager
-def servers(env: dict[str, str], log_dir: Path, tag: str = "bench") -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    """A cloud and an edge (which knows the cloud, for flow B): real uvicorn processes on loopback, started at
-    once."""
+def servers(env: dict[str, str], log_dir: Path, tag: str = "bench", edge_env: dict[str, str] | None = None
+            ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """A cloud and an edge (which knows the cloud, for flow B; `edge_env` its own settings over `env`, e.g. another
+    DEVICE): real uvicorn processes on loopback, started at once."""
     cloud = ServerProcess("edensplit.cloud:app", env=env, log_path=log_dir / f"{tag}-cloud.log")
-    edge = ServerProcess("edensplit.edge:app", env={**env, "CLOUD_SERVER_URL": cloud.url},
+    edge = ServerProcess("edensplit.edge:app", env={**env, **(edge_env or {}), "CLOUD_SERVER_URL": cloud.url},
                          log_path=log_dir / f"{tag}-edge.log")
     with contextlib.ExitStack() as stack:
         start_together(stack, cloud, edge)
@@ -126,10 +127,13 @@ def routes_per_frame(before: dict[str, dict[tuple[str, str], float]], after: dic
 
 
 def run_design(cloud_url: str, edge_url: str, design: Design, frames: list[np.ndarray], window: int) -> SystemRun:
-    """One warm-up pair, then the clip; bytes are what the servers counted meanwhile, per generated frame."""
-    backend = open_backend(cloud_url=cloud_url, edge_url=edge_url, transport=design.transport, payload=design.payload,
-                           flow=design.flow[0], frame_once=design.flow.endswith("once"),
-                           wire_dtype=design.wire_dtype, timeout=REQUEST_TIMEOUT_S)
+    """One warm-up pair, then the clip; bytes are what the servers counted meanwhile, per generated frame. Payload
+    "shm": binary bodies through shared memory (`--shm`; servers on this machine with ALLOW_SHM=1)."""
+    shared = design.payload == "shm"
+    backend = open_backend(cloud_url=cloud_url, edge_url=edge_url, transport=design.transport,
+                           payload="binary" if shared else design.payload, flow=design.flow[0],
+                           frame_once=design.flow.endswith("once"), wire_dtype=design.wire_dtype,
+                           timeout=REQUEST_TIMEOUT_S, shm=shared)
     urls = {"cloud": cloud_url, "edge": edge_url}
     try:
         run_once(backend, frames[:2], 1)  # warm-up: connections, first-call costs
