@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(b, "size", default="240x428", help="HxW of the generated clip (compare, bytes; default 240x428)")
     _flag(b, "frames", type=int, default=6, help="input frames (default 6; overhead: per round)")
     _flag(b, "transports", help="compare, overhead: comma-separated, of http-json, http-binary, ws-json, ws-binary "
-          "(default: all)")
+          "and (overhead) http-shm, ws-shm: binary through shared memory (default: all)")
     _flag(b, "dtypes", help="compare, overhead: wire dtypes, comma-separated (default float32,float16)")
     _flag(b, "flows", help="compare, overhead: comma-separated, of a-pairs, a-once, b-pairs, b-once (default: all)")
     _flag(b, "window", type=int, default=2, help="pairs in flight (default 2)")

@@ -140,9 +140,10 @@ def difference_ms(frames: Sequence[np.ndarray]) -> float:
 
 def frames_per_round(warm_up_s: float, frames: int, window: int, share_s: float) -> int:
     """`frames`, or fewer (THIN_FRAMES, in turn) when the warm-up pair says a round of `frames` (its pairs one at a
-    time, then in flight) would take over a third of the row's share."""
+    time, then in flight) would take over half the row's share (fewer frames per round make rows less alike: a
+    session of n frames sends n encodings for n - 1 generated frames)."""
     for n in (frames, *(t for t in THIN_FRAMES if t < frames)):
-        if warm_up_s * (n - 1) * (1 + 1 / max(window, 1)) <= share_s / 3:
+        if warm_up_s * (n - 1) * (1 + 1 / max(window, 1)) <= share_s / 2:
             return n
     return min(frames, THIN_FRAMES[-1])
 
