@@ -60,6 +60,7 @@ class OverheadRow:
     flow: str
     rounds: int = 0
     frames_per_round: int = 0
+    first_pair_only: bool = False  # no round fitted its share: its warm-up pair is its one round (first calls in it)
     generated: int = 0  # over every round
     ms_per_frame: float | None = None  # wall time per generated frame, one pair at a time
     ms_in_flight: float | None = None  # wall time per generated frame, `window` pairs in flight
@@ -163,7 +164,9 @@ def run_row(design: Design, size: tuple[int, int], clip: list[np.ndarray], urls:
     """One row: a warm-up pair, then rounds (at least one, at most MAX_ROUNDS, while the row's share of the budget
     lasts), each the clip with its pairs one at a time (the wall time, the steps and the bytes: nothing overlaps, so
     the wall time less the model's is what serving added), the clip with `window` pairs in flight (frames/s), a
-    pair's difference and the floor of the bytes the round moved. The model's work per generated frame is the
+    pair's difference and the floor of the bytes the round moved. A row whose warm-up pair leaves no time for a
+    round in its share keeps that pair (pairs one at a time, first calls included) as its one round
+    (`first_pair_only`), its floor of one send per hop. The model's work per generated frame is the
     servers' model step (edensplit_stage_seconds, both servers: the stand-in's calls, and a pair's difference where
     the cloud computes it) and, in frame-once sessions, the pair's difference (`difference_ms`)."""
     row = OverheadRow(size, design.transport, design.payload, design.wire_dtype, design.flow,
@@ -179,46 +182,58 @@ def run_row(design: Design, size: tuple[int, int], clip: list[np.ndarray], urls:
     steps: dict[str, float] = {}
     moved: list[dict[str, dict[str, float]]] = []
     shm_moved: dict[str, float] = {}
+
+    def one_at_a_time(frames: list[np.ndarray], reps: int) -> float:
+        """The clip's pairs one at a time, counted as a round (wall, steps, bytes, the model's part, the floor with
+        `reps` sends per hop); its seconds."""
+        before = {s: server_counts(u) for s, u in urls.items()}
+        recorder.take()
+        seconds, _, out = run_once(backend, frames, 1)
+        client = recorder.take()
+        after = {s: server_counts(u) for s, u in urls.items()}
+        n = len(out)
+        routes = routes_per_frame({s: b.routes for s, b in before.items()}, {s: a.routes for s, a in after.items()}, n)
+        moved.append({s: {k: v * n for k, v in r.items()} for s, r in routes.items()})
+        for hop, value in shm_hops(before, after).items():
+            shm_moved[hop] = shm_moved.get(hop, 0.0) + value
+        round_steps = split(client, {s: after[s].seconds - before[s].seconds for s in urls}, design.flow)
+        for key, value in round_steps.items():
+            steps[key] = steps.get(key, 0.0) + value
+        walls.append(seconds / n * 1000)
+        models.append({"model": round_steps["model"] / n * 1000,
+                       "difference": difference_ms(frames) if design.flow.endswith("once") else 0.0})
+        floors.append(sum(floor.time_hops(row.hop_transports[hop], [round(b)], reps)
+                          for hop, b in hops_of(routes).items()))
+        row.rounds, row.generated = row.rounds + 1, row.generated + n
+        return seconds
+
     try:
-        warm = time.perf_counter()
-        run_once(backend, clip[:2], 1)  # connections, first-call costs
-        row.frames_per_round = frames_per_round(time.perf_counter() - warm, len(clip), window, share_s)
-        frames = clip[:row.frames_per_round]
         with recorder.installed(backend):
-            while True:
-                round_started = time.perf_counter()
-                before = {s: server_counts(u) for s, u in urls.items()}
-                recorder.take()
-                seconds, _, out = run_once(backend, frames, 1)
-                client = recorder.take()
-                after = {s: server_counts(u) for s, u in urls.items()}
-                n = len(out)
-                routes = routes_per_frame({s: b.routes for s, b in before.items()},
-                                          {s: a.routes for s, a in after.items()}, n)
-                moved.append({s: {k: v * n for k, v in r.items()} for s, r in routes.items()})
-                for hop, value in shm_hops(before, after).items():
-                    shm_moved[hop] = shm_moved.get(hop, 0.0) + value
-                server = {s: after[s].seconds - before[s].seconds for s in urls}
-                round_steps = split(client, server, design.flow)
-                for key, value in round_steps.items():
-                    steps[key] = steps.get(key, 0.0) + value
-                walls.append(seconds / n * 1000)
-                flight_seconds, _, flight_out = run_once(backend, frames, window)
-                in_flight.append(flight_seconds / len(flight_out) * 1000)
-                once = design.flow.endswith("once")
-                models.append({"model": round_steps["model"] / n * 1000,
-                               "difference": difference_ms(frames) if once else 0.0})
-                floors.append(sum(floor.time_hops(row.hop_transports[hop], [round(b)], FLOOR_REPS)
-                                  for hop, b in hops_of(routes).items()))
-                row.rounds, row.generated = row.rounds + 1, row.generated + n
-                spent, last = time.perf_counter() - started, time.perf_counter() - round_started
-                if row.rounds >= MAX_ROUNDS or spent + last > share_s:
-                    break
+            warm = one_at_a_time(clip[:2], 1)  # connections, first-call costs: a round only if no other fits
+            if warm * (1 + 1 / max(window, 1)) > share_s - (time.perf_counter() - started):
+                row.first_pair_only, in_flight[:] = True, walls  # one pair: nothing to have in flight
+            else:
+                for kept in (walls, floors, models, moved):
+                    kept.clear()
+                steps.clear()
+                shm_moved.clear()
+                row.rounds = row.generated = 0
+                row.frames_per_round = frames_per_round(warm, len(clip), window, share_s)
+                frames = clip[:row.frames_per_round]
+                while True:
+                    round_started = time.perf_counter()
+                    one_at_a_time(frames, FLOOR_REPS)
+                    flight_seconds, _, flight_out = run_once(backend, frames, window)
+                    in_flight.append(flight_seconds / len(flight_out) * 1000)
+                    spent, last = time.perf_counter() - started, time.perf_counter() - round_started
+                    if row.rounds >= MAX_ROUNDS or spent + last > share_s:
+                        break
     except Exception as exc:  # a row that fails is reported as failed; the matrix goes on
         row.failed = f"{type(exc).__name__}: {exc}"
     finally:
         backend.close()
-    if row.rounds:
+    row.frames_per_round = row.frames_per_round or 2
+    if row.rounds and in_flight:
         row.ms_per_frame, row.floor_ms = statistics.median(walls), statistics.median(floors)
         row.ms_in_flight = statistics.median(in_flight)
         row.model_parts = {part: statistics.median(m[part] for m in models) for part in models[0]}

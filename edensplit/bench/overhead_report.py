@@ -64,7 +64,8 @@ def main_cells(row: OverheadRow) -> list[str]:
     """A row's cells under MAIN_COLUMNS."""
     if row.failed and not row.rounds:
         return [*_key(row), *["-"] * (len(MAIN_COLUMNS) - 5), _failure(row.failed)]
-    rounds = f"{row.rounds} x {row.frames_per_round}" + (" (thin)" if row.thin else "")
+    rounds = f"{row.rounds} x {row.frames_per_round}" + (" (thin, first pair)" if row.first_pair_only else
+                                                          " (thin)" if row.thin else "")
     fps = row.frames_per_s
     return [*_key(row), rounds, "-" if fps is None else f"{fps:.2f}", _ms(row.ms_per_frame), _ms(row.model_ms),
             _ms(row.overhead_ms), _ms(row.floor_ms), _ratio(row.vs_floor), hop_cells(row.hops),
@@ -158,9 +159,11 @@ def report(rows: Sequence[OverheadRow], env: dict[str, Any], settings: dict[str,
     compared = ws_vs_http(rows)
     if compared:
         lines += ["", "WebSocket vs HTTP, the same payload, wire dtype and flow:", "", *_table(WS_COLUMNS, compared)]
-    thin = [f"{_size(r.size)} {r.path} {r.wire_dtype} {r.flow} ({r.rounds} x {r.frames_per_round})"
-            for r in rows if r.thin]
-    lines += ["", "Thin rows (fewer than {} rounds): {}.".format(FULL_ROUNDS, "; ".join(thin) if thin else "none")]
+    thin = [f"{_size(r.size)} {r.path} {r.wire_dtype} {r.flow} ({r.rounds} x {r.frames_per_round}"
+            f"{', first pair' if r.first_pair_only else ''})" for r in rows if r.thin]
+    lines += ["", f"Thin rows (fewer than {FULL_ROUNDS} rounds; \"first pair\": no round fitted the row's share, so "
+              "its warm-up pair, first calls included, is its one round and its floor one send per hop): "
+              + ("; ".join(thin) if thin else "none") + "."]
     failed = [f"{_size(r.size)} {r.path} {r.wire_dtype} {r.flow}: {r.failed}" for r in rows if r.failed]
     if failed:
         lines += ["", "Failed: " + "; ".join(failed) + "."]

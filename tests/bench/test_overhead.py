@@ -29,7 +29,8 @@ def test_overhead_rows_have_the_floor_the_steps_and_the_bytes(monkeypatch, model
         ("http-binary", "float16", "a-once"), ("http-shm", "float16", "a-once"), ("ws-shm", "float16", "a-once"),
         ("http-binary", "float32", "b-once"), ("http-shm", "float32", "b-once"), ("ws-shm", "float32", "b-once")]
     for row in rows:
-        assert row.failed is None and row.rounds >= 1 and row.generated >= 2 * row.rounds, row
+        assert row.failed is None and row.rounds >= 1, row
+        assert row.generated == row.rounds if row.first_pair_only else row.generated >= 2 * row.rounds
         assert row.ms_per_frame > 0 and row.ms_in_flight > 0 and row.floor_ms > 0 and row.model_ms > 0
         assert set(row.model_parts) == {"model", "difference"}
         assert row.hops["edge_in"] > 0 and row.hops["edge_out"] > 0
@@ -40,8 +41,8 @@ def test_overhead_rows_have_the_floor_the_steps_and_the_bytes(monkeypatch, model
     assert binary.hops["edge_in"] >= encoding > 2 * MAX_HANDLE_BYTES and not any(binary.shm_hops.values())
     for row in (shared, over_ws):  # only handles cross the sockets; the encoding goes cloud -> edge in a segment
         assert max(row.hops.values()) <= MAX_HANDLE_BYTES, row.hops
-        assert row.shm_hops["cloud_out"] == pytest.approx(encoding, rel=0.01)
-        assert row.shm_hops["edge_in"] == pytest.approx(encoding, rel=0.01) and row.shm_hops["edge_out"] > 0
+        assert row.shm_hops["cloud_out"] == row.shm_hops["edge_in"] > 2 * MAX_HANDLE_BYTES  # the encodings
+        assert row.shm_hops["edge_out"] > 0 and row.shm_hops["cloud_in"] > 0  # the generated frames, the frames
     flow_b = rows[4]  # the edge asks the cloud for handles (EDENSPLIT_SHM=1): the encoding comes back in a segment
     assert flow_b.hops["cloud_out"] <= MAX_HANDLE_BYTES < flow_b.shm_hops["cloud_out"]
     document = json.loads((tmp_path / "overhead.json").read_text())
