@@ -29,8 +29,8 @@ class Floor:
     TRANSPORTS = ("http", "ws")
 
     def __init__(self, log_dir: Path, chunk_bytes: int = CHUNK_BYTES):
-        self.server = ServerProcess("floor_app:app", log_path=log_dir / "floor.log",
-                                    extra_args=("--app-dir", str(Path(__file__).parent)))
+        self.server = ServerProcess("floor_app:create_app", log_path=log_dir / "floor.log",
+                                    extra_args=("--factory", "--app-dir", str(Path(__file__).parent)))
         self.chunk_bytes = chunk_bytes
         self.http: httpx.Client | None = None
         self.ws: ClientConnection | None = None
