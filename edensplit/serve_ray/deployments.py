@@ -61,7 +61,9 @@ class Mounted:
     """ASGI middleware: under a route prefix, Ray Serve's proxy sets `root_path` to the prefix and leaves it at
     the head of `path`; the app gets its own path (root_path kept, for the OpenAPI docs' links). The proxy adds
     its X-Request-ID to every answer (the same id the app echoes: the client's, else the proxy's, which it puts
-    in the request): the app's copy is dropped so the answer carries one."""
+    in the request): the app's copy is dropped so the answer carries one. A body sent as a memoryview (the cloud's
+    blob, written once into its own buffer) goes to Ray as bytes: Ray pickles every message, and a memoryview
+    cannot be pickled."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -84,6 +86,8 @@ class Mounted:
         async def send_once(message: Message) -> None:
             if message["type"] == "http.response.start":
                 del MutableHeaders(scope=message)["x-request-id"]
+            elif isinstance(message.get("body"), memoryview):  # a blob's own buffer: Ray pickles every message
+                message = {**message, "body": bytes(message["body"])}
             await send(message)
 
         await self.app(scope, receive, send_once)
