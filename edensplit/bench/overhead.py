@@ -254,13 +254,13 @@ def run_row(design: Design, size: tuple[int, int], clip: list[np.ndarray], urls:
     return row
 
 
-def stand_in_servers(log_dir: Path) -> dict[str, ServerProcess]:
-    """The matrix's servers, not started: a cloud, an edge and an edge that asks the cloud for shared-memory handles
-    (EDENSPLIT_SHM=1: flow B's shm rows), all with the stand-in model and ALLOW_SHM=1."""
+def stand_in_servers(log_dir: Path, shm_edge: bool = True) -> dict[str, ServerProcess]:
+    """The matrix's servers, not started: a cloud, an edge and (`shm_edge`) an edge that asks the cloud for
+    shared-memory handles (EDENSPLIT_SHM=1: flow B's shm rows), all with the stand-in model and ALLOW_SHM=1."""
     cloud = ServerProcess("edensplit.cloud:app", env=STAND_IN_ENV, log_path=log_dir / "overhead-cloud.log")
+    kinds = (("edge", {}), ("edge_shm", {"EDENSPLIT_SHM": "1"}))[:2 if shm_edge else 1]
     edges = {name: ServerProcess("edensplit.edge:app", env={**STAND_IN_ENV, "CLOUD_SERVER_URL": cloud.url, **extra},
-                                 log_path=log_dir / f"overhead-{name}.log")
-             for name, extra in (("edge", {}), ("edge_shm", {"EDENSPLIT_SHM": "1"}))}
+                                 log_path=log_dir / f"overhead-{name}.log") for name, extra in kinds}
     return {"cloud": cloud, **edges}
 
 
@@ -280,7 +280,7 @@ def run_matrix(sizes: Sequence[tuple[int, int]], paths: Sequence[str], dtypes: S
     floor = Floor(log_dir)
     with contextlib.ExitStack() as stack:
         if urls is None:
-            processes = stand_in_servers(log_dir)
+            processes = stand_in_servers(log_dir, any(d.payload == SHM and d.flow.startswith("b") for _, d in plan))
             start_together(stack, *processes.values(), floor.server)
             urls = {name: process.url for name, process in processes.items()}
         stack.enter_context(floor)
