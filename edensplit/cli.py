@@ -1,4 +1,4 @@
-"""The `edensplit` command: interpolate (split or --local), cloud, edge, demo, bench, serve-ray, download.
+"""The `edensplit` command: interpolate (split or --local), cloud, edge, demo, bench, serve-ray, download, doctor, ui.
 
 Options fall back to the environment (CLOUD_SERVER_URL, EDGE_SERVER_URL, MODEL_PATH, EDEN_CONFIG,
 DEVICE, ...). Errors a user can fix print one line and exit with status 2, never a traceback.
@@ -80,8 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="start over even if an interrupted run of the same job left its frames (resumed by default)")
     run = p.add_argument_group("where it runs")
     _flag(run, "local", action="store_true", help="run both stages in this process, no servers (the reference)")
-    _flag(run, "cloud_url", dest="cloud_server_url", help="default CLOUD_SERVER_URL or http://localhost:8000")
-    _flag(run, "edge_url", dest="edge_server_url", help="default EDGE_SERVER_URL or http://localhost:8001")
+    _servers_flags(run)
     _flag(run, "transport", choices=["http", "ws"], default="http", help="HTTP requests or WebSocket streaming")
     _flag(run, "flow", choices=["a", "b"], default="a",
           help="a: client relays cloud -> edge (default); b: the edge calls the cloud itself")
@@ -93,22 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
           help="enc_out dtype on the wire; float32 is exact")
     _flag(run, "compress", choices=["none", "zstd"], default="none",
           help="HTTP: zstd-compress binary bodies both ways (pays only on links slower than ~20 MB/s)")
-    _flag(run, "timeout", dest="edensplit_timeout", type=float, help="seconds per request attempt (default 30)")
     _flag(run, "retry_for", dest="edensplit_retry_for", type=float,
           help="seconds of outage (connection errors, 503, 504) a request rides out before the job fails "
                "(default EDENSPLIT_RETRY_FOR or 60)")
+    _flag(run, "startup_wait", dest="edensplit_startup_wait", type=float,
+          help="seconds to wait for a server that answers but is still loading its model before the job starts "
+               "(default EDENSPLIT_STARTUP_WAIT or 300); one that never answers fails the job within 1.5 s")
     _flag(run, "retries", dest="edensplit_retries", type=int,
           help="at most this many retries per request (default EDENSPLIT_RETRIES or 100: --retry_for ends them first)")
-    _flag(run, "api_key", dest="edensplit_api_key",
-          help="bearer key the servers require (default EDENSPLIT_API_KEY; the variable keeps it out of `ps`)")
-    _flag(run, "allow_insecure_key", dest="edensplit_allow_insecure_key", action="store_true", default=None,
-          help="send the key over http:// or ws:// to a server off this machine (default: refused; "
-               "EDENSPLIT_ALLOW_INSECURE_KEY=1)")
     _flag(run, "shm", dest="edensplit_shm", action="store_true", default=None,
           help="binary: frames and encodings through shared memory, only handles over the sockets, when the "
                "servers run on this machine with ALLOW_SHM=1 (else as bytes; default EDENSPLIT_SHM)")
-    _flag(run, "ca_cert", dest="edensplit_ca_cert",
-          help="PEM CA bundle to verify https/wss servers (default EDENSPLIT_CA_CERT)")
     _flag(run, "num_steps", type=int, default=2, help="sampler steps (2 = the reference grid)")
     _flag(run, "method", choices=["euler", "heun"], default="euler", help="sampler")
     _model_flags(p)
@@ -137,12 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(d, "frames", type=int, default=12, help="frames in the sample clip (default 12)")
     b = sub.add_parser("bench", help="benchmark: transports x wire dtypes x flows against --local (compare), "
                        "stages and servers per size and precision (perf), bytes of the user's design vs frame-once "
-                       "(bytes), the serving overhead per generated frame beside the floor (overhead)")
-    _flag(b, "mode", choices=["compare", "perf", "bytes", "overhead"], default="compare",
+                       "(bytes), the serving overhead per generated frame beside the floor (overhead), middle frames' "
+                       "quality (quality)")
+    _flag(b, "mode", choices=["compare", "perf", "bytes", "overhead", "quality"], default="compare",
           help="compare: transports x wire dtypes x flows against --local (default); perf: stage and system "
           "measurements per size and compute precision; bytes: the user's design vs frame-once float16/int8; "
           "overhead: with the stand-in model, each path x wire dtype x flow x size's serving overhead per "
-          "generated frame, its steps, and the floor for the same bytes")
+          "generated frame, its steps, and the floor for the same bytes; quality: PSNR, SSIM and centroid error "
+          "of middle frames vs the blend and the nearest frame (the tiny EDEN unless MODEL_PATH is set)")
     _flag(b, "size", default="240x428", help="HxW of the generated clip (compare, bytes; default 240x428)")
     _flag(b, "frames", type=int, default=6, help="input frames (default 6; overhead: per round)")
     _flag(b, "transports", help="compare, overhead: comma-separated, of http-json, http-binary, ws-json, ws-binary "
@@ -175,11 +171,54 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(b, "edge_device", help="perf, system part: the edge server's device (default --device's), e.g. cuda:1 "
           "beside a cloud on cuda:0")
     _flag(b, "log_dir", help="where the servers' logs go (default a temporary folder)")
+    _flag(b, "triplets", default="200,50", help="quality: held-out synthetic triplets at the training size and at "
+          "twice it (default 200,50)")
+    _flag(b, "real_triplets", type=int, default=24, help="quality: drop-frame triplets per real clip (default 24)")
     _serve_ray_parser(sub)
+    _doctor_parser(sub)
+    _ui_parser(sub)
     w = sub.add_parser("download", help="fetch weights from the Hugging Face Hub into its cache ahead of time")
     w.add_argument("uri", nargs="?", default=RELEASED,
                    help=f"hf://owner/name[@revision]/file (default {RELEASED}, the released EDEN)")
     return parser
+
+
+def _servers_flags(p: argparse.ArgumentParser | Any) -> None:
+    """Where the servers are and how to talk to them (interpolate's flags of the same names)."""
+    _flag(p, "cloud_url", dest="cloud_server_url", help="default CLOUD_SERVER_URL or http://localhost:8000")
+    _flag(p, "edge_url", dest="edge_server_url", help="default EDGE_SERVER_URL or http://localhost:8001")
+    _flag(p, "api_key", dest="edensplit_api_key",
+          help="bearer key the servers require (default EDENSPLIT_API_KEY; the variable keeps it out of `ps`)")
+    _flag(p, "allow_insecure_key", dest="edensplit_allow_insecure_key", action="store_true", default=None,
+          help="send the key over http:// or ws:// to a server off this machine (default: refused; "
+               "EDENSPLIT_ALLOW_INSECURE_KEY=1)")
+    _flag(p, "ca_cert", dest="edensplit_ca_cert",
+          help="PEM CA bundle to verify https/wss servers (default EDENSPLIT_CA_CERT)")
+    _flag(p, "timeout", dest="edensplit_timeout", type=float, help="seconds per request attempt (default 30)")
+
+
+def _doctor_parser(sub: Any) -> None:
+    d = sub.add_parser("doctor", help="check the cloud and the edge (reachable, versions, same model, transports, a "
+                       "round trip, TLS and key, shared memory, GPUs): a table, exit 0 when all is well, 1 if not")
+    _servers_flags(d)
+    _flag(d, "flow", choices=["a", "b"], default="a", help="a: check the cloud and the edge (default); b: the edge "
+          "only (it calls the cloud itself)")
+    _flag(d, "wire_dtype", choices=codecs.names(), default=codecs.DEFAULT, help="enc_out dtype of the round trip")
+    _flag(d, "size", default="256x448", help="HxW of the round trip's frames (default 256x448)")
+    _flag(d, "json", action="store_true", help="print the checks as one JSON document")
+
+
+def _ui_parser(sub: Any) -> None:
+    u = sub.add_parser("ui", help="a web page to interpolate a clip: upload, progress, cancel, download (jobs on "
+                       "the servers, or --local)")
+    u.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default 127.0.0.1: this machine only; elsewhere set EDENSPLIT_API_KEY)")
+    u.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    _flag(u, "local", action="store_true", help="run the jobs in this process, no servers")
+    _servers_flags(u)
+    _flag(u, "transport", choices=["http", "ws"], help="the jobs' transport (default http)")
+    _flag(u, "flow", choices=["a", "b"], help="the jobs' flow (default a)")
+    _model_flags(u, title="model, with --local (defaults from MODEL_PATH, EDEN_CONFIG, DEVICE)")
 
 
 def _serve_ray_parser(sub: Any) -> None:
@@ -208,7 +247,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {"interpolate": "edensplit.commands.interpolate:run", "cloud": "edensplit.commands.serve:serve",
             "edge": "edensplit.commands.serve:serve", "serve-ray": "edensplit.commands.serve:serve_ray",
             "bench": "edensplit.bench.entry:run_from_args", "demo": "edensplit.cli:cmd_demo",
-            "download": "edensplit.commands.download:run"}
+            "download": "edensplit.commands.download:run", "doctor": "edensplit.commands.doctor:run",
+            "ui": "edensplit.commands.ui:run"}
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -145,8 +145,25 @@ class ClientSettings(BaseSettings):
                                    "budget ends them first by default; EDENSPLIT_RETRIES")
     edensplit_retry_for: float = Field(60.0, ge=0, description="seconds of outage a request rides out (from its "
                                        "first failure) before the job fails; EDENSPLIT_RETRY_FOR")
+    edensplit_startup_wait: float = Field(300.0, ge=0, description="seconds a job waits for a server that answers "
+                                          "but is still loading its model (503) before it starts; "
+                                          "EDENSPLIT_STARTUP_WAIT")
 
     def api_key(self) -> str | None:
         """The bearer key in clear, for the transports (None when unset or empty)."""
         key = self.edensplit_api_key.get_secret_value() if self.edensplit_api_key is not None else ""
         return key or None
+
+
+class UiSettings(ClientSettings):
+    """`edensplit ui`: the servers it sends jobs to (as the client), who may use the page (as the servers: the key,
+    Host and Origin rules), and how much it keeps of the uploads."""
+
+    allowed_hosts: str = Field("", description="without a key, the page answers requests whose Host is an IP address "
+                               "or localhost, and these names, comma-separated; ALLOWED_HOSTS")
+    allowed_origins: str = Field("", description="other web pages' origins allowed to call the page's API (its own "
+                                 "is), comma-separated; ALLOWED_ORIGINS")
+    ui_max_upload_mb: float = Field(2048, gt=0, description="largest upload, MiB; UI_MAX_UPLOAD_MB")
+    ui_upload_ttl_s: float = Field(3600, gt=0, description="an upload and a job's files are removed once "
+                                   "downloaded, or this long after their last use; UI_UPLOAD_TTL_S")
+    ui_max_uploads: int = Field(16, ge=1, description="uploads kept at once (all pages); UI_MAX_UPLOADS")

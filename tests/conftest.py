@@ -130,6 +130,18 @@ def edge(server_settings):
         yield client
 
 
+def loaded(client: TestClient, timeout: float = 120.0) -> TestClient:
+    """`client` once its app's model is loaded and warmed up, or failed to load: a server started without a model
+    in hand loads it after it starts listening (/health says "loading" meanwhile)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while client.get("/health").json()["status"] == "loading":
+        assert time.monotonic() < deadline, f"the model did not load within {timeout} s"
+        time.sleep(0.02)  # the app's event loop loads it on its own thread: no event to wait on from here
+    return client
+
+
 # -- end-to-end: real servers, the real CLI, a real video -----------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -42,3 +42,51 @@ def test_the_demo_runs_the_tiny_eden_where_installed_and_says_so(tiny_dir, monke
     assert demo_model(tmp_path) == ({"EDEN_RANDOM_WEIGHTS": "1"}, "random weights")
     monkeypatch.setenv("MODEL_PATH", "hf://zhZ524/EDEN/eden.pt")
     assert demo_model(tmp_path) == ({}, "MODEL_PATH")
+
+
+def red_disc(img):
+    """The sample clip's red disc in a frame: its centroid (x, y) and its area in pixels."""
+    import numpy as np
+
+    red = (img[..., 0] > 180) & (img[..., 1] < 120) & (img[..., 2] < 120)
+    ys, xs = np.nonzero(red)
+    return np.array([xs.mean(), ys.mean()]), int(red.sum())
+
+
+# Measured on the shipped tiny EDEN at 128x72: the disc's centroid in the sheet's generated frames 0.08 and 0.60 px
+# from the true middle frame's, its area 80% and 77% of the true area (the blend's: on the midpoint, 93%: the disc
+# moves 3 px a frame, less than its radius); the frames 27.38 and 27.37 dB from the true middle frames (random
+# weights draw noise, about 10 dB).
+DISC_OFFSET_BOUND, DISC_AREA_BOUND, PSNR_BOUND = 1.0, 0.3, 25.0
+
+
+def test_the_demo_sheet_shows_the_tiny_edens_frames_with_the_disc_half_way(monkeypatch, tmp_path):
+    """A fresh clone's demo: the sheet's middle column (cut out of the sheet itself) has the disc where the sample
+    clip drawn at time k + 1/2 has it, whole."""
+    import numpy as np
+    import pytest
+
+    from edensplit.model.sources import TINY_DIR_ENV, tiny_installed
+    from edensplit.video.sample import sample_middle_frame
+    from edensplit.video.sheet import GAP, HEADER
+
+    if not tiny_installed():
+        pytest.skip("this copy of edensplit has no tiny EDEN")
+    for name in ("MODEL_PATH", "EDEN_RANDOM_WEIGHTS", "EDEN_CONFIG", TINY_DIR_ENV):
+        monkeypatch.delenv(name, raising=False)
+    width, height, rows = 128, 72, 2
+    result = run_demo(tmp_path / "demo", n_frames=rows + 1, width=width, height=height)
+    assert result["weights"] == "the tiny EDEN"
+    sheet = read_png(result["sheet"])
+    for k in range(rows):
+        y, x = HEADER + GAP + k * (height + GAP), GAP + (width + GAP)
+        generated = sheet[y: y + height, x: x + width]
+        (where, area), (true_where, true_area) = red_disc(generated), red_disc(sample_middle_frame(k, width, height))
+        offset = float(np.hypot(*(where - true_where)))
+        truth = sample_middle_frame(k, width, height).astype(float)
+        db = 10 * np.log10(255**2 / np.mean((generated.astype(float) - truth) ** 2))
+        print(f"row {k}: disc {offset:.2f} px from its true middle place, area {area} px (true {true_area}), "
+              f"{db:.2f} dB from the true middle frame")
+        assert db >= PSNR_BOUND
+        assert offset <= DISC_OFFSET_BOUND
+        assert abs(area / true_area - 1) <= DISC_AREA_BOUND

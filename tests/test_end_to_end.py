@@ -111,7 +111,7 @@ def test_cli_errors_are_one_line_without_traceback(workdir, clip):
         (["--video_path", str(clip), "--local"], "the tiny EDEN is not installed"),  # the try-out default
         (["--video_path", str(not_video)], "not a readable video"),
         (["--video_path", str(clip), "--cloud_url", "http://127.0.0.1:9", "--retries", "1",
-          "--no_progress"], "cannot reach the cloud server"),
+          "--no_progress"], "nothing answers at http://127.0.0.1:9 (the cloud server"),
     ]
     not_video.write_text("this is text")
     no_tiny = workdir / "no-tiny"  # a copy without the tiny EDEN, whether or not this one has it

@@ -20,7 +20,7 @@ from edensplit.bench.systems import USER_DESIGN, Design
 from edensplit.settings import ModelSettings
 from edensplit.wire import codecs
 
-MODES = ("compare", "perf", "bytes", "overhead")
+MODES = ("compare", "perf", "bytes", "overhead", "quality")
 OVERHEAD_BUDGET_S = 480.0  # the overhead matrix's rows, start-up aside: within 10 minutes on a 2-core machine
 
 
@@ -71,6 +71,12 @@ def run_from_args(args: argparse.Namespace) -> int:
                      split(args.flows, overhead.FLOWS), frames=args.frames, window=args.window,
                      budget_s=args.budget_s if args.budget_s is not None else OVERHEAD_BUDGET_S,
                      output=path(args.output), json_path=path(args.json_path), log_dir=log_dir, command=command)
+    elif args.mode == "quality":
+        from edensplit.bench.quality import run_quality
+
+        first, second = (int(n) for n in args.triplets.split(","))
+        run_quality(counts=(first, second), real_triplets=args.real_triplets, output=path(args.output),
+                    json_path=path(args.json_path), command=command)
     elif args.mode == "bytes":
         extra = tuple(parse_design(d) for d in args.designs.split(",")) if args.designs else BYTES_DESIGNS[1:]
         run_bytes(parse_size(args.size), args.frames, (USER_DESIGN, *extra), window=args.window,

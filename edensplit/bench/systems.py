@@ -163,6 +163,7 @@ class SystemRow:
     hops: dict[str, float] = field(default_factory=dict)  # bytes per generated frame: cloud_in/out, edge_in/out
     routes: dict[str, dict[str, float]] = field(default_factory=dict)  # server -> "kind route" -> bytes/frame
     error: dict[str, float | None] | None = None  # frames vs the user's design in float32 at this size
+    truth: dict[str, float | None] | None = None  # frames vs the true middle frames, where they are known
     failed: str | None = None
 
     @property

@@ -197,6 +197,8 @@ def _write(backend: Backend, source: _Source, spec: JobSpec, state: JobState, do
                 frames_out += 1
                 frames_in += not item.generated
                 bar.update(frames_out)
+                if spec.watch is not None:
+                    spec.watch(frames_out, bar.total, item.frame, item.generated)
                 if sheet is not None:
                     sheet.add(item)
         if frames_in < 2:

@@ -21,7 +21,9 @@ class JobSpec:
     video `video_name` (a folder job); `save_frames` (the generated frames as PNGs too), `preview` (a sheet of
     the first pairs). Running: `window` pairs in flight per level, `progress` (True/"auto", "bar", "lines",
     False), `resume` an earlier run of the same job (same input and `fingerprint`: the options that change the
-    frames), `say` hears what happens to a saved state and what had to be converted."""
+    frames), `say` hears what happens to a saved state and what had to be converted, and `watch` sees each frame
+    written: (frames written, the total expected or None, the frame, whether it was generated); what it raises
+    stops the job (a page's cancel)."""
 
     seed: int = 0
     multi: int = 2
@@ -42,6 +44,7 @@ class JobSpec:
     resume: bool = False
     fingerprint: Mapping[str, Any] | None = None
     say: Callable[[str], None] | None = field(default=None, compare=False)
+    watch: Callable[[int, int | None, Any, bool], None] | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, spec: JobSpec | None = None, **options: Any) -> JobSpec:

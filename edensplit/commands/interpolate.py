@@ -122,10 +122,11 @@ def open_backend_for(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]
         backend: Any = LocalBackend(LocalPipeline(model, Sampler(args.num_steps, args.method)))
         where = f"locally ({model.weights_source} on {model.device})"
         return backend, where, {**sampler, "model": str(model.weights_source), "dtype": settings.eden_dtype}
+    cs = ClientSettings(**overrides(args, CLIENT_FIELDS))
+    preflight(args, cs)  # before the client's own imports: a server that never answered fails the job at once
     from edensplit.client.flows import open_backend
     from edensplit.wire.options import Options
 
-    cs = ClientSettings(**overrides(args, CLIENT_FIELDS))
     frame_once = bool(args.video_path or args.input_dir) and not args.pairs
     backend = open_backend(cloud_url=cs.cloud_server_url, edge_url=cs.edge_server_url, transport=args.transport,
                            flow=args.flow, frame_once=frame_once, payload=args.payload, wire_dtype=args.wire_dtype,
@@ -142,18 +143,41 @@ def open_backend_for(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]
     return backend, where, {**sampler, "model": "servers", "wire_dtype": args.wire_dtype}
 
 
+def preflight(args: argparse.Namespace, cs: ClientSettings) -> None:
+    """Before any frame: each server the job needs answers /health/ready (one that never answered fails it within
+    1.5 s, one loading its model is waited for), and a cloud and an edge run the same model."""
+    from edensplit.client.preflight import check_ready
+    from edensplit.client.transport import ClientConfig
+
+    servers = {"edge": cs.edge_server_url} if args.flow == "b" else {"cloud": cs.cloud_server_url,
+                                                                      "edge": cs.edge_server_url}
+    config = ClientConfig.of(timeout=cs.edensplit_timeout, api_key=cs.api_key(), ca_cert=cs.edensplit_ca_cert,
+                             allow_insecure_key=cs.edensplit_allow_insecure_key)
+    for role, url in servers.items():  # no key sent in clear text, not even to /health/ready
+        ClientConfig.of(api_key=config.api_key, name=f"{role} server",
+                        allow_insecure_key=config.allow_insecure_key).check_url(url)
+    check_ready(servers, config, startup_wait=cs.edensplit_startup_wait, say=None if args.quiet else say)
+
+
+def spec_for(args: argparse.Namespace, fingerprint: dict[str, Any], **extra: Any) -> Any:
+    """The JobSpec of the options (`extra`: fields the command line has no flag for, such as a page's `watch`)."""
+    from edensplit.client.spec import JobSpec
+
+    fields: dict[str, Any] = dict(
+        seed=args.seed, multi=args.multi, codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt,
+        save_frames=args.save_frames, progress=not (args.no_progress or args.quiet), resume=not args.no_resume,
+        fingerprint=fingerprint, say=(lambda message: None) if args.quiet else say,
+        scene_detect=not args.no_scene_detect, preview=args.preview, filename=output_of(args).name,
+        fps=args.fps or None, video_name=f"interpolated.{args.container}",
+        **({} if args.scene_threshold is None else {"scene_threshold": args.scene_threshold}))
+    return JobSpec(**{**fields, **extra})
+
+
 def run_job(args: argparse.Namespace, backend: Any, where: str, fingerprint: dict[str, Any]) -> int:
     from edensplit.client.jobs import interpolate_folder, interpolate_pair_files, interpolate_video
     from edensplit.client.progress import stage_summary
-    from edensplit.client.spec import JobSpec
 
-    spec = JobSpec(seed=args.seed, multi=args.multi, codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt,
-                   save_frames=args.save_frames, progress=not (args.no_progress or args.quiet),
-                   resume=not args.no_resume, fingerprint=fingerprint,
-                   say=(lambda message: None) if args.quiet else say, scene_detect=not args.no_scene_detect,
-                   preview=args.preview, filename=output_of(args).name, fps=args.fps or None,
-                   video_name=f"interpolated.{args.container}",
-                   **({} if args.scene_threshold is None else {"scene_threshold": args.scene_threshold}))
+    spec = spec_for(args, fingerprint)
     if args.video_path:
         result = interpolate_video(backend, args.video_path, args.output_dir, spec)
     elif args.input_dir:

@@ -9,7 +9,7 @@ from typing import Any
 MODEL_FIELDS = ("model_path", "eden_config", "device", "eden_dtype", "eden_random_weights")
 CLIENT_FIELDS = ("cloud_server_url", "edge_server_url", "edensplit_timeout", "edensplit_retries",
                  "edensplit_retry_for", "edensplit_api_key", "edensplit_ca_cert", "edensplit_allow_insecure_key",
-                 "edensplit_shm")
+                 "edensplit_shm", "edensplit_startup_wait")
 
 
 def overrides(args: argparse.Namespace, fields: Sequence[str]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ health and metrics routes, the error envelope for every failure, and the request
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
@@ -185,35 +186,52 @@ def reload_on_sighup(access: Access) -> Callable[[], None]:
 
 
 def create_app(service: Service, settings: ServerSettings, model: Eden | None = None) -> FastAPI:
-    """The app serving `service`, whose model is `model`, or is loaded once at start-up (lifespan) and kept
-    resident, then warmed up before the server reports ready. On SIGTERM it stops admitting and finishes what
-    is in flight (uvicorn waits for it, up to its graceful-shutdown timeout).
+    """The app serving `service`, whose model is `model`, or is loaded once at start-up (after the server starts
+    listening: 503 "loading" until then) and kept resident, then warmed up before the server reports ready. On
+    SIGTERM it stops admitting and finishes what is in flight (uvicorn waits for it, up to its graceful-shutdown
+    timeout).
 
     As gunicorn workers (`gunicorn ... -k uvicorn.workers.UvicornWorker`) each worker loads its own model and
-    takes no connection before it is ready; their metrics go to files they share (edensplit.servers.metrics),
+    answers 503 NOT_READY until it is ready; their metrics go to files they share (edensplit.servers.metrics),
     so that /metrics, whichever worker answers, counts them all, `edensplit_workers_ready` the ready ones."""
     configure_logging(settings.log_format)
     metrics = Metrics(service.stage)
     runtime = ModelRuntime(service.stage, settings.max_inflight, model, max_batch=resolve_max_batch(settings),
                            batch_wait_s=settings.batch_wait_ms / 1000)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if runtime.model is None:
+    async def start_model() -> None:
+        """Load the model (unless given), warm it up, then report ready; a model that cannot load leaves the server
+        up and not ready: /health says so, requests get 503 NOT_READY."""
+        model = runtime.model
+        if model is None:
             try:
-                runtime.model = await run_in_threadpool(load_model_for, {service.stage}, settings)
-            except EdenError as exc:  # stay up, not ready: /health says why, requests get 503 NOT_READY
+                model = await run_in_threadpool(load_model_for, {service.stage}, settings)
+            except EdenError as exc:
                 runtime.load_error = exc.message
                 log.error("%s server cannot load its model (not ready; see /health): %s", service.component,
                           exc.message)
-        await run_in_threadpool(runtime.warm_up, service.warm_up if settings.warmup else None)
+        await run_in_threadpool(runtime.warm_up, service.warm_up if settings.warmup else None, model)
         metrics.workers_ready.set(1 if runtime.ready else 0)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # A model to load is loaded after the server starts listening: meanwhile /health/ready answers 503
+        # "loading" (a client waits for it: edensplit.client.preflight) instead of the port refusing connections.
+        loading = None
+        if runtime.model is None:
+            loading = asyncio.ensure_future(start_model())
+        else:
+            await start_model()
         restore = drain_on_sigterm(runtime)
         unhook = reload_on_sighup(pipeline.access)
         try:
             async with pipeline.shm.running():  # ALLOW_SHM: crashed processes' segments swept, expired ones too
                 yield
         finally:
+            if loading is not None and not loading.done():
+                loading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loading
             unhook()
             restore()
             metrics.workers_ready.set(0)

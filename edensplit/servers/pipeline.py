@@ -140,6 +140,20 @@ def is_address(name: str) -> bool:
     return True
 
 
+def check_host(host_header: str, allowed_hosts: set[str]) -> None:
+    """What a server without a key answers: requests to an IP address, localhost or an ALLOWED_HOSTS name (400
+    INVALID_HOST otherwise: DNS rebinding needs a name)."""
+    host = host_name(host_header)
+    if not (is_address(host) or host == "localhost" or host in allowed_hosts):
+        raise EdenError(f"this server answers requests to its IP address or localhost (or ALLOWED_HOSTS), "
+                        f"not to {printable(host)[:80]!r}", code=ErrorCode.INVALID_HOST)
+
+
+def listed(setting: str) -> set[str]:
+    """A comma-separated setting (ALLOWED_HOSTS, ALLOWED_ORIGINS) as a set, without trailing slashes."""
+    return {item.strip().rstrip("/") for item in setting.split(",") if item.strip()}
+
+
 def answer_type(accept: str, binary_types: tuple[str, ...], binary_request: bool) -> str:
     """JSON, or one of `binary_types`, from the Accept header; a binary request defaults to binary. An Accept
     that names only types this endpoint cannot answer in is NOT_ACCEPTABLE."""
@@ -167,8 +181,8 @@ class Pipeline:
         self.budget = ByteBudget(int(settings.body_memory_mb * 2**20))
         self.idempotency = IdempotencyCache(int(settings.idempotency_cache_mb * 2**20))
         self.access = Access(settings.edensplit_api_key, settings.edensplit_api_keys_file)
-        self.allowed_hosts = {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()}
-        self.allowed_origins = {o.strip().rstrip("/") for o in settings.allowed_origins.split(",") if o.strip()}
+        self.allowed_hosts = {host.lower() for host in listed(settings.allowed_hosts)}
+        self.allowed_origins = listed(settings.allowed_origins)
         self.shm = SharedMemory(settings.allow_shm, self.budget, metrics, settings.shm_ttl_s, settings.shm_max_segments,
                                 int(settings.max_request_mb * 2**20))
 
@@ -191,10 +205,7 @@ class Pipeline:
         names the client (401 UNAUTHORIZED without a known one); an id the caller gave is checked (`id_field`
         names it)."""
         if not self.access.enabled:
-            host = host_name(headers.get("host", ""))
-            if not (is_address(host) or host == "localhost" or host in self.allowed_hosts):
-                raise EdenError(f"this server answers requests to its IP address or localhost (or ALLOWED_HOSTS), "
-                                f"not to {printable(host)[:80]!r}", code=ErrorCode.INVALID_HOST)
+            check_host(headers.get("host", ""), self.allowed_hosts)
         origin = headers.get("origin")
         if exchange.transport == "ws" and origin is not None and origin.rstrip("/") not in self.allowed_origins:
             raise EdenError(f"WebSocket connections from the web page at {printable(origin)[:80]!r} are refused "

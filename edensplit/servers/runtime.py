@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import torch
+
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.eden import Eden
 from edensplit.servers.batching import Batcher
@@ -46,6 +48,7 @@ class ModelRuntime:
         self.on_batch: Callable[[int], None] = lambda size: None  # told each model call's batch size
         self.on_load: Callable[[int, int], None] = lambda inflight, queued: None  # told both when either changes
         self.started = time.monotonic()
+        self.gpus = torch.cuda.device_count()  # what this process sees (CUDA_VISIBLE_DEVICES), for /health
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"eden-{stage}")
 
     def require_model(self) -> Eden:
@@ -107,13 +110,16 @@ class ModelRuntime:
         """When a refused request may find room: the work ahead of it on the model thread, at least 1 s."""
         return max(1, math.ceil(self.model_s * self.inflight))
 
-    def warm_up(self, warm: Callable[[Eden], Any] | None) -> None:
-        """One small pass through the model (first-call costs paid before the server says it is ready)."""
-        if warm is not None and self.model is not None:
+    def warm_up(self, warm: Callable[[Eden], Any] | None, model: Eden | None = None) -> None:
+        """One small pass through the model (first-call costs paid before the server says it is ready); a `model`
+        loaded meanwhile is warmed up first and only then becomes the one requests get."""
+        model = model if model is not None else self.model
+        if warm is not None and model is not None:
             started = time.perf_counter()
-            warm(self.model)
+            warm(model)
             log.info("%s stage warmed up in %.2f s", self.stage, time.perf_counter() - started)
-        self.ready = self.model is not None
+        self.model = model
+        self.ready = model is not None
 
     async def predict(self, operation: Any, job: Any, cancellation: Any = None, batcher: str | None = None) -> Any:
         """operation.predict for one job on the model thread; with batching on and a `batcher` named, batched with
@@ -136,7 +142,7 @@ class ModelRuntime:
             "stage": self.stage, "model_loaded": model is not None, "ready": self.ready and not self.draining,
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started, 3), "inflight": self.inflight,
-            "error": LOAD_FAILED if self.load_error else None, "max_batch": self.max_batch,
+            "error": LOAD_FAILED if self.load_error else None, "max_batch": self.max_batch, "gpus": self.gpus,
         }
         if model is not None:
             info.update(device=str(model.device), dtype=str(model.dtype).removeprefix("torch."),

@@ -216,6 +216,7 @@ class HealthResponse(BaseModel):
     uptime_s: float
     inflight: int = 0
     max_batch: int = 1
+    gpus: int = Field(0, description="CUDA devices this server's process sees (its model runs on `device`)")
     error: str | None = None
 
 

@@ -11,7 +11,7 @@ from edensplit.errors import ErrorCode, InputError
 from edensplit.video.frames import PathLike
 from edensplit.video.writing import VideoWriter
 
-__all__ = ["make_sample_clip"]
+__all__ = ["make_sample_clip", "sample_middle_frame"]
 
 
 def _bounce(x: float, lo: float, hi: float) -> float:
@@ -23,8 +23,9 @@ def _bounce(x: float, lo: float, hi: float) -> float:
     return lo + (m if m <= span else 2 * span - m)
 
 
-def _sample_frame(k: int, width: int, height: int) -> np.ndarray:
-    """Frame k of the sample clip: a gradient with a disc, a square and a bar moving a few pixels a frame."""
+def _sample_frame(k: float, width: int, height: int) -> np.ndarray:
+    """Frame k of the sample clip (fractional k: the picture at that time): a gradient with a disc, a square
+    and a bar moving a few pixels a frame."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     u, v = xx / max(width - 1, 1), yy / max(height - 1, 1)
     img = np.stack([40 + 120 * u, 60 + 100 * v, 150 - 60 * u + 20 * v], axis=-1)
@@ -43,6 +44,11 @@ def _sample_frame(k: int, width: int, height: int) -> np.ndarray:
     bx, by = _bounce(width * 0.6 - 4 * k, bw, width - bw), height * 0.78
     paint(np.clip(np.minimum(bw + 0.5 - abs(xx - bx), bh + 0.5 - abs(yy - by)), 0, 1), (40, 200, 230))
     return np.clip(np.floor(img + 0.5), 0, 255).astype(np.uint8)
+
+
+def sample_middle_frame(k: int, width: int, height: int) -> np.ndarray:
+    """The true middle frame between the sample clip's frames k and k + 1: the picture at time k + 1/2."""
+    return _sample_frame(k + 0.5, width, height)
 
 
 def make_sample_clip(path: PathLike, n_frames: int = 12, width: int = 256, height: int = 144,

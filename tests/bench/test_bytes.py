@@ -20,6 +20,8 @@ def test_bytes_compares_designs_with_the_users_and_checks_the_acceptance(monkeyp
     assert (user.design, f16.design, i8.design) == ("user's design", "frame-once float16", "frame-once int8")
     assert user.encodings > f16.encodings > i8.encodings
     assert f16.error["mean_abs"] < 0.5 and i8.error["mean_abs"] < 3
+    # against the true middle frames too: random weights are far from them, and the column says by how much
+    assert all(r.truth is not None and 0 < r.truth["psnr_db"] < 30 for r in rows)
     document = json.loads((tmp_path / "bytes.json").read_text())
     assert [r["encodings_ratio_vs_first"] for r in document["rows"]] == pytest.approx(
         [1.0, user.encodings / f16.encodings, user.encodings / i8.encodings])

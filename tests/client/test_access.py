@@ -27,7 +27,7 @@ from edensplit.servers.edge.service import create_edge_app
 from edensplit.servers.launch import free_port
 from edensplit.settings import ServerSettings
 from tests.client.test_retries import CALL, Peer
-from tests.conftest import TINY_CONFIG, make_frames, run_cli
+from tests.conftest import TINY_CONFIG, make_frames, run_cli, run_cli_here
 
 TLS = Path(__file__).resolve().parents[1] / "fixtures" / "tls"
 CA = TLS / "ca.pem"
@@ -171,3 +171,21 @@ def test_the_cli_takes_the_key_and_ca_from_flags_or_the_environment(tls_servers,
     env = run_cli(*common, env={"EDENSPLIT_API_KEY": KEY, "EDENSPLIT_CA_CERT": str(CA)})
     assert "12 frames in, 23 out" in env.stdout
     assert (out / "interpolated.mp4").is_file()
+
+
+def test_doctor_reports_tls_and_the_key(tls_servers):
+    cloud, edge = tls_servers
+    args = ["doctor", "--cloud_url", cloud.url, "--edge_url", edge.url, "--ca_cert", str(CA), "--size", "64x96"]
+    good = run_cli_here(args, {"EDENSPLIT_API_KEY": KEY})
+    assert good.returncode == 0, good.stdout + good.stderr
+    lines = {line.split("  ")[0]: line for line in good.stdout.splitlines()}
+    for role in ("cloud", "edge"):
+        line = lines[f"{role} TLS and key"]
+        assert " ok " in line and f"TLS (CA bundle {CA}); requires a key; ours is accepted" in line, line
+    assert " ok " in lines["round trip"]
+    keyless = run_cli_here(args, {"EDENSPLIT_API_KEY": ""})
+    assert keyless.returncode == 1, keyless.stdout
+    lines = {line.split("  ")[0]: line for line in keyless.stdout.splitlines()}
+    refused = lines["cloud TLS and key"]
+    assert "FAIL" in refused and "TLS (CA bundle" in refused and "requires a key: set EDENSPLIT_API_KEY" in refused
+    assert "FAIL" in lines["round trip"] and "requires Authorization: Bearer" in lines["round trip"], keyless.stdout

@@ -15,6 +15,7 @@ from edensplit.model.seeds import make_noise
 from edensplit.model.stages import encode_frames, interpolate, to_uint8
 from edensplit.servers.edge.service import create_edge_app
 from edensplit.settings import ModelSettings, ServerSettings
+from tests.conftest import loaded
 
 
 def test_it_has_the_full_size_shapes_and_makes_checkerboards(caplog):
@@ -35,5 +36,5 @@ def test_it_is_refused_beside_a_checkpoint_and_says_so_in_health(tmp_path):
         load_model_for({ENCODE}, ModelSettings(edensplit_stand_in_model=True, model_path=tmp_path / "eden.pt"))
     settings = ServerSettings(edensplit_stand_in_model=True, warmup=False)
     with TestClient(create_edge_app(settings)) as edge:
-        health = edge.get("/health").json()
+        health = loaded(edge).get("/health").json()
     assert health["stand_in"] is True and health["weights_digest"] == "stand-in" and health["ready"] is True

@@ -17,7 +17,7 @@ from edensplit.model.stages import encode_frames, frame_difference
 from edensplit.wire.blob import BLOB_MEDIA_TYPE, unpack_encoding
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames
 from edensplit.wire.images import b64decode_field, b64encode, encode_png
-from tests.conftest import TINY_CONFIG, make_frames
+from tests.conftest import TINY_CONFIG, loaded, make_frames
 
 FRAMES = make_frames(2, 40, 70)
 
@@ -265,7 +265,7 @@ def test_a_server_whose_model_failed_to_load_answers_not_ready(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_text("x")
     with TestClient(create_cloud_app(ServerSettings(model_path=bad))) as client:
-        health = client.get("/health").json()
+        health = loaded(client).get("/health").json()
         assert health["status"] == "error" and not health["model_loaded"]
         assert "not a PyTorch checkpoint" not in client.get("/health").text and str(bad) not in health["error"]
         assert client.get("/health/ready").status_code == 503

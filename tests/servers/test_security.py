@@ -27,7 +27,7 @@ from edensplit.video.images import write_png
 from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
 from edensplit.wire.compression import decompress
 from edensplit.wire.messages import pack_binary
-from tests.conftest import TINY_CONFIG, make_frames, run_cli_here
+from tests.conftest import TINY_CONFIG, loaded, make_frames, run_cli_here
 
 FRAMES = make_frames(3, 40, 70)
 ENCODER = load_model(None, TINY_CONFIG, stages={"encode"}, allow_random=True, seed=3)
@@ -93,7 +93,7 @@ def test_health_shows_a_digest_the_cloud_and_the_edge_agree_on_and_no_path(tmp_p
     bad.parent.mkdir()
     bad.write_text("not a checkpoint")
     with caplog.at_level(logging.ERROR), TestClient(create_cloud_app(ServerSettings(model_path=bad))) as client:
-        text = client.get("/health").text
+        text = loaded(client).get("/health").text
         refused = client.post("/api/v1/encode", json={}).text
     assert "secret-path" not in text and "not a PyTorch checkpoint" not in text and "secret-path" not in refused
     assert any("not a PyTorch checkpoint" in r.getMessage() for r in caplog.records)  # the log says why
@@ -121,7 +121,7 @@ def test_health_names_the_weights_by_repository_revision_and_digest_and_never_by
     for name, model_path in (("hub", uri), ("tiny", TINY), ("file", str(local))):
         settings = ServerSettings(model_path=model_path, eden_config=config, warmup=False)
         with TestClient(create_cloud_app(settings)) as cloud, TestClient(create_edge_app(settings)) as edge:
-            text = cloud.get("/health").text + edge.get("/health").text
+            text = loaded(cloud).get("/health").text + loaded(edge).get("/health").text
             a, b = cloud.get("/health").json(), edge.get("/health").json()
         assert str(hub_cache) not in text and str(tmp_path) not in text
         assert a["ready"] and {k: a[k] for k in a if k.startswith("weights")} == \

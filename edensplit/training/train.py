@@ -1,0 +1,458 @@
+"""Training a tiny EDEN on synthetic motion: both of EDEN's stages, then the inference checkpoint.
+
+Stage 1, the tokenizer: an encoder (training only, `tokenizer.py`) compresses the middle frame It into latents,
+the inference network's decoder rebuilds It from them and from I0's and I1's tokens; L1 + a structural stand-in
+for LPIPS + a small KL, with a PatchGAN critic joining for the last part (`losses.py`).
+Then `vae_shift` and `vae_scaler` are refitted: the mean and 1 / standard deviation of the tokenizer's latents.
+Stage 2, the diffusion transformer: the decoder frozen, the DiT (and its own conditioning branch) learns the
+velocity x1 - x0 on the linear path x_t = t x1 + (1 - t) x0 from noise x0 to normalised latents x1.
+The inference checkpoint is the one network holding the DiT and the decoder (and both conditioning branches):
+the tokenizer's encoder and the critic are dropped.
+
+Everything is seeded and runs with a fixed thread count and deterministic algorithms, so the same command on the
+same machine makes the same weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import resource
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+
+from edensplit.model.config import EdenConfig, ModelArgs
+from edensplit.model.eden import Eden
+from edensplit.model.stages import STD_EPS, frame_difference, normalise_difference
+from edensplit.training import synthetic
+from edensplit.training.losses import adaptive_weight, hinge_d_loss, structural
+from edensplit.training.tokenizer import Discriminator, Posterior, TokenizerArgs, TokenizerEncoder
+
+WEIGHTS_NAME, CONFIG_NAME, REPORT_NAME = "eden_tiny.safetensors", "eden_tiny.yaml", "eden_tiny.report.json"
+TINY_ARGS = ModelArgs(patch_size=8, latent_dim=16, hidden_dim=128, num_heads=4, mlp_ratio=4.0, dit_depth=4,
+                      decoder_depth=2, qkv_bias=True)
+# The parameters each stage trains (prefixes of the inference network's names); the rest stay frozen.
+DECODER_SIDE = ("patch_cond_dec", "norm_cond_dec", "proj_token", "decoder_blocks", "unpatchify")
+DIT_SIDE = ("proj_in", "patch_cond_dit", "norm_cond_dit", "dit_blocks", "norm_out", "proj_out", "adaLN_modulation",
+            "difference_embedder", "denoise_timestep_embedder")
+DATA_SEED, FIT_SEED = 1, 2  # training's synthetic streams (held-out ones are >= synthetic.HELD_OUT_SEED)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the shipped weights."""
+
+    seed: int = 0
+    threads: int = 1  # one: with two, a busy machine makes OpenMP threads wait on each other (8x slower)
+    size: int = 64  # training frames are size x size
+    dataset: int = 8192  # pre-rendered training triplets, reused with flips, transposes and time reversal
+    model: ModelArgs = TINY_ARGS
+    tokenizer: TokenizerArgs = TokenizerArgs()
+    # stage 1
+    vae_steps: int = 2000
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    perceptual_weight: float = 1.0
+    kl_weight: float = 1e-6  # per pixel and channel, as upstream's KL weight with its resolution scaling
+    disc_start: float = 0.9  # the critic joins for the last tenth of stage 1 (its steps cost twice as much)
+    disc_weight: float = 0.5
+    disc_lr: float = 2e-4
+    fit_count: int = 1024  # triplets the latent statistics are measured on
+    # stage 2
+    dit_steps: int = 3000
+    dit_batch: int = 32
+    dit_lr: float = 1e-3
+    # both
+    warmup: int = 100
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    log_every: int = 100
+    # released constants kept: they only standardise the difference input
+    cos_sim_mean: float = EdenConfig.cos_sim_mean
+    cos_sim_std: float = EdenConfig.cos_sim_std
+
+    def eden_config(self, vae_shift: float, vae_scaler: float) -> EdenConfig:
+        return EdenConfig(model_args=self.model, cos_sim_mean=self.cos_sim_mean, cos_sim_std=self.cos_sim_std,
+                          vae_shift=vae_shift, vae_scaler=vae_scaler)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class Batch:
+    """Frames float [B, 3, H, W] in [0, 1] and their per-frame normalisation, as the inference stages make it."""
+
+    frame0: Tensor
+    middle: Tensor
+    frame1: Tensor
+    mean: Tensor = field(init=False)  # [B, 1, 1, 1]: the pair's, as the decoder's output is de-normalised
+    std: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        stats = [(f.mean(dim=(1, 2, 3)), f.flatten(1).std(dim=1) + STD_EPS) for f in (self.frame0, self.frame1)]
+        self._stats = stats
+        self.mean = ((stats[0][0] + stats[1][0]) / 2).view(-1, 1, 1, 1)
+        self.std = ((stats[0][1] + stats[1][1]) / 2).view(-1, 1, 1, 1)
+
+    def normalised_pair(self) -> Tensor:
+        """[2B, 3, H, W]: I0s then I1s, each normalised by its own mean and std (the encode stage's rule)."""
+        return torch.cat([(f - m.view(-1, 1, 1, 1)) / s.view(-1, 1, 1, 1)
+                          for f, (m, s) in zip((self.frame0, self.frame1), self._stats, strict=True)])
+
+    def normalised_middle(self) -> Tensor:
+        return (self.middle - self.mean) / self.std
+
+
+def render_dataset(count: int, size: int, seed: int = DATA_SEED) -> Tensor:
+    """uint8 [count, 3 (I0, It, I1), 3, H, W] training triplets."""
+    frames = synthetic.frames_batch(seed, 0, count, size, size)  # [count, 3, H, W, 3]
+    return torch.from_numpy(frames).permute(0, 1, 4, 2, 3).contiguous()
+
+
+def batches(data: Tensor, batch: int, generator: torch.Generator) -> Iterator[Batch]:
+    """Endless random batches with random flips, transposes and time reversal (each keeps It the true middle)."""
+    while True:
+        idx = torch.randint(len(data), (batch,), generator=generator)
+        x = data[idx].float() / 255  # [B, 3, 3, H, W]
+        flips = torch.randint(2, (4,), generator=generator).tolist()
+        if flips[0]:
+            x = x.flip(-1)
+        if flips[1]:
+            x = x.flip(-2)
+        if flips[2] and x.shape[-1] == x.shape[-2]:
+            x = x.transpose(-1, -2)
+        if flips[3]:
+            x = x.flip(1)
+        yield Batch(x[:, 0], x[:, 1], x[:, 2])
+
+
+# ---------------------------------------------------------------------------------------------
+# The network's passes during training
+
+
+def init_weights(model: nn.Module) -> None:
+    """EDEN's initialisation: Xavier-uniform linear and patch weights, zero biases; the DiT's conditioning
+    embedders N(0, 0.02); the adaLN modulation and the DiT's output projection zero (each DiT block starts as
+    the identity but for its temporal attention)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+            nn.init.zeros_(m.bias)
+    if isinstance(model, Eden):
+        nn.init.normal_(model.difference_embedder.weight, std=0.02)
+        nn.init.normal_(model.denoise_timestep_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(model.denoise_timestep_embedder.mlp[2].weight, std=0.02)
+        for m in (model.adaLN_modulation[-1], model.proj_out):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def conditioning(eden: Eden, batch: Batch) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[int, int]]:
+    """(cond_dit of I0, of I1), (cond_dec of I0, of I1), and the token grid: the encode stage."""
+    pair = batch.normalised_pair()
+    p = eden.args.patch_size
+    grid = (pair.shape[-2] // p, pair.shape[-1] // p)
+    cond_dit, cond_dec = eden.encode_tokens(pair)
+    return cond_dit.chunk(2), cond_dec.chunk(2), grid
+
+
+def contexts(eden: Eden, dit: tuple[Tensor, Tensor], dec: tuple[Tensor, Tensor], grid: tuple[int, int]
+             ) -> tuple[list[tuple[Tensor, Tensor]], list[tuple[Tensor, Tensor]]]:
+    """The temporal attention's keys and values of I0 and I1, per DiT block and per decoder block."""
+    (dit0, dec0), (dit1, dec1) = eden.frame_context(dit[0], dec[0], grid), eden.frame_context(dit[1], dec[1], grid)
+    return list(zip(dit0, dit1, strict=True)), list(zip(dec0, dec1, strict=True))
+
+
+def reconstruct(eden: Eden, encoder: TokenizerEncoder, batch: Batch) -> tuple[Tensor, Posterior]:
+    """The tokenizer: It -> posterior -> a sample -> the decoder -> It again, in [0, 1] (not clamped)."""
+    dit, dec, grid = conditioning(eden, batch)
+    posterior = encoder(eden, batch.normalised_middle(), *dec)
+    _, dec_ctx = contexts(eden, dit, dec, grid)
+    return eden.decode(posterior.sample(), dec_ctx, grid) * batch.std + batch.mean, posterior
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimisation
+
+
+def trainable(module: nn.Module, prefixes: tuple[str, ...]) -> list[nn.Parameter]:
+    """Unfreeze the parameters whose names start with one of `prefixes`, freeze the others; return the former."""
+    chosen = []
+    for name, param in module.named_parameters():
+        param.requires_grad_(name.startswith(prefixes))
+        if param.requires_grad:
+            chosen.append(param)
+    return chosen
+
+
+def optimiser(params: list[nn.Parameter], lr: float, steps: int, cfg: TrainConfig
+              ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with a linear warm-up and a cosine decay to zero, as upstream's stages."""
+    opt = torch.optim.AdamW(params, lr=lr, betas=cfg.betas, eps=1e-6, weight_decay=cfg.weight_decay)
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, steps - cfg.warmup)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def step(opt: torch.optim.Optimizer, sched: Any, loss: Tensor, params: list[nn.Parameter], clip: float) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    if sched is not None:
+        sched.step()
+
+
+class Log:
+    """Running means of named values, printed every `every` steps with the rate."""
+
+    def __init__(self, name: str, every: int, total: int):
+        self.name, self.every, self.total = name, every, total
+        self.sums: dict[str, float] = {}
+        self.count, self.start = 0, time.perf_counter()
+        self.history: list[dict[str, float]] = []  # the printed means: the loss curve
+
+    def add(self, step_index: int, **values: float) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+        if (step_index + 1) % self.every == 0 or step_index + 1 == self.total:
+            rate = self.count / (time.perf_counter() - self.start)
+            self.history.append({"step": step_index + 1, **{k: round(v / self.count, 5) for k, v in self.sums.items()}})
+            means = " ".join(f"{k} {v / self.count:.4f}" for k, v in self.sums.items())
+            print(f"[{self.name} {step_index + 1}/{self.total}] {means} ({rate:.2f} steps/s)", flush=True)
+            self.sums, self.count, self.start = {}, 0, time.perf_counter()
+
+
+# ---------------------------------------------------------------------------------------------
+# The two stages
+
+
+def train_tokenizer(eden: Eden, encoder: TokenizerEncoder, data: Tensor, cfg: TrainConfig) -> list[dict[str, float]]:
+    """Stage 1: the decoder side of EDEN and the tokenizer's encoder, on reconstructing It; returns the curve."""
+    params = trainable(eden, DECODER_SIDE) + list(encoder.parameters())
+    opt, sched = optimiser(params, cfg.vae_lr, cfg.vae_steps, cfg)
+    critic = Discriminator(cfg.tokenizer)
+    d_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9), weight_decay=cfg.weight_decay)
+    disc_from = int(cfg.disc_start * cfg.vae_steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    log = Log("tokenizer", cfg.log_every, cfg.vae_steps)
+    pixels = 3 * cfg.size * cfg.size
+    for i, batch in zip(range(cfg.vae_steps), batches(data, cfg.vae_batch, gen), strict=False):
+        recon, posterior = reconstruct(eden, encoder, batch)
+        rec = (recon - batch.middle).abs().mean()
+        nll = rec + cfg.perceptual_weight * structural(recon, batch.middle)
+        kl = posterior.kl().mean() / pixels
+        loss = nll + cfg.kl_weight * kl
+        values = {"l1": rec.item(), "nll": nll.item(), "kl": kl.item()}
+        if i >= disc_from:  # the critic's step, then the generator's loss against the updated critic
+            d_loss = hinge_d_loss(critic(batch.middle * 2 - 1), critic(recon.detach() * 2 - 1))
+            step(d_opt, None, d_loss, list(critic.parameters()), cfg.grad_clip)
+            g_loss = -critic(recon * 2 - 1).mean()
+            weight = adaptive_weight(nll, g_loss, eden.unpatchify[-1].weight, cfg.disc_weight)
+            loss = loss + weight * g_loss
+            values |= {"g": g_loss.item(), "d": d_loss.item(), "w": weight.item()}
+        step(opt, sched, loss, params, cfg.grad_clip)
+        log.add(i, **values)
+    return log.history
+
+
+@torch.no_grad()
+def fit_latent_stats(eden: Eden, encoder: TokenizerEncoder, cfg: TrainConfig) -> tuple[float, float]:
+    """vae_shift and vae_scaler for this tokenizer: the mean of its latent samples and 1 / their std."""
+    data = render_dataset(cfg.fit_count, cfg.size, FIT_SEED)
+    samples = []
+    for start in range(0, len(data), 64):
+        x = data[start: start + 64].float() / 255
+        batch = Batch(x[:, 0], x[:, 1], x[:, 2])
+        _, dec, _ = conditioning(eden, batch)
+        samples.append(encoder(eden, batch.normalised_middle(), *dec).sample())
+    z = torch.cat(samples).double()
+    return float(z.mean()), float(1 / z.std())
+
+
+def train_dit(eden: Eden, encoder: TokenizerEncoder, data: Tensor, cfg: TrainConfig, shift: float,
+              scaler: float) -> list[dict[str, float]]:
+    """Stage 2: the DiT and its conditioning branch learn the velocity from noise to the normalised latents; returns
+    the curve."""
+    params = trainable(eden, DIT_SIDE)
+    encoder.requires_grad_(False)
+    opt, sched = optimiser(params, cfg.dit_lr, cfg.dit_steps, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    log = Log("dit", cfg.log_every, cfg.dit_steps)
+    for i, batch in zip(range(cfg.dit_steps), batches(data, cfg.dit_batch, gen), strict=False):
+        dit, dec, grid = conditioning(eden, batch)
+        with torch.no_grad():
+            x1 = (encoder(eden, batch.normalised_middle(), *dec).sample() - shift) * scaler
+        raw = frame_difference(batch.frame0, batch.frame1).clone()  # out of inference mode
+        diff_emb = eden.condition(normalise_difference(raw, cfg.cos_sim_mean, cfg.cos_sim_std))
+        dit_ctx, _ = contexts(eden, dit, dec, grid)
+        t = torch.rand(len(x1))
+        x0 = torch.randn_like(x1)
+        xt = t.view(-1, 1, 1) * x1 + (1 - t.view(-1, 1, 1)) * x0
+        loss = F.mse_loss(eden.velocity(xt, t, diff_emb, dit_ctx, grid), x1 - x0)
+        step(opt, sched, loss, params, cfg.grad_clip)
+        log.add(i, loss=loss.item())
+    return log.history
+
+
+# ---------------------------------------------------------------------------------------------
+# The inference checkpoint
+
+
+def save(eden: Eden, config: EdenConfig, out: Path, extra: dict[str, Any]) -> Path:
+    """The inference network's state dict as safetensors, its config beside it (the layout `load_model` reads)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in eden.state_dict().items()}
+    weights = out / WEIGHTS_NAME
+    save_file(state, str(weights))
+    raw = {"model_args": config.model_args.as_dict(), **{k: v for k, v in config.as_dict().items()
+                                                          if k != "model_args"}, **extra}
+    (out / CONFIG_NAME).write_text(yaml.safe_dump(raw, sort_keys=False))
+    return weights
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def train(cfg: TrainConfig, out: Path) -> dict[str, Any]:
+    """Both stages, the refit constants and the checkpoint in `out`; returns the timings, the loss curves and the
+    constants. The thread count and
+    deterministic mode it sets are put back after it."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(cfg, out)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(cfg: TrainConfig, out: Path) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)
+    timings: dict[str, Any] = {}
+    wall0, cpu0 = time.perf_counter(), cpu_seconds()
+
+    def lap(name: str) -> None:
+        timings[name] = {"wall_s": round(time.perf_counter() - wall0, 1), "cpu_s": round(cpu_seconds() - cpu0, 1)}
+        print(f"-- {name}: {timings[name]['wall_s']} s wall, {timings[name]['cpu_s']} s CPU (cumulative)", flush=True)
+
+    data = render_dataset(cfg.dataset, cfg.size)
+    lap("data")
+    config = cfg.eden_config(vae_shift=0.0, vae_scaler=1.0)
+    eden = Eden(config)
+    init_weights(eden)
+    encoder = TokenizerEncoder(cfg.model, cfg.tokenizer.encoder_depth)
+    init_weights(encoder)
+    curves = {"tokenizer": train_tokenizer(eden, encoder, data, cfg)}
+    lap("tokenizer")
+    shift, scaler = fit_latent_stats(eden, encoder, cfg)
+    print(f"-- latents: vae_shift {shift:.6f}, vae_scaler {scaler:.6f}", flush=True)
+    curves["dit"] = train_dit(eden, encoder, data, cfg, shift, scaler)
+    lap("dit")
+    config = cfg.eden_config(vae_shift=shift, vae_scaler=scaler)
+    eden.config = config
+    eden.eval().requires_grad_(False)
+    save(eden, config, out, {"training": {"command": "python -m edensplit.training", "config": cfg.as_dict()}})
+    lap("saved")
+    return {"timings": timings, "curves": curves, "vae_shift": shift, "vae_scaler": scaler}
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+HELD_OUT = ((synthetic.HELD_OUT_SEED, 200, 1), (synthetic.HELD_OUT_SEED + 1, 50, 2))  # (seed, count, size factor)
+
+
+def benchmark(weights: Path, config_path: Path, size: int, held_out: tuple[tuple[int, int, int], ...] = HELD_OUT
+              ) -> dict[str, Any]:
+    """The shipped files, loaded as any user loads them, on held-out triplets at the training size and larger."""
+    from edensplit.model.checkpoint import load_model
+    from edensplit.model.config import load_config
+    from edensplit.training.evaluate import evaluate_model
+
+    model = load_model(weights, load_config(config_path))
+    results = {}
+    for seed, count, factor in held_out:
+        side = size * factor
+        t0 = time.perf_counter()
+        results[f"{side}x{side}"] = {"seed": seed, "count": count, **evaluate_model(model, seed, count, side, side)}
+        print(f"-- held-out {side}x{side} ({count} triplets, seed {seed}): {time.perf_counter() - t0:.0f} s",
+              flush=True)
+    return results
+
+
+def format_results(results: dict[str, Any]) -> str:
+    lines = []
+    for size, r in results.items():
+        lines.append(f"held-out {size}, {r['count']} triplets (stream {r['seed']}):")
+        lines.append(f"  {'method':<8} {'PSNR dB':>8} {'SSIM':>7} {'centroid px':>12}")
+        for name in ("eden", "blend", "nearest"):
+            m = r[name]
+            lines.append(f"  {name:<8} {m['psnr']:>8.2f} {m['ssim']:>7.4f} {m['centroid_px']:>12.2f}")
+        lines.append(f"  eden - blend: {r['eden']['psnr'] - r['blend']['psnr']:+.2f} dB")
+    return "\n".join(lines)
+
+
+def run(cfg: TrainConfig, out: Path, held_out: tuple[tuple[int, int, int], ...] = HELD_OUT) -> dict[str, Any]:
+    """Train, save, benchmark the saved files; write and return the report."""
+    from edensplit.model.checkpoint import file_digest
+
+    trained = train(cfg, out)
+    weights = out / WEIGHTS_NAME
+    results = benchmark(weights, out / CONFIG_NAME, cfg.size, held_out)
+    report = {"weights_sha256_16": file_digest(weights), "weights_bytes": weights.stat().st_size,
+              "torch": torch.__version__, "load_average_at_end": os.getloadavg(), **trained, "results": results}
+    (out / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    print(format_results(results))
+    print(f"weights {weights} ({report['weights_bytes'] / 1e6:.2f} MB, sha256 {report['weights_sha256_16']}...)")
+    return report
+
+
+def report_markdown(report: dict[str, Any], points: int = 6) -> str:
+    """A report as Markdown: the timings, the constants, the loss curves at a few steps, the held-out results."""
+    t = report["timings"]
+    lines = [f"Weights {report['weights_bytes'] / 1e6:.2f} MB (sha256 {report['weights_sha256_16']}...), torch "
+             f"{report['torch']}; vae_shift {report['vae_shift']:.6f}, vae_scaler {report['vae_scaler']:.6f}.", "",
+             "| phase | wall s (cumulative) | CPU s (cumulative) |", "|---|---|---|"]
+    lines += [f"| {name} | {v['wall_s']} | {v['cpu_s']} |" for name, v in t.items()]
+    for stage, curve in report["curves"].items():
+        picks = sorted({round(i * (len(curve) - 1) / (points - 1)) for i in range(points)})
+        keys = list(dict.fromkeys(k for point in curve for k in point if k != "step"))
+        lines += ["", f"{stage} loss curve (means over each logging interval):", "",
+                  "| step | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for i in picks:
+            cells = [str(curve[i]["step"]), *(f"{curve[i][k]:.4f}" if k in curve[i] else "-" for k in keys)]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "```", format_results(report["results"]), "```"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,97 @@
+"""The training command end to end on a few steps: its checkpoint loads through MODEL_PATH=tiny and interpolates
+frames of the right shape; the synthetic data it trains on is a function of its seed."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import yaml
+
+from edensplit.model.checkpoint import load_model
+from edensplit.model.config import EdenConfig, ModelArgs
+from edensplit.model.sources import TINY_DIR_ENV
+from edensplit.training import synthetic
+from edensplit.training.train import CONFIG_NAME, WEIGHTS_NAME, TrainConfig, train
+from edensplit.video.images import read_png, write_png
+from tests.conftest import run_cli_here
+
+# A few steps of both stages on a network and frames small enough to train in seconds.
+FEW_STEPS = TrainConfig(size=32, dataset=16, vae_steps=3, dit_steps=3, vae_batch=2, dit_batch=2, fit_count=8,
+                        warmup=1, log_every=1, model=ModelArgs(patch_size=8, latent_dim=4, hidden_dim=32, num_heads=2,
+                                                               dit_depth=1, decoder_depth=1, qkv_bias=True))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    return out, train(FEW_STEPS, out)
+
+
+def test_the_generator_is_a_function_of_seed_and_index():
+    a, b = synthetic.triplet(5, 3, 32, 48, extras=True), synthetic.triplet(5, 3, 32, 48, extras=True)
+    assert a.frames.shape == (3, 32, 48, 3) and a.frames.dtype == np.uint8
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.centroids, b.centroids)
+    assert np.array_equal(a.masks, b.masks) and np.array_equal(a.without, b.without)
+    assert not np.array_equal(a.frames, synthetic.triplet(6, 3, 32, 48).frames)  # another stream
+    assert not np.array_equal(a.frames, synthetic.triplet(5, 4, 32, 48).frames)  # another index
+    # the batch path renders the same triplets as the one-at-a-time path
+    assert np.array_equal(synthetic.frames_batch(5, 3, 2, 32, 48)[0], a.frames)
+
+
+def test_objects_move_and_the_middle_frame_is_the_middle():
+    moved = []
+    for t in synthetic.triplets(7, 8, 64, 64):
+        tracked = t.centroids[t.tracked]
+        moved.extend(np.linalg.norm(tracked[:, 2] - tracked[:, 0], axis=1))
+        assert not np.array_equal(t.frames[0], t.frames[2])
+    assert np.mean(moved) > 2.0  # pixels: the data has motion to learn
+
+
+def test_the_checkpoint_loads_as_model_path_tiny_with_refitted_constants(trained, monkeypatch):
+    out, report = trained
+    assert {"data", "tokenizer", "dit", "saved"} <= set(report["timings"])
+    assert [p["step"] for p in report["curves"]["dit"]] == [1, 2, 3] and report["curves"]["tokenizer"][0]["l1"] > 0
+    monkeypatch.setenv(TINY_DIR_ENV, str(out))
+    model = load_model("tiny")
+    raw = yaml.safe_load((out / CONFIG_NAME).read_text())
+    assert model.config == EdenConfig.from_dict(raw)
+    assert model.config.model_args == FEW_STEPS.model
+    # vae_shift and vae_scaler were measured on this tokenizer's latents, not carried from the released config
+    assert model.config.vae_shift != EdenConfig.vae_shift and model.config.vae_scaler != EdenConfig.vae_scaler
+    assert raw["training"]["config"] == dataclasses.asdict(FEW_STEPS) | {"betas": list(FEW_STEPS.betas)}
+    assert (out / WEIGHTS_NAME).stat().st_size < 1_000_000
+
+
+def test_the_cli_interpolates_with_the_trained_checkpoint(trained, tmp_path):
+    out, _ = trained
+    t = synthetic.triplet(synthetic.HELD_OUT_SEED, 0, 40, 56)
+    a, b = write_png(tmp_path / "a.png", t.frames[0]), write_png(tmp_path / "b.png", t.frames[2])
+    result = run_cli_here(["interpolate", "--frame_0_path", str(a), "--frame_1_path", str(b), "--local",
+                           "--output_dir", str(tmp_path / "out"), "--seed", "1"],
+                          {"MODEL_PATH": "tiny", TINY_DIR_ENV: str(out)})
+    assert result.returncode == 0, result.stderr
+    middle = read_png(tmp_path / "out" / "interpolated.png")
+    assert middle.shape == (40, 56, 3) and middle.dtype == np.uint8
+
+
+def test_the_report_summary_shows_the_curves_and_the_timings(trained):
+    from edensplit.training.train import report_markdown
+
+    _, trained_report = trained
+    report = {"weights_bytes": 1, "weights_sha256_16": "x", "torch": "t", "results": {}, **trained_report}
+    text = report_markdown(report)
+    assert "| tokenizer |" in text and "dit loss curve" in text and "| 3 |" in text
+
+
+def test_the_same_seed_makes_the_same_weights_and_another_does_not(trained, tmp_path):
+    import torch
+
+    out, _ = trained
+    threads = torch.get_num_threads()
+    train(FEW_STEPS, tmp_path / "again")
+    assert torch.get_num_threads() == threads  # put back
+    assert (tmp_path / "again" / WEIGHTS_NAME).read_bytes() == (out / WEIGHTS_NAME).read_bytes()
+    train(dataclasses.replace(FEW_STEPS, seed=1), tmp_path / "other")
+    assert (tmp_path / "other" / WEIGHTS_NAME).read_bytes() != (out / WEIGHTS_NAME).read_bytes()
