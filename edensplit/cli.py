@@ -130,28 +130,32 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(d, "output_dir", default="out/demo", help="where the video and the sheet go (default out/demo)")
     _flag(d, "frames", type=int, default=12, help="frames in the sample clip (default 12)")
     b = sub.add_parser("bench", help="benchmark: transports x wire dtypes x flows against --local (compare), "
-                       "stages and servers per size and precision (perf), bytes of the user's design vs frame-once")
-    _flag(b, "mode", choices=["compare", "perf", "bytes", "quality"], default="compare",
+                       "stages and servers per size and precision (perf), bytes of the user's design vs frame-once "
+                       "(bytes), the serving overhead per generated frame beside the floor (overhead), middle frames' "
+                       "quality (quality)")
+    _flag(b, "mode", choices=["compare", "perf", "bytes", "overhead", "quality"], default="compare",
           help="compare: transports x wire dtypes x flows against --local (default); perf: stage and system "
           "measurements per size and compute precision; bytes: the user's design vs frame-once float16/int8; "
-          "quality: PSNR, SSIM and centroid error of middle frames vs the blend and the nearest frame (the tiny "
-          "EDEN unless MODEL_PATH is set)")
+          "overhead: with the stand-in model, each path x wire dtype x flow x size's serving overhead per "
+          "generated frame, its steps, and the floor for the same bytes; quality: PSNR, SSIM and centroid error "
+          "of middle frames vs the blend and the nearest frame (the tiny EDEN unless MODEL_PATH is set)")
     _flag(b, "size", default="240x428", help="HxW of the generated clip (compare, bytes; default 240x428)")
-    _flag(b, "frames", type=int, default=6, help="input frames (default 6)")
-    _flag(b, "transports", help="compare: comma-separated, of http-json, http-binary, ws-json, ws-binary "
-          "(default: all)")
-    _flag(b, "dtypes", help="compare: wire dtypes, comma-separated (default float32,float16)")
-    _flag(b, "flows", help="compare: comma-separated, of a-pairs, a-once, b-pairs, b-once (default: all)")
+    _flag(b, "frames", type=int, default=6, help="input frames (default 6; overhead: per round)")
+    _flag(b, "transports", help="compare, overhead: comma-separated, of http-json, http-binary, ws-json, ws-binary "
+          "and (overhead) http-shm, ws-shm: binary through shared memory (default: all)")
+    _flag(b, "dtypes", help="compare, overhead: wire dtypes, comma-separated (default float32,float16)")
+    _flag(b, "flows", help="compare, overhead: comma-separated, of a-pairs, a-once, b-pairs, b-once (default: all)")
     _flag(b, "window", type=int, default=2, help="pairs in flight (default 2)")
     _flag(b, "output", help="also write the Markdown to this file")
     _flag(b, "json", dest="json_path", help="also write the figures as JSON to this file")
-    _flag(b, "sizes", help="perf: HxW sizes, comma-separated (default 256x448,480x854,1080x1920 on a GPU, "
-          "256x448 on a CPU)")
+    _flag(b, "sizes", help="perf, overhead: HxW sizes, comma-separated (perf: default 256x448,480x854,1080x1920 on "
+          "a GPU, 256x448 on a CPU; overhead: 480x854,1080x1920)")
     _flag(b, "precisions", help="perf: compute precisions (default float32,bfloat16 and, on a GPU, float16)")
     _flag(b, "batches", help="perf: edge batch sizes to try (default 1,2,4,8,16 on a GPU, 1,2 on a CPU)")
     _flag(b, "parts", default="stages,system", help="perf: stages, system, or both (default)")
     _flag(b, "designs", help="perf and bytes: frame-once designs besides the user's, as "
-          "transport-payload:wire_dtype (default ws-binary:float16,ws-binary:int8 for perf, "
+          "transport-payload:wire_dtype, payload binary, json or shm (binary through shared memory) (default "
+          "ws-binary:float16,ws-binary:int8 for perf, "
           "http-binary:float16,http-binary:int8 for bytes)")
     _flag(b, "device", help="perf: cpu or cuda:N (default DEVICE, else cuda:0 when there is one)")
     _flag(b, "iters", type=int, default=3, help="perf: timed calls per stage figure, at least (default 3)")
@@ -162,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
           help="perf, stages on a CPU: wall time, or this process's CPU time (on a machine shared with other "
           "work; with TORCH_THREADS=1); CUDA is always timed by the wall clock")
     _flag(b, "budget_s", type=float, help="perf: start no measurement after this many seconds (the stages none "
-          "after 55%% of it); what did not start is listed as skipped (default: no limit)")
+          "after 55%% of it); what did not start is listed as skipped (default: no limit); overhead: the rows' "
+          "seconds, shared out as they run (default 480)")
+    _flag(b, "edge_device", help="perf, system part: the edge server's device (default --device's), e.g. cuda:1 "
+          "beside a cloud on cuda:0")
     _flag(b, "log_dir", help="where the servers' logs go (default a temporary folder)")
     _flag(b, "triplets", default="200,50", help="quality: held-out synthetic triplets at the training size and at "
           "twice it (default 200,50)")

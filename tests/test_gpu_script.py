@@ -1,5 +1,6 @@
-"""benchmarks/gpu.sh, the one GPU run of issue #9, runs here on a CPU at a tiny size (--cpu-smoke): the same
-script, the same `edensplit bench --mode perf`, its JSON and Markdown written where it is told."""
+"""benchmarks/gpu.sh, the one GPU run of issues #9 and #16, runs here on a CPU at a tiny size (--cpu-smoke): the same
+script, the same `edensplit bench --mode perf` (stages and system), end to end with shared memory and HTTP binary,
+and `--mode overhead`, their JSON and Markdown written where it is told."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ def test_gpu_script_cpu_smoke_writes_json_and_markdown(model_env, tmp_path):
     out = tmp_path / "out"
     result = run_script("--cpu-smoke", str(out), env={**model_env, "TORCH_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["perf-cpu-smoke-servers.log", "perf-cpu-smoke.json",
-                                                     "perf-cpu-smoke.log", "perf-cpu-smoke.md"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{part}-cpu-smoke{suffix}" for part in ("perf", "e2e", "overhead")
+        for suffix in (".json", ".log", ".md", "-servers.log"))
     document = json.loads((out / "perf-cpu-smoke.json").read_text())
     assert document["kind"] == "edensplit.bench.perf"
     assert "--budget_s" in document["command"] and "--device cpu" in document["command"]
@@ -44,8 +46,21 @@ def test_gpu_script_cpu_smoke_writes_json_and_markdown(model_env, tmp_path):
     assert "| size | precision | encoder ms/frame |" in text and "| 48x64 | bfloat16 | frame-once (a-once) |" in text
     widths = {line.count("|") - 1 for line in text.splitlines() if line.startswith("|")}
     assert widths == {len(STAGE_COLUMNS), len(SYSTEM_COLUMNS)}
-    assert "gpu.sh: exit 0" in (out / "perf-cpu-smoke.log").read_text()
+    assert "gpu.sh: perf-cpu-smoke exit 0" in (out / "perf-cpu-smoke.log").read_text()
     assert "system-float32-edge.log" in (out / "perf-cpu-smoke-servers.log").read_text()
+    # End to end through both servers: shared memory (only handles over the sockets) and HTTP binary beside it.
+    e2e = json.loads((out / "e2e-cpu-smoke.json").read_text())
+    assert [(s["size"], s["transport"], s["payload"], s["wire_dtype"]) for s in e2e["system"]] == [
+        ([48, 64], "http", "shm", "float16"), ([48, 64], "http", "binary", "float16")]
+    assert all(s["failed"] is None and s["pairs_per_s"] > 0 for s in e2e["system"]) and not e2e["stages"]
+    assert e2e["edge_device"] == "cpu" and "--parts system" in e2e["command"]
+    shared, binary = e2e["system"]
+    assert shared["encodings"] * 4 < binary["encodings"]  # handles, not encodings, crossed the sockets
+    # The overhead mode: every row measured beside its floor.
+    overhead = json.loads((out / "overhead-cpu-smoke.json").read_text())
+    assert [r["path"] for r in overhead["rows"]] == ["http-binary", "http-shm", "ws-binary", "ws-shm"]
+    assert all(r["failed"] is None and r["floor_ms"] > 0 and r["overhead_ms"] is not None for r in overhead["rows"])
+    assert "gpu.sh: overhead-cpu-smoke exit 0" in (out / "overhead-cpu-smoke.log").read_text()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

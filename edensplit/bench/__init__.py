@@ -1,4 +1,4 @@
-"""`edensplit bench`: what the split costs and what it moves, on this machine, and how good its frames are. Four
+"""`edensplit bench`: what the split costs and what it moves, on this machine, and how good its frames are. Five
 modes:
 
 - `compare` (the default): transports x wire dtypes x flows against `--local`. Starts a cloud and an edge
@@ -19,15 +19,20 @@ modes:
   servers' /metrics), the ratio to the user's design, and each design's frames against the user's
   (float32) frames: mean and max absolute difference in grey levels and PSNR.
 
+- `overhead`: what serving adds per generated frame with the stand-in model (EDENSPLIT_STAND_IN_MODEL=1) through
+  real servers, each path (HTTP, WebSocket; binary, JSON, shared memory) x wire dtype x flow x size beside the
+  floor of moving the same bytes through a bare uvicorn app, with the step split and the bytes per hop
+  (docs/performance.md, Serving overhead).
 - `quality`: middle frames against the true ones (PSNR, SSIM, and on synthetic triplets the moving objects'
   centroid error), the model MODEL_PATH names (else the tiny EDEN) beside the blend, the nearest frame and the
   full-size random model, on held-out synthetic triplets and real clips by drop-frame (docs/quality.md).
 
 Every mode prints Markdown, and writes it (`--output`) and a JSON document (`--json`) when asked.
 
-The modules, one job each: `entry` (`run_from_args`, the flags to one mode's run), `compare`, `perf` (with
-`stages`, the model layer timed in this process), `bytes` (with issue #9's acceptance) and `quality`, one per
-mode; shared by the modes: `systems` (starting the servers, a design through them, the bytes per hop from
-/metrics, the row a run makes), `timing` (latencies, calls timed in turns, clocks, CUDA sync), `inputs` (the
-clip, the model's weights) and `output` (Markdown tables and cells, the environment line, JSON).
+The modules, one job each: `entry` (`run_from_args`, the flags to one mode's run), `compare`, `perf` (with `stages`,
+the model layer timed in this process), `bytes` (with issue #9's acceptance), `overhead` (with `overhead_report`,
+`steps`, `floor` and `floor_app`) and `quality`, one per mode; shared by the modes: `systems` (starting the servers,
+a design through them, the bytes per hop from /metrics, the row a run makes), `timing` (latencies, calls timed in
+turns, clocks, CUDA sync), `inputs` (the clip, the model's weights) and `output` (Markdown tables and cells, the
+environment line, JSON).
 """

@@ -10,15 +10,18 @@ import sys
 import threading
 from pathlib import Path
 
+from edensplit.bench import overhead
 from edensplit.bench.bytes import BYTES_DESIGNS, run_bytes
 from edensplit.bench.compare import FLOWS, TRANSPORTS, run_bench
+from edensplit.bench.overhead_report import run_overhead
 from edensplit.bench.perf import CPU_BATCHES, CPU_SIZES, GPU_BATCHES, GPU_SIZES, run_perf
 from edensplit.bench.stages import supported_precisions
 from edensplit.bench.systems import USER_DESIGN, Design
 from edensplit.settings import ModelSettings
 from edensplit.wire import codecs
 
-MODES = ("compare", "perf", "bytes", "quality")
+MODES = ("compare", "perf", "bytes", "overhead", "quality")
+OVERHEAD_BUDGET_S = 480.0  # the overhead matrix's rows, start-up aside: within 10 minutes on a 2-core machine
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -61,6 +64,13 @@ def run_from_args(args: argparse.Namespace) -> int:
         dtypes = tuple(args.dtypes.split(",")) if args.dtypes else (codecs.FLOAT32.name, codecs.FLOAT16.name)
         run_bench(parse_size(args.size), args.frames, transports, dtypes, flows, args.window, path(args.output),
                   log_dir, path(args.json_path))
+    elif args.mode == "overhead":
+        split = (lambda text, default: tuple(text.split(",")) if text else default)  # noqa: E731
+        run_overhead(parse_sizes(args.sizes) if args.sizes else overhead.SIZES,
+                     split(args.transports, overhead.PATHS), split(args.dtypes, overhead.DTYPES),
+                     split(args.flows, overhead.FLOWS), frames=args.frames, window=args.window,
+                     budget_s=args.budget_s if args.budget_s is not None else OVERHEAD_BUDGET_S,
+                     output=path(args.output), json_path=path(args.json_path), log_dir=log_dir, command=command)
     elif args.mode == "quality":
         from edensplit.bench.quality import run_quality
 
@@ -82,5 +92,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         run_perf(sizes, precisions, batches, device=device, parts=tuple(args.parts.split(",")), designs=designs,
                  n_frames=args.frames, window=args.window, iters=args.iters, min_seconds=args.min_seconds,
                  batch_budget_s=args.batch_budget_s, output=path(args.output), json_path=path(args.json_path),
-                 log_dir=log_dir, command=command, budget_s=args.budget_s, clock=args.clock)
+                 log_dir=log_dir, command=command, budget_s=args.budget_s, clock=args.clock,
+                 edge_device=args.edge_device)
     return 0

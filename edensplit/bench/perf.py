@@ -30,9 +30,11 @@ CPU_BATCHES = (1, 2)
 
 def run_system(sizes: Sequence[tuple[int, int]], precisions: Sequence[str], designs: Sequence[Design], device: str,
                *, n_frames: int = 6, window: int = 2, log_dir: Path | None = None,
-               on_row: Callable[[SystemRow], None] | None = None, deadline: float = math.inf) -> list[SystemRow]:
-    """For each precision, a cloud and an edge in it; at each size, the user's design (float32 only: it is the
-    bytes baseline and the frames' reference) and each design, on an n_frames clip held in memory."""
+               on_row: Callable[[SystemRow], None] | None = None, deadline: float = math.inf,
+               edge_device: str | None = None) -> list[SystemRow]:
+    """For each precision, a cloud and an edge in it (the edge on `edge_device`, else `device`; both take
+    shared-memory handles: ALLOW_SHM=1); at each size, the user's design (float32 only: it is the bytes baseline
+    and the frames' reference) and each design, on an n_frames clip held in memory."""
     folder = Path(tempfile.mkdtemp(prefix="edensplit-system-"))
     log_dir = log_dir or folder
     clips = {size: _clip_frames(size, n_frames, folder) for size in sizes}
@@ -47,7 +49,7 @@ def run_system(sizes: Sequence[tuple[int, int]], precisions: Sequence[str], desi
 
     # float32 first: its user's-design run is the bytes baseline and the other precisions' frames' reference.
     for precision in sorted(precisions, key=lambda p: p != DEFAULT_PRECISION):
-        env = {**_model_env(), "DEVICE": device, "EDEN_DTYPE": precision}
+        env = {**_model_env(), "DEVICE": device, "EDEN_DTYPE": precision, "ALLOW_SHM": "1"}
         baseline = (USER_DESIGN,) if precision == DEFAULT_PRECISION else ()
         todo = [(size, d) for size in sizes for d in (*baseline, *designs)]
         if time.monotonic() > deadline:
@@ -56,7 +58,7 @@ def run_system(sizes: Sequence[tuple[int, int]], precisions: Sequence[str], desi
                               design.wire_dtype, failed=SKIPPED))
             continue
         try:
-            with servers(env, log_dir, tag=f"system-{precision}") as (cloud, edge):
+            with servers(env, log_dir, f"system-{precision}", {"DEVICE": edge_device or device}) as (cloud, edge):
                 for size, design in todo:
                     if time.monotonic() > deadline:
                         add(SystemRow(size, precision, design.name, design.transport, design.payload, design.flow,
@@ -171,10 +173,12 @@ def run_perf(sizes: Sequence[tuple[int, int]], precisions: Sequence[str], batche
              designs: Sequence[Design] | None = None, n_frames: int = 6, window: int = 2, iters: int = 3,
              min_seconds: float = 0.5, batch_budget_s: float = 30.0, output: Path | None = None,
              json_path: Path | None = None, log_dir: Path | None = None, command: str | None = None,
-             budget_s: float | None = None, clock: str = "wall") -> tuple[list[StageRow], list[SystemRow]]:
-    """Stage and system measurements; the Markdown and JSON are rewritten after every row, so a run cut short
-    still leaves what it measured. With `budget_s`, the stages start nothing after 55% of it has gone (when the
-    system part follows) and the system part nothing after all of it: what did not start is listed as skipped."""
+             budget_s: float | None = None, clock: str = "wall", edge_device: str | None = None
+             ) -> tuple[list[StageRow], list[SystemRow]]:
+    """Stage and system measurements (the system part's edge on `edge_device`, else `device`); the Markdown and
+    JSON are rewritten after every row, so a run cut short still leaves what it measured. With `budget_s`, the
+    stages start nothing after 55% of it has gone (when the system part follows) and the system part nothing after
+    all of it: what did not start is listed as skipped."""
     device = device or ModelSettings().device
     designs = tuple(designs or (Design("ws", "binary", "a-once", codecs.FLOAT16.name),
                                  Design("ws", "binary", "a-once", codecs.INT8.name)))
@@ -191,7 +195,7 @@ def run_perf(sizes: Sequence[tuple[int, int]], precisions: Sequence[str], batche
         if json_path:
             write_json(json_path, {
                 "kind": "edensplit.bench.perf", "version": 1, "environment": env, "command": command,
-                "clock": "wall" if device.startswith("cuda") else clock,
+                "clock": "wall" if device.startswith("cuda") else clock, "edge_device": edge_device or device,
                 "seconds": time.perf_counter() - started, "frames": n_frames, "window": window,
                 "reference_h200": [{"size": list(s), "pair_ms": p, "encoder_ms_per_pair": e}
                                    for s, (p, e) in REFERENCE_H200.items()],
@@ -214,7 +218,7 @@ def run_perf(sizes: Sequence[tuple[int, int]], precisions: Sequence[str], batche
         print(f"stages done after {time.perf_counter() - started:.0f} s", flush=True)
     if "system" in parts:
         run_system(sizes, precisions, designs, device, n_frames=n_frames, window=window, log_dir=log_dir,
-                   on_row=keep(system), deadline=end)
+                   on_row=keep(system), deadline=end, edge_device=edge_device)
         print(f"system done after {time.perf_counter() - started:.0f} s", flush=True)
     print(save())
     return stages, system

@@ -26,7 +26,11 @@ _BYTES = re.compile(r'^edensplit_(request|response)_bytes_total\{route="([^"]+)"
 
 def route_bytes(url: str) -> dict[tuple[str, str], float]:
     """{(request|response, route): body bytes} a server has counted on its API routes (HTTP and WebSocket)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return route_bytes_of(httpx.get(f"{url}/metrics", timeout=10).text)
+
+
+def route_bytes_of(text: str) -> dict[tuple[str, str], float]:
+    """`route_bytes` from a /metrics text already read."""
     return {(kind, route): float(value) for kind, route, value in _BYTES.findall(text)
             if route.startswith(("/api/", "/ws/"))}
 
@@ -48,12 +52,25 @@ def frame_error(frames: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -
             "psnr_db": None if mse == 0 else 10 * math.log10(255 ** 2 / mse)}
 
 
+def start_together(stack: contextlib.ExitStack, *processes: ServerProcess) -> None:
+    """Launch the processes at once, then wait until each is ready; each is stopped when `stack` closes."""
+    for process in processes:
+        stack.callback(process.stop)
+        process.launch()
+    for process in processes:
+        process.wait_ready()
+
+
 @contextlib.contextmanager
-def servers(env: dict[str, str], log_dir: Path, tag: str = "bench") -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    """A cloud and an edge (which knows the cloud, for flow B): real uvicorn processes on loopback."""
-    with ServerProcess("edensplit.cloud:app", env=env, log_path=log_dir / f"{tag}-cloud.log") as cloud, \
-            ServerProcess("edensplit.edge:app", env={**env, "CLOUD_SERVER_URL": cloud.url},
-                          log_path=log_dir / f"{tag}-edge.log") as edge:
+def servers(env: dict[str, str], log_dir: Path, tag: str = "bench", edge_env: dict[str, str] | None = None
+            ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """A cloud and an edge (which knows the cloud, for flow B; `edge_env` its own settings over `env`, e.g. another
+    DEVICE): real uvicorn processes on loopback, started at once."""
+    cloud = ServerProcess("edensplit.cloud:app", env=env, log_path=log_dir / f"{tag}-cloud.log")
+    edge = ServerProcess("edensplit.edge:app", env={**env, **(edge_env or {}), "CLOUD_SERVER_URL": cloud.url},
+                         log_path=log_dir / f"{tag}-edge.log")
+    with contextlib.ExitStack() as stack:
+        start_together(stack, cloud, edge)
         yield cloud, edge
 
 
@@ -88,18 +105,35 @@ class SystemRun:
 
     def hops(self) -> dict[str, float]:
         """Bytes per generated frame by hop: cloud_in, cloud_out, edge_in, edge_out."""
-        out = {}
-        for server, routes in self.routes.items():
-            for direction, kind in (("in", "request"), ("out", "response")):
-                out[f"{server}_{direction}"] = sum(v for k, v in routes.items() if k.startswith(kind + " "))
-        return out
+        return hops_of(self.routes)
+
+
+def hops_of(routes: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Bytes by hop (cloud_in, cloud_out, edge_in, edge_out) from {server: {"request|response route": bytes}}."""
+    out = {}
+    for server, by_route in routes.items():
+        for direction, kind in (("in", "request"), ("out", "response")):
+            out[f"{server}_{direction}"] = sum(v for k, v in by_route.items() if k.startswith(kind + " "))
+    return out
+
+
+def routes_per_frame(before: dict[str, dict[tuple[str, str], float]], after: dict[str, dict[tuple[str, str], float]],
+                     n: int) -> dict[str, dict[str, float]]:
+    """{server: {"request|response route": bytes per generated frame}} from `route_bytes` before and after n
+    generated frames (the routes that moved)."""
+    return {s: {f"{kind} {route}": (value - before[s].get((kind, route), 0.0)) / n
+                for (kind, route), value in after[s].items() if value != before[s].get((kind, route), 0.0)}
+            for s in after}
 
 
 def run_design(cloud_url: str, edge_url: str, design: Design, frames: list[np.ndarray], window: int) -> SystemRun:
-    """One warm-up pair, then the clip; bytes are what the servers counted meanwhile, per generated frame."""
-    backend = open_backend(cloud_url=cloud_url, edge_url=edge_url, transport=design.transport, payload=design.payload,
-                           flow=design.flow[0], frame_once=design.flow.endswith("once"),
-                           wire_dtype=design.wire_dtype, timeout=REQUEST_TIMEOUT_S)
+    """One warm-up pair, then the clip; bytes are what the servers counted meanwhile, per generated frame. Payload
+    "shm": binary bodies through shared memory (`--shm`; servers on this machine with ALLOW_SHM=1)."""
+    shared = design.payload == "shm"
+    backend = open_backend(cloud_url=cloud_url, edge_url=edge_url, transport=design.transport,
+                           payload="binary" if shared else design.payload, flow=design.flow[0],
+                           frame_once=design.flow.endswith("once"), wire_dtype=design.wire_dtype,
+                           timeout=REQUEST_TIMEOUT_S, shm=shared)
     urls = {"cloud": cloud_url, "edge": edge_url}
     try:
         run_once(backend, frames[:2], 1)  # warm-up: connections, first-call costs
@@ -108,11 +142,7 @@ def run_design(cloud_url: str, edge_url: str, design: Design, frames: list[np.nd
         after = {s: route_bytes(u) for s, u in urls.items()}
     finally:
         backend.close()
-    n = len(out)
-    routes = {s: {f"{kind} {route}": (value - before[s].get((kind, route), 0.0)) / n
-                  for (kind, route), value in after[s].items() if value != before[s].get((kind, route), 0.0)}
-              for s in urls}
-    return SystemRun(seconds, latencies, out, routes)
+    return SystemRun(seconds, latencies, out, routes_per_frame(before, after, len(out)))
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpcore
 import httpx
 
 from edensplit.client.requests import JSON, Answer, Call
@@ -19,6 +20,14 @@ from edensplit.errors import EdenError, ErrorCode
 from edensplit.tracing import outgoing
 from edensplit.wire.compression import compress as compress_body
 from edensplit.wire.compression import within_ratio
+
+# httpcore reads an answer READ_NUM_BYTES at a time, one round of h11's parser in Python per read: 64 KiB by default,
+# ~400 rounds for a 25 MB encoding. A read returns what the socket holds, up to the size, so larger reads cost small
+# answers nothing and halve the time to receive a 25 MB one on loopback (docs/performance.md, overhead). httpcore
+# has no per-client setting: it is its connections' class attribute, raised here for the process.
+READ_BYTES = 1 << 20
+for _connection in (httpcore.HTTP11Connection, httpcore.AsyncHTTP11Connection):
+    _connection.READ_NUM_BYTES = max(_connection.READ_NUM_BYTES, READ_BYTES)
 
 
 class _HttpBase:

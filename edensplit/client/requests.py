@@ -48,7 +48,7 @@ class EncodedBlob:
         if self.blob is not None:
             return self.blob
         if self.handle is not None:
-            return take_segment(self.handle, None, BLOB_MEDIA_TYPE)
+            return bytes(take_segment(self.handle, None, BLOB_MEDIA_TYPE))
         return b64decode_field(self.blob_b64 or "", "enc_out")
 
     @property
@@ -117,7 +117,7 @@ class Answer:
 
     metadata: dict[str, Any]
     data: dict[str, Any]
-    body: bytes = b""
+    body: bytes | memoryview = b""  # a memoryview: an answer taken from shared memory (a view of its map)
     content_type: str = JSON
 
 

@@ -10,15 +10,16 @@ inside a request.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from edensplit.client import requests, shared
 from edensplit.client.policy import AsyncClient, Client
-from edensplit.client.requests import EncodedBlob, Payload, check_payload
+from edensplit.client.requests import Answer, Call, EncodedBlob, Payload, check_payload
 from edensplit.client.transport import AsyncTransport, Transport
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.wire import codecs
@@ -26,6 +27,11 @@ from edensplit.wire.options import Options
 from edensplit.wire.shm import SHM_MEDIA_TYPE
 
 log = logging.getLogger("edensplit.client")
+T = TypeVar("T")
+# A request's seconds, step by step: building its Call (pack), sending it and getting its answer over every attempt
+# (exchange: with shared memory, writing and taking the segments too), reading the answer (unpack).
+# `edensplit bench --mode overhead` sets one on each service.
+StepTimer = Callable[[Call, float, float, float], None]
 
 
 def check_shm(shm: bool, payload: Payload) -> bool:
@@ -37,12 +43,14 @@ def check_shm(shm: bool, payload: Payload) -> bool:
 
 
 class _Service:
-    """What both servers' clients share: the policy-wrapped transport, shared memory, health, closing."""
+    """What both servers' clients share: the policy-wrapped transport, shared memory, health, closing, and a step
+    timer."""
 
     def __init__(self, transport: Transport | Client, payload: Payload, shm: bool = False):
         self.client = transport if isinstance(transport, Client) else Client(transport)
         self.payload = check_payload(payload)
         self.shm = check_shm(shm, self.payload)  # bodies and answers through shared memory (server on this host)
+        self.timer: StepTimer | None = None  # unset, a request costs no clock reading
 
     @property
     def transport(self) -> Transport:
@@ -63,6 +71,22 @@ class _Service:
                     self.client.transport.name)
         self.shm = False
         return self.client.send(call)
+
+    def _call(self, build: Callable[[], Call], read: Callable[[Answer], T],
+              send: Callable[[Call], Answer] | None = None) -> T:
+        """Build a request, send it (`send`, else `_send`) and read its answer (each step timed when a timer is
+        set)."""
+        send = send or self._send
+        if self.timer is None:
+            return read(send(build()))
+        started = time.perf_counter()
+        call = build()
+        packed = time.perf_counter()
+        answer = send(call)
+        answered = time.perf_counter()
+        out = read(answer)
+        self.timer(call, packed - started, answered - packed, time.perf_counter() - answered)
+        return out
 
     def health(self) -> dict[str, Any]:
         """The server's health (HTTP GET /health; over WebSocket, an application-level ping)."""
@@ -93,14 +117,14 @@ class Cloud(_Service):
 
     def encode(self, frame0: np.ndarray, frame1: np.ndarray, *, request_id: str | None = None) -> EncodedBlob:
         """A pair -> its enc_out blob (both frames, and their difference)."""
-        call = requests.encode(frame0, frame1, self.options, payload=self.payload, request_id=request_id)
-        blob = requests.blob_from(self._send(call))
+        blob = self._call(lambda: requests.encode(frame0, frame1, self.options, payload=self.payload,
+                                                  request_id=request_id), requests.blob_from)
         return replace(blob, renew=lambda: self.encode(frame0, frame1)) if blob.handle is not None else blob
 
     def encode_frame(self, frame: np.ndarray, *, request_id: str | None = None) -> EncodedBlob:
         """One video frame -> its enc_out blob (frame-once sessions)."""
-        call = requests.encode_frame(frame, self.options, payload=self.payload, request_id=request_id)
-        blob = requests.blob_from(self._send(call))
+        blob = self._call(lambda: requests.encode_frame(frame, self.options, payload=self.payload,
+                                                        request_id=request_id), requests.blob_from)
         return replace(blob, renew=lambda: self.encode_frame(frame)) if blob.handle is not None else blob
 
 
@@ -122,28 +146,33 @@ class Edge(_Service):
         """The client's options plus this call's (validated: a bad value is INVALID_PARAMETER here)."""
         return Options.from_flat({**self.options.flat(), **per_call})
 
-    def _send_encoded(self, build: Callable[[EncodedBlob], requests.Call], encoded: EncodedBlob) -> requests.Answer:
-        """The call `build` makes of `encoded`: a shared-memory handle goes as the bytes to an edge that takes no
-        handles, and is asked for again (`renew`) once when its segment is gone (a retry after the edge took it,
-        or a second use)."""
+    def _call_encoded(self, build: Callable[[EncodedBlob], Call], encoded: EncodedBlob,
+                      read: Callable[[Answer], T]) -> T:
+        """The call `build` makes of `encoded`, sent and its answer read: a shared-memory handle goes as the bytes
+        to an edge that takes no handles, and is asked for again (`renew`) once when its segment is gone (a retry
+        after the edge took it, or a second use)."""
         if encoded.handle is not None and not self.takes_handles:
             encoded = encoded.bytes_only()
-        try:
-            return self._send(build(encoded))
-        except EdenError as exc:
-            if encoded.handle is None or exc.code not in (ErrorCode.SHM_DISABLED, ErrorCode.SHM_NOT_FOUND):
-                raise
-            if exc.code == ErrorCode.SHM_DISABLED:
-                self.takes_handles = False
-                log.warning("the edge takes no shared-memory handles (ALLOW_SHM is off there): encodings go as "
-                            "bytes")
-                return self._send(build(encoded.bytes_only()))
-            if encoded.renew is None:
-                raise
-            return self._send(build(encoded.renew()))
+
+        def send(call: Call) -> Answer:
+            try:
+                return self._send(call)
+            except EdenError as exc:
+                if encoded.handle is None or exc.code not in (ErrorCode.SHM_DISABLED, ErrorCode.SHM_NOT_FOUND):
+                    raise
+                if exc.code == ErrorCode.SHM_DISABLED:
+                    self.takes_handles = False
+                    log.warning("the edge takes no shared-memory handles (ALLOW_SHM is off there): encodings go as "
+                                "bytes")
+                    return self._send(build(encoded.bytes_only()))
+                if encoded.renew is None:
+                    raise
+                return self._send(build(encoded.renew()))
+
+        return self._call(lambda: build(encoded), read, send)
 
     @staticmethod
-    def _frame(answer: requests.Answer) -> np.ndarray:
+    def _frame(answer: Answer) -> np.ndarray:
         frame = requests.frame_from(answer)
         if frame is None:
             raise EdenError("the edge stored the frame but answered without interpolating",
@@ -153,7 +182,8 @@ class Edge(_Service):
     def interpolate(self, pair: EncodedBlob, *, seed: int = 0) -> np.ndarray:
         """A pair's blob -> the middle frame."""
         options = self._options(seed=seed)
-        return self._frame(self._send_encoded(lambda p: requests.interpolate(p, options, payload=self.payload), pair))
+        return self._call_encoded(lambda p: requests.interpolate(p, options, payload=self.payload), pair,
+                                  self._frame)
 
     def session_frame(self, session_id: str, index: int, frame: EncodedBlob | np.ndarray, *,
                       difference: float | None = None, seed: int = 0, interpolate: bool | None = None
@@ -162,15 +192,17 @@ class Edge(_Service):
         cloud encode it). Stores it; for index > 0 (unless interpolate=False) returns the frame (index-1, index)."""
         options = self._options(seed=seed, difference=difference, interpolate=interpolate)
         if isinstance(frame, np.ndarray):
-            return requests.frame_from(self._send(
-                requests.session_frame(session_id, index, frame, options, payload=self.payload)))
-        return requests.frame_from(self._send_encoded(
-            lambda f: requests.session_frame(session_id, index, f, options, payload=self.payload), frame))
+            pixels = frame
+            return self._call(lambda: requests.session_frame(session_id, index, pixels, options,
+                                                             payload=self.payload), requests.frame_from)
+        return self._call_encoded(
+            lambda f: requests.session_frame(session_id, index, f, options, payload=self.payload), frame,
+            requests.frame_from)
 
     def interpolate_frames(self, frame0: np.ndarray, frame1: np.ndarray, *, seed: int = 0) -> np.ndarray:
         """Flow B: raw frames to the edge, which calls the cloud itself."""
-        return self._frame(self._send(requests.interpolate_frames(frame0, frame1, self._options(seed=seed),
-                                                                  payload=self.payload)))
+        return self._call(lambda: requests.interpolate_frames(frame0, frame1, self._options(seed=seed),
+                                                              payload=self.payload), self._frame)
 
 
 class AsyncCloud:

@@ -28,6 +28,7 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
+from edensplit.client.http import READ_BYTES
 from edensplit.client.requests import JSON, Answer, Call
 from edensplit.client.transport import ClientConfig, ServerError, TransportError, connection_failure, http_error
 from edensplit.client.transport import server_error as error_message
@@ -37,6 +38,13 @@ from edensplit.wire.messages import CHUNK_BYTES, Reassembler, split_binary, spli
 
 log = logging.getLogger("edensplit.client")
 PING = Call("ping", "/health", {}, JSON, JSON, document={})
+
+
+class _Connection(ClientConnection):
+    """websockets' sync client connection, reading the socket 1 MiB at a time: its default, 64 KiB, is one round of
+    its parser in Python per 64 KiB read, ~400 for a 25 MB answer (docs/performance.md, overhead)."""
+
+    recv_bufsize = READ_BYTES
 
 
 def ws_url(base_url: str, path: str = "") -> str:
@@ -135,7 +143,8 @@ class WsTransport:
             if self._stop.is_set():
                 raise self._closed()
             try:
-                conn = connect(self.url, legacy=True, open_timeout=min(self.config.timeout, 10.0),
+                conn = connect(self.url, legacy=True, create_connection=_Connection,
+                               open_timeout=min(self.config.timeout, 10.0),
                                close_timeout=self.close_timeout, compression=None,
                                max_size=2 * self.chunk_bytes + 2**20, ping_interval=self.ping_interval,
                                ping_timeout=self.ping_timeout, additional_headers=self.config.headers(),

@@ -88,9 +88,12 @@ class FrameEncoding:
 
     @staticmethod
     def cat(parts: Sequence[FrameEncoding]) -> FrameEncoding:
+        """The frames of `parts` as one encoding (one part: itself, not copied)."""
         geometries = {p.geometry for p in parts}
         if len(geometries) != 1:
             raise InputError("can only batch encodings of frames of one size", code=ErrorCode.SHAPE_MISMATCH)
+        if len(parts) == 1:
+            return parts[0]
         return FrameEncoding(*(torch.cat([getattr(p, f) for p in parts])
                                for f in ("cond_dit", "cond_dec", "mean", "std")), parts[0].geometry)
 

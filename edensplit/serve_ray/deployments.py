@@ -30,6 +30,7 @@ import ray.exceptions
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -44,7 +45,7 @@ from edensplit.servers.edge.service import CLOUD_RETRY_FOR_S, create_edge_app
 from edensplit.servers.runtime import ModelRuntime
 from edensplit.servers.service import Endpoint, Service
 from edensplit.settings import ServerSettings
-from edensplit.wire.blob import BLOB_MEDIA_TYPE
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
 
 log = logging.getLogger("edensplit.server")
 
@@ -60,7 +61,9 @@ class Mounted:
     """ASGI middleware: under a route prefix, Ray Serve's proxy sets `root_path` to the prefix and leaves it at
     the head of `path`; the app gets its own path (root_path kept, for the OpenAPI docs' links). The proxy adds
     its X-Request-ID to every answer (the same id the app echoes: the client's, else the proxy's, which it puts
-    in the request): the app's copy is dropped so the answer carries one."""
+    in the request): the app's copy is dropped so the answer carries one. A body sent as a memoryview (the cloud's
+    blob, written once into its own buffer) goes to Ray as bytes: Ray pickles every message, and a memoryview
+    cannot be pickled."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -83,6 +86,8 @@ class Mounted:
         async def send_once(message: Message) -> None:
             if message["type"] == "http.response.start":
                 del MutableHeaders(scope=message)["x-request-id"]
+            elif isinstance(message.get("body"), memoryview):  # a blob's own buffer: Ray pickles every message
+                message = {**message, "body": bytes(message["body"])}
             await send(message)
 
         await self.app(scope, receive, send_once)
@@ -195,7 +200,8 @@ class EncoderServer:
             job = EncodeJob(frames, "float32", request_id, BLOB_MEDIA_TYPE, Cancellation())
             async with runtime.admission():
                 result = await runtime.predict(endpoint.operation, job, job.cancellation, endpoint.batcher)
-            return result.blob, None
+            return await run_in_threadpool(pack_encoding, result.encoding, result.difference, job.wire_dtype,
+                                           extra={"request_id": request_id}), None
         except EdenError as exc:
             status = str(exc.code.status)
             return None, {"code": str(exc.code), "message": exc.message, "details": exc.details}

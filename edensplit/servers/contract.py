@@ -64,7 +64,7 @@ class OperationInput:
     """One request as every transport delivers it."""
 
     content_type: str  # the body's media type, lower case, no parameters
-    body: bytes = b""  # the raw body: a binary kind, or JSON / multipart not parsed yet
+    body: bytes | bytearray | memoryview = b""  # the raw body (a binary kind, or JSON / multipart not parsed yet)
     document: Mapping[str, Any] | None = None  # a JSON request already parsed (WebSocket text messages)
     options: Mapping[str, Any] = field(default_factory=dict)  # flat options: query parameters or message fields
     params: Mapping[str, Any] = field(default_factory=dict)  # what names the resource: path or message fields
@@ -72,7 +72,7 @@ class OperationInput:
     request_id: str = ""
     content_type_header: str = ""  # the whole Content-Type (a multipart body's boundary)
     cancellation: Cancellation = field(default_factory=Cancellation)
-    received: float = field(default_factory=time.perf_counter)  # when the request arrived (its first byte)
+    received: float = field(default_factory=time.perf_counter)  # when it was handed to the operation (its clock)
     client: str = "anonymous"  # the client it came from (servers.auth): sessions are per client
 
 
@@ -82,7 +82,7 @@ class Reply:
 
     data: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
-    body: bytes | None = None
+    body: bytes | memoryview | None = None
     media_type: str = JSON
 
 

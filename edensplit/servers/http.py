@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ SERVE_ERRORS = (ErrorCode.UNSUPPORTED_MEDIA_TYPE, ErrorCode.NOT_ACCEPTABLE)
 class HttpAnswer:
     """A rendered success answer, kept whole for idempotent replays."""
 
-    body: bytes
+    body: bytes | memoryview
     media_type: str
     headers: tuple[tuple[str, str], ...] = ()
 
@@ -99,7 +100,9 @@ async def serve(operation: Operation[Any, Any], request: Request, batcher: str |
     pipeline.check_content_type(operation, kind)
     operation, answer = pipeline.negotiate(exchange, operation, kind, request.headers.get("accept", ""))
     cancellation = pipeline.deadline(request.headers.get("x-request-timeout"), "X-Request-Timeout")
-    body = await request.body()
+    body = request.scope.get("state", {}).get("body")  # as the framing read it: no copy of Starlette's
+    if body is None:
+        body = await request.body()
     content_type = request.headers.get("content-type", "")
     inp = OperationInput(kind, body, None, request.query_params, request.path_params, answer, exchange.request_id,
                          content_type, cancellation, exchange.started, exchange.client_name)
@@ -185,7 +188,10 @@ class HttpFraming:
         try:
             self.pipeline.admit(exchange, headers, "X-Request-ID")
             if scope["method"] in BODY_METHODS:
+                reading = time.perf_counter()
                 body, inner = await self._read(scope, receive, headers, exchange, holding)
+                exchange.read = time.perf_counter() - reading
+                scope["state"]["body"] = body  # the operations read it from here (`serve`); the app too, below
                 delivered = False
 
                 async def replay_body() -> Message:
@@ -213,8 +219,10 @@ class HttpFraming:
             self.pipeline.finish(exchange)
 
     async def _read(self, scope: Scope, receive: Receive, headers: Headers, exchange: Exchange,
-                    holding: list[int]) -> tuple[bytes, Scope]:
-        """The whole body, decompressed, and the scope the app sees (its headers describing that body)."""
+                    holding: list[int]) -> tuple[bytes | bytearray, Scope]:
+        """The whole body, decompressed, and the scope the app sees (its headers describing that body). An
+        uncompressed body is a bytearray, joined from its chunks in one copy: the tensors and frames of a binary
+        body are views of it (wire.container.views), not copies."""
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             raise EdenError(f"request body of {declared} bytes is over the limit of {self.max_body}",
@@ -229,7 +237,7 @@ class HttpFraming:
             chunks = await self._receive_body(receive, exchange, holding)
         finally:
             self.reading -= 1
-        sent = b"".join(chunks)
+        sent = bytearray().join(chunks)
         if codec is None:
             return sent, scope
 

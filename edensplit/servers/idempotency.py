@@ -22,8 +22,9 @@ ENTRY_BYTES = 512  # what an entry costs beyond its answer, key and digest: the 
 
 
 def digest(*parts: bytes | str) -> str:
-    """What identifies a request's content (blake2b: ~1 GB/s, run it off the event loop on large bodies)."""
-    h = hashlib.blake2b(digest_size=20)
+    """What identifies a request's content: SHA-256 (run it off the event loop on large bodies; with the SHA
+    extensions of x86-64 and ARMv8 CPUs, about 1.5-2 GB/s, 3x blake2b's speed)."""
+    h = hashlib.sha256()
     for part in parts:
         data = part.encode() if isinstance(part, str) else part
         h.update(len(data).to_bytes(8, "little"))

@@ -49,9 +49,19 @@ class ServerProcess:
         return True
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> ServerProcess:
+        """Start the process without waiting for it (`wait_ready` waits): several start at once this way."""
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(self.command(), env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      cwd=self.cwd, start_new_session=self.process_group)
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> ServerProcess:
+        """Until /health/ready says 200 (EdenError NOT_READY if the process exits, cannot serve or takes longer
+        than `timeout`; it is stopped then)."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=2.0) as http:
             while time.monotonic() < deadline:

@@ -184,8 +184,9 @@ class Metrics:
         self.bytes_out = Counter("edensplit_response_bytes", "response body bytes", ("route",), registry=r)
         self.inflight = Gauge("edensplit_inflight", "requests admitted and not yet answered", registry=r,
                               multiprocess_mode="livesum")
-        self.stage_seconds = Histogram("edensplit_stage_seconds", "seconds per step of a request: admission_wait "
-                                       "(arrival, body read, to a model place), decode, prepare, model, encode",
+        self.stage_seconds = Histogram("edensplit_stage_seconds", "seconds per step of a request: read (the body "
+                                       "or message read whole), idempotency (digest, replay lookup), "
+                                       "admission_wait (to a model place), decode, prepare, model, encode",
                                        ("route", "stage"), buckets=BUCKETS, registry=r)
         self.errors = Counter("edensplit_errors", "requests refused or failed, by error code", ("route", "code"),
                               registry=r)

@@ -11,6 +11,7 @@ one more framer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import re
@@ -54,6 +55,9 @@ UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 # shared memory's refusals (a handle where it is off, or one that names no segment of ours to take).
 PIPELINE_ERRORS = (ErrorCode.INVALID_PARAMETER, ErrorCode.IDEMPOTENCY_CONFLICT, ErrorCode.OVERLOADED,
                    ErrorCode.NOT_READY, ErrorCode.DEADLINE_EXCEEDED, ErrorCode.INTERNAL_ERROR, *SHM_ERRORS)
+# The pipeline's own steps of a request it answers, before the operation's (contract.STEPS): the body or message
+# read whole (the transport's time, the byte budget held meanwhile) and the replay cache's digest and lookup.
+PIPELINE_STEPS = ("read", "idempotency")
 
 
 class Answer(Protocol):
@@ -87,6 +91,7 @@ class Exchange:
     status: int = 500
     code: str | None = None
     steps: dict[str, float] = field(default_factory=dict)
+    read: float | None = None  # seconds the transport took to read the body or message whole (a step, once answered)
     replayed: bool = False  # answered from the idempotency cache
     single_use: bool = False  # its answer is a shared-memory handle, good once: never replayed, made anew
     abandoned: bool = False  # the caller went away before its body arrived
@@ -266,14 +271,25 @@ class Pipeline:
         """The request's answer: run through `operation` (its deadline, an admission place, the steps), or, for
         a request the server answered already (same id, same content: `digest`), the answer it got then.
         IDEMPOTENCY_CONFLICT when the id belongs to another request; errors are never kept. An answer that is a
-        shared-memory handle is never kept (its segment is good for one use; a retry gets a new one)."""
-        if not exchange.keyed or exchange.single_use:
-            return await run_operation(operation, inp, self.runtime, render, exchange.steps, batcher)
+        shared-memory handle is never kept (its segment is good for one use; a retry gets a new one). The steps
+        recorded (PIPELINE_STEPS, then the operation's) are the transport's read, then the replay cache's digest
+        and lookup (none for a request without an id, or one answered by a handle: no time), then the
+        operation's from its admission on."""
+        started = time.perf_counter()
+        if exchange.read is not None:
+            exchange.steps["read"] = exchange.read
+        keyed = exchange.keyed and not exchange.single_use
         key = f"{exchange.client_name}/{exchange.transport}/{exchange.request_id}"  # two clients' ids never meet
-        stored = await self.idempotency.begin(key, await run_in_threadpool(digest))
+        try:
+            stored = await self.idempotency.begin(key, await run_in_threadpool(digest)) if keyed else None
+        finally:
+            exchange.steps["idempotency"] = time.perf_counter() - started
         if stored is not None:
             exchange.replayed = True
             return stored.answer
+        inp = dataclasses.replace(inp, received=time.perf_counter())  # admission_wait: from here
+        if not keyed:
+            return await run_operation(operation, inp, self.runtime, render, exchange.steps, batcher)
         answer = None
         try:
             answer = await run_operation(operation, inp, self.runtime, render, exchange.steps, batcher)

@@ -90,7 +90,7 @@ class SharedMemory:
         self._count("made", handle.size)
         return handle
 
-    def take(self, handle: Handle, client: str | None, media_type: str) -> bytes:
+    def take(self, handle: Handle, client: str | None, media_type: str) -> memoryview:
         data = shm.take_segment(handle, client, media_type)
         self._count("taken", len(data))
         return data

@@ -35,7 +35,14 @@ from edensplit.servers.ids import check_id
 from edensplit.servers.pipeline import Exchange, Pipeline
 from edensplit.servers.service import Endpoint
 from edensplit.tracing import HEADERS as TRACE_FIELDS
-from edensplit.wire.messages import CHUNK_BYTES, Reassembler, parse_text, split_binary, split_text, unpack_binary
+from edensplit.wire.messages import (
+    CHUNK_BYTES,
+    Reassembler,
+    parse_text,
+    split_binary,
+    split_text,
+    unpack_binary_view,
+)
 
 WS_WINDOW = 8
 INLINE_PARSE_BYTES = 64 * 2**10  # text messages larger than this are parsed on the thread pool
@@ -63,9 +70,10 @@ class WsRequest:
     request_id: str
     binary: bool
     header: dict[str, Any]
-    payload: bytes = b""
+    payload: bytes | bytearray = b""
     size: int = 0
-    started: float = field(default_factory=time.perf_counter)
+    started: float = field(default_factory=time.perf_counter)  # when its first message (or chunk) arrived
+    read: float = 0.0  # seconds from then to the request whole (its chunks reassembled, a text message parsed)
 
     def digest(self) -> str:
         """What identifies the request's content (its VOLATILE fields aside), for idempotent replays: the fields
@@ -112,8 +120,9 @@ class Connection:
         self.ws, self.endpoints, self.window = websocket, endpoints, window
         self.client_name = client_name  # the client the handshake's key named: every message is its
         self.pipeline: Pipeline = websocket.app.state.pipeline
-        self.reassembler = Reassembler(max_bytes)
+        self.reassembler = Reassembler(max_bytes, writable=True)  # tensors are views of a request's payload
         self.received: dict[tuple[str, Any], int] = {}  # wire bytes of chunked requests still arriving
+        self.first_chunk: dict[tuple[str, Any], float] = {}  # when their first chunk arrived
         self.inflight: set[asyncio.Task[None]] = set()
         self.send_lock = asyncio.Lock()
         self.running: set[str] = set()  # request ids in flight on this connection
@@ -149,7 +158,7 @@ class Connection:
     async def handle(self, req: WsRequest, endpoint: Endpoint) -> None:
         """One request through the pipeline; its answer (or error) sent when ready."""
         exchange = self.exchange(req.request_id, req.type, req.size)
-        exchange.started = req.started
+        exchange.started, exchange.read = req.started, req.read
         with self.pipeline.span(exchange, req.header):
             try:
                 inp = req.operation_input(endpoint, self.pipeline, self.client_name)
@@ -184,7 +193,7 @@ class Connection:
             exchange.bytes_out = await self.send_error(rid, exc)
             self.pipeline.finish(exchange)
 
-    def _hold(self, key: tuple[str, Any], size: int) -> None:
+    def _hold(self, key: tuple[str, Any], size: int, arrived: float) -> None:
         """Count a chunk's bytes against the server's budget while its message is being reassembled."""
         try:
             self.pipeline.hold(size, "request bodies and WebSocket messages being reassembled")
@@ -194,10 +203,12 @@ class Connection:
             exc.details["request_id"] = key[1]
             raise
         self.received[key] = self.received.get(key, 0) + size
+        self.first_chunk.setdefault(key, arrived)
 
     def _release(self, key: tuple[str, Any]) -> int:
         """A chunked message is whole (or refused): give its bytes back; its wire size."""
         total = self.received.pop(key, 0)
+        self.first_chunk.pop(key, None)
         self.pipeline.release(total)
         return total
 
@@ -206,18 +217,21 @@ class Connection:
         for key in [k for k in self.received if k not in pending]:
             self._release(key)
 
-    async def receive_message(self, message: dict[str, Any], size: int) -> WsRequest | None:
-        """A whole request from one WebSocket message, None while chunks are missing; EdenError if bad."""
+    async def receive_message(self, message: dict[str, Any], size: int, arrived: float) -> WsRequest | None:
+        """A whole request from one WebSocket message (which `arrived` then), None while chunks are missing;
+        EdenError if bad."""
         data, text = message.get("bytes"), message.get("text")
+        first = arrived
         if data is not None:
-            header, payload = unpack_binary(data)
+            header, payload = unpack_binary_view(data)
             rid = header.get("request_id")
             key = ("b", rid) if "chunks" in header and isinstance(rid, str) else None
             if key is not None:
-                self._hold(key, size)
+                self._hold(key, size, arrived)
             whole = self.reassembler.feed_parts(header, payload)
             if whole is None:
                 return None
+            first = self.first_chunk.get(key, arrived) if key is not None else arrived
             total = size if key is None else self._release(key)
             header, payload = whole
             binary = True
@@ -231,10 +245,11 @@ class Connection:
             else:
                 key = ("t", parsed.get("request_id"))
                 if isinstance(key[1], str):
-                    self._hold(key, size)
+                    self._hold(key, size, arrived)
                 raw = self.reassembler.feed_chunk(parsed) or ""
                 if not raw:
                     return None
+                first = self.first_chunk.get(key, arrived)
                 total = self._release(key)
                 try:
                     header = await self._parse(raw)
@@ -247,7 +262,7 @@ class Connection:
             raise EdenError("every request needs a non-empty string request_id", code=ErrorCode.INVALID_REQUEST,
                             details={"type": kind})
         check_id(rid, "request_id")  # INVALID_PARAMETER: 1-128 characters of A-Z a-z 0-9 . _ : -
-        return WsRequest(str(kind), rid, binary, header, payload, total)
+        return WsRequest(str(kind), rid, binary, header, payload, total, first, time.perf_counter() - first)
 
     @staticmethod
     async def _parse(text: str) -> dict[str, Any]:
@@ -288,6 +303,7 @@ class Connection:
         try:
             while True:
                 message = await self.ws.receive()
+                arrived = time.perf_counter()
                 if message["type"] == "websocket.disconnect":
                     break
                 data, text = message.get("bytes"), message.get("text")
@@ -295,7 +311,7 @@ class Connection:
                 self.pipeline.wire_bytes(self.path, received=size)
                 req = None
                 try:
-                    req = await self.receive_message(message, size)
+                    req = await self.receive_message(message, size, arrived)
                     if req is not None:
                         await self.dispatch(req)
                 except EdenError as exc:

@@ -34,6 +34,11 @@ class WireCodec:
     unpack: Callable[[str, Mapping[str, Tensor]], Tensor]
     side: tuple[str, ...] = ()  # suffixes of the per-token float32 [F, N] tensors stored beside the tokens
 
+    @property
+    def casts_to(self) -> torch.dtype | None:
+        """The dtype its pack casts the tokens to when that is all it does (float codecs), else None."""
+        return self.pack.dtype if isinstance(self.pack, Cast) else None
+
     def side_names(self, name: str) -> tuple[str, ...]:
         """The blob tensors stored beside tokens `name` (e.g. `cond_dit_scale`)."""
         return tuple(name + suffix for suffix in self.side)
@@ -68,9 +73,20 @@ def get(name: str) -> WireCodec:
     return codec
 
 
-def cast(dtype: torch.dtype) -> Callable[[str, Tensor], dict[str, Tensor]]:
-    """A float codec's pack: the tokens cast to `dtype` (round to nearest), nothing beside them."""
-    return lambda name, tokens: {name: tokens.to(dtype).contiguous()}
+@dataclass(frozen=True)
+class Cast:
+    """A float codec's pack: the tokens cast to `dtype` (round to nearest), nothing beside them. The blob writer
+    casts them straight into their place in the blob instead (`WireCodec.casts_to`)."""
+
+    dtype: torch.dtype
+
+    def __call__(self, name: str, tokens: Tensor) -> dict[str, Tensor]:
+        return {name: tokens.to(self.dtype).contiguous()}
+
+
+def cast(dtype: torch.dtype) -> Cast:
+    """A float codec's pack: the tokens cast to `dtype` (see Cast)."""
+    return Cast(dtype)
 
 
 def as_stored(name: str, tensors: Mapping[str, Tensor]) -> Tensor:

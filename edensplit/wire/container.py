@@ -9,6 +9,8 @@ truncated container is refused with a clear message before any tensor is materia
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from safetensors import SafetensorError
@@ -18,6 +20,15 @@ from edensplit.wire.nesting import check_depth
 
 MAX_HEADER_BYTES = 1 << 20
 METADATA_KEY = "__metadata__"
+# How safetensors lays tensors out: by dtype, the later here first, then by name (tests/wire holds `pack` to
+# safetensors' own bytes).
+DTYPE_ORDER = {name: rank for rank, name in enumerate(("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16",
+                                                       "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64"))}
+ITEM_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+              "I32": 4, "U32": 4, "F32": 4, "C64": 8, "F64": 8, "I64": 8, "U64": 8}
+# Makes one tensor (or array) of a container as a view of its buffer: (buffer, dtype, shape, count, byte offset)
+# -> the view, or None for a dtype it does not make.
+View = Callable[[bytearray | memoryview, str, list[int], int, int], Any]
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -39,6 +50,33 @@ def canonical(data: bytes) -> bytes:
     if len(text) > length:  # not the writer's compact JSON after all: leave the container as it is
         return data
     return data[:8] + text + b" " * (length - len(text)) + data[8 + length:]
+
+
+def layout(tensors: Mapping[str, tuple[str, Sequence[int], int]], metadata: Mapping[str, str]
+           ) -> tuple[bytes, list[tuple[str, int]]]:
+    """A safetensors container's first bytes (the header's length, then the header: `canonical`'s, keys sorted,
+    padded to 8 bytes) for {name: (dtype, shape, byte size)} and metadata, and where each tensor's bytes go in
+    the container ((name, byte offset), in safetensors' order)."""
+    order = sorted(tensors, key=lambda name: (-DTYPE_ORDER[tensors[name][0]], name))
+    header: dict[str, Any] = {METADATA_KEY: dict(sorted(metadata.items()))} if metadata else {}
+    offset, offsets = 0, []
+    for name in order:
+        dtype, shape, size = tensors[name]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offsets.append((name, offset))
+        offset += size
+    text = json.dumps(dict(sorted(header.items())), separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    start = 8 + len(text)
+    return len(text).to_bytes(8, "little") + text, [(name, start + at) for name, at in offsets]
+
+
+def pack(tensors: Mapping[str, tuple[str, Sequence[int], memoryview]], metadata: Mapping[str, str]) -> bytes:
+    """A safetensors container, {name: (dtype, shape, its bytes)} and metadata, in one copy of the tensors' bytes:
+    the bytes `canonical(safetensors' save)` gives, without the two copies of every tensor that saving then
+    rewriting the header take."""
+    head, places = layout({name: (d, shape, data.nbytes) for name, (d, shape, data) in tensors.items()}, metadata)
+    return b"".join((head, *(tensors[name][2] for name, _ in places)))
 
 
 def _bad(what: str, problem: str) -> WireError:
@@ -99,8 +137,33 @@ def check_format(metadata: dict[str, str], fmt: str, version: str, what: str) ->
         raise _bad(what, f"has unsupported version {metadata.get('version')!r}; this server reads version {version}")
 
 
-def load(data: bytes, what: str, loader: Any) -> dict[str, Any]:
-    """Load every tensor with `loader` (safetensors.torch.load or safetensors.numpy.load)."""
+def views(data: bytes | bytearray | memoryview, what: str, view: View) -> dict[str, Any] | None:
+    """Every tensor of a container as a view of `data` (no copy), when `data` is writable (a bytearray: a request
+    body as the servers read it) and lays its tensors out as safetensors does (one after another from the start,
+    each of its shape's size and aligned to its item); else None (`load` copies them, and refuses what is wrong)."""
+    if isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly):
+        return None
+    header, _ = read_header(data, what)
+    start = 8 + int.from_bytes(bytes(data[:8]), "little")
+    out, end = {}, 0
+    for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"]):
+        size, (begin, stop) = ITEM_BYTES.get(entry["dtype"]), entry["data_offsets"]
+        count = math.prod(entry["shape"])
+        if size is None or begin != end or stop - begin != count * size or (start + begin) % size:
+            return None
+        out[name] = view(data, entry["dtype"], entry["shape"], count, start + begin)
+        if out[name] is None:
+            return None
+        end = stop
+    return out
+
+
+def load(data: bytes | bytearray | memoryview, what: str, loader: Any, view: View | None = None) -> dict[str, Any]:
+    """Every tensor, as views of `data` where `views` can make them with `view`, else loaded (copied) with `loader`
+    (safetensors.torch.load or safetensors.numpy.load)."""
+    made = views(data, what, view) if view is not None else None
+    if made is not None:
+        return made
     try:
         return loader(bytes(data))
     except (SafetensorError, ValueError, TypeError) as e:

@@ -13,7 +13,7 @@ import numpy as np
 import safetensors.numpy
 
 from edensplit.errors import ErrorCode, InputError, WireError
-from edensplit.wire.container import METADATA_KEY, canonical, check_format, load, read_header
+from edensplit.wire.container import METADATA_KEY, check_format, load, pack, read_header
 from edensplit.wire.images import MAX_PIXELS, check_pixels
 
 FORMAT = "edensplit.frames"
@@ -21,6 +21,7 @@ VERSION = "1"
 FRAMES_MEDIA_TYPE = "application/vnd.edensplit.frames+safetensors"
 RESERVED = frozenset(("format", "version"))
 WHAT = "frames container"
+FRAME_DTYPE = "U8"  # safetensors' name of uint8
 
 
 def _is_frame(array: object) -> bool:
@@ -44,18 +45,27 @@ def pack_frames(frames: dict[str, np.ndarray], metadata: dict[str, str] | None =
         raise InputError(f"frames metadata may not use the reserved keys {clash}")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise InputError("frames metadata must map str to str")
-    arrays = {name: np.ascontiguousarray(frame) for name, frame in frames.items()}
-    return canonical(safetensors.numpy.save(arrays, metadata={"format": FORMAT, "version": VERSION, **metadata}))
+    arrays = {name: (FRAME_DTYPE, frame.shape, memoryview(np.ascontiguousarray(frame)).cast("B"))
+              for name, frame in frames.items()}
+    return pack(arrays, {"format": FORMAT, "version": VERSION, **metadata})
 
 
-def unpack_frames(data: bytes, names: Sequence[str], max_pixels: int | None = None
+def _frame_view(buffer: bytearray | memoryview, dtype: str, shape: list[int], count: int, offset: int
+                ) -> np.ndarray | None:
+    """uint8 items of `buffer` as an array (its memory, not a copy); None for another dtype (refused later)."""
+    return np.frombuffer(buffer, np.uint8, count, offset).reshape(shape) if dtype == FRAME_DTYPE else None
+
+
+def unpack_frames(data: bytes | bytearray | memoryview, names: Sequence[str], max_pixels: int | None = None
                   ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Container bytes -> (exactly the frames `names`, uint8 [H, W, 3], in that order; the caller's metadata).
-    `max_pixels`, a caller's budget for all frames together, is checked from the header, before loading."""
+    `max_pixels`, a caller's budget for all frames together, is checked from the header, before loading. From
+    writable memory (a request body as the servers read it, a segment taken from shared memory), the frames are
+    views of it, not copies."""
     header, metadata = read_header(data, WHAT)
     check_format(metadata, FORMAT, VERSION, WHAT)
     check_pixels(sum(math.prod(entry["shape"][:2]) for entry in header.values()), max_pixels, WHAT)
-    arrays = load(data, WHAT, safetensors.numpy.load)
+    arrays = load(data, WHAT, safetensors.numpy.load, _frame_view)
     if set(arrays) != set(names):
         raise WireError(f"{WHAT} holds frames {sorted(arrays)}, expected {sorted(names)}", code=ErrorCode.INVALID_BLOB)
     for name in names:

@@ -29,13 +29,23 @@ def _bad(message: str, code: ErrorCode = ErrorCode.INVALID_REQUEST, request_id: 
     return WireError(message, code=code, details={"request_id": request_id} if request_id is not None else None)
 
 
-def pack_binary(header: dict[str, Any], payload: bytes = b"") -> bytes:
+Payload = bytes | bytearray | memoryview
+
+
+def pack_binary(header: dict[str, Any], payload: Payload = b"") -> bytes:
+    """One binary message: the header, then the payload (copied once, into the message)."""
     head = json.dumps(header, separators=(",", ":")).encode()
     return b"".join((MAGIC, _LEN.pack(len(head)), head, payload))
 
 
 def unpack_binary(data: bytes) -> tuple[dict[str, Any], bytes]:
     """Split a binary message into its header and payload, or raise INVALID_REQUEST saying why."""
+    header, payload = unpack_binary_view(data)
+    return header, bytes(payload)
+
+
+def unpack_binary_view(data: bytes) -> tuple[dict[str, Any], memoryview]:
+    """`unpack_binary` with the payload a view of the message, not a copy."""
     if len(data) < 8 or data[:4] != MAGIC:
         raise _bad("binary message does not start with the EDS1 header")
     (size,) = _LEN.unpack_from(data, 4)
@@ -48,7 +58,7 @@ def unpack_binary(data: bytes) -> tuple[dict[str, Any], bytes]:
         raise _bad("binary message header is not JSON") from None
     if not isinstance(header, dict):
         raise _bad("binary message header must be a JSON object")
-    return header, data[8 + size:]
+    return header, memoryview(data)[8 + size:]
 
 
 def parse_text(text: str) -> dict[str, Any]:
@@ -64,12 +74,14 @@ def parse_text(text: str) -> dict[str, Any]:
     return message
 
 
-def split_binary(header: dict[str, Any], payload: bytes, chunk_bytes: int = CHUNK_BYTES) -> list[bytes]:
-    """One binary message, or several chunks each carrying the header plus `chunk`/`chunks`."""
+def split_binary(header: dict[str, Any], payload: Payload, chunk_bytes: int = CHUNK_BYTES) -> list[bytes]:
+    """One binary message, or several chunks each carrying the header plus `chunk`/`chunks` (the payload copied
+    once, into the messages)."""
     if len(payload) <= chunk_bytes:
         return [pack_binary(header, payload)]
     n = -(-len(payload) // chunk_bytes)
-    return [pack_binary({**header, "chunk": i, "chunks": n}, payload[i * chunk_bytes: (i + 1) * chunk_bytes])
+    view = memoryview(payload)
+    return [pack_binary({**header, "chunk": i, "chunks": n}, view[i * chunk_bytes: (i + 1) * chunk_bytes])
             for i in range(n)]
 
 
@@ -95,10 +107,12 @@ class _Partial:
 
 class Reassembler:
     """Collects chunks per request id; returns whole messages. Bounded by `max_bytes` per message
-    and `max_pending` partial messages, so a peer cannot make it hold unbounded memory."""
+    and `max_pending` partial messages, so a peer cannot make it hold unbounded memory. A whole binary payload is
+    copied once out of its messages: bytes, or (`writable`, the servers') a bytearray, whose tensors and frames
+    can be views of it (wire.container.views)."""
 
-    def __init__(self, max_bytes: int, max_pending: int = 16):
-        self.max_bytes, self.max_pending = max_bytes, max_pending
+    def __init__(self, max_bytes: int, max_pending: int = 16, writable: bool = False):
+        self.max_bytes, self.max_pending, self.writable = max_bytes, max_pending, writable
         self._partial: dict[tuple[str, Any], _Partial] = {}
 
     def _slot(self, kind: str, rid: Any, index: Any, total: Any, size: int) -> _Partial:
@@ -133,17 +147,20 @@ class Reassembler:
         """The (kind, request_id) of the chunked messages in progress."""
         return set(self._partial)
 
-    def feed_binary(self, data: bytes) -> tuple[dict[str, Any], bytes] | None:
+    def feed_binary(self, data: bytes) -> tuple[dict[str, Any], bytes | bytearray] | None:
         """A whole (header, payload), or None while chunks are still missing."""
-        return self.feed_parts(*unpack_binary(data))
+        return self.feed_parts(*unpack_binary_view(data))
 
-    def feed_parts(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes] | None:
-        """`feed_binary` for a message whose header was already split off."""
+    def _whole(self, parts: list[Payload]) -> bytes | bytearray:
+        return bytearray().join(parts) if self.writable else b"".join(parts)
+
+    def feed_parts(self, header: dict[str, Any], payload: Payload) -> tuple[dict[str, Any], bytes | bytearray] | None:
+        """`feed_binary` for a message whose header was already split off (`unpack_binary_view`)."""
         if "chunks" not in header:
             if len(payload) > self.max_bytes:
                 raise _bad(f"message over the server's limit of {self.max_bytes} bytes",
                            code=ErrorCode.PAYLOAD_TOO_LARGE, request_id=header.get("request_id"))
-            return header, payload
+            return header, self._whole([payload])
         rid = header.get("request_id")
         slot = self._slot("b", rid, header.get("chunk"), header.get("chunks"), len(payload))
         slot.parts.append(payload)
@@ -152,7 +169,7 @@ class Reassembler:
             return None
         del self._partial[("b", rid)]
         whole = {k: v for k, v in slot.header.items() if k not in ("chunk", "chunks")}
-        return whole, b"".join(slot.parts)
+        return whole, self._whole(slot.parts)
 
     def feed_text(self, text: str) -> dict[str, Any] | None:
         """A whole JSON message, or None while chunks are still missing. A message is bounded by `max_bytes`

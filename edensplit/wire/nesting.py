@@ -15,9 +15,9 @@ MAX_DEPTH = 32  # our documents nest 3 deep; the safetensors spec's headers 2
 _SIGNIFICANT = re.compile(rb'[\[\]{}"\\]')
 
 
-def json_depth(data: bytes | str) -> int:
+def json_depth(data: bytes | bytearray | str) -> int:
     """The deepest nesting of arrays and objects in a JSON text (strings skipped; no other validation)."""
-    raw = data.encode() if isinstance(data, str) else bytes(data)
+    raw = data.encode() if isinstance(data, str) else data
     depth = deepest = 0
     in_string = False
     skip_until = -1
@@ -40,7 +40,7 @@ def json_depth(data: bytes | str) -> int:
     return deepest
 
 
-def check_depth(data: bytes | str, what: str, code: ErrorCode = ErrorCode.INVALID_REQUEST,
+def check_depth(data: bytes | bytearray | str, what: str, code: ErrorCode = ErrorCode.INVALID_REQUEST,
                 limit: int = MAX_DEPTH) -> None:
     """Refuse a JSON text nested deeper than `limit`, naming it."""
     depth = json_depth(data)

@@ -2,10 +2,13 @@
 memory segment (a file of /dev/shm), with only a small handle crossing HTTP or WebSocket.
 
 A segment holds a header line and the data: `EDSHM1 <header JSON>\\n<data>`, the header naming the client the
-segment was made for, the data's media type and size. Its name, `edensplit-shm-<uid>-<pid>-<start>-<token>`, says
-whose it is (the user, and the process that made it and when that process started, so that a crashed maker's
-segments can be found and removed) and is unguessable (128 random bits). Segments are created mode 0600, exclusively,
-never through a link; a reader checks the owner and mode before trusting one.
+segment was made for, the data's media type and size, padded with spaces so that the data starts at a multiple of
+ALIGN bytes. The data is written once (pwrite) and read through a private (copy-on-write) memory map: a reader's
+tensors and frames are views of it, not copies. Its name,
+`edensplit-shm-<uid>-<pid>-<start>-<token>`, says whose it is (the user, and the process that made it and when that
+process started, so that a crashed maker's segments can be found and removed) and is unguessable (128 random
+bits). Segments are created mode 0600, exclusively, never through a link; a reader checks the owner and mode before
+trusting one.
 
 Threat model: processes of the same user are trusted, as with a Unix socket; other users are not (they can neither
 read a segment nor plant one that is taken for ours). The handle (`application/vnd.edensplit.shm-handle+json`) is
@@ -15,11 +18,14 @@ beside the data: the grid, the difference) when a server made it.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import os
 import re
 import secrets
 import stat
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +40,7 @@ PREFIX = "edensplit-shm-"
 NAME = re.compile(r"edensplit-shm-(\d+)-(\d+)-(\d+)-([0-9a-f]{32})")
 MAX_HANDLE_BYTES = 4096
 MAX_HEADER_BYTES = 4096
+ALIGN = 64  # where a segment's data starts: a multiple of this (any tensor's items aligned in a view of it)
 
 
 def available() -> bool:
@@ -85,30 +92,42 @@ def segment_name(maker: str) -> str:
     return f"{PREFIX}{os.getuid()}-{maker}-{secrets.token_hex(16)}"
 
 
-def write_segment(name: str, data: bytes | memoryview, client: str | None, media_type: str) -> Handle:
+def _header(client: str | None, media_type: str, size: int) -> bytes:
+    """A segment's header line, padded so that the data after it starts at a multiple of ALIGN."""
+    line = MAGIC + json.dumps({"client": client, "media_type": media_type, "size": size}).encode()
+    return line + b" " * (-(len(line) + 1) % ALIGN) + b"\n"
+
+
+def write_segment(name: str, data: bytes | bytearray | memoryview, client: str | None, media_type: str) -> Handle:
     """Create segment `name` (0600, exclusively, never through a link) holding `data` for `client` (None: a
-    client's own segment, for whichever server it sends the handle to)."""
-    header = MAGIC + json.dumps({"client": client, "media_type": media_type, "size": len(data)}).encode() + b"\n"
+    client's own segment, for whichever server it sends the handle to). Written with pwrite: the kernel copies into
+    the new pages, which costs a third of filling a shared map of them here (every page a fault)."""
+    source = memoryview(data).cast("B")
+    header = _header(client, media_type, source.nbytes)
     fd = os.open(SHM_DIR / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        with os.fdopen(fd, "wb", closefd=False) as f:
-            f.write(header)
-            f.write(data)
+        os.pwrite(fd, header, 0)
+        done = 0
+        while done < source.nbytes:
+            done += os.pwrite(fd, source[done:], len(header) + done)
     except BaseException:
         os.unlink(SHM_DIR / name)
         raise
     finally:
         os.close(fd)
-    return Handle(name, len(data), media_type)
+    return Handle(name, source.nbytes, media_type)
 
 
-def take_segment(handle: Handle, client: str | None, media_type: str) -> bytes:
-    """The data of the segment `handle` names, which is then removed (a handle is good for one use).
+def take_segment(handle: Handle, client: str | None, media_type: str) -> memoryview:
+    """The data of the segment `handle` names, which is then removed (a handle is good for one use): a writable
+    view of a private map of it (copy-on-write: what the reader changes is its own), so the tensors and frames
+    read from it are views, not copies; the map lives as long as they do.
 
     SHM_NOT_FOUND if there is no such segment (unknown, used or expired); SHM_FORBIDDEN if it is not this user's,
     not private, or made for another client (`client` None: any, for the process that asked for it itself; a
     segment made for None is any client's: a client's own, its name the capability);
-    SHM_INVALID if it is not an edensplit segment or holds other than the handle says."""
+    SHM_INVALID if it is not an edensplit segment or holds other than the handle says. Processes of this user are
+    trusted (the threat model): one that shrank a segment after it was taken would fault the reader."""
     path = SHM_DIR / handle.segment
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -123,29 +142,58 @@ def take_segment(handle: Handle, client: str | None, media_type: str) -> bytes:
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
             raise EdenError(f"shared-memory segment {handle.segment} is not this user's private segment",
                             code=ErrorCode.SHM_FORBIDDEN)
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            head = f.readline(MAX_HEADER_BYTES)
-            if not head.startswith(MAGIC) or not head.endswith(b"\n"):
-                raise invalid(f"shared-memory segment {handle.segment} is not an edensplit segment")
-            try:
-                header = json.loads(head[len(MAGIC):])
-            except ValueError:
-                raise invalid(f"shared-memory segment {handle.segment} has an unreadable header") from None
-            if client is not None and header.get("client") not in (None, client):
-                raise EdenError(f"shared-memory segment {handle.segment} was made for another client",
-                                code=ErrorCode.SHM_FORBIDDEN)
-            if header.get("size") != handle.size or header.get("media_type") != handle.media_type:
-                raise invalid(f"shared-memory segment {handle.segment} does not hold what its handle says")
-            if handle.media_type != media_type:
-                raise invalid(f"the handle names {handle.media_type}, this request takes {media_type}")
-            data = f.read(handle.size + 1)
-        if len(data) != handle.size:
-            raise invalid(f"shared-memory segment {handle.segment} holds {len(data)} bytes, its handle says "
-                          f"{handle.size}")
+        first = os.pread(fd, MAX_HEADER_BYTES, 0)
+        end = first.find(b"\n")
+        if not first.startswith(MAGIC) or end < 0:
+            raise invalid(f"shared-memory segment {handle.segment} is not an edensplit segment")
+        try:
+            header = json.loads(first[len(MAGIC):end])
+        except ValueError:
+            raise invalid(f"shared-memory segment {handle.segment} has an unreadable header") from None
+        if not isinstance(header, dict):
+            raise invalid(f"shared-memory segment {handle.segment} has an unreadable header")
+        if client is not None and header.get("client") not in (None, client):
+            raise EdenError(f"shared-memory segment {handle.segment} was made for another client",
+                            code=ErrorCode.SHM_FORBIDDEN)
+        if header.get("size") != handle.size or header.get("media_type") != handle.media_type:
+            raise invalid(f"shared-memory segment {handle.segment} does not hold what its handle says")
+        if handle.media_type != media_type:
+            raise invalid(f"the handle names {handle.media_type}, this request takes {media_type}")
+        start = end + 1
+        if info.st_size - start != handle.size:
+            raise invalid(f"shared-memory segment {handle.segment} holds {max(info.st_size - start, 0)} bytes, its "
+                          f"handle says {handle.size}")
+        data = _mapped(fd, start, handle.size)
     finally:
         os.close(fd)
     remove(handle.segment)
     return data
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _mapped(fd: int, start: int, size: int) -> memoryview:
+    """Bytes start..start+size of the file as a writable view of a private map (its pages mapped as they are
+    read: faster here than MAP_POPULATE, which maps them all at once), unmapped when the last view of it goes
+    (mmap.mmap would hold a file descriptor as long: one per encoding a session keeps); for data that does not
+    start at a multiple of ALIGN (a segment not written by `write_segment`), a copy."""
+    if size == 0:
+        return memoryview(bytearray())
+    if start % ALIGN:
+        return memoryview(bytearray(os.pread(fd, size, start)))
+    length = start + size
+    address = _libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd, 0)
+    if address in (None, MAP_FAILED):
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+    pages = (ctypes.c_ubyte * length).from_address(address)
+    weakref.finalize(pages, _libc.munmap, address, length)
+    return memoryview(pages).cast("B")[start:]
 
 
 def remove(name: str) -> bool:

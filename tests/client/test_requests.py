@@ -206,3 +206,19 @@ def test_websocket_messages_carry_ids_options_and_the_payload_type(blobs):
     as_json = message(requests.encode(FRAMES[0], FRAMES[1], Options(wire_dtype="float16"), payload="json"), "r")
     assert as_json["wire_dtype"] == "float16" and set(as_json["payload"]) == {"frame0", "frame1"}
     assert "content_type" not in as_json
+
+
+def test_a_step_timer_sees_each_request_pack_exchange_and_unpack(blobs):
+    """The timer `edensplit bench --mode overhead` sets on a service: one call per request, its three steps' seconds;
+    unset, nothing is timed."""
+    fake = FakeEdge()
+    edge = fake.edge("binary")
+    seen = []
+    edge.timer = lambda call, *seconds: seen.append((call.operation, seconds))
+    assert np.array_equal(edge.session_frame("s4", 1, blobs["frame"], difference=0.5), MIDDLE)
+    assert np.array_equal(edge.interpolate_frames(FRAMES[0], FRAMES[1]), MIDDLE)
+    assert [operation for operation, _ in seen] == ["session_frame", "interpolate_frames"]
+    assert all(len(s) == 3 and min(s) >= 0 for _, s in seen)
+    edge.timer = None
+    edge.interpolate(blobs["pair"])
+    assert len(seen) == 2 and len(fake.requests) == 3

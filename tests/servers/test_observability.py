@@ -15,11 +15,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edensplit.model.checkpoint import load_model
 from edensplit.model.stages import encode_frames, frame_difference
+from edensplit.servers.contract import STEPS
 from edensplit.servers.edge.service import create_edge_app
 from edensplit.servers.launch import ServerProcess
+from edensplit.servers.pipeline import PIPELINE_STEPS
 from edensplit.settings import ServerSettings
 from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
-from edensplit.wire.messages import pack_binary, unpack_binary
+from edensplit.wire.messages import pack_binary, split_binary, unpack_binary
 from tests.conftest import TINY_CONFIG, make_frames
 
 FRAMES = make_frames(3, 40, 70)
@@ -82,6 +84,34 @@ def test_metrics_move_with_requests_over_http_and_websocket(edge):
     assert moved("edensplit_session_lookups_total", result="hit") == 2
     assert moved("edensplit_context_lookups_total", result="hit") == 1  # frame 1, kept from the first pair
     assert moved("edensplit_context_lookups_total", result="miss") == 3  # frames 0, 1 and 2, once each
+
+
+def test_the_read_and_the_replay_cache_are_steps_of_every_answered_request(edge):
+    """read (the body or message read whole) and idempotency (the digest and lookup) are steps as the operation's
+    are, on both transports, disjoint from them and from each other (together within the request's time); a
+    chunked WebSocket message is read from its first chunk on; a replay has them and no operation step."""
+    before = samples(edge)
+    http, ws = "/api/v1/interpolate", "/ws/interpolate"
+    keyed = {**BLOB, "X-Request-ID": "obs-read-1"}
+    assert edge.post(http, content=PAIR, headers=keyed).status_code == 200
+    assert edge.post(http, content=PAIR, headers=keyed).headers["x-idempotent-replay"] == "true"
+    with edge.websocket_connect(ws) as conn:
+        chunks = split_binary({"type": "interpolate", "request_id": "obs-read-2"}, PAIR, len(PAIR) // 3 + 1)
+        assert len(chunks) == 3
+        for chunk in chunks:
+            conn.send_bytes(chunk)
+        assert unpack_binary(conn.receive_bytes())[0]["status"] == "success"
+    after = samples(edge)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    for route, answered in ((http, 2), (ws, 1)):
+        for step in PIPELINE_STEPS:
+            assert moved("edensplit_stage_seconds_count", route=route, stage=step) == answered, (route, step)
+        assert moved("edensplit_stage_seconds_count", route=route, stage="model") == 1  # the replay ran nothing
+        steps = sum(moved("edensplit_stage_seconds_sum", route=route, stage=s) for s in (*PIPELINE_STEPS, *STEPS))
+        assert 0 < steps <= moved("edensplit_request_seconds_sum", route=route), route
 
 
 def test_a_fault_logs_its_traceback_and_answers_without_it(edge, caplog):

@@ -3,13 +3,19 @@ before it is trusted (owner, mode, header, client, size)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from edensplit.errors import EdenError, ErrorCode
+from edensplit.model.encoding import FrameEncoding, Geometry
 from edensplit.wire import shm
+from edensplit.wire.blob import pack_encoding, unpack_encoding
 from edensplit.wire.shm import Handle, segment_name, take_segment, write_segment
 
 BLOB = "application/vnd.edensplit.enc-out+safetensors"
@@ -96,3 +102,28 @@ def test_segments_are_made_exclusively_never_through_a_link(tmp_path):
         assert target.read_bytes() == b"keep me"
     finally:
         (shm.SHM_DIR / name).unlink()
+
+
+def test_a_taken_segment_is_read_in_place_and_unmapped_with_its_last_view():
+    """The data starts at a multiple of ALIGN; the tensors read from it are views of the reader's private map (what
+    the reader changes is its own), not copies; the map holds no file descriptor and goes with the last view."""
+    blob = pack_encoding(FrameEncoding(torch.ones(1, 4, 8), torch.ones(1, 4, 8), torch.zeros(1), torch.ones(1),
+                                       Geometry(32, 32, 32, 16)), wire_dtype="float16")
+    handle = write_segment(segment_name(f"{os.getpid()}-1"), blob, None, BLOB)
+    descriptors = len(os.listdir("/proc/self/fd"))
+    data = take_segment(handle, None, BLOB)
+    assert bytes(data) == blob and not data.readonly and len(os.listdir("/proc/self/fd")) == descriptors
+
+    def mapped() -> bool:
+        return handle.segment in Path("/proc/self/maps").read_text()
+
+    tokens = unpack_encoding(data).encoding.cond_dit
+    address = np.frombuffer(data, np.uint8).ctypes.data
+    assert address % shm.ALIGN == 0 and address <= tokens.data_ptr() < address + len(data)
+    tokens += 1  # copy-on-write: the reader's own
+    del data
+    gc.collect()
+    assert mapped() and tokens.max() == 2
+    del tokens
+    gc.collect()
+    assert not mapped()

@@ -12,11 +12,12 @@ import numpy as np
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.eden import Eden
+from edensplit.model.encoding import FrameEncoding
 from edensplit.model.stages import encode_frames, frame_difference
 from edensplit.servers.contract import JSON, Cancellation, OperationInput, Reply
 from edensplit.servers.inputs import FRAME_ERRORS, FRAME_TYPES, read_frames
 from edensplit.wire import codecs
-from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, encoding_view
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE
 from edensplit.wire.images import b64encode
 from edensplit.wire.options import OPTION_ERRORS, Options
@@ -34,14 +35,13 @@ class EncodeJob:
 
 @dataclass
 class EncodeResult:
-    blob: bytes
-    grid: tuple[int, int]
+    encoding: FrameEncoding  # the job's frames, on the CPU: packed into its blob by `encode`, off the model thread
     difference: float | None  # for a pair only
 
 
 def encode_jobs(model: Eden, jobs: Sequence[EncodeJob]) -> list[EncodeResult]:
-    """The cloud's model work: each job's F frames (and a pair's difference) into its own enc_out blob. One job
-    is the exact mode (frames encoded one at a time); several are one batched encoder call (MAX_BATCH > 1)."""
+    """The cloud's model work: each job's F frames encoded (and a pair's difference), moved to the CPU. One job is
+    the exact mode (frames encoded one at a time); several are one batched encoder call (MAX_BATCH > 1)."""
     for job in jobs:
         job.cancellation.check()
     try:
@@ -58,8 +58,7 @@ def encode_jobs(model: Eden, jobs: Sequence[EncodeJob]) -> list[EncodeResult]:
         part = enc[start:start + len(job.frames)]
         start += len(job.frames)
         difference = float(frame_difference(job.frames[0], job.frames[1])[0]) if len(job.frames) == 2 else None
-        blob = pack_encoding(part, difference, job.wire_dtype, extra={"request_id": job.request_id})
-        results.append(EncodeResult(blob, part.geometry.grid, difference))
+        results.append(EncodeResult(part.to("cpu"), difference))
     return results
 
 
@@ -82,7 +81,8 @@ class EncodeOperation:
     def decode(self, inp: OperationInput, model: Eden) -> EncodeJob:
         wire_dtype = Options.from_flat(inp.options).wire_dtype or codecs.DEFAULT
         frames = read_frames(inp, self.names, self.max_pixels).frames
-        return EncodeJob(np.stack(frames), wire_dtype, inp.request_id, inp.answer, inp.cancellation)
+        stacked = frames[0][np.newaxis] if len(frames) == 1 else np.stack(frames)  # one frame: a view, not a copy
+        return EncodeJob(stacked, wire_dtype, inp.request_id, inp.answer, inp.cancellation)
 
     async def prepare(self, job: EncodeJob, model: Eden) -> EncodeJob:
         return job
@@ -95,13 +95,15 @@ class EncodeOperation:
         return job.frames.shape[1:], job.wire_dtype
 
     def encode(self, result: EncodeResult, job: EncodeJob) -> Reply:
+        blob = encoding_view(result.encoding, result.difference, job.wire_dtype, extra={"request_id": job.request_id})
+        grid = result.encoding.geometry.grid
         height, width = job.frames.shape[1:3]
         meta: dict[str, Any] = {
-            "ph": result.grid[0], "pw": result.grid[1], "height": height, "width": width,
-            "wire_dtype": job.wire_dtype, "enc_out_size": len(result.blob),
+            "ph": grid[0], "pw": grid[1], "height": height, "width": width,
+            "wire_dtype": job.wire_dtype, "enc_out_size": len(blob),
             "processing_time": round(time.perf_counter() - job.started, 6), "request_id": job.request_id}
         if result.difference is not None:
             meta["difference"] = result.difference
         if job.answer == BLOB_MEDIA_TYPE:
-            return Reply({}, meta, result.blob, BLOB_MEDIA_TYPE)
-        return Reply({"enc_out": b64encode(result.blob), "enc_out_size": len(result.blob)}, meta)
+            return Reply({}, meta, blob, BLOB_MEDIA_TYPE)
+        return Reply({"enc_out": b64encode(blob), "enc_out_size": len(blob)}, meta)
