@@ -7,7 +7,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from edensplit.training.train import HELD_OUT, TrainConfig, report_markdown, run
+from edensplit.training.report import HELD_OUT, report_markdown, run
+from edensplit.training.train import TrainConfig
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "model" / "tiny"
 

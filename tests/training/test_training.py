@@ -77,7 +77,7 @@ def test_the_cli_interpolates_with_the_trained_checkpoint(trained, tmp_path):
 
 
 def test_the_report_summary_shows_the_curves_and_the_timings(trained):
-    from edensplit.training.train import report_markdown
+    from edensplit.training.report import report_markdown
 
     _, trained_report = trained
     report = {"weights_bytes": 1, "weights_sha256_16": "x", "torch": "t", "results": {}, **trained_report}
