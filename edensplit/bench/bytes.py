@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edensplit.bench.inputs import _clip_frames, _model_env
-from edensplit.bench.output import _env_line, _mb, _table, _table_line, environment, write_json
+from edensplit.bench.output import _env_line, _mb, _table, _table_line, environment, publish
 from edensplit.bench.systems import USER_DESIGN, Design, SystemRow, frame_error, run_design, servers, system_row
 from edensplit.model.precision import DEFAULT as DEFAULT_PRECISION
 from edensplit.video.sample import sample_middle_frame
@@ -46,13 +46,9 @@ def run_bytes(size: tuple[int, int], n_frames: int, designs: Sequence[Design] = 
             rows.append(row)
             print(_table_line(bytes_cells(row, rows)), flush=True)
     text = bytes_report(rows, size, n_frames, window, environment_, command)
-    print(text)
-    if output:
-        output.write_text(text)
-    if json_path:
-        write_json(json_path, {"kind": "edensplit.bench.bytes", "version": 1, "environment": environment_,
-                               "command": command, "size": list(size), "frames": n_frames, "window": window,
-                               "rows": [_bytes_json(r, rows) for r in rows]})
+    publish(text, output, json_path, lambda: {
+        "kind": "edensplit.bench.bytes", "version": 1, "environment": environment_, "command": command,
+        "size": list(size), "frames": n_frames, "window": window, "rows": [_bytes_json(r, rows) for r in rows]})
     return rows
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from edensplit.bench.inputs import _clip_frames, _model_env
-from edensplit.bench.output import HOP_COLUMNS, _mb, _table, _table_line, environment, write_json
+from edensplit.bench.output import HOP_COLUMNS, _mb, _table, _table_line, environment, publish
 from edensplit.bench.systems import Design, run_design, servers
 from edensplit.bench.timing import percentile, run_once
 from edensplit.client.backends import LocalBackend
@@ -81,13 +81,9 @@ def run_bench(size: tuple[int, int] = (240, 428), n_frames: int = 6, transports:
                     rows.append(row)
                     print(format_row(row), flush=True)
     text = report(rows, size, n_frames, window)
-    print(text)
-    if output:
-        output.write_text(text)
-    if json_path:
-        write_json(json_path, {"kind": "edensplit.bench.compare", "version": 1, "environment": started_env,
-                               "size": list(size), "frames": n_frames, "window": window,
-                               "rows": [asdict(r) for r in rows]})
+    publish(text, output, json_path, lambda: {
+        "kind": "edensplit.bench.compare", "version": 1, "environment": started_env, "size": list(size),
+        "frames": n_frames, "window": window, "rows": [asdict(r) for r in rows]})
     return rows
 
 

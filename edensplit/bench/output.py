@@ -6,7 +6,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,18 @@ def _env_line(env: dict[str, Any]) -> str:
 def write_json(path: Path, document: dict[str, Any]) -> None:
     """A JSON document, indented, NaN refused."""
     path.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
+
+
+def publish(text: str, output: Path | None, json_path: Path | None, document: Callable[[], dict[str, Any]],
+            echo: bool = True) -> None:
+    """A mode's report: printed, written as Markdown to `output` and its figures as JSON to `json_path` when asked
+    (the document built only then)."""
+    if echo:
+        print(text)
+    if output:
+        output.write_text(text)
+    if json_path:
+        write_json(json_path, document())
 
 
 def _mb(x: float | None) -> str:

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from edensplit.bench.output import _env_line, _failure, _ms, _table, _table_line, environment, write_json
+from edensplit.bench.output import _env_line, _failure, _ms, _table, _table_line, environment, publish
 from edensplit.bench.overhead import (
     ACCEPTANCE,
     FLOOR_REPS,
@@ -201,13 +201,9 @@ def run_overhead(sizes: Sequence[tuple[int, int]], paths: Sequence[str], dtypes:
                                log_dir=log_dir, on_row=lambda r: print(_table_line(main_cells(r)), flush=True),
                                urls=urls)
     text = report(rows, env, {**settings, "sizes": sizes}, seconds, command)
-    print(text)
-    if output:
-        output.write_text(text)
-    if json_path:
-        write_json(json_path, {
-            "kind": "edensplit.bench.overhead", "version": 1, "environment": env, "command": command,
-            **settings, "seconds": seconds, "steps": dict(STEPS),
-            "acceptance": [{"criterion": text, "met": met} for text, met in acceptance(rows)],
-            "rows": [row_json(r) for r in rows]})
+    publish(text, output, json_path, lambda: {
+        "kind": "edensplit.bench.overhead", "version": 1, "environment": env, "command": command,
+        **settings, "seconds": seconds, "steps": dict(STEPS),
+        "acceptance": [{"criterion": text, "met": met} for text, met in acceptance(rows)],
+        "rows": [row_json(r) for r in rows]})
     return rows

@@ -14,7 +14,16 @@ from typing import Any
 import numpy as np
 
 from edensplit.bench.inputs import _clip_frames, _model_env
-from edensplit.bench.output import HOP_COLUMNS, _env_line, _failure, _mb, _table, _table_line, environment, write_json
+from edensplit.bench.output import (
+    HOP_COLUMNS,
+    _env_line,
+    _failure,
+    _mb,
+    _table,
+    _table_line,
+    environment,
+    publish,
+)
 from edensplit.bench.stages import REFERENCE_H200, SKIPPED, STAGE_COLUMNS, StageRow, run_stages, stage_cells
 from edensplit.bench.systems import USER_DESIGN, Design, SystemRow, run_design, servers, system_row
 from edensplit.bench.timing import CLOCK_WORDS
@@ -190,16 +199,14 @@ def run_perf(sizes: Sequence[tuple[int, int]], precisions: Sequence[str], batche
     def save(_: Any = None) -> str:
         text = perf_report(stages, system, env, n_frames=n_frames, window=window, command=command,
                            clock="wall" if device.startswith("cuda") else clock)
-        if output:
-            output.write_text(text)
-        if json_path:
-            write_json(json_path, {
-                "kind": "edensplit.bench.perf", "version": 1, "environment": env, "command": command,
-                "clock": "wall" if device.startswith("cuda") else clock, "edge_device": edge_device or device,
-                "seconds": time.perf_counter() - started, "frames": n_frames, "window": window,
-                "reference_h200": [{"size": list(s), "pair_ms": p, "encoder_ms_per_pair": e}
-                                   for s, (p, e) in REFERENCE_H200.items()],
-                "stages": [_stage_json(r) for r in stages], "system": [_system_json(r, system) for r in system]})
+        publish(text, output, json_path, lambda: {
+            "kind": "edensplit.bench.perf", "version": 1, "environment": env, "command": command,
+            "clock": "wall" if device.startswith("cuda") else clock, "edge_device": edge_device or device,
+            "seconds": time.perf_counter() - started, "frames": n_frames, "window": window,
+            "reference_h200": [{"size": list(s), "pair_ms": p, "encoder_ms_per_pair": e}
+                               for s, (p, e) in REFERENCE_H200.items()],
+            "stages": [_stage_json(r) for r in stages], "system": [_system_json(r, system) for r in system]},
+            echo=False)
         return text
 
     def keep(rows: list[Any]) -> Callable[[Any], None]:

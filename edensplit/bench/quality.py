@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edensplit.bench.output import _env_line, _table, environment, write_json
+from edensplit.bench.output import _env_line, _table, environment, publish
 from edensplit.model.checkpoint import load_model
 from edensplit.model.config import EdenConfig
 from edensplit.model.eden import ALL_STAGES
@@ -123,13 +123,9 @@ def run_quality(size: int = TRAINING_SIZE, counts: tuple[int, int] = SYNTHETIC_C
             rows.append(QualityRow(name, method, len(triplets), s["psnr"], s["ssim"]))
         say(f"{name}: {time.perf_counter() - start:.0f} s")
     text = quality_report(rows, env, missing, command)
-    print(text)
-    if output:
-        output.write_text(text)
-    if json_path:
-        write_json(json_path, {"kind": "edensplit.bench.quality", "version": 1, "environment": env,
-                               "command": command, "size": size, "missing_clips": missing,
-                               "rows": [_json_row(r) for r in rows]})
+    publish(text, output, json_path, lambda: {
+        "kind": "edensplit.bench.quality", "version": 1, "environment": env, "command": command, "size": size,
+        "missing_clips": missing, "rows": [_json_row(r) for r in rows]})
     return rows
 
 
