@@ -189,3 +189,18 @@ def test_doctor_with_nothing_running_and_a_usage_error(tmp_path: Path):
     bad = run_cli_here(["doctor", "--size", "256by448"], {})
     assert bad.returncode == 2 and bad.stderr.strip() == ("edensplit doctor: error: --size must be HxW, e.g. "
                                                           "256x448; got '256by448'")
+
+
+def test_a_server_that_takes_the_connection_but_is_too_busy_to_answer_is_there():
+    """A listening socket that never answers (the kernel takes the connection: a saturated proxy) is a server
+    that is there, left to the job's retries; nothing listening is a server that never answered."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(8)  # never accepted, never answered
+        started = time.monotonic()
+        found = probe_ready("cloud", f"http://127.0.0.1:{busy.getsockname()[1]}", ClientConfig(), probe_s=0.5)
+        assert found.answered and found.health == {} and time.monotonic() - started < 1.5
+    nobody = probe_ready("cloud", f"http://127.0.0.1:{free_port()}", ClientConfig(), probe_s=0.5)
+    assert not nobody.answered and nobody.failure == "connection refused" and nobody.tries >= 2

@@ -8,7 +8,8 @@ same model.
 - A server that answers 503 while it loads (or warms up) its model is waited for, with a progress line every
   `SAY_EVERY_S`, up to the start-up budget (`--startup_wait`, EDENSPLIT_STARTUP_WAIT, default 300 s); one whose
   model failed to load is said at once. Another 503 (overloaded: a full Ray Serve queue), a 502 or a 504 is a
-  server that is there: the job starts, and its retries ride the overload out.
+  server that is there: the job starts, and its retries ride the overload out. So is one that takes the
+  connection but does not answer within the probe (a read timeout, not a connect timeout): it is there, busy.
 - Once a server has answered, its going away is an outage the job rides out (`--retry_for`), not this.
 - Flow A: the cloud's and the edge's `model_args` and weights digest (from `/health/ready`) must agree: a cloud
   encoding for another model than the edge samples with is refused before the first frame (MODEL_MISMATCH).
@@ -123,7 +124,10 @@ def probe_ready(role: str, url: str, config: ClientConfig, *, probe_s: float = P
                 failure = connection_failure(f"the {role} server at {base}", exc)
                 if not failure.retryable:  # TLS: no retry can fix it
                     raise EdenError(failure.message, code=ErrorCode.UPSTREAM_ERROR) from None
-                if loading_since is not None:  # it answered before: an outage now, the job's budget decides
+                if loading_since is not None or isinstance(exc, httpx.ReadTimeout):
+                    # It answered before (an outage now), or it took the connection and is too busy to answer in
+                    # time (a Ray Serve proxy with its replicas saturated): a server is there, the job's budget
+                    # decides.
                     found.seconds = time.monotonic() - started
                     found.health = {}
                     return found
