@@ -189,7 +189,8 @@ def test_a_cancelled_job_leaves_nothing_behind(ui, two_seconds, browser, ui_tmp)
     wait_until(lambda: "(cancelled)" in page.inner_text("#figures"), 30, "the page saying cancelled")
     done = page.eval_on_selector("progress", "p => p.value")
     assert 4 < done < 8 * 47 + 1 and page.query_selector("a[download]") is None
-    time.sleep(TTL_S + 1.0)  # past UI_UPLOAD_TTL_S and the sweep after it
+    wait_until(lambda: not left_behind(ui_tmp), TTL_S + 1.0,  # UI_UPLOAD_TTL_S and the sweep after it
+               "no upload or partial file left after the TTL")
     assert left_behind(ui_tmp) == []
     page.close()
 
