@@ -15,6 +15,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from edensplit.allocator import keep_freed_memory
 from edensplit.errors import EdenError
 from edensplit.model import precision
 from edensplit.model.hub import RELEASED
@@ -260,6 +261,7 @@ def dispatch(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()  # frames and encodings: buffers reused, not faulted in again for each request
     if args.command == "interpolate":
         from edensplit.tracing import setup_tracing
 

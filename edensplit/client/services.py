@@ -24,7 +24,7 @@ from edensplit.client.transport import AsyncTransport, Transport
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.wire import codecs
 from edensplit.wire.options import Options
-from edensplit.wire.shm import SHM_MEDIA_TYPE
+from edensplit.wire.shm import SHM_MEDIA_TYPE, Spares
 
 log = logging.getLogger("edensplit.client")
 T = TypeVar("T")
@@ -51,6 +51,7 @@ class _Service:
         self.payload = check_payload(payload)
         self.shm = check_shm(shm, self.payload)  # bodies and answers through shared memory (server on this host)
         self.timer: StepTimer | None = None  # unset, a request costs no clock reading
+        self._spares: Spares | None = None  # with shm: segments for request bodies, allocated ahead
 
     @property
     def transport(self) -> Transport:
@@ -63,7 +64,9 @@ class _Service:
         if not (self.shm and call.binary):
             return self.client.send(call)
         try:
-            return shared.taken(shared.send(self.client, shared.asking_handles(call)))
+            if self._spares is None:
+                self._spares = shared.spares()
+            return shared.taken(shared.send(self.client, shared.asking_handles(call), self._spares))
         except EdenError as exc:
             if exc.code != ErrorCode.SHM_DISABLED or call.content_type == SHM_MEDIA_TYPE:
                 raise
@@ -93,7 +96,9 @@ class _Service:
         return self.client.health()
 
     def close(self) -> None:
-        """Close the transport."""
+        """Close the transport (and remove spare segments)."""
+        if self._spares is not None:
+            self._spares.close()
         self.client.close()
 
     def __enter__(self) -> Any:

@@ -17,7 +17,7 @@ from edensplit.client.requests import Answer, Call
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.processes import maker_of
 from edensplit.wire.blob import BLOB_MEDIA_TYPE
-from edensplit.wire.shm import SHM_MEDIA_TYPE, Handle, remove, segment_name, take_segment, write_segment
+from edensplit.wire.shm import SHM_MEDIA_TYPE, Handle, Spares, remove, take_segment
 
 
 def asking_handles(call: Call) -> Call:
@@ -25,13 +25,19 @@ def asking_handles(call: Call) -> Call:
     return call if call.accept.startswith(SHM_MEDIA_TYPE) else replace(call, accept=f"{SHM_MEDIA_TYPE}, {call.accept}")
 
 
-def send(client: Client, call: Call) -> Answer:
-    """`call` through `client` with its binary body in a segment of this process's (a body that is a handle
-    already goes as it is); made again once if the server reports it gone (a retry after the server took it)."""
+def spares() -> Spares:
+    """Spare segments for this process's request bodies (close them when done with the servers)."""
+    return Spares(maker_of(os.getpid()))
+
+
+def send(client: Client, call: Call, segments: Spares) -> Answer:
+    """`call` through `client` with its binary body in a segment of this process's, written into one of
+    `segments` (a body that is a handle already goes as it is); made again once if the server reports it gone (a
+    retry after the server took it)."""
     if call.body is None or call.content_type == SHM_MEDIA_TYPE:
         return client.send(call)
     for attempt in range(2):
-        handle = write_segment(segment_name(maker_of(os.getpid())), call.body, None, call.content_type)
+        handle = segments.write(call.body, None, call.content_type)
         try:
             return client.send(replace(call, content_type=SHM_MEDIA_TYPE, body=handle.dumps()))
         except EdenError as exc:

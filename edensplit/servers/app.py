@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from edensplit.allocator import keep_freed_memory
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.eden import Eden
 from edensplit.model.loading import load_model_for
@@ -194,6 +195,7 @@ def create_app(service: Service, settings: ServerSettings, model: Eden | None = 
     As gunicorn workers (`gunicorn ... -k uvicorn.workers.UvicornWorker`) each worker loads its own model and
     answers 503 NOT_READY until it is ready; their metrics go to files they share (edensplit.servers.metrics),
     so that /metrics, whichever worker answers, counts them all, `edensplit_workers_ready` the ready ones."""
+    keep_freed_memory()  # request-sized buffers reused, not faulted in again for each request
     configure_logging(settings.log_format)
     metrics = Metrics(service.stage)
     runtime = ModelRuntime(service.stage, settings.max_inflight, model, max_batch=resolve_max_batch(settings),

@@ -208,6 +208,9 @@ class Metrics:
                                multiprocess_mode="livesum")
         self.shm_segments = Gauge("edensplit_shm_segments", "shared memory: segments this server made that are not "
                                   "yet taken (at most SHM_MAX_SEGMENTS)", registry=r, multiprocess_mode="livesum")
+        self.shm_spare_bytes = Gauge("edensplit_shm_spare_bytes", "shared memory: bytes in spare segments this "
+                                     "server allocated ahead for its next answers (a few per answer length, none "
+                                     "when idle for SHM_TTL_S)", registry=r, multiprocess_mode="livesum")
         self.shm_bytes_moved = Counter("edensplit_shm_bytes_moved", "shared memory: data bytes put in segments "
                                        "(made), read from them (taken) and removed unread (expired)", ("event",),
                                        registry=r)

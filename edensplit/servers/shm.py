@@ -6,7 +6,8 @@ taken (read, checked, removed) and decoded as the media type the handle names; a
 The segments a server makes are its to bound and clean: their bytes are held against the byte budget bodies
 use (and their count against SHM_MAX_SEGMENTS) until they are taken or SHM_TTL_S passes, when they are
 removed; every server that allows shared memory also removes this user's segments whose maker no longer runs
-(a process killed mid-job), at start and then every second.
+(a process killed mid-job), at start and then every second. Answers go into spare segments allocated ahead
+(`shm.Spares`): a few per answer length, while answers of that length keep coming.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class SharedMemory:
         self.max_bytes = max_bytes  # the most a segment it takes may hold (MAX_REQUEST_MB, as a body)
         self.maker = maker_of(os.getpid())
         self.made: dict[str, tuple[int, float]] = {}  # name -> (bytes held, when made)
+        self.spares = shm.Spares(self.maker, ttl_s)  # answers written into pages allocated ahead
         self._lock = threading.Lock()
 
     @property
@@ -80,7 +82,7 @@ class SharedMemory:
                                 details={"retry_after_s": 1})
         self.budget.reserve(held, "shared-memory segments not yet taken")
         try:
-            handle = shm.write_segment(shm.segment_name(self.maker), data, client, media_type)
+            handle = self.spares.write(data, client, media_type)
         except OSError as exc:
             self.budget.release(held)
             raise EdenError(f"cannot write a shared-memory segment ({exc.strerror}); retry, or send the bytes",
@@ -99,6 +101,7 @@ class SharedMemory:
         """Let go of this process's segments that were taken, remove those past the TTL and every segment of
         this user whose maker no longer runs; the number removed."""
         removed, now = 0, time.monotonic()
+        self.spares.expire()
         with self._lock:
             entries = list(self.made.items())
         for name, (held, made) in entries:
@@ -120,6 +123,7 @@ class SharedMemory:
 
     def close(self) -> None:
         """At shutdown: this process's segments not yet taken go (nobody will sweep them for it)."""
+        self.spares.close()
         with self._lock:
             entries, self.made = list(self.made.items()), {}
         for name, (held, _) in entries:
@@ -164,6 +168,7 @@ class SharedMemory:
                 count = len(self.made)
             self.metrics.shm_bytes.set(held)
             self.metrics.shm_segments.set(count)
+            self.metrics.shm_spare_bytes.set(self.spares.nbytes)
 
 
 class SharedOperation:

@@ -173,10 +173,10 @@ def test_a_killed_clouds_segments_go_at_its_next_start(model_env, tmp_path):
         r = httpx.post(f"{cloud.url}/api/v1/encode", content=PAIR, headers=ASK_HANDLE)
         assert r.headers["content-type"] == SHM_MEDIA_TYPE
         pid = cloud.proc.pid
-        assert made_by(pid) == [Handle.loads(r.content).segment]
+        assert Handle.loads(r.content).segment in made_by(pid)  # with the spares made for its next answers
         cloud.proc.send_signal(signal.SIGKILL)
         cloud.proc.wait()
-        assert made_by(pid)  # nobody removed it: its maker died
+        assert Handle.loads(r.content).segment in made_by(pid)  # nobody removed it: its maker died
         cloud.start()  # the next start sweeps it
         deadline = time.monotonic() + 5
         while made_by(pid) and time.monotonic() < deadline:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +128,54 @@ def test_a_taken_segment_is_read_in_place_and_unmapped_with_its_last_view():
     del tokens
     gc.collect()
     assert not mapped()
+
+
+def _mine(maker: str) -> set[str]:
+    return {name for name, by, _ in shm.segments() if by == maker}
+
+
+def _wait_for(condition, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_spares_are_allocated_ahead_private_and_become_ordinary_segments_when_written():
+    maker = f"{os.getpid()}-7"
+    spares = shm.Spares(maker, per_length=2)
+    try:
+        payload = os.urandom(3000)
+        first = spares.write(payload, "alice", BLOB)  # nothing ahead yet: a new segment, and two made for next time
+        length = shm.segment_length(3000, "alice", BLOB)
+        _wait_for(lambda: spares.nbytes == 2 * length)
+        ahead = _mine(maker) - {first.segment}
+        assert len(ahead) == 2
+        for name in ahead:
+            info = os.lstat(shm.SHM_DIR / name)
+            assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_size == length and shm.NAME.fullmatch(name)
+        second = spares.write(payload[::-1], "alice", BLOB)
+        assert second.segment in ahead  # written into pages allocated ahead
+        assert bytes(take_segment(second, "alice", BLOB)) == payload[::-1]
+        assert bytes(take_segment(first, "alice", BLOB)) == payload
+        # Another length is another pool; a spare of the wrong length is never used.
+        third = spares.write(os.urandom(10), "alice", BLOB)
+        assert third.segment not in ahead
+        shm.remove(third.segment)
+    finally:
+        spares.close()
+    assert not _mine(maker)  # closing removes every spare
+
+
+def test_spares_of_a_length_not_asked_for_within_the_ttl_go_and_their_bytes_are_bounded():
+    maker = f"{os.getpid()}-8"
+    spares = shm.Spares(maker, ttl_s=0.2, per_length=3, max_bytes=10_000)
+    try:
+        shm.remove(spares.write(os.urandom(4000), None, BLOB).segment)
+        _wait_for(lambda: spares.nbytes > 0)
+        _wait_for(lambda: not spares._pending.get(shm.segment_length(4000, None, BLOB)))
+        assert spares.nbytes <= 10_000 and len(_mine(maker)) == 2  # three wanted, two fit the bound
+        time.sleep(0.3)
+        assert spares.expire() == 2 and spares.nbytes == 0 and not _mine(maker)
+    finally:
+        spares.close()
