@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,46 @@ def main_cells(row: OverheadRow) -> list[str]:
     return [*_key(row), rounds, "-" if fps is None else f"{fps:.2f}", _ms(row.ms_per_frame), _ms(row.model_ms),
             _ms(row.overhead_ms), _ms(row.floor_ms), _ratio(row.vs_floor), hop_cells(row.hops),
             hop_cells(row.shm_hops), row.largest_step or "-"]
+
+
+PATHS = (  # the README's "which path to use": (where the three run, path, what it is, flags)
+    ("on one host", "http-shm", "shared memory, handles over HTTP", "`--shm`; `ALLOW_SHM=1`"),
+    ("on one host", "ws-shm", "shared memory, handles over WebSocket", "`--shm --transport ws`; `ALLOW_SHM=1`"),
+    ("on different hosts", "http-binary", "float16 binary over HTTP", "`--wire_dtype float16` (or `int8`)"),
+    ("on different hosts", "ws-binary", "float16 binary over WebSocket",
+     "`--transport ws --wire_dtype float16` (or `int8`)"),
+    ("(the original API)", "http-json", "JSON over HTTP", "`--payload json`"),
+)
+PATHS_COLUMNS = ("client, cloud and edge", "path", "flags (client; servers)",
+                 "serving overhead per generated frame, 1080×1920", "480×854",
+                 "over the sockets per generated frame at 1080×1920 (cloud in / cloud out / edge in / edge out)",
+                 "generated frames/s at 1080×1920, 2 pairs in flight")
+
+
+def paths_table(rows: Sequence[OverheadRow]) -> list[str]:
+    """The README's table of paths (flow A frame-once, float16), from a run's rows; empty where the run lacks
+    them."""
+    def row_of(path: str, size: tuple[int, int]) -> OverheadRow | None:
+        return next((r for r in rows if (r.path, r.wire_dtype, r.flow, r.size) == (path, "float16", "a-once", size)
+                     and r.overhead_ms is not None), None)
+
+    lines = []
+    for where, path, what, flags in PATHS:
+        big, small = row_of(path, (1080, 1920)), row_of(path, (480, 854))
+        if big is None or small is None:
+            return []
+        fps = big.frames_per_s
+        lines.append([where, f"{what} (`{path}`)", flags, f"{_ms(big.overhead_ms)} ms (floor {_ms(big.floor_ms)} ms)",
+                      f"{_ms(small.overhead_ms)} ms (floor {_ms(small.floor_ms)} ms)", hop_cells(big.hops),
+                      "-" if fps is None else f"{fps:.2f}"])
+    return _table(PATHS_COLUMNS, lines)
+
+
+def rows_from_json(doc: dict[str, Any]) -> list[OverheadRow]:
+    """The rows of a committed overhead.json, as the run made them."""
+    names = {f.name for f in fields(OverheadRow)}
+    return [OverheadRow(**{**{k: v for k, v in row.items() if k in names}, "size": tuple(row["size"])})
+            for row in doc["rows"]]
 
 
 def step_cells(row: OverheadRow) -> list[str]:
@@ -160,6 +200,9 @@ def report(rows: Sequence[OverheadRow], env: dict[str, Any], settings: dict[str,
     compared = ws_vs_http(rows)
     if compared:
         lines += ["", "WebSocket vs HTTP, the same payload, wire dtype and flow:", "", *_table(WS_COLUMNS, compared)]
+    table = paths_table(rows)
+    if table:
+        lines += ["", "Which path to use (the README's table: flow A frame-once, float16 on the wire):", "", *table]
     thin = [f"{_size(r.size)} {r.path} {r.wire_dtype} {r.flow} ({r.rounds} x {r.frames_per_round}"
             f"{', first pair' if r.first_pair_only else ''})" for r in rows if r.thin]
     lines += ["", f"Thin rows (fewer than {FULL_ROUNDS} rounds; \"first pair\": no round fitted the row's share, so "

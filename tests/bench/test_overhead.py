@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from edensplit.bench.overhead import FLOOR_REPS, OverheadRow, hop_transports
-from edensplit.bench.overhead_report import MAIN_COLUMNS, STEP_COLUMNS, WS_COLUMNS, acceptance, run_overhead
+from edensplit.bench.overhead_report import (
+    MAIN_COLUMNS,
+    PATHS,
+    STEP_COLUMNS,
+    WS_COLUMNS,
+    acceptance,
+    paths_table,
+    rows_from_json,
+    run_overhead,
+)
 from edensplit.bench.steps import REQUEST, STEPS, split
 from edensplit.bench.systems import Design
 from edensplit.wire.shm import MAX_HANDLE_BYTES
@@ -92,3 +102,27 @@ def test_the_split_adds_up_to_the_clients_request_time(flow):
         assert hop_transports(Design("ws", "binary", flow, "float32"))["cloud_in"] == "http"
     else:
         assert out["send_receive"] == pytest.approx(0.9 - 0.75)
+
+
+def test_the_readmes_table_of_paths_is_the_one_the_committed_run_makes():
+    """The README's "which path to use" figures are copied from no one's notes: they are benchmarks/overhead.json's
+    rows, rendered by the report (and the report carries the same table)."""
+    root = Path(__file__).resolve().parents[2]
+    rows = rows_from_json(json.loads((root / "benchmarks" / "overhead.json").read_text()))
+    table = paths_table(rows)
+    assert len(table) == 2 + len(PATHS)
+    readme = (root / "README.md").read_text()
+    assert "\n".join(table) in readme
+    assert "\n".join(table) in (root / "benchmarks" / "overhead.md").read_text()
+
+
+def test_the_figures_docs_performance_quotes_are_the_committed_runs():
+    root = Path(__file__).resolve().parents[2]
+    run = (root / "benchmarks" / "overhead.md").read_text()
+    doc = (root / "docs" / "performance.md").read_text()
+    section = doc[doc.index("## Serving overhead"):doc.index("## GPU")]
+    quoted = [line for line in section.splitlines() if line.startswith("| 1080x1920") or line.startswith("> Issue #16")]
+    assert len(quoted) == 6
+    for line in quoted:
+        assert line.removeprefix("> ") in run.splitlines(), line
+    assert run.splitlines()[0] in section
