@@ -58,6 +58,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         command = " ".join(filter(None, (settings, "edensplit", *map(shlex.quote, sys.argv[1:]))))
     path = (lambda p: Path(p) if p else None)  # noqa: E731
     log_dir = path(args.log_dir)
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)  # the servers' logs go there
     if args.mode == "compare":
         transports = tuple(args.transports.split(",")) if args.transports else TRANSPORTS
         flows = tuple(args.flows.split(",")) if args.flows else FLOWS
