@@ -57,10 +57,12 @@ class TrainConfig:
     model: ModelArgs = TINY_ARGS
     tokenizer: TokenizerArgs = TokenizerArgs()
     # stage 1
-    vae_steps: int = 2000
+    vae_steps: int = 3000
     vae_batch: int = 32
     vae_lr: float = 1e-3
-    perceptual_weight: float = 1.0
+    # The structural term at full weight slowed reconstruction (600 steps: 22.6 dB held-out vs 23.3 dB without
+    # it); a tenth keeps its push against blur without holding PSNR back.
+    perceptual_weight: float = 0.1
     kl_weight: float = 1e-6  # per pixel and channel, as upstream's KL weight with its resolution scaling
     disc_start: float = 0.9  # the critic joins for the last tenth of stage 1 (its steps cost twice as much)
     disc_weight: float = 0.5
