@@ -29,7 +29,8 @@ def split(servers, *args: str, env: dict[str, str] | None = None):
 
 
 def edge_requests(edge) -> int:
-    return sum(n for (route, _, _), n in requests_total(edge).items() if "sessions" in route or "interpolate" in route)
+    return sum(n for (route, method, _), n in requests_total(edge).items()
+               if method == "POST" and ("sessions" in route or "interpolate" in route))
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,7 @@ def test_four_times_max_inflight_jobs_all_finish_through_503s(narrow, clip, loca
         statuses = {status for _, _, status in counts}
         assert statuses <= ALLOWED, (name, counts)
         # Each job's requests succeeded once each: a frame-once session is one request per frame on each server.
-        assert sum(n for (_, _, status), n in counts.items() if status not in OVERLOADED) == JOBS * N_FRAMES, counts
+        served = sum(n for (_, method, status), n in counts.items() if status not in OVERLOADED and method != "DELETE")
+        assert served == JOBS * N_FRAMES, counts  # (the DELETEs: each job's session dropped at its end)
     refused = sum(n for counts in (on_cloud, on_edge) for (_, _, status), n in counts.items() if status in OVERLOADED)
     assert refused > 0, "the servers were never overloaded: the test did not test overload"

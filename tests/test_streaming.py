@@ -55,6 +55,9 @@ def since(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]
                    if n != before[kind].get(route, 0)} for kind, counts in after.items()}
 
 
+SESSION_ROUTE = "/api/v1/sessions/{session_id}"  # DELETE, over plain HTTP whatever the transport
+
+
 @pytest.mark.parametrize("transport,payload,flow,session,compress", MODES,
                          ids=["-".join(m[:4]) + ("-zstd" if m[4] == "zstd" else "") for m in MODES])
 def test_every_transport_and_flow_is_bit_identical_to_local(servers, clip, local_run, workdir, transport, payload,
@@ -79,7 +82,9 @@ def test_every_transport_and_flow_is_bit_identical_to_local(servers, clip, local
     # frame 0); pairs: one per pair. In flow B the cloud's requests come from the edge, over HTTP.
     requests = N_FRAMES if session == "once" else N_FRAMES - 1
     assert sum(on_cloud["requests"].values()) == requests, on_cloud
+    dropped = on_edge["requests"].pop(SESSION_ROUTE, 0)  # the job's end: its session dropped at the edge
     assert sum(on_edge["requests"].values()) == requests, on_edge
+    assert dropped == (1 if session == "once" else 0)
     over_ws = {"cloud": requests if (transport, flow) == ("ws", "a") else 0,
                "edge": requests if transport == "ws" else 0}
     for name, counts in (("cloud", on_cloud), ("edge", on_edge)):

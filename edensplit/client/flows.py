@@ -90,6 +90,8 @@ class FrameOnceClient(SplitClient):
         self._next: int | None = None  # the pair whose edge request may go now
         self._failed: BaseException | None = None
         self.resent = 0  # frames sent again because the edge had lost them
+        self._used: list[str] = []  # sessions the edge was sent frames for and not yet told to drop
+        self._forks: list[FrameOnceClient] = []
 
     def begin_video(self, start: int = 0) -> None:
         """A new video, whose first pair is `start` (a resumed job's first pair to do): a new session, so no
@@ -98,13 +100,16 @@ class FrameOnceClient(SplitClient):
             self.session_id, self._blobs = uuid.uuid4().hex, {}
             self._first = self._next = start
             self._failed = None
+        self.drop_sessions(own_only=True)  # the last video's: done with
 
     def fork(self) -> FrameOnceClient:
         """A session of its own over the same servers, sharing this one's encodings: each frame, whichever level
         asks first, is encoded by the cloud once."""
         if not isinstance(self.cloud, SharedEncodings):
             self.cloud = SharedEncodings(self.cloud)  # type: ignore[assignment]
-        return FrameOnceClient(self.cloud, self.edge)  # type: ignore[arg-type]
+        fork = FrameOnceClient(self.cloud, self.edge)  # type: ignore[arg-type]
+        self._forks.append(fork)
+        return fork
 
     @property
     def shared_encodings(self) -> Tracker | None:
@@ -159,6 +164,9 @@ class FrameOnceClient(SplitClient):
         sent, difference = self.payload(index + 1, frame1), self.difference(frame0, frame1)
         with self._turn(index) as first:
             session = self.session_id
+            with self._lock:
+                if session not in self._used:
+                    self._used.append(session)
             if first:
                 self.edge.session_frame(session, index, self.payload(index, frame0), interpolate=False)
             for attempt in range(3):
@@ -178,6 +186,24 @@ class FrameOnceClient(SplitClient):
         raise AssertionError("unreachable")
 
 
+    def drop_sessions(self, own_only: bool = False) -> None:
+        """Have the edge forget this client's sessions it has frames of, but the one in use, and (unless
+        `own_only`) its forks' and the one in use too: at a new video, and when the job is done (`close`)."""
+        with self._lock:
+            done = [s for s in self._used if not own_only or s != self.session_id]
+            self._used = [s for s in self._used if s not in done]
+        for session in done:
+            self.edge.drop_session(session)
+        if not own_only:
+            for fork in self._forks:
+                fork.drop_sessions()
+
+    def close(self) -> None:
+        """Drop the sessions at the edge, then close both servers' transports."""
+        self.drop_sessions()
+        super().close()
+
+
 class FrameOnceProxyClient(FrameOnceClient):
     """Flow B with a session: each raw frame goes to the edge once; the edge has the cloud encode it once and
     computes the difference itself (it holds both frames' pixels)."""
@@ -191,7 +217,9 @@ class FrameOnceProxyClient(FrameOnceClient):
 
     def fork(self) -> FrameOnceProxyClient:
         """A session of its own over the same edge (which has the cloud encode its frames)."""
-        return FrameOnceProxyClient(self.edge)
+        fork = FrameOnceProxyClient(self.edge)
+        self._forks.append(fork)
+        return fork
 
     @property
     def shared_encodings(self) -> Tracker | None:
@@ -206,7 +234,8 @@ class FrameOnceProxyClient(FrameOnceClient):
         return None
 
     def close(self) -> None:
-        """Close the edge's transport."""
+        """Drop the sessions at the edge, then close its transport."""
+        self.drop_sessions()
         self.edge.close()
 
 

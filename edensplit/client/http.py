@@ -136,6 +136,15 @@ class HttpTransport(_HttpBase):
             raise self.failure(call.path, exc) from None
         return self.answer(response)
 
+    def delete(self, path: str) -> None:
+        """DELETE `path`, once (no retries): ServerError for an error answer, TransportError for none."""
+        try:
+            response = self.http.request("DELETE", self.url + path, headers=self.headers)
+        except httpx.TransportError as exc:
+            raise self.failure(path, exc) from None
+        if response.status_code >= 400:
+            raise self.error(response)
+
     def health(self) -> dict[str, Any]:
         """GET /health, once."""
         try:

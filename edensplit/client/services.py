@@ -204,6 +204,17 @@ class Edge(_Service):
             lambda f: requests.session_frame(session_id, index, f, options, payload=self.payload), frame,
             requests.frame_from)
 
+    def drop_session(self, session_id: str) -> bool:
+        """Have the edge forget a finished session now (`DELETE /api/v1/sessions/{id}`, one attempt, no retries),
+        rather than hold its encodings until they expire; whether it answered. An edge that does not answer (gone,
+        restarted) lets the session expire."""
+        try:
+            self.client.transport.delete(f"/api/v1/sessions/{session_id}")
+        except Exception as exc:  # noqa: BLE001  the job is done: its clean-up never fails it
+            log.debug("the %s did not drop session %s: %s", self.client.transport.name, session_id, exc)
+            return False
+        return True
+
     def interpolate_frames(self, frame0: np.ndarray, frame1: np.ndarray, *, seed: int = 0) -> np.ndarray:
         """Flow B: raw frames to the edge, which calls the cloud itself."""
         return self._call(lambda: requests.interpolate_frames(frame0, frame1, self._options(seed=seed),

@@ -24,7 +24,9 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
@@ -53,6 +55,12 @@ def ws_url(base_url: str, path: str = "") -> str:
     if base.startswith("http"):
         base = "ws" + base[4:]
     return base + path
+
+
+def http_origin(url: str) -> str:
+    """ws://host:port/path -> http://host:port (wss -> https)."""
+    parts = urlsplit(url)
+    return f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}"
 
 
 def message(call: Call, request_id: str) -> dict[str, Any]:
@@ -265,6 +273,19 @@ class WsTransport:
             raise error_message(header.get("error"), server=f"{self.name} {self.url}",
                                fallback=f"unreadable error message {str(header)[:200]}")
         return answer_of(header, payload, call)
+
+    def delete(self, path: str) -> None:
+        """DELETE `path` over plain HTTP(S) at this server's origin (the WebSocket server is an HTTP server; the
+        message protocol has no deletes), once: ServerError for an error answer, TransportError for none."""
+        origin = http_origin(self.url)
+        try:
+            with httpx.Client(timeout=self.config.timeout, verify=self.config.tls or True) as http:
+                response = http.delete(origin + path, headers=self.config.headers())
+        except httpx.TransportError as exc:
+            raise connection_failure(f"the {self.name} at {origin}{path}", exc) from None
+        if response.status_code >= 400:
+            raise http_error(response.status_code, response.content, response.headers.get("Retry-After"),
+                             f"{self.name} {origin}", "error: ")
 
     def done(self, request_id: str) -> None:
         """The request is over: its place in the window is free, late answers to it are dropped."""

@@ -75,12 +75,12 @@ def backend(cloud: ServerProcess, edge: ServerProcess, key: str, same_ids: bool 
 
 
 def client_counts(server: ServerProcess, key: str) -> dict[str, float]:
-    """edensplit_requests_total of the session route, by client_name."""
+    """edensplit_requests_total of the session frames route, by client_name."""
     text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=30).text
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "edensplit_requests_total" and "sessions" in sample.labels["route"]:
+            if sample.name == "edensplit_requests_total" and sample.labels["route"].endswith("/frames/{index}"):
                 name = sample.labels["client_name"]
                 counts[name] = counts.get(name, 0) + sample.value
     return counts
