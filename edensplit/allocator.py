@@ -34,7 +34,7 @@ def keep_freed_memory() -> bool:
 def _tune() -> bool:
     if os.environ.get("EDENSPLIT_KEEP_FREED_MEMORY", "1") == "0":
         return False
-    if any(name.startswith("MALLOC_") or name.startswith("GLIBC_TUNABLES") for name in os.environ):
+    if any(name.startswith(("MALLOC_", "GLIBC_TUNABLES")) for name in os.environ):
         return False  # the user tuned malloc themselves
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None)

@@ -89,13 +89,9 @@ PATHS_COLUMNS = ("client, cloud and edge", "path", "flags (client; servers)",
 def paths_table(rows: Sequence[OverheadRow]) -> list[str]:
     """The README's table of paths (flow A frame-once, float16), from a run's rows; empty where the run lacks
     them."""
-    def row_of(path: str, size: tuple[int, int]) -> OverheadRow | None:
-        return next((r for r in rows if (r.path, r.wire_dtype, r.flow, r.size) == (path, "float16", "a-once", size)
-                     and r.overhead_ms is not None), None)
-
     lines = []
     for where, path, what, flags in PATHS:
-        big, small = row_of(path, (1080, 1920)), row_of(path, (480, 854))
+        big, small = _find(rows, path, (1080, 1920)), _find(rows, path, (480, 854))
         if big is None or small is None:
             return []
         fps = big.frames_per_s
@@ -131,11 +127,12 @@ def ws_vs_http(rows: Sequence[OverheadRow]) -> list[list[str]]:
     return out
 
 
-def _find(rows: Sequence[OverheadRow], path: str) -> OverheadRow | None:
-    """The acceptance's row for a path (ACCEPTANCE's size, wire dtype and flow), when the run measured it."""
-    size, dtype, flow, _ = ACCEPTANCE
-    return next((r for r in rows if (r.size, r.path, r.wire_dtype, r.flow) == (size, path, dtype, flow)
-                 and r.overhead_ms is not None), None)
+def _find(rows: Sequence[OverheadRow], path: str, size: tuple[int, int] | None = None) -> OverheadRow | None:
+    """The measured row of `path` at `size` (default ACCEPTANCE's) with ACCEPTANCE's wire dtype and flow."""
+    accepted, dtype, flow, _ = ACCEPTANCE
+    key = (size or accepted, path, dtype, flow)
+    return next((r for r in rows if (r.size, r.path, r.wire_dtype, r.flow) == key and r.overhead_ms is not None),
+                None)
 
 
 def acceptance(rows: Sequence[OverheadRow]) -> list[tuple[str, bool]]:

@@ -105,14 +105,14 @@ def write_segment(name: str, data: bytes | bytearray | memoryview, client: str |
     """Create segment `name` (0600, exclusively, never through a link) holding `data` for `client` (None: a
     client's own segment, for whichever server it sends the handle to). Written with pwrite: the kernel copies into
     the new pages, which costs a third of filling a shared map of them here (every page a fault)."""
-    fd = os.open(SHM_DIR / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    return _fill(fd, name, data, client, media_type)
-
-
-def _fill(fd: int, name: str, data: bytes | bytearray | memoryview, client: str | None, media_type: str) -> Handle:
-    """Write the header and `data` into the open segment `fd` and close it; the segment removed if that fails."""
     source = memoryview(data).cast("B")
-    header = _header(client, media_type, source.nbytes)
+    fd = os.open(SHM_DIR / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    return _fill(fd, name, source, _header(client, media_type, source.nbytes), media_type)
+
+
+def _fill(fd: int, name: str, source: memoryview, header: bytes, media_type: str) -> Handle:
+    """Write `header` and `source` (bytes) into the open segment `fd` and close it; the segment removed if that
+    fails."""
     try:
         os.pwrite(fd, header, 0)
         done = 0
@@ -124,11 +124,6 @@ def _fill(fd: int, name: str, data: bytes | bytearray | memoryview, client: str 
     finally:
         os.close(fd)
     return Handle(name, source.nbytes, media_type)
-
-
-def segment_length(size: int, client: str | None, media_type: str) -> int:
-    """The file length of a segment holding `size` bytes of `media_type` for `client`."""
-    return len(_header(client, media_type, size)) + size
 
 
 class Spares:
@@ -159,15 +154,16 @@ class Spares:
     def write(self, data: bytes | bytearray | memoryview, client: str | None, media_type: str) -> Handle:
         """`write_segment` into a spare of the right length when there is one (else into a new segment), and a
         spare of that length made ahead for the next write."""
-        size = memoryview(data).nbytes
-        name = self._take(segment_length(size, client, media_type))
+        source = memoryview(data).cast("B")
+        header = _header(client, media_type, source.nbytes)
+        name = self._take(len(header) + source.nbytes)
         if name is None:
-            return write_segment(segment_name(self.maker), data, client, media_type)
+            return write_segment(segment_name(self.maker), source, client, media_type)
         try:
             fd = os.open(SHM_DIR / name, os.O_WRONLY | os.O_NOFOLLOW)
         except FileNotFoundError:  # removed under us (a sweep): a new one
-            return write_segment(segment_name(self.maker), data, client, media_type)
-        return _fill(fd, name, data, client, media_type)
+            return write_segment(segment_name(self.maker), source, client, media_type)
+        return _fill(fd, name, source, header, media_type)
 
     def _take(self, length: int) -> str | None:
         with self._lock:
@@ -178,8 +174,8 @@ class Spares:
             held = sum(n * (len(v) + self._pending.get(n, 0)) for n, v in self._ready.items())
             make = 0 if self._closed else max(0, min(wanted, (self.max_bytes - held) // max(length, 1)))
             self._pending[length] = self._pending.get(length, 0) + make
-        for _ in range(make):
-            self._maker.submit(self._make, length)
+            for _ in range(make):  # under the lock: `close` cannot shut the maker down between check and submit
+                self._maker.submit(self._make, length)
         return name
 
     def _make(self, length: int) -> None:
@@ -201,9 +197,10 @@ class Spares:
         if name and not keep:
             remove(name)
 
-    def expire(self) -> int:
-        """Remove the spares of lengths not asked for within `ttl_s`; how many went."""
-        now = time.monotonic()
+    def expire(self, now: float | None = None) -> int:
+        """Remove the spares of lengths not asked for within `ttl_s` before `now` (time.monotonic()'s clock,
+        default now); how many went."""
+        now = time.monotonic() if now is None else now
         with self._lock:
             stale = [length for length, when in self._asked.items() if now - when > self.ttl_s]
             names = [name for length in stale for name in self._ready.pop(length, [])]
