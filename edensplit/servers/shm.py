@@ -6,8 +6,10 @@ taken (read, checked, removed) and decoded as the media type the handle names; a
 The segments a server makes are its to bound and clean: their bytes are held against the byte budget bodies
 use (and their count against SHM_MAX_SEGMENTS) until they are taken or SHM_TTL_S passes, when they are
 removed; every server that allows shared memory also removes this user's segments whose maker no longer runs
-(a process killed mid-job), at start and then every second. Answers go into spare segments allocated ahead
-(`shm.Spares`): a few per answer length, while answers of that length keep coming.
+(a process killed mid-job), at start and then every second. Answers go into spare segments allocated and mapped
+ahead (`shm.Spares`): a few per answer length, while answers of that length keep coming. An answer laid out by
+`wire.buffers.answer_buffer` (the cloud's encoding) is written straight into one (its tokens cast into the
+segment's pages), others are copied in.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import time
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+import numpy as np
+
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.eden import Eden
 from edensplit.processes import maker_of
@@ -29,6 +33,7 @@ from edensplit.servers.budget import ByteBudget
 from edensplit.servers.contract import Operation, OperationInput, Reply
 from edensplit.servers.metrics import Metrics
 from edensplit.wire import shm
+from edensplit.wire.buffers import answers_into
 from edensplit.wire.shm import SHM_MEDIA_TYPE, Handle
 
 log = logging.getLogger("edensplit.server")
@@ -74,19 +79,50 @@ class SharedMemory:
 
     def make(self, data: bytes | memoryview, client: str, media_type: str) -> Handle:
         """A new segment holding `data` for `client`, held against the budget until taken or expired."""
-        held = len(data) + HEADER_BYTES
+        held = self._reserve(len(data))
+        try:
+            handle = self.spares.write(data, client, media_type)
+        except OSError as exc:
+            self.budget.release(held)
+            raise _cannot_write(exc) from None
+        return self._made(handle, held)
+
+    def draft(self, nbytes: int, client: str, media_type: str) -> shm.Draft:
+        """A segment for `client` to fill in place (an answer cast straight into it), held against the budget
+        from now: `adopt` it once filled, or `drop` it."""
+        held = self._reserve(nbytes)
+        try:
+            return self.spares.draft(nbytes, client, media_type)
+        except BaseException:
+            self.budget.release(held)
+            raise
+
+    def adopt(self, draft: shm.Draft) -> Handle:
+        """A filled draft as a segment (held until taken or expired), and its handle."""
+        held = draft.nbytes + HEADER_BYTES
+        try:
+            handle = draft.commit()
+        except OSError as exc:
+            draft.discard()
+            self.budget.release(held)
+            raise _cannot_write(exc) from None
+        return self._made(handle, held)
+
+    def drop(self, draft: shm.Draft) -> None:
+        draft.discard()
+        self.budget.release(draft.nbytes + HEADER_BYTES)
+
+    def _reserve(self, nbytes: int) -> int:
+        held = nbytes + HEADER_BYTES
         with self._lock:
             if len(self.made) >= self.max_segments:
                 raise EdenError(f"this server holds {len(self.made)} shared-memory segments not yet taken (limit "
                                 f"{self.max_segments}); retry shortly", code=ErrorCode.OVERLOADED,
                                 details={"retry_after_s": 1})
         self.budget.reserve(held, "shared-memory segments not yet taken")
-        try:
-            handle = self.spares.write(data, client, media_type)
-        except OSError as exc:
-            self.budget.release(held)
-            raise EdenError(f"cannot write a shared-memory segment ({exc.strerror}); retry, or send the bytes",
-                            code=ErrorCode.OVERLOADED, details={"retry_after_s": 1}) from None
+        return held
+
+    def _made(self, handle: Handle, held: int) -> Handle:
         with self._lock:
             self.made[handle.segment] = (held, time.monotonic())
         self._count("made", handle.size)
@@ -205,9 +241,39 @@ class SharedOperation:
         return self.operation.batch_key(job)
 
     def encode(self, result: Any, job: Any) -> Reply:
-        reply = self.operation.encode(result, job)
-        if not self.handle_out or reply.body is None:
-            return reply
-        handle = self.memory.make(reply.body, self.client, reply.media_type)
+        if not self.handle_out:
+            return self.operation.encode(result, job)
+        drafts: list[shm.Draft] = []
+
+        def allocate(nbytes: int, media_type: str) -> np.ndarray:
+            drafts.append(self.memory.draft(nbytes, self.client, media_type))
+            return drafts[-1].data
+
+        try:
+            with answers_into(allocate):  # an answer laid out by `answer_buffer` is written straight into a segment
+                reply = self.operation.encode(result, job)
+            if reply.body is None:
+                return reply
+            filled = next((d for d in drafts if _fills(reply, d)), None)
+            if filled is not None:
+                drafts.remove(filled)
+                handle = self.memory.adopt(filled)
+            else:
+                handle = self.memory.make(reply.body, self.client, reply.media_type)
+        finally:
+            for draft in drafts:
+                self.memory.drop(draft)
         handle = dataclasses.replace(handle, metadata=reply.metadata)  # what a JSON answer says beside the data
         return Reply(reply.data, reply.metadata, handle.dumps(), SHM_MEDIA_TYPE)
+
+
+def _fills(reply: Reply, draft: shm.Draft) -> bool:
+    """Whether the reply's body is the draft's data, whole and of its media type."""
+    body = reply.body
+    return (isinstance(body, memoryview) and body.obj is draft.data and body.nbytes == draft.nbytes
+            and reply.media_type == draft.media_type)
+
+
+def _cannot_write(exc: OSError) -> EdenError:
+    return EdenError(f"cannot write a shared-memory segment ({exc.strerror}); retry, or send the bytes",
+                     code=ErrorCode.OVERLOADED, details={"retry_after_s": 1})

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
@@ -295,6 +296,27 @@ def fit_latent_stats(eden: Eden, encoder: TokenizerEncoder, cfg: TrainConfig) ->
     return float(z.mean()), float(1 / z.std())
 
 
+@torch.no_grad()
+def tokenizer_ceiling(eden: Eden, encoder: TokenizerEncoder, cfg: TrainConfig, count: int = 64) -> dict[str, float]:
+    """The decoder on the posterior means of held-out triplets, against the blend on the same ones: the PSNR the
+    transformer could reach with perfect latents (held-out data only: no training random stream is drawn)."""
+    from edensplit.training.evaluate import blend
+    from edensplit.training.metrics import psnr
+
+    triplets = list(synthetic.triplets(synthetic.HELD_OUT_SEED, count, cfg.size, cfg.size, extras=False))
+    frames = np.stack([t.frames for t in triplets])  # uint8 [N, 3, H, W, 3]
+    x = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 255
+    batch = Batch(x[:, 0], x[:, 1], x[:, 2])
+    dit, dec, grid = conditioning(eden, batch)
+    posterior = encoder(eden, batch.normalised_middle(), *dec)
+    _, dec_ctx = contexts(eden, dit, dec, grid)
+    recon = eden.decode(posterior.mean, dec_ctx, grid) * batch.std + batch.mean
+    out = (recon.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    ours = [psnr(o, f[1]) for o, f in zip(out, frames, strict=True)]
+    blends = [psnr(b, f[1]) for b, f in zip(blend(frames[:, 0], frames[:, 2]), frames, strict=True)]
+    return {"count": count, "psnr": float(np.mean(ours)), "blend_psnr": float(np.mean(blends))}
+
+
 def train_dit(eden: Eden, encoder: TokenizerEncoder, data: Tensor, cfg: TrainConfig, shift: float,
               scaler: float) -> list[dict[str, float]]:
     """Stage 2: the DiT and its conditioning branch learn the velocity from noise to the normalised latents; returns
@@ -375,6 +397,9 @@ def _train(cfg: TrainConfig, out: Path) -> dict[str, Any]:
     init_weights(encoder)
     curves = {"tokenizer": train_tokenizer(eden, encoder, data, cfg)}
     lap("tokenizer")
+    ceiling = tokenizer_ceiling(eden, encoder, cfg)
+    print(f"-- tokenizer ceiling on {ceiling['count']} held-out triplets: {ceiling['psnr']:.2f} dB "
+          f"(blend {ceiling['blend_psnr']:.2f} dB)", flush=True)
     shift, scaler = fit_latent_stats(eden, encoder, cfg)
     print(f"-- latents: vae_shift {shift:.6f}, vae_scaler {scaler:.6f}", flush=True)
     curves["dit"] = train_dit(eden, encoder, data, cfg, shift, scaler)
@@ -384,4 +409,5 @@ def _train(cfg: TrainConfig, out: Path) -> dict[str, Any]:
     eden.eval().requires_grad_(False)
     save(eden, config, out, {"training": {"command": "python -m edensplit.training", "config": cfg.as_dict()}})
     lap("saved")
-    return {"timings": timings, "curves": curves, "vae_shift": shift, "vae_scaler": scaler}
+    return {"timings": timings, "curves": curves, "tokenizer_ceiling": ceiling, "vae_shift": shift,
+            "vae_scaler": scaler}

@@ -25,6 +25,7 @@ from torch import Tensor
 from edensplit.errors import ErrorCode, InputError, WireError
 from edensplit.model.encoding import FrameEncoding, Geometry, is_valid_difference
 from edensplit.wire import codecs
+from edensplit.wire.buffers import answer_buffer
 from edensplit.wire.container import canonical, check_format, layout, load, read_header
 from edensplit.wire.images import check_pixels
 
@@ -58,8 +59,9 @@ def pack_encoding(enc: FrameEncoding, difference: float | None = None, wire_dtyp
 
 def encoding_view(enc: FrameEncoding, difference: float | None = None, wire_dtype: str = codecs.DEFAULT,
                   extra: dict[str, str] | None = None) -> memoryview:
-    """`pack_encoding`'s bytes in a buffer of their own, each tensor written once into its place (a float wire
-    dtype's tokens cast straight into it): what the cloud answers with, no bytes object copied from it."""
+    """`pack_encoding`'s bytes in a buffer of their own (`answer_buffer`'s: a shared-memory segment's when the
+    answer goes there), each tensor written once into its place (a float wire dtype's tokens cast straight into
+    it): what the cloud answers with, no bytes object copied from it."""
     codec = codecs.get(wire_dtype)
     extra = dict(extra or {})
     clash = sorted(RESERVED & extra.keys())
@@ -100,7 +102,7 @@ def encoding_view(enc: FrameEncoding, difference: float | None = None, wire_dtyp
     sizes = {k: t.numel() * target[k].itemsize for k, t in tensors.items()}
     head, places = layout({k: (SAFETENSORS_DTYPES[target[k]], t.shape, sizes[k]) for k, t in tensors.items()},
                           metadata)
-    out = np.empty(len(head) + sum(sizes.values()), np.uint8)
+    out = answer_buffer(len(head) + sum(sizes.values()), BLOB_MEDIA_TYPE)
     out[:len(head)] = np.frombuffer(head, np.uint8)
     for name, offset in places:
         if sizes[name]:

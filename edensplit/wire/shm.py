@@ -22,6 +22,7 @@ import ctypes
 import json
 import mmap
 import os
+import queue
 import re
 import secrets
 import stat
@@ -33,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edensplit.errors import EdenError, ErrorCode
 
@@ -128,9 +131,11 @@ def _fill(fd: int, name: str, source: memoryview, header: bytes, media_type: str
 
 class Spares:
     """Segments made ahead of need, for a process that makes many of the same length (a server's answers, a
-    client's frames): each is created (0600, its final unguessable name) and its pages allocated by
-    `posix_fallocate` on a background thread, so that writing into one is a copy into pages that exist rather
-    than allocating and zeroing them on the request's path (at 30 MB about half the time here). A spare is a
+    client's frames): each is created (0600, its final unguessable name), its pages allocated by
+    `posix_fallocate` and mapped into this process (shared, MAP_POPULATE: every page in the page table) on a
+    background thread, so that writing into one is a memcpy into mapped pages rather than allocating, zeroing
+    and mapping them on the request's path (25 MB: 2.5 ms against 9 ms by pwrite into allocated pages, 20 ms
+    into new ones, here); the map is let go on the background thread too. A spare is a
     segment nobody has a handle to; taking one for a write makes it an ordinary segment. At most `per_length`
     spares of each length asked for in the last `ttl_s` seconds, `max_bytes` in all; a length not asked for
     within `ttl_s` has its spares removed (`expire`), so that an idle process holds none. They carry their maker
@@ -138,7 +143,7 @@ class Spares:
 
     def __init__(self, maker: str, ttl_s: float = 30.0, per_length: int = 2, max_bytes: int = 256 * 2**20):
         self.maker, self.ttl_s, self.per_length, self.max_bytes = maker, ttl_s, per_length, max_bytes
-        self._ready: dict[int, list[str]] = {}  # file length -> spare names
+        self._ready: dict[int, list[tuple[str, _Map | None]]] = {}  # file length -> spares, mapped
         self._pending: dict[int, int] = {}  # file length -> spares being made
         self._asked: dict[int, float] = {}  # file length -> when last asked for
         self._lock = threading.Lock()
@@ -155,35 +160,51 @@ class Spares:
         """`write_segment` into a spare of the right length when there is one (else into a new segment), and a
         spare of that length made ahead for the next write."""
         source = memoryview(data).cast("B")
-        header = _header(client, media_type, source.nbytes)
-        name = self._take(len(header) + source.nbytes)
-        if name is None:
+        draft = self.draft(source.nbytes, client, media_type)
+        if not draft.in_place:
+            draft.discard()
             return write_segment(segment_name(self.maker), source, client, media_type)
-        try:
-            fd = os.open(SHM_DIR / name, os.O_WRONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:  # removed under us (a sweep): a new one
-            return write_segment(segment_name(self.maker), source, client, media_type)
-        return _fill(fd, name, source, header, media_type)
+        try:  # numpy copies without the GIL, so a server's event loop runs on meanwhile
+            draft.data[:] = np.frombuffer(source, np.uint8)
+        except BaseException:
+            draft.discard()
+            raise
+        return draft.commit()
 
-    def _take(self, length: int) -> str | None:
+    def draft(self, nbytes: int, client: str | None, media_type: str) -> Draft:
+        """A segment of `nbytes` to fill in place: in a spare's map when one of that length is ready (and a spare
+        made ahead for the next), else in this process's memory, written out on `commit`."""
+        header = _header(client, media_type, nbytes)
+        spare = self._take(len(header) + nbytes)
+        name, mapped = spare if spare is not None else ("", None)
+        if mapped is not None and not (SHM_DIR / name).exists():  # removed under us
+            mapped.close()
+            name, mapped = "", None
+        elif spare is not None and mapped is None:  # a spare this platform could not map
+            remove(name)
+            name = ""
+        return Draft(self.maker, name, mapped, header, nbytes, client, media_type)
+
+    def _take(self, length: int) -> tuple[str, _Map | None] | None:
         with self._lock:
             self._asked[length] = time.monotonic()
-            names = self._ready.get(length)
-            name = names.pop() if names else None
+            ready = self._ready.get(length)
+            spare = ready.pop() if ready else None
             wanted = self.per_length - len(self._ready.get(length, ())) - self._pending.get(length, 0)
             held = sum(n * (len(v) + self._pending.get(n, 0)) for n, v in self._ready.items())
             make = 0 if self._closed else max(0, min(wanted, (self.max_bytes - held) // max(length, 1)))
             self._pending[length] = self._pending.get(length, 0) + make
             for _ in range(make):  # under the lock: `close` cannot shut the maker down between check and submit
                 self._maker.submit(self._make, length)
-        return name
+        return spare
 
     def _make(self, length: int) -> None:
-        name = segment_name(self.maker)
+        name, mapped = segment_name(self.maker), None
         try:
-            fd = os.open(SHM_DIR / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
                 os.posix_fallocate(fd, 0, length)
+                mapped = _populated(fd, length)
             finally:
                 os.close(fd)
         except OSError:  # no room in /dev/shm, or no fallocate there: writes make new segments
@@ -193,9 +214,9 @@ class Spares:
             self._pending[length] -= 1
             keep = bool(name) and not self._closed
             if keep:
-                self._ready.setdefault(length, []).append(name)
+                self._ready.setdefault(length, []).append((name, mapped))
         if name and not keep:
-            remove(name)
+            _discard((name, mapped))
 
     def expire(self, now: float | None = None) -> int:
         """Remove the spares of lengths not asked for within `ttl_s` before `now` (time.monotonic()'s clock,
@@ -203,13 +224,13 @@ class Spares:
         now = time.monotonic() if now is None else now
         with self._lock:
             stale = [length for length, when in self._asked.items() if now - when > self.ttl_s]
-            names = [name for length in stale for name in self._ready.pop(length, [])]
+            spares = [spare for length in stale for spare in self._ready.pop(length, [])]
             for length in stale:
                 if not self._pending.get(length):
                     self._asked.pop(length, None)
-        for name in names:
-            remove(name)
-        return len(names)
+        for spare in spares:
+            _discard(spare)
+        return len(spares)
 
     def close(self) -> None:
         """Remove every spare (and any being made); no more are made."""
@@ -217,10 +238,69 @@ class Spares:
             self._closed = True
         self._maker.shutdown(wait=True)
         with self._lock:
-            names = [name for names in self._ready.values() for name in names]
+            spares = [spare for ready in self._ready.values() for spare in ready]
             self._ready.clear()
-        for name in names:
-            remove(name)
+        for spare in spares:
+            _discard(spare)
+
+
+class Draft:
+    """A segment being filled in place (`Spares.draft`): its `data` is a view of a spare's shared map (`in_place`)
+    or, when none was ready, a buffer of this process; `commit` writes the header (or the whole segment) and
+    gives the handle, `discard` lets it go. Nobody has its name before `commit`."""
+
+    def __init__(self, maker: str, name: str, mapped: _Map | None, header: bytes, nbytes: int, client: str | None,
+                 media_type: str):
+        self.maker, self.name, self.header, self.nbytes = maker, name, header, nbytes
+        self.client, self.media_type = client, media_type
+        self._mapped = mapped
+        self._data = mapped.array()[len(header):] if mapped is not None else None
+
+    @property
+    def in_place(self) -> bool:
+        return self._mapped is not None
+
+    @property
+    def data(self) -> np.ndarray:
+        """uint8 [nbytes]: where the segment's data goes (the same array each time)."""
+        if self._data is None:
+            self._data = np.empty(self.nbytes, np.uint8)
+        return self._data
+
+    def commit(self) -> Handle:
+        if self._mapped is None:
+            return write_segment(segment_name(self.maker), self.data, self.client, self.media_type)
+        try:
+            self._mapped.array()[:len(self.header)] = np.frombuffer(self.header, np.uint8)
+        finally:
+            self._let_go()
+        return Handle(self.name, self.nbytes, self.media_type)
+
+    def discard(self) -> None:
+        if self._mapped is not None:
+            remove(self.name)
+        self._let_go()
+
+    def _let_go(self) -> None:
+        if self._mapped is not None:
+            self._mapped.close()
+        self._mapped = self._data = None
+
+
+def _populated(fd: int, length: int) -> _Map | None:
+    """The file shared-mapped read-write with every page in the page table (MAP_POPULATE), or None where that
+    flag does not exist (writes then go by pwrite)."""
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if not populate or length == 0:
+        return None
+    return _Map(_mmap(length, mmap.MAP_SHARED | populate, fd), length)
+
+
+def _discard(spare: tuple[str, _Map | None]) -> None:
+    name, mapped = spare
+    if mapped is not None:
+        mapped.close()
+    remove(name)
 
 
 def take_segment(handle: Handle, client: str | None, media_type: str) -> memoryview:
@@ -292,13 +372,61 @@ def _mapped(fd: int, start: int, size: int) -> memoryview:
     if start % ALIGN:
         return memoryview(bytearray(os.pread(fd, size, start)))
     length = start + size
-    address = _libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd, 0)
+    address = _mmap(length, mmap.MAP_PRIVATE, fd)
+    pages = (ctypes.c_ubyte * length).from_address(address)
+    weakref.finalize(pages, _unmapper.unmap, address, length)
+    return memoryview(pages).cast("B")[start:]
+
+
+def _mmap(length: int, flags: int, fd: int) -> int:
+    """mmap(2) of a whole file read-write (through ctypes: the GIL is let go while the kernel works)."""
+    address = _libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, 0)
     if address in (None, MAP_FAILED):
         error = ctypes.get_errno()
         raise OSError(error, os.strerror(error))
-    pages = (ctypes.c_ubyte * length).from_address(address)
-    weakref.finalize(pages, _libc.munmap, address, length)
-    return memoryview(pages).cast("B")[start:]
+    return address
+
+
+class _Map:
+    """A spare's shared map: its pages as a numpy array. `close` lets go of it; it is unmapped (in the background)
+    when nothing views it any more, so a view kept too long reads a segment, never unmapped memory."""
+
+    def __init__(self, address: int, length: int):
+        pages = (ctypes.c_ubyte * length).from_address(address)
+        weakref.finalize(pages, _unmapper.unmap, address, length)
+        self._pages: np.ndarray | None = np.ctypeslib.as_array(pages)
+
+    def array(self) -> np.ndarray:
+        if self._pages is None:
+            raise ValueError("this map was closed")
+        return self._pages
+
+    def close(self) -> None:
+        self._pages = None
+
+
+class _Unmapper:
+    """Unmaps on a thread of its own: tearing down a 25 MB map takes 2 to 4 ms here, which would otherwise fall
+    on the request that wrote a spare or dropped the last view of a taken segment."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def unmap(self, address: int, length: int) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="edensplit-shm-unmap", daemon=True)
+                self._thread.start()
+        self._queue.put((address, length))
+
+    def _run(self) -> None:
+        while True:
+            _libc.munmap(*self._queue.get())
+
+
+_unmapper = _Unmapper()
 
 
 def remove(name: str) -> bool:
@@ -331,3 +459,4 @@ def header_of(name: str) -> dict[str, Any]:
     """A segment's header (for tests and diagnostics)."""
     with open(SHM_DIR / name, "rb") as f:
         return json.loads(f.readline(MAX_HEADER_BYTES)[len(MAGIC):])
+

@@ -11,16 +11,21 @@ import time
 
 import httpx
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from edensplit.model.checkpoint import load_model
+from edensplit.servers.budget import ByteBudget
 from edensplit.servers.cloud.service import create_cloud_app
+from edensplit.servers.contract import Reply
 from edensplit.servers.edge.service import create_edge_app
 from edensplit.servers.launch import ServerProcess
+from edensplit.servers.shm import HEADER_BYTES, SharedMemory, SharedOperation
 from edensplit.settings import ServerSettings
 from edensplit.wire import shm
 from edensplit.wire.blob import BLOB_MEDIA_TYPE
+from edensplit.wire.buffers import answer_buffer
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames, unpack_frames
 from edensplit.wire.messages import pack_binary, unpack_binary
 from edensplit.wire.shm import SHM_MEDIA_TYPE, Handle
@@ -192,3 +197,63 @@ def test_the_document_lists_handles_where_the_server_takes_them():
                 assert (SHM_MEDIA_TYPE in body) == shared and (SHM_MEDIA_TYPE in answer) == shared, path
                 codes = json.dumps(item["post"]["responses"])
                 assert all(code in codes for code in ("SHM_DISABLED", "SHM_NOT_FOUND", "SHM_FORBIDDEN")), path
+
+
+class Answering:
+    """An operation whose binary answer is laid out by `answer_buffer`, as the cloud's encoding is; it may fail
+    after allocating, or answer a body of its own instead."""
+
+    inputs = binary_inputs = answers = (BLOB_MEDIA_TYPE,)
+    errors = ()
+
+    def __init__(self, fail: bool = False, own_body: bool = False):
+        self.fail, self.own_body = fail, own_body
+
+    def encode(self, result: bytes, job: object) -> Reply:
+        out = answer_buffer(len(result), BLOB_MEDIA_TYPE)
+        out[:] = np.frombuffer(result, np.uint8)
+        if self.fail:
+            raise RuntimeError("failed after allocating")
+        return Reply({}, {"n": len(result)}, memoryview(bytes(result) if self.own_body else out), BLOB_MEDIA_TYPE)
+
+
+def test_an_answer_is_written_straight_into_a_spare_and_a_failed_one_leaves_nothing_held():
+    memory = SharedMemory(True, ByteBudget(10**7))
+    mine = lambda: {name for name, maker, _ in shm.segments() if maker == memory.maker}  # noqa: E731
+    try:
+        payload = os.urandom(200_000)
+        first = Handle.loads(SharedOperation(Answering(), memory, True).encode(payload, None).body)
+        _settle(memory)  # the first answer asked for spares of its length
+        ahead = mine() - {first.segment}
+        second = Handle.loads(SharedOperation(Answering(), memory, True).encode(payload[::-1], None).body)
+        assert second.segment in ahead  # cast into a spare's pages, not copied into a new segment
+        assert memory.budget.used == 2 * (len(payload) + HEADER_BYTES)
+        for handle, data in ((first, payload), (second, payload[::-1])):
+            assert bytes(memory.take(handle, "anonymous", BLOB_MEDIA_TYPE)) == data
+        memory.sweep()
+        assert memory.budget.used == 0
+        # Failing after the allocation: the draft is dropped, nothing held, no segment left but the spares.
+        with pytest.raises(RuntimeError):
+            SharedOperation(Answering(fail=True), memory, True).encode(payload, None)
+        _settle(memory)
+        assert memory.budget.used == 0 and not (mine() - set(_spare_names(memory)))
+        # A body not laid out in the draft: written as a segment of its own, the draft let go.
+        own = Handle.loads(SharedOperation(Answering(own_body=True), memory, True).encode(payload, None).body)
+        assert memory.budget.used == len(payload) + HEADER_BYTES
+        assert bytes(memory.take(own, "anonymous", BLOB_MEDIA_TYPE)) == payload
+    finally:
+        memory.close()
+    assert not mine()
+
+
+def _settle(memory: SharedMemory) -> None:
+    """Until no spare is being made (each then either ready or gone)."""
+    deadline = time.monotonic() + 5
+    while memory.spares.nbytes == 0 or any(memory.spares._pending.values()):
+        assert time.monotonic() < deadline, "spares still being made"
+        time.sleep(0.01)
+
+
+def _spare_names(memory: SharedMemory) -> list[str]:
+    with memory.spares._lock:
+        return [name for ready in memory.spares._ready.values() for name, _ in ready]

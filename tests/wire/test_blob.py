@@ -16,7 +16,8 @@ from edensplit.model.encoding import FrameEncoding, Geometry
 from edensplit.model.seeds import make_noise
 from edensplit.model.stages import encode_frames, frame_difference, interpolate, to_uint8
 from edensplit.wire import codecs
-from edensplit.wire.blob import pack_encoding, read_blob_header, unpack_encoding
+from edensplit.wire.blob import BLOB_MEDIA_TYPE, encoding_view, pack_encoding, read_blob_header, unpack_encoding
+from edensplit.wire.buffers import answers_into
 from tests.conftest import TINY_CONFIG, make_frames
 from tests.wire.helpers import wire_error
 
@@ -89,6 +90,25 @@ def test_every_wire_dtype_round_trips_within_its_precision(pair, wire_dtype, tol
         torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol * want.abs().max().item())
     assert out.encoding.mean.dtype == out.encoding.std.dtype == torch.float32
     assert torch.equal(out.encoding.mean, pair.mean) and torch.equal(out.encoding.std, pair.std)
+
+
+@pytest.mark.parametrize("wire_dtype", ["float32", "float16"])
+def test_a_blob_is_laid_out_where_the_answer_s_allocator_says(pair, wire_dtype):
+    """The shared-memory adapter's seam: inside `answers_into`, the tokens are cast straight into its buffer."""
+    asked: list[tuple[int, str]] = []
+    buffers: list[np.ndarray] = []
+
+    def allocate(nbytes: int, media_type: str) -> np.ndarray:
+        asked.append((nbytes, media_type))
+        buffers.append(np.full(nbytes, 0xAB, np.uint8))
+        return buffers[-1]
+
+    with answers_into(allocate):
+        view = encoding_view(pair, 0.5, wire_dtype)
+    expected = pack_encoding(pair, 0.5, wire_dtype)
+    assert asked == [(len(expected), BLOB_MEDIA_TYPE)] and view.obj is buffers[0]
+    assert bytes(view) == expected  # every byte written, none left as the buffer held it
+    assert encoding_view(pair, 0.5, wire_dtype).obj is not buffers[0]  # outside the block: a buffer of its own
 
 
 def test_half_precision_blobs_are_about_half_the_size(pair):

@@ -179,3 +179,31 @@ def test_spares_of_a_length_not_asked_for_within_the_ttl_go_and_their_bytes_are_
         assert spares.expire(now=time.monotonic() + 0.3) == 2 and spares.nbytes == 0 and not _mine(maker)
     finally:
         spares.close()
+
+
+def test_a_draft_is_filled_in_a_spare_s_map_and_a_segment_only_once_committed():
+    maker = f"{os.getpid()}-9"
+    spares = shm.Spares(maker, per_length=1)
+    try:
+        payload = np.frombuffer(os.urandom(5000), np.uint8)
+        shm.remove(spares.write(payload, "alice", BLOB).segment)  # asks for the length: a spare made ahead
+        _wait_for(lambda: spares.nbytes > 0)
+        (ahead,) = _mine(maker)
+        draft = spares.draft(payload.nbytes, "alice", BLOB)
+        assert draft.in_place and draft.name == ahead
+        draft.data[:] = payload  # written straight into the spare's pages
+        handle = draft.commit()
+        assert handle.segment == ahead and bytes(take_segment(handle, "alice", BLOB)) == payload.tobytes()
+        # A discarded draft leaves no segment; with no spare ready a draft is this process's memory until committed.
+        _wait_for(lambda: spares.nbytes > 0)
+        spares.draft(payload.nbytes, "alice", BLOB).discard()
+        spares.close()
+        assert not _mine(maker)
+        late = spares.draft(payload.nbytes, "bob", BLOB)
+        assert not late.in_place and not _mine(maker)
+        late.data[:] = payload
+        handle = late.commit()
+        assert bytes(take_segment(handle, "bob", BLOB)) == payload.tobytes()
+    finally:
+        spares.close()
+    assert not _mine(maker)
