@@ -69,6 +69,11 @@ def report_markdown(report: dict[str, Any], points: int = 6) -> str:
              f"{report['torch']}; vae_shift {report['vae_shift']:.6f}, vae_scaler {report['vae_scaler']:.6f}.", "",
              "| phase | wall s (cumulative) | CPU s (cumulative) |", "|---|---|---|"]
     lines += [f"| {name} | {v['wall_s']} | {v['cpu_s']} |" for name, v in t.items()]
+    ceiling = report.get("tokenizer_ceiling")
+    if ceiling:
+        lines += ["", f"The tokenizer's ceiling (its decoder on the posterior means of {ceiling['count']} held-out "
+                  f"triplets, what the transformer could reach with perfect latents): {ceiling['psnr']:.2f} dB "
+                  f"PSNR, the blend {ceiling['blend_psnr']:.2f} dB on the same triplets."]
     for stage, curve in report["curves"].items():
         picks = sorted({round(i * (len(curve) - 1) / (points - 1)) for i in range(points)})
         keys = list(dict.fromkeys(k for point in curve for k in point if k != "step"))

@@ -83,6 +83,9 @@ def test_the_report_summary_shows_the_curves_and_the_timings(trained):
     report = {"weights_bytes": 1, "weights_sha256_16": "x", "torch": "t", "results": {}, **trained_report}
     text = report_markdown(report)
     assert "| tokenizer |" in text and "dit loss curve" in text and "| 3 |" in text
+    ceiling = trained_report["tokenizer_ceiling"]  # the decoder on posterior means, beside the blend
+    assert ceiling["count"] == 64 and 0 < ceiling["psnr"] < 99 and 10 < ceiling["blend_psnr"] < 60
+    assert f"{ceiling['psnr']:.2f} dB PSNR, the blend {ceiling['blend_psnr']:.2f} dB" in text
 
 
 def test_the_same_seed_makes_the_same_weights_and_another_does_not(trained, tmp_path):
