@@ -10,6 +10,7 @@ inside a request.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -52,6 +53,7 @@ class _Service:
         self.shm = check_shm(shm, self.payload)  # bodies and answers through shared memory (server on this host)
         self.timer: StepTimer | None = None  # unset, a request costs no clock reading
         self._spares: Spares | None = None  # with shm: segments for request bodies, allocated ahead
+        self._spares_lock = threading.Lock()  # pairs in flight share a service: one Spares, closed with it
 
     @property
     def transport(self) -> Transport:
@@ -64,9 +66,11 @@ class _Service:
         if not (self.shm and call.binary):
             return self.client.send(call)
         try:
-            if self._spares is None:
-                self._spares = shared.spares()
-            return shared.taken(shared.send(self.client, shared.asking_handles(call), self._spares))
+            with self._spares_lock:
+                if self._spares is None:
+                    self._spares = shared.spares()
+                spares = self._spares
+            return shared.taken(shared.send(self.client, shared.asking_handles(call), spares))
         except EdenError as exc:
             if exc.code != ErrorCode.SHM_DISABLED or call.content_type == SHM_MEDIA_TYPE:
                 raise
@@ -97,8 +101,10 @@ class _Service:
 
     def close(self) -> None:
         """Close the transport (and remove spare segments)."""
-        if self._spares is not None:
-            self._spares.close()
+        with self._spares_lock:
+            spares, self._spares = self._spares, None
+        if spares is not None:
+            spares.close()
         self.client.close()
 
     def __enter__(self) -> Any:

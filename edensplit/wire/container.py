@@ -13,9 +13,11 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from safetensors import SafetensorError
 
 from edensplit.errors import ErrorCode, WireError
+from edensplit.wire.buffers import answer_buffer
 from edensplit.wire.nesting import check_depth
 
 MAX_HEADER_BYTES = 1 << 20
@@ -77,6 +79,20 @@ def pack(tensors: Mapping[str, tuple[str, Sequence[int], memoryview]], metadata:
     rewriting the header take."""
     head, places = layout({name: (d, shape, data.nbytes) for name, (d, shape, data) in tensors.items()}, metadata)
     return b"".join((head, *(tensors[name][2] for name, _ in places)))
+
+
+def pack_answer(tensors: Mapping[str, tuple[str, Sequence[int], memoryview]], metadata: Mapping[str, str],
+                media_type: str) -> memoryview:
+    """`pack`'s bytes laid out in an `answer_buffer` (a shared-memory segment's pages when the answer goes there):
+    a server's binary answer, in one copy of the tensors' bytes."""
+    head, places = layout({name: (d, shape, data.nbytes) for name, (d, shape, data) in tensors.items()}, metadata)
+    out = answer_buffer(len(head) + sum(data.nbytes for _, _, data in tensors.values()), media_type)
+    out[:len(head)] = np.frombuffer(head, np.uint8)
+    for name, offset in places:
+        data = tensors[name][2]
+        if data.nbytes:
+            out[offset:offset + data.nbytes] = np.frombuffer(data, np.uint8)
+    return memoryview(out)
 
 
 def _bad(what: str, problem: str) -> WireError:

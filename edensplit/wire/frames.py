@@ -13,7 +13,7 @@ import numpy as np
 import safetensors.numpy
 
 from edensplit.errors import ErrorCode, InputError, WireError
-from edensplit.wire.container import METADATA_KEY, check_format, load, pack, read_header
+from edensplit.wire.container import METADATA_KEY, check_format, load, pack, pack_answer, read_header
 from edensplit.wire.images import MAX_PIXELS, check_pixels
 
 FORMAT = "edensplit.frames"
@@ -31,6 +31,18 @@ def _is_frame(array: object) -> bool:
 
 def pack_frames(frames: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
     """Named uint8 RGB [H, W, 3] frames (+ str metadata) -> container bytes."""
+    return pack(*_checked(frames, metadata))
+
+
+def frames_answer(frames: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> memoryview:
+    """`pack_frames`' bytes laid out in an `answer_buffer`: a server's frames answer (written straight into a
+    shared-memory segment when the answer goes there)."""
+    return pack_answer(*_checked(frames, metadata), FRAMES_MEDIA_TYPE)
+
+
+def _checked(frames: dict[str, np.ndarray], metadata: dict[str, str] | None
+             ) -> tuple[dict[str, tuple[str, tuple[int, ...], memoryview]], dict[str, str]]:
+    """The frames as the container's (dtype, shape, bytes) and its metadata, each checked."""
     metadata = dict(metadata or {})
     if not frames:
         raise InputError("a frames container needs at least one frame")
@@ -47,7 +59,7 @@ def pack_frames(frames: dict[str, np.ndarray], metadata: dict[str, str] | None =
         raise InputError("frames metadata must map str to str")
     arrays = {name: (FRAME_DTYPE, frame.shape, memoryview(np.ascontiguousarray(frame)).cast("B"))
               for name, frame in frames.items()}
-    return pack(arrays, {"format": FORMAT, "version": VERSION, **metadata})
+    return arrays, {"format": FORMAT, "version": VERSION, **metadata}
 
 
 def _frame_view(buffer: bytearray | memoryview, dtype: str, shape: list[int], count: int, offset: int

@@ -13,7 +13,8 @@ import torch
 from edensplit.errors import ErrorCode, InputError
 from edensplit.model.encoding import FrameEncoding, Geometry
 from edensplit.wire.blob import pack_encoding
-from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames, unpack_frames
+from edensplit.wire.buffers import answers_into
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, frames_answer, pack_frames, unpack_frames
 from tests.conftest import make_frames
 from tests.wire.helpers import wire_error
 
@@ -106,3 +107,18 @@ def test_unreadable_bytes(pair):
     data = pack_frames(pair)
     with wire_error(ErrorCode.INVALID_BLOB, "frames container is truncated"):
         unpack_frames(data[:-1], NAMES)
+
+
+def test_a_server_s_frames_answer_is_the_container_laid_out_where_its_allocator_says():
+    frames = {"frame": make_frames(1, 24, 40)[0]}
+    buffers: list[np.ndarray] = []
+
+    def allocate(nbytes: int, media_type: str) -> np.ndarray:
+        assert media_type == FRAMES_MEDIA_TYPE
+        buffers.append(np.zeros(nbytes, np.uint8))
+        return buffers[-1]
+
+    with answers_into(allocate):
+        view = frames_answer(frames, {"seed": "1"})
+    assert view.obj is buffers[0] and bytes(view) == pack_frames(frames, {"seed": "1"})
+    assert bytes(frames_answer(frames, {"seed": "1"})) == pack_frames(frames, {"seed": "1"})  # without: its own

@@ -39,7 +39,7 @@ from edensplit.servers.inputs import FRAME_ERRORS, FRAME_TYPES, PAIR, SINGLE, pa
 from edensplit.servers.schemas import InterpolateFramesRequest, InterpolateRequest, SessionFrameRequest
 from edensplit.servers.sessions import SESSION_ERRORS, SessionStore, check_session_id, client_session
 from edensplit.wire.blob import BLOB_MEDIA_TYPE, EncodedFrames, unpack_encoding
-from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames, unpack_frames
+from edensplit.wire.frames import FRAMES_MEDIA_TYPE, frames_answer, unpack_frames
 from edensplit.wire.images import b64decode_field, b64encode, decode_image, encode_png
 from edensplit.wire.options import Options
 
@@ -111,7 +111,7 @@ class EdgeOperation:
         if job.answer == PNG:
             return Reply({}, meta, encode_png(frame), PNG)
         if job.answer == FRAMES_MEDIA_TYPE:
-            container = pack_frames({"frame": frame}, {"request_id": job.request_id, "seed": str(job.seed)})
+            container = frames_answer({"frame": frame}, {"request_id": job.request_id, "seed": str(job.seed)})
             return Reply({}, meta, container, FRAMES_MEDIA_TYPE)
         return Reply({"generated_frame": b64encode(encode_png(frame))}, meta)
 
