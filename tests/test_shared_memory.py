@@ -164,4 +164,4 @@ def test_an_encoding_used_twice_is_encoded_again(shared):
         assert np.array_equal(first, second)
         encodes = since(before, requests_total(cloud_server))
         assert encodes == {("/api/v1/encode", "POST", "200"): 2}, encodes
-    assert not [(name, size, shm.SHM_DIR.joinpath(name).read_bytes()[:60]) for name, maker, size in shm.segments() if maker.split("-")[0] == str(os.getpid())]
+    assert not [name for name, maker, _ in shm.segments() if maker.split("-")[0] == str(os.getpid())]

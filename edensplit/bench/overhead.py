@@ -39,8 +39,10 @@ DTYPES = (codecs.FLOAT16.name, codecs.FLOAT32.name)
 FLOWS = ("a-once", "a-pairs", "b-once", "b-pairs")
 # The servers' settings: the stand-in model; shared memory taken where a client asks; at most 8 sessions kept (the
 # client does not end its sessions, which an edge keeps for SESSION_TTL_S with their last 4 frames' encodings:
-# with the default 64, 6.4 GB at 1080x1920 in float16 per edge, pressing on the machine's memory as the matrix goes).
-STAND_IN_ENV = {"EDENSPLIT_STAND_IN_MODEL": "1", "ALLOW_SHM": "1", "MAX_SESSIONS": "8"}
+# with the default 64, 6.4 GB at 1080x1920 in float16 per edge, pressing on the machine's memory as the matrix goes);
+# one torch thread per server: three processes share the cores, and a model step's second thread waiting for a core
+# another process holds made the stand-in's own steps (its zeros, the cast into a blob) 2 to 4 times slower.
+STAND_IN_ENV = {"EDENSPLIT_STAND_IN_MODEL": "1", "ALLOW_SHM": "1", "MAX_SESSIONS": "8", "TORCH_THREADS": "1"}
 MAX_ROUNDS = 5
 FULL_ROUNDS = 3  # a row of fewer rounds is thin
 THIN_FRAMES = (3, 2)  # frames per round, in turn, of a row whose warm-up pair says a full round would not fit

@@ -169,7 +169,8 @@ def report(rows: Sequence[OverheadRow], env: dict[str, Any], settings: dict[str,
     lines += [
         "",
         "Real servers on loopback with the stand-in model (EDENSPLIT_STAND_IN_MODEL=1: full-size shapes, nothing "
-        "computed), the clip held in memory. Each round runs the clip twice: its pairs one at a time, then "
+        "computed; TORCH_THREADS=1 in each server), the clip held in memory. Each round runs the clip twice: its "
+        "pairs one at a time, then "
         f"{settings['window']} in flight (generated frames/s). Per generated frame, one pair at a time (nothing "
         "overlaps): the wall time; the model's own work (the servers' model step in that pass, and in frame-once "
         "sessions the pair's difference, the client's scene-detection work in flow A, the edge's in flow B, timed "

@@ -46,6 +46,7 @@ PREFIX = "edensplit-shm-"
 NAME = re.compile(r"edensplit-shm-(\d+)-(\d+)-(\d+)-([0-9a-f]{32})")
 MAX_HANDLE_BYTES = 4096
 MAX_HEADER_BYTES = 4096
+UNMAP_DELAY_S = 0.02  # how long a let-go map waits to be unmapped (see _Unmapper)
 ALIGN = 64  # where a segment's data starts: a multiple of this (any tensor's items aligned in a view of it)
 
 
@@ -199,6 +200,7 @@ class Spares:
         return spare
 
     def _make(self, length: int) -> None:
+        time.sleep(UNMAP_DELAY_S)  # after the answer that asked for it has gone (mapping takes the map lock)
         name, mapped = segment_name(self.maker), None
         try:
             fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -423,7 +425,12 @@ class _Unmapper:
 
     def _run(self) -> None:
         while True:
-            _libc.munmap(*self._queue.get())
+            pending = [self._queue.get()]
+            time.sleep(UNMAP_DELAY_S)  # out of the answer's way: munmap holds the map lock every page fault needs
+            while not self._queue.empty():
+                pending.append(self._queue.get())
+            for address, length in pending:
+                _libc.munmap(address, length)
 
 
 _unmapper = _Unmapper()
