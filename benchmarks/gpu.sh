@@ -76,7 +76,8 @@ if ((smoke)); then
   perf=(--device cpu --sizes 48x64 --precisions bfloat16,float32 --batches 1,2 --frames 3 --iters 1
         --min_seconds 0 --batch_budget_s 5)
   e2e=(--device cpu --frames 3)
-  overhead=(--frames 3 --budget_s "${GPU_SH_OVERHEAD_BUDGET_S:-4}")  # a round per row: the script, not the figures
+  # a round per row, two rows: the script, not the figures
+  overhead=(--frames 3 --budget_s "${GPU_SH_OVERHEAD_BUDGET_S:-2}" --transports http-binary,http-shm)
   overhead_device=cpu
 else
   suffix=gpu
@@ -90,7 +91,7 @@ else
   if (($(nvidia-smi -L 2>/dev/null | grep -c '^GPU') >= 2)); then
     e2e+=(--edge_device cuda:1)
   fi
-  overhead=(--frames 6 --budget_s "${GPU_SH_OVERHEAD_BUDGET_S:-60}")
+  overhead=(--frames 6 --budget_s "${GPU_SH_OVERHEAD_BUDGET_S:-60}" --transports http-binary,http-shm,ws-binary,ws-shm)
   overhead_device=cuda:0
 fi
 part "perf-$suffix" "${GPU_SH_TIMEOUT:-290}" perf "${perf[@]}" --budget_s "${GPU_SH_BUDGET_S:-265}"
@@ -102,7 +103,7 @@ part "e2e-$suffix" "${GPU_SH_E2E_TIMEOUT:-150}" perf "${e2e[@]}" --parts system 
   unset MODEL_PATH
   export DEVICE=$overhead_device
   part "overhead-$suffix" "${GPU_SH_OVERHEAD_TIMEOUT:-120}" overhead --sizes "$sizes" \
-    --transports http-binary,http-shm,ws-binary,ws-shm --dtypes float16 --flows a-once "${overhead[@]}"
+    --dtypes float16 --flows a-once "${overhead[@]}"
   exit "$status"
 ) || status=$?
 echo "gpu.sh: exit $status after $((SECONDS - started)) s"
