@@ -24,7 +24,7 @@ from edensplit.wire import shm
 from tests.conftest import N_FRAMES, generated, make_frames, run_cli
 from tests.system import finish, long_clip, requests_total, since, start_cli, wait_for_saved
 
-TTL_S = 2.0
+TTL_S = 1.0
 ASK_AND_DIE = """
 import json, os, signal, sys
 import httpx, numpy as np
