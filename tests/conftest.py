@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -93,6 +95,15 @@ def no_tiny(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model():
     return load_model(None, TINY_CONFIG, allow_random=True, seed=3)
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 5.0, what: str = "", poll_s: float = 0.02) -> None:
+    """Poll `condition` until it holds, failing after `timeout` seconds: for state another thread or process
+    changes with no event to wait on (a background thread's segments, a page, another process's files)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what or condition}"
+        time.sleep(poll_s)
 
 
 def make_frames(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:

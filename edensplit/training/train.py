@@ -184,12 +184,14 @@ def contexts(eden: Eden, dit: tuple[Tensor, Tensor], dec: tuple[Tensor, Tensor],
     return list(zip(dit0, dit1, strict=True)), list(zip(dec0, dec1, strict=True))
 
 
-def reconstruct(eden: Eden, encoder: TokenizerEncoder, batch: Batch) -> tuple[Tensor, Posterior]:
-    """The tokenizer: It -> posterior -> a sample -> the decoder -> It again, in [0, 1] (not clamped)."""
+def reconstruct(eden: Eden, encoder: TokenizerEncoder, batch: Batch, mean: bool = False) -> tuple[Tensor, Posterior]:
+    """The tokenizer: It -> posterior -> a sample (`mean`: its mean, drawing no noise) -> the decoder -> It again,
+    in [0, 1] (not clamped)."""
     dit, dec, grid = conditioning(eden, batch)
     posterior = encoder(eden, batch.normalised_middle(), *dec)
     _, dec_ctx = contexts(eden, dit, dec, grid)
-    return eden.decode(posterior.sample(), dec_ctx, grid) * batch.std + batch.mean, posterior
+    z = posterior.mean if mean else posterior.sample()
+    return eden.decode(z, dec_ctx, grid) * batch.std + batch.mean, posterior
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,15 +305,11 @@ def tokenizer_ceiling(eden: Eden, encoder: TokenizerEncoder, cfg: TrainConfig, c
     from edensplit.training.evaluate import blend
     from edensplit.training.metrics import psnr
 
-    triplets = list(synthetic.triplets(synthetic.HELD_OUT_SEED, count, cfg.size, cfg.size, extras=False))
-    frames = np.stack([t.frames for t in triplets])  # uint8 [N, 3, H, W, 3]
-    x = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 255
-    batch = Batch(x[:, 0], x[:, 1], x[:, 2])
-    dit, dec, grid = conditioning(eden, batch)
-    posterior = encoder(eden, batch.normalised_middle(), *dec)
-    _, dec_ctx = contexts(eden, dit, dec, grid)
-    recon = eden.decode(posterior.mean, dec_ctx, grid) * batch.std + batch.mean
+    data = render_dataset(count, cfg.size, synthetic.HELD_OUT_SEED)  # uint8 [N, 3 (I0, It, I1), 3, H, W]
+    x = data.float() / 255
+    recon, _ = reconstruct(eden, encoder, Batch(x[:, 0], x[:, 1], x[:, 2]), mean=True)
     out = (recon.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    frames = data.permute(0, 1, 3, 4, 2).numpy()  # [N, 3, H, W, 3], as the metrics take them
     ours = [psnr(o, f[1]) for o, f in zip(out, frames, strict=True)]
     blends = [psnr(b, f[1]) for b, f in zip(blend(frames[:, 0], frames[:, 2]), frames, strict=True)]
     return {"count": count, "psnr": float(np.mean(ours)), "blend_psnr": float(np.mean(blends))}

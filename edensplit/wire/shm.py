@@ -3,7 +3,8 @@ memory segment (a file of /dev/shm), with only a small handle crossing HTTP or W
 
 A segment holds a header line and the data: `EDSHM1 <header JSON>\\n<data>`, the header naming the client the
 segment was made for, the data's media type and size, padded with spaces so that the data starts at a multiple of
-ALIGN bytes. The data is written once (pwrite) and read through a private (copy-on-write) memory map: a reader's
+ALIGN bytes. The data is written once (into a spare segment's map, or by pwrite) and read through a private
+(copy-on-write) memory map: a reader's
 tensors and frames are views of it, not copies. Its name,
 `edensplit-shm-<uid>-<pid>-<start>-<token>`, says whose it is (the user, and the process that made it and when that
 process started, so that a crashed maker's segments can be found and removed) and is unguessable (128 random
@@ -46,7 +47,10 @@ PREFIX = "edensplit-shm-"
 NAME = re.compile(r"edensplit-shm-(\d+)-(\d+)-(\d+)-([0-9a-f]{32})")
 MAX_HANDLE_BYTES = 4096
 MAX_HEADER_BYTES = 4096
-UNMAP_DELAY_S = 0.02  # how long a let-go map waits to be unmapped (see _Unmapper)
+# How long map work started by an answer (unmapping a map let go, mapping the next spare) waits: each takes the
+# process's map lock, which every page fault of the answer still in flight would wait for (measured: a 1080p
+# encoding's encode step 10 -> 6 ms). A pause on a background thread, not a wait for a condition.
+BACKGROUND_DELAY_S = 0.02
 ALIGN = 64  # where a segment's data starts: a multiple of this (any tensor's items aligned in a view of it)
 
 
@@ -144,7 +148,7 @@ class Spares:
 
     def __init__(self, maker: str, ttl_s: float = 30.0, per_length: int = 2, max_bytes: int = 256 * 2**20):
         self.maker, self.ttl_s, self.per_length, self.max_bytes = maker, ttl_s, per_length, max_bytes
-        self._ready: dict[int, list[tuple[str, _Map | None]]] = {}  # file length -> spares, mapped
+        self._ready: dict[int, list[tuple[str, _Map]]] = {}  # file length -> spares (name, its map)
         self._pending: dict[int, int] = {}  # file length -> spares being made
         self._asked: dict[int, float] = {}  # file length -> when last asked for
         self._lock = threading.Lock()
@@ -177,16 +181,13 @@ class Spares:
         made ahead for the next), else in this process's memory, written out on `commit`."""
         header = _header(client, media_type, nbytes)
         spare = self._take(len(header) + nbytes)
+        if spare is not None and not (SHM_DIR / spare[0]).exists():  # removed under us
+            spare[1].close()
+            spare = None
         name, mapped = spare if spare is not None else ("", None)
-        if mapped is not None and not (SHM_DIR / name).exists():  # removed under us
-            mapped.close()
-            name, mapped = "", None
-        elif spare is not None and mapped is None:  # a spare this platform could not map
-            remove(name)
-            name = ""
         return Draft(self.maker, name, mapped, header, nbytes, client, media_type)
 
-    def _take(self, length: int) -> tuple[str, _Map | None] | None:
+    def _take(self, length: int) -> tuple[str, _Map] | None:
         with self._lock:
             self._asked[length] = time.monotonic()
             ready = self._ready.get(length)
@@ -200,16 +201,16 @@ class Spares:
         return spare
 
     def _make(self, length: int) -> None:
-        time.sleep(UNMAP_DELAY_S)  # after the answer that asked for it has gone (mapping takes the map lock)
+        time.sleep(BACKGROUND_DELAY_S)  # out of the way of the answer that asked for it
         name, mapped = segment_name(self.maker), None
         try:
             fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
                 os.posix_fallocate(fd, 0, length)
-                mapped = _populated(fd, length)
+                mapped = _Map(_mmap(length, mmap.MAP_SHARED | mmap.MAP_POPULATE, fd), length)
             finally:
                 os.close(fd)
-        except OSError:  # no room in /dev/shm, or no fallocate there: writes make new segments
+        except OSError:  # no room in /dev/shm, or no fallocate or map there: writes make new segments
             remove(name)
             name = ""
         with self._lock:
@@ -289,19 +290,9 @@ class Draft:
         self._mapped = self._data = None
 
 
-def _populated(fd: int, length: int) -> _Map | None:
-    """The file shared-mapped read-write with every page in the page table (MAP_POPULATE), or None where that
-    flag does not exist (writes then go by pwrite)."""
-    populate = getattr(mmap, "MAP_POPULATE", 0)
-    if not populate or length == 0:
-        return None
-    return _Map(_mmap(length, mmap.MAP_SHARED | populate, fd), length)
-
-
-def _discard(spare: tuple[str, _Map | None]) -> None:
+def _discard(spare: tuple[str, _Map]) -> None:
     name, mapped = spare
-    if mapped is not None:
-        mapped.close()
+    mapped.close()
     remove(name)
 
 
@@ -375,9 +366,14 @@ def _mapped(fd: int, start: int, size: int) -> memoryview:
         return memoryview(bytearray(os.pread(fd, size, start)))
     length = start + size
     address = _mmap(length, mmap.MAP_PRIVATE, fd)
+    return memoryview(_owned_pages(address, length)).cast("B")[start:]
+
+
+def _owned_pages(address: int, length: int) -> ctypes.Array[ctypes.c_ubyte]:
+    """The mapped bytes at `address` as a ctypes array that unmaps them (in the background) when it goes."""
     pages = (ctypes.c_ubyte * length).from_address(address)
     weakref.finalize(pages, _unmapper.unmap, address, length)
-    return memoryview(pages).cast("B")[start:]
+    return pages
 
 
 def _mmap(length: int, flags: int, fd: int) -> int:
@@ -394,9 +390,7 @@ class _Map:
     when nothing views it any more, so a view kept too long reads a segment, never unmapped memory."""
 
     def __init__(self, address: int, length: int):
-        pages = (ctypes.c_ubyte * length).from_address(address)
-        weakref.finalize(pages, _unmapper.unmap, address, length)
-        self._pages: np.ndarray | None = np.ctypeslib.as_array(pages)
+        self._pages: np.ndarray | None = np.ctypeslib.as_array(_owned_pages(address, length))
 
     def array(self) -> np.ndarray:
         if self._pages is None:
@@ -426,7 +420,7 @@ class _Unmapper:
     def _run(self) -> None:
         while True:
             pending = [self._queue.get()]
-            time.sleep(UNMAP_DELAY_S)  # out of the answer's way: munmap holds the map lock every page fault needs
+            time.sleep(BACKGROUND_DELAY_S)  # out of the way of the answer that let the map go
             while not self._queue.empty():
                 pending.append(self._queue.get())
             for address, length in pending:
@@ -466,4 +460,3 @@ def header_of(name: str) -> dict[str, Any]:
     """A segment's header (for tests and diagnostics)."""
     with open(SHM_DIR / name, "rb") as f:
         return json.loads(f.readline(MAX_HEADER_BYTES)[len(MAGIC):])
-

@@ -29,7 +29,7 @@ from edensplit.wire.buffers import answer_buffer
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames, unpack_frames
 from edensplit.wire.messages import pack_binary, unpack_binary
 from edensplit.wire.shm import SHM_MEDIA_TYPE, Handle
-from tests.conftest import TINY_CONFIG, make_frames
+from tests.conftest import TINY_CONFIG, make_frames, wait_until
 
 FRAMES = make_frames(3, 40, 70)
 PAIR = pack_frames({"frame0": FRAMES[0], "frame1": FRAMES[1]})
@@ -248,10 +248,7 @@ def test_an_answer_is_written_straight_into_a_spare_and_a_failed_one_leaves_noth
 
 def _settle(memory: SharedMemory) -> None:
     """Until no spare is being made (each then either ready or gone)."""
-    deadline = time.monotonic() + 5
-    while memory.spares.nbytes == 0 or any(memory.spares._pending.values()):
-        assert time.monotonic() < deadline, "spares still being made"
-        time.sleep(0.01)
+    wait_until(lambda: memory.spares.nbytes and not any(memory.spares._pending.values()), what="spares being made")
 
 
 def _spare_names(memory: SharedMemory) -> list[str]:

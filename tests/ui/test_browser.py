@@ -30,7 +30,7 @@ from edensplit.settings import UiSettings
 from edensplit.ui.app import create_ui_app
 from edensplit.video.reading import read_frames
 from edensplit.video.sample import make_sample_clip
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, wait_until
 
 TTL_S = 2.0
 MAX_UPLOAD_MB = 1
@@ -112,13 +112,6 @@ def browser() -> Iterator[Any]:
 def left_behind(ui_tmp: Path) -> list[Path]:
     """Every file under the UI's temporary folder (its private folder's uploads and jobs)."""
     return [p for p in ui_tmp.rglob("*") if p.is_file()]
-
-
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.05)  # polling a page and another process's files: no event to wait on
 
 
 def screenshot(page: Any, tmp_path: Path, name: str) -> None:

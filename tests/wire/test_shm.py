@@ -18,6 +18,7 @@ from edensplit.model.encoding import FrameEncoding, Geometry
 from edensplit.wire import shm
 from edensplit.wire.blob import pack_encoding, unpack_encoding
 from edensplit.wire.shm import Handle, segment_name, take_segment, write_segment
+from tests.conftest import wait_until
 
 BLOB = "application/vnd.edensplit.enc-out+safetensors"
 
@@ -127,18 +128,11 @@ def test_a_taken_segment_is_read_in_place_and_unmapped_with_its_last_view():
     assert mapped() and tokens.max() == 2
     del tokens
     gc.collect()
-    _wait_for(lambda: not mapped())  # unmapped by a thread of its own, shortly after (out of a request's way)
+    wait_until(lambda: not mapped())  # unmapped by a thread of its own, shortly after (out of a request's way)
 
 
 def _mine(maker: str) -> set[str]:
     return {name for name, by, _ in shm.segments() if by == maker}
-
-
-def _wait_for(condition, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_spares_are_allocated_ahead_private_and_become_ordinary_segments_when_written():
@@ -148,7 +142,7 @@ def test_spares_are_allocated_ahead_private_and_become_ordinary_segments_when_wr
         payload = os.urandom(3000)
         first = spares.write(payload, "alice", BLOB)  # nothing ahead yet: a new segment, and two made for next time
         length = shm.SHM_DIR.joinpath(first.segment).stat().st_size  # a spare is a segment of the same length
-        _wait_for(lambda: spares.nbytes == 2 * length)
+        wait_until(lambda: spares.nbytes == 2 * length)
         ahead = _mine(maker) - {first.segment}
         assert len(ahead) == 2
         for name in ahead:
@@ -172,8 +166,8 @@ def test_spares_of_a_length_not_asked_for_within_the_ttl_go_and_their_bytes_are_
     spares = shm.Spares(maker, ttl_s=0.2, per_length=3, max_bytes=10_000)
     try:
         shm.remove(spares.write(os.urandom(4000), None, BLOB).segment)
-        _wait_for(lambda: spares.nbytes > 0)
-        _wait_for(lambda: not any(spares._pending.values()))
+        wait_until(lambda: spares.nbytes > 0)
+        wait_until(lambda: not any(spares._pending.values()))
         assert spares.nbytes <= 10_000 and len(_mine(maker)) == 2  # three wanted, two fit the bound
         assert spares.expire() == 0 and len(_mine(maker)) == 2  # asked for within the TTL: kept
         assert spares.expire(now=time.monotonic() + 0.3) == 2 and spares.nbytes == 0 and not _mine(maker)
@@ -187,7 +181,7 @@ def test_a_draft_is_filled_in_a_spare_s_map_and_a_segment_only_once_committed():
     try:
         payload = np.frombuffer(os.urandom(5000), np.uint8)
         shm.remove(spares.write(payload, "alice", BLOB).segment)  # asks for the length: a spare made ahead
-        _wait_for(lambda: spares.nbytes > 0)
+        wait_until(lambda: spares.nbytes > 0)
         (ahead,) = _mine(maker)
         draft = spares.draft(payload.nbytes, "alice", BLOB)
         assert draft.in_place and draft.name == ahead
@@ -195,7 +189,7 @@ def test_a_draft_is_filled_in_a_spare_s_map_and_a_segment_only_once_committed():
         handle = draft.commit()
         assert handle.segment == ahead and bytes(take_segment(handle, "alice", BLOB)) == payload.tobytes()
         # A discarded draft leaves no segment; with no spare ready a draft is this process's memory until committed.
-        _wait_for(lambda: spares.nbytes > 0)
+        wait_until(lambda: spares.nbytes > 0)
         spares.draft(payload.nbytes, "alice", BLOB).discard()
         spares.close()
         assert not _mine(maker)
