@@ -97,7 +97,7 @@ def tiny_model():
     return load_model(None, TINY_CONFIG, allow_random=True, seed=3)
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 5.0, what: str = "", poll_s: float = 0.02) -> None:
+def wait_until(condition: Callable[[], object], timeout: float = 5.0, what: str = "", poll_s: float = 0.05) -> None:
     """Poll `condition` until it holds, failing after `timeout` seconds: for state another thread or process
     changes with no event to wait on (a background thread's segments, a page, another process's files)."""
     deadline = time.monotonic() + timeout
