@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from edensplit.model.checkpoint import load_model
+from edensplit.processes import maker_of
 from edensplit.servers.budget import ByteBudget
 from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.servers.contract import Reply
@@ -114,7 +115,7 @@ def test_hostile_handles_get_exact_codes(tmp_path):
 
         handle = handle_of(cloud, alice)
         fields = json.loads(handle)
-        unknown = {**fields, "segment": shm.segment_name(f"{os.getpid()}-1")}
+        unknown = {**fields, "segment": shm.segment_name(maker_of(os.getpid()))}
         assert post(json.dumps(unknown).encode()) == (410, "SHM_NOT_FOUND")
         assert post(handle, bob) == (403, "SHM_FORBIDDEN")  # another client's
         assert post(json.dumps({**fields, "size": fields["size"] - 1}).encode()) == (400, "SHM_INVALID")
@@ -124,7 +125,7 @@ def test_hostile_handles_get_exact_codes(tmp_path):
         assert post(json.dumps(frames_kind).encode()) == (400, "SHM_INVALID")
         assert edge.post("/api/v1/interpolate", content=handle, headers={**HANDLE, **alice}).status_code == 200
         assert post(handle) == (410, "SHM_NOT_FOUND")  # used
-        foreign = shm.SHM_DIR / shm.segment_name(f"{os.getpid()}-1")  # a file that is not our private segment
+        foreign = shm.SHM_DIR / shm.segment_name(maker_of(os.getpid()))  # a file that is not our private segment
         try:
             foreign.write_bytes(b"EDSHM1 {}\n" + b"x" * 10)
             foreign.chmod(0o644)

@@ -7,6 +7,7 @@ import gc
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.encoding import FrameEncoding, Geometry
+from edensplit.processes import maker_of
 from edensplit.wire import shm
 from edensplit.wire.blob import pack_encoding, unpack_encoding
 from edensplit.wire.shm import Handle, segment_name, take_segment, write_segment
@@ -26,7 +28,7 @@ BLOB = "application/vnd.edensplit.enc-out+safetensors"
 @pytest.fixture
 def made():
     """A segment of 1000 bytes for client alice; removed after the test if it is still there."""
-    handle = write_segment(segment_name(f"{os.getpid()}-1"), os.urandom(1000), "alice", BLOB)
+    handle = write_segment(segment_name(maker_of(os.getpid())), os.urandom(1000), "alice", BLOB)
     yield handle
     shm.remove(handle.segment)
 
@@ -68,7 +70,7 @@ def test_a_segment_for_another_client_or_holding_other_than_its_handle_says_is_r
 
 
 def test_a_file_that_is_not_our_private_segment_is_refused(tmp_path):
-    name = segment_name(f"{os.getpid()}-1")
+    name = segment_name(maker_of(os.getpid()))
     path = shm.SHM_DIR / name
     handle = Handle(name, 4, BLOB)
     try:
@@ -94,7 +96,7 @@ def test_a_file_that_is_not_our_private_segment_is_refused(tmp_path):
 
 
 def test_segments_are_made_exclusively_never_through_a_link(tmp_path):
-    name = segment_name(f"{os.getpid()}-1")
+    name = segment_name(maker_of(os.getpid()))
     target = tmp_path / "victim"
     target.write_bytes(b"keep me")
     (shm.SHM_DIR / name).symlink_to(target)
@@ -111,7 +113,7 @@ def test_a_taken_segment_is_read_in_place_and_unmapped_with_its_last_view():
     the reader changes is its own), not copies; the map holds no file descriptor and goes after the last view."""
     blob = pack_encoding(FrameEncoding(torch.ones(1, 4, 8), torch.ones(1, 4, 8), torch.zeros(1), torch.ones(1),
                                        Geometry(32, 32, 32, 16)), wire_dtype="float16")
-    handle = write_segment(segment_name(f"{os.getpid()}-1"), blob, None, BLOB)
+    handle = write_segment(segment_name(maker_of(os.getpid())), blob, None, BLOB)
     descriptors = len(os.listdir("/proc/self/fd"))
     data = take_segment(handle, None, BLOB)
     assert bytes(data) == blob and not data.readonly and len(os.listdir("/proc/self/fd")) == descriptors
@@ -135,15 +137,23 @@ def _mine(maker: str) -> set[str]:
     return {name for name, by, _ in shm.segments() if by == maker}
 
 
+def _alive_maker() -> tuple[str, Callable[[], set[str]]]:
+    """This process as a segments' maker, and its segments made since: a live maker, so that no server's sweep of
+    dead makers' segments (other tests' servers run beside these) takes them, as it would a made-up maker's."""
+    maker = maker_of(os.getpid())
+    before = _mine(maker)
+    return maker, lambda: _mine(maker) - before
+
+
 def test_spares_are_allocated_ahead_private_and_become_ordinary_segments_when_written():
-    maker = f"{os.getpid()}-7"
+    maker, mine = _alive_maker()
     spares = shm.Spares(maker, per_length=2)
     try:
         payload = os.urandom(3000)
         first = spares.write(payload, "alice", BLOB)  # nothing ahead yet: a new segment, and two made for next time
         length = shm.SHM_DIR.joinpath(first.segment).stat().st_size  # a spare is a segment of the same length
         wait_until(lambda: spares.nbytes == 2 * length)
-        ahead = _mine(maker) - {first.segment}
+        ahead = mine() - {first.segment}
         assert len(ahead) == 2
         for name in ahead:
             info = os.lstat(shm.SHM_DIR / name)
@@ -158,31 +168,31 @@ def test_spares_are_allocated_ahead_private_and_become_ordinary_segments_when_wr
         shm.remove(third.segment)
     finally:
         spares.close()
-    assert not _mine(maker)  # closing removes every spare
+    assert not mine()  # closing removes every spare
 
 
 def test_spares_of_a_length_not_asked_for_within_the_ttl_go_and_their_bytes_are_bounded():
-    maker = f"{os.getpid()}-8"
+    maker, mine = _alive_maker()
     spares = shm.Spares(maker, ttl_s=0.2, per_length=3, max_bytes=10_000)
     try:
         shm.remove(spares.write(os.urandom(4000), None, BLOB).segment)
         wait_until(lambda: spares.nbytes > 0)
         wait_until(lambda: not any(spares._pending.values()))
-        assert spares.nbytes <= 10_000 and len(_mine(maker)) == 2  # three wanted, two fit the bound
-        assert spares.expire() == 0 and len(_mine(maker)) == 2  # asked for within the TTL: kept
-        assert spares.expire(now=time.monotonic() + 0.3) == 2 and spares.nbytes == 0 and not _mine(maker)
+        assert spares.nbytes <= 10_000 and len(mine()) == 2  # three wanted, two fit the bound
+        assert spares.expire() == 0 and len(mine()) == 2  # asked for within the TTL: kept
+        assert spares.expire(now=time.monotonic() + 0.3) == 2 and spares.nbytes == 0 and not mine()
     finally:
         spares.close()
 
 
 def test_a_draft_is_filled_in_a_spare_s_map_and_a_segment_only_once_committed():
-    maker = f"{os.getpid()}-9"
+    maker, mine = _alive_maker()
     spares = shm.Spares(maker, per_length=1)
     try:
         payload = np.frombuffer(os.urandom(5000), np.uint8)
         shm.remove(spares.write(payload, "alice", BLOB).segment)  # asks for the length: a spare made ahead
         wait_until(lambda: spares.nbytes > 0)
-        (ahead,) = _mine(maker)
+        (ahead,) = mine()
         draft = spares.draft(payload.nbytes, "alice", BLOB)
         assert draft.in_place and draft.name == ahead
         draft.data[:] = payload  # written straight into the spare's pages
@@ -192,12 +202,12 @@ def test_a_draft_is_filled_in_a_spare_s_map_and_a_segment_only_once_committed():
         wait_until(lambda: spares.nbytes > 0)
         spares.draft(payload.nbytes, "alice", BLOB).discard()
         spares.close()
-        assert not _mine(maker)
+        assert not mine()
         late = spares.draft(payload.nbytes, "bob", BLOB)
-        assert not late.in_place and not _mine(maker)
+        assert not late.in_place and not mine()
         late.data[:] = payload
         handle = late.commit()
         assert bytes(take_segment(handle, "bob", BLOB)) == payload.tobytes()
     finally:
         spares.close()
-    assert not _mine(maker)
+    assert not mine()
