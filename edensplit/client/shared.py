@@ -9,7 +9,9 @@ killed before that leaves it to the servers' sweep of dead makers' segments.
 
 from __future__ import annotations
 
+import itertools
 import os
+import time
 from dataclasses import replace
 
 from edensplit.client.policy import Client
@@ -32,16 +34,19 @@ def spares() -> Spares:
 
 def send(client: Client, call: Call, segments: Spares) -> Answer:
     """`call` through `client` with its binary body in a segment of this process's, written into one of
-    `segments` (a body that is a handle already goes as it is); made again once if the server reports it gone (a
-    retry after the server took it)."""
+    `segments` (a body that is a handle already goes as it is). A retried request may find its segment gone (the
+    server took it, then refused: 503 while its own segments were full): it is written again, and sent again, as
+    long as the retry policy's `retry_for` and `retries` last, as a request with the bytes would be retried."""
     if call.body is None or call.content_type == SHM_MEDIA_TYPE:
         return client.send(call)
-    for attempt in range(2):
+    policy = client.config.retry
+    deadline = time.monotonic() + policy.retry_for
+    for attempt in itertools.count():
         handle = segments.write(call.body, None, call.content_type)
         try:
             return client.send(replace(call, content_type=SHM_MEDIA_TYPE, body=handle.dumps()))
         except EdenError as exc:
-            if exc.code != ErrorCode.SHM_NOT_FOUND or attempt == 1:
+            if exc.code != ErrorCode.SHM_NOT_FOUND or attempt >= policy.retries or time.monotonic() > deadline:
                 raise
         finally:
             remove(handle.segment)

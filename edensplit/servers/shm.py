@@ -112,13 +112,17 @@ class SharedMemory:
         draft.discard()
         self.budget.release(draft.nbytes + HEADER_BYTES)
 
-    def _reserve(self, nbytes: int) -> int:
-        held = nbytes + HEADER_BYTES
+    def check_room(self) -> None:
+        """OVERLOADED (503, retried by clients) while SHM_MAX_SEGMENTS segments wait to be taken."""
         with self._lock:
             if len(self.made) >= self.max_segments:
                 raise EdenError(f"this server holds {len(self.made)} shared-memory segments not yet taken (limit "
                                 f"{self.max_segments}); retry shortly", code=ErrorCode.OVERLOADED,
                                 details={"retry_after_s": 1})
+
+    def _reserve(self, nbytes: int) -> int:
+        held = nbytes + HEADER_BYTES
+        self.check_room()
         self.budget.reserve(held, "shared-memory segments not yet taken")
         return held
 
@@ -218,6 +222,8 @@ class SharedOperation:
 
     def decode(self, inp: OperationInput, model: Eden) -> Any:
         self.client = inp.client
+        if self.handle_out:  # refused before a segment of the caller's is taken: its retry still finds it there
+            self.memory.check_room()
         if inp.content_type == SHM_MEDIA_TYPE:
             handle = Handle.loads(inp.body)
             if handle.size > self.memory.max_bytes:
