@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edensplit.model.stages import SUM_PIECE, as_frames, cosine_map, frame_difference, pixel_planes
+from edensplit.model.stages import SUM_PIECE, as_frames, cosine_map, frame_difference, mean_of, pixel_planes
 from tests.conftest import make_frames
 
 THREADS = (1, 2, 4)
@@ -62,3 +62,14 @@ def test_a_batch_gives_each_pairs_own_difference_and_tensors_give_what_uint8_giv
     single = torch.cat([frame_difference(frames[k], frames[k + 1]) for k in range(3)])
     assert torch.equal(batch, single)
     assert torch.equal(frame_difference(as_frames(frames[:3]), as_frames(frames[1:])), batch)
+
+
+@pytest.mark.parametrize("height,width", [(1080, 1920), (37, 50)])
+def test_frames_taken_in_bands_give_the_whole_frames_bits(height, width):
+    """uint8 frames are compared BAND_ROWS rows at a time (small temporaries): the same bits as the whole map."""
+    f0, f1 = make_frames(2, height, width, seed=3)
+    whole = cosine_map(pixel_planes(f0), pixel_planes(f1))
+    expected = np.array([mean_of(m) for m in whole], dtype=np.float32)
+    assert frame_difference(f0, f1).numpy().view(np.uint32).tolist() == expected.view(np.uint32).tolist()
+    batch = frame_difference(np.stack([f0, f1]), np.stack([f1, f0])).numpy()
+    assert batch[0] == expected[0] and batch[1] == frame_difference(f1, f0).numpy()[0]
