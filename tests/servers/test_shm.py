@@ -156,6 +156,13 @@ def test_segments_are_bounded_in_count_and_bytes_and_counted():
         held = metric(cloud, "edensplit_shm_bytes")
         assert held >= Handle.loads(first).size + Handle.loads(second).size
         assert cloud.app.state.pipeline.budget.used == held  # held against the bodies' budget
+        # A caller's own segment is refused before it is taken: the retry of the 503 finds it still there.
+        mine = shm.write_segment(shm.segment_name(maker_of(os.getpid())), PAIR, None, FRAMES_MEDIA_TYPE)
+        try:
+            r = cloud.post("/api/v1/encode", content=mine.dumps(), headers={**HANDLE, "Accept": ASK_HANDLE["Accept"]})
+            assert error_of(r) == (503, "OVERLOADED") and (shm.SHM_DIR / mine.segment).exists()
+        finally:
+            shm.remove(mine.segment)
     assert not (shm.SHM_DIR / Handle.loads(first).segment).exists()  # a server that stops removes its own
     with cloud_app(body_memory_mb=20_000 / 2**20) as cloud:  # a budget smaller than one encoding
         assert error_of(cloud.post("/api/v1/encode", content=PAIR, headers=ASK_HANDLE)) == (503, "OVERLOADED")
