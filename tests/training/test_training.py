@@ -98,3 +98,22 @@ def test_the_same_seed_makes_the_same_weights_and_another_does_not(trained, tmp_
     assert (tmp_path / "again" / WEIGHTS_NAME).read_bytes() == (out / WEIGHTS_NAME).read_bytes()
     train(dataclasses.replace(FEW_STEPS, seed=1), tmp_path / "other")
     assert (tmp_path / "other" / WEIGHTS_NAME).read_bytes() != (out / WEIGHTS_NAME).read_bytes()
+
+
+def test_the_transformer_trains_at_the_reference_samplers_times_as_often_as_asked():
+    """A share of the velocity objective's times are the 2-step sampler's own (0 and 0.75), the rest uniform; at
+    share 0 the draws are torch.rand's alone, as before the option existed (the old weights stay reproducible)."""
+    import torch
+
+    from edensplit.training.train import training_times
+
+    torch.manual_seed(0)
+    t = training_times(20000, 0.5)
+    on_grid = (t == 0.0) | (t == 0.75)
+    assert 0.47 < on_grid.float().mean() < 0.53
+    assert 0.45 < (t[on_grid] == 0.0).float().mean() < 0.55  # both times alike
+    assert ((t >= 0) & (t < 1)).all() and t[~on_grid].std() > 0.25  # the rest spread over [0, 1)
+    torch.manual_seed(0)
+    plain = torch.rand(7)
+    torch.manual_seed(0)
+    assert torch.equal(training_times(7, 0.0), plain)
