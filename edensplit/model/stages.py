@@ -110,7 +110,9 @@ def frame_difference(frame0: np.ndarray | Tensor, frame1: np.ndarray | Tensor) -
         similarity = _cosine_map_in_bands(frame0, frame1)
     else:
         x0, x1 = pixel_planes(frame0), pixel_planes(frame1)
-        _same_size(x0.shape[-2:], x1.shape[-2:])
+        if x0.shape != x1.shape:
+            raise InputError(f"the two frames differ in size: {tuple(x0.shape[-2:])} vs {tuple(x1.shape[-2:])}",
+                             code=ErrorCode.FRAME_SIZE_MISMATCH)
         similarity = cosine_map(x0, x1)
     return torch.from_numpy(np.array([mean_of(frame) for frame in similarity], dtype=np.float32))
 
@@ -119,22 +121,18 @@ def _uint8_frames(frames: np.ndarray | Tensor) -> bool:
     return isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim in (3, 4)
 
 
-def _same_size(a: tuple[int, ...], b: tuple[int, ...]) -> None:
-    if tuple(a) != tuple(b):
-        raise InputError(f"the two frames differ in size: {tuple(a)} vs {tuple(b)}", code=ErrorCode.FRAME_SIZE_MISMATCH)
-
-
 def _cosine_map_in_bands(frame0: np.ndarray, frame1: np.ndarray) -> np.ndarray:
     """`cosine_map` of uint8 frames, BAND_ROWS rows at a time into one float32 map: each pixel's value depends on
     that pixel alone, so the bits are the same, while the temporaries stay small enough to be reused rather than
     mapped afresh (a whole 1080p frame's took ~100 MB of new pages per pair: page faults, which also queue behind
     any other thread of the process mapping or unmapping memory, e.g. shared-memory segments)."""
     u0, u1 = (f[None] if f.ndim == 3 else f for f in (frame0, frame1))
-    if u0.shape[-1] != 3 or u1.shape[-1] != 3:
-        pixel_planes(u0 if u0.shape[-1] != 3 else u1)  # raises its error for a frame that is not RGB
-    _same_size(u0.shape[1:3], u1.shape[1:3])
-    if u0.shape[0] != u1.shape[0]:
-        raise InputError(f"{u0.shape[0]} frames against {u1.shape[0]}", code=ErrorCode.SHAPE_MISMATCH)
+    for frames in (u0, u1):
+        if frames.shape[-1] != 3:
+            pixel_planes(frames)  # raises its error for frames that are not RGB
+    if u0.shape != u1.shape:  # as the whole-frame path compares them (batch included)
+        raise InputError(f"the two frames differ in size: {u0.shape[1:3]} vs {u1.shape[1:3]}",
+                         code=ErrorCode.FRAME_SIZE_MISMATCH)
     out = np.empty(u0.shape[:3], np.float32)
     for top in range(0, u0.shape[1], BAND_ROWS):
         rows = slice(top, top + BAND_ROWS)
