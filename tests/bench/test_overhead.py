@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edensplit.bench.overhead import FLOOR_REPS, OverheadRow, hop_transports
+from edensplit.bench.overhead import FLOOR_REPS, SIZES, OverheadRow, hop_transports, run_order
 from edensplit.bench.overhead_report import (
     MAIN_COLUMNS,
     PATHS,
@@ -81,6 +81,20 @@ def test_acceptance_names_both_criteria_on_the_rows_it_asks_for():
     assert [m for _, m in missed] == [False, False] and "2.17x the floor's 60.0 ms" in missed[0][0]
     assert [m for _, m in acceptance([row("binary", 100, 60, 25e6), row("shm", 15, 0.5, 25e6)])] == [True, False]
     assert acceptance([row("shm", 15, 0.5, 400)]) == []  # nothing to hold it to
+
+
+def test_the_acceptance_rows_run_first_then_each_size_cheaper_rows_first():
+    """The two rows the issue holds to a bar run before any other has loaded the machine (a full run's JSON rows
+    grow the bench's process by gigabytes); the rest run size by size, binary and half precision first."""
+    plan = run_order(SIZES, ("http-binary", "http-json", "http-shm"), ("float16", "float32"), ("a-once", "b-pairs"))
+    first = [(size, f"{d.transport}-{d.payload}", d.wire_dtype, d.flow) for size, d in plan[:2]]
+    assert first == [((1080, 1920), "http-binary", "float16", "a-once"),
+                     ((1080, 1920), "http-shm", "float16", "a-once")]
+    rest = plan[2:]
+    assert [size for size, _ in rest] == sorted((size for size, _ in rest), key=SIZES.index)
+    small = [d for size, d in rest if size == (480, 854)]
+    assert small[0].payload != "json" and small[-1].payload == "json"
+    assert len(plan) == len(set(plan)) == 2 * (3 * 2 + 3)  # every row once: a-once in two dtypes, b-pairs in one
 
 
 @pytest.mark.parametrize("flow", ["a-once", "b-pairs"])
