@@ -17,10 +17,11 @@ from edensplit.training.train import CONFIG_NAME, WEIGHTS_NAME, TrainConfig, tra
 from edensplit.video.images import read_png, write_png
 from tests.conftest import run_cli_here
 
-# A few steps of both stages on a network and frames small enough to train in seconds.
-FEW_STEPS = TrainConfig(size=32, dataset=16, vae_steps=3, dit_steps=3, vae_batch=2, dit_batch=2, fit_count=8,
-                        warmup=1, log_every=1, model=ModelArgs(patch_size=8, latent_dim=4, hidden_dim=32, num_heads=2,
-                                                               dit_depth=1, decoder_depth=1, qkv_bias=True))
+# A few steps of each stage on a network and frames small enough to train in seconds.
+FEW_STEPS = TrainConfig(size=32, dataset=16, vae_steps=3, dit_steps=3, sampled_steps=3, vae_batch=2, dit_batch=2,
+                        sampled_batch=2, fit_count=8, warmup=1, log_every=1,
+                        model=ModelArgs(patch_size=8, latent_dim=4, hidden_dim=32, num_heads=2, dit_depth=1,
+                                        decoder_depth=1, qkv_bias=True))
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,9 @@ def test_objects_move_and_the_middle_frame_is_the_middle():
 
 def test_the_checkpoint_loads_as_model_path_tiny_with_refitted_constants(trained, monkeypatch):
     out, report = trained
-    assert {"data", "tokenizer", "dit", "saved"} <= set(report["timings"])
+    assert {"data", "tokenizer", "dit", "sampled", "saved"} <= set(report["timings"])
     assert [p["step"] for p in report["curves"]["dit"]] == [1, 2, 3] and report["curves"]["tokenizer"][0]["l1"] > 0
+    assert [p["step"] for p in report["curves"]["sampled"]] == [1, 2, 3] and report["curves"]["sampled"][0]["mse"] > 0
     monkeypatch.setenv(TINY_DIR_ENV, str(out))
     model = load_model("tiny")
     raw = yaml.safe_load((out / CONFIG_NAME).read_text())
@@ -117,3 +119,31 @@ def test_the_transformer_trains_at_the_reference_samplers_times_as_often_as_aske
     plain = torch.rand(7)
     torch.manual_seed(0)
     assert torch.equal(training_times(7, 0.0), plain)
+
+
+def test_the_third_stage_trains_every_weight_through_the_sampler_and_lowers_the_frames_error():
+    """Stage 3 fine-tunes the whole inference network (both stages' parameter groups cover it) on what inference
+    makes: noise, the reference sampler's two steps, the decoder; on four triplets its frames' error falls."""
+    import torch
+
+    from edensplit.model.eden import Eden
+    from edensplit.training.train import DECODER_SIDE, DIT_SIDE, init_weights, render_dataset, train_sampled
+
+    cfg = dataclasses.replace(FEW_STEPS, sampled_steps=40, sampled_batch=4, sampled_lr=3e-3, log_every=10)
+    eden = Eden(cfg.eden_config(0.0, 1.0))
+    names = [name for name, _ in eden.named_parameters()]
+    assert all(name.startswith(DIT_SIDE + DECODER_SIDE) for name in names)
+    torch.manual_seed(0)
+    init_weights(eden)
+    before = {name: p.detach().clone() for name, p in eden.named_parameters()}
+    curve = train_sampled(eden, render_dataset(4, cfg.size), cfg, shift=0.0, scaler=1.0)
+    assert [p["step"] for p in curve] == [10, 20, 30, 40]
+    assert curve[-1]["mse"] < 0.7 * curve[0]["mse"]
+    moved = {name for name, p in eden.named_parameters() if not torch.equal(p, before[name])}
+    assert {"proj_out.weight", "dit_blocks.0.self_attn.qkv.weight", "unpatchify.3.weight"} <= moved
+
+
+def test_without_the_third_stage_nothing_of_it_runs(tmp_path):
+    """sampled_steps 0: the run is the two stages alone (an older recipe's weights are made as before)."""
+    out = train(dataclasses.replace(FEW_STEPS, sampled_steps=0, vae_steps=1, dit_steps=1), tmp_path)
+    assert "sampled" not in out["curves"] and "sampled" not in out["timings"]
