@@ -229,5 +229,25 @@ class Metrics:
             return generate_latest(self.registry)
         forget_dead_processes(self.multiprocess_dir)
         merged = CollectorRegistry()
-        MultiProcessCollector(merged, path=self.multiprocess_dir)
+        WorkersCollector(merged, path=self.multiprocess_dir)
         return generate_latest(merged)
+
+
+MIN_FILE_BYTES = 8  # a metrics file's header: the bytes in use, written once the file has its size
+
+
+class WorkersCollector(MultiProcessCollector):
+    """Every worker's metrics files merged, less those a booting worker has created and not yet laid out (empty:
+    prometheus_client's reader fails on them, and a scrape at that moment was a 500): they count from the next
+    scrape."""
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        return self.merge([f for f in glob.glob(os.path.join(self._path, "*.db")) if laid_out(f)], accumulate=True)
+
+
+def laid_out(path: str) -> bool:
+    """Whether a metrics file is past its creation (a file gone meanwhile: no)."""
+    try:
+        return os.path.getsize(path) >= MIN_FILE_BYTES
+    except FileNotFoundError:
+        return False
