@@ -123,10 +123,7 @@ def cost_order(design: Design) -> tuple[bool, bool, bool]:
 
 
 def weight(size: tuple[int, int], design: Design) -> float:
-    """A row's weight in the budget: FOCUS_WEIGHT for the acceptance rows, else 1. The acceptance rows also run
-    first: on a machine no other row has loaded yet (the JSON rows grow this process by gigabytes; in a full run
-    that ran them after the 480x854 rows, the shared-memory row's server parse took 127 ms per frame, against 6
-    in a run of the two rows alone nine minutes later)."""
+    """A row's weight in the budget: FOCUS_WEIGHT for the acceptance rows, else 1."""
     focus_size, dtype, flow, paths = ACCEPTANCE
     focus = (size, design.wire_dtype, design.flow) == (focus_size, dtype, flow)
     return FOCUS_WEIGHT if focus and f"{design.transport}-{design.payload}" in paths else 1.0
@@ -134,7 +131,10 @@ def weight(size: tuple[int, int], design: Design) -> float:
 
 def run_order(sizes: Sequence[tuple[int, int]], paths: Sequence[str], dtypes: Sequence[str],
               flows: Sequence[str]) -> list[tuple[tuple[int, int], Design]]:
-    """The order rows run in: the acceptance rows first (`weight`), then size by size, cheaper rows first."""
+    """The order rows run in: the acceptance rows first (`weight`), on a machine no other row has loaded yet (the
+    JSON rows grow this process by gigabytes; in a full run that ran them after the 480x854 rows, the shared-memory
+    row's server parse took 127 ms per frame, against 6 in a run of the two rows alone nine minutes later); then
+    size by size, cheaper rows first."""
     plan = [(size, d) for size in sizes for d in sorted(designs(paths, dtypes, flows), key=cost_order)]
     return sorted(plan, key=lambda planned: weight(*planned) == 1.0)  # a stable sort: the rest keep their order
 

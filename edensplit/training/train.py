@@ -324,6 +324,12 @@ def tokenizer_ceiling(eden: Eden, encoder: TokenizerEncoder, cfg: TrainConfig, c
     return {"count": count, "psnr": float(np.mean(ours)), "blend_psnr": float(np.mean(blends))}
 
 
+def difference_embedding(eden: Eden, batch: Batch, cfg: TrainConfig) -> Tensor:
+    """The pair's difference scalar, computed and normalised as the inference stages do, embedded [B, D]."""
+    raw = frame_difference(batch.frame0, batch.frame1).clone()  # out of inference mode
+    return eden.condition(normalise_difference(raw, cfg.cos_sim_mean, cfg.cos_sim_std))
+
+
 def training_times(n: int, grid_share: float) -> Tensor:
     """Times t for a batch of the velocity objective: uniform on [0, 1), but a `grid_share` of them (drawn at
     random) at the times the reference sampler evaluates the velocity, 0 and 0.75 (`REFERENCE_GRID`): the
@@ -349,8 +355,7 @@ def train_dit(eden: Eden, encoder: TokenizerEncoder, data: Tensor, cfg: TrainCon
         dit, dec, grid = conditioning(eden, batch)
         with torch.no_grad():
             x1 = (encoder(eden, batch.normalised_middle(), *dec).sample() - shift) * scaler
-        raw = frame_difference(batch.frame0, batch.frame1).clone()  # out of inference mode
-        diff_emb = eden.condition(normalise_difference(raw, cfg.cos_sim_mean, cfg.cos_sim_std))
+        diff_emb = difference_embedding(eden, batch, cfg)
         dit_ctx, _ = contexts(eden, dit, dec, grid)
         t = training_times(len(x1), cfg.dit_grid_share)
         x0 = torch.randn_like(x1)
@@ -380,8 +385,7 @@ def train_sampled(eden: Eden, data: Tensor, cfg: TrainConfig, shift: float, scal
     for i, batch in zip(range(cfg.sampled_steps), batches(data, cfg.sampled_batch, gen), strict=False):
         dit, dec, grid = conditioning(eden, batch)
         dit_ctx, dec_ctx = contexts(eden, dit, dec, grid)
-        raw = frame_difference(batch.frame0, batch.frame1).clone()  # out of inference mode
-        diff_emb = eden.condition(normalise_difference(raw, cfg.cos_sim_mean, cfg.cos_sim_std))
+        diff_emb = difference_embedding(eden, batch, cfg)
         noise = torch.randn(len(batch.middle), (grid[0] // 2) * (grid[1] // 2), cfg.model.latent_dim, generator=gen)
         x = REFERENCE_SAMPLER.run(functools.partial(sampled_velocity, eden, diff_emb, dit_ctx, grid), noise)
         frame = eden.decode(x / scaler + shift, dec_ctx, grid) * batch.std + batch.mean
