@@ -79,7 +79,7 @@ class TrainConfig:
     dit_lr: float = 2e-3
     dit_grid_share: float = 0.0  # of the times t trained at, the share at the reference sampler's (0 and 0.75)
     # stage 3 (0 steps: none): the whole network through the reference sampler, on the frames' squared error
-    sampled_steps: int = 1200
+    sampled_steps: int = 1800
     sampled_batch: int = 16
     sampled_lr: float = 5e-4
     # all stages
