@@ -5,6 +5,7 @@ leaves no segment once the cloud's TTL has passed."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -164,6 +165,9 @@ def test_an_encoding_used_twice_is_encoded_again(shared):
         assert np.array_equal(first, second)
         encodes = since(before, requests_total(cloud_server))
         assert encodes == {("/api/v1/encode", "POST", "200"): 2}, encodes
+    assert [name for name, maker, _ in shm.segments() if maker.split("-")[0] == str(os.getpid())]  # held:
+    del first, second  # the edge's frames, which this process views in place until it lets them go
+    gc.collect()
     assert not [name for name, maker, _ in shm.segments() if maker.split("-")[0] == str(os.getpid())]
 
 

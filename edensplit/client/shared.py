@@ -3,8 +3,8 @@ goes into a segment of the client's own and only its handle is sent; an answer t
 here, except an encoding, which the client passes on to the edge as the handle it is.
 
 A segment of the client's is made for no particular client of the server (its unguessable name is what lets a
-server take it); it is removed once the request is answered, whether the server took it or not, and a client
-killed before that leaves it to the servers' sweep of dead makers' segments.
+server take it); it comes back to the client for the next body once the request is answered, whether the server
+took it or not, and a client killed before that leaves it to the servers' sweep of dead makers' segments.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from edensplit.client.requests import Answer, Call
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.processes import maker_of
 from edensplit.wire.blob import BLOB_MEDIA_TYPE
-from edensplit.wire.shm import SHM_MEDIA_TYPE, Handle, Spares, remove, take_segment
+from edensplit.wire.shm import SHM_MEDIA_TYPE, Handle, Spares, take_segment
 
 
 def asking_handles(call: Call) -> Call:
@@ -49,7 +49,7 @@ def send(client: Client, call: Call, segments: Spares) -> Answer:
             if exc.code != ErrorCode.SHM_NOT_FOUND or attempt >= policy.retries or time.monotonic() > deadline:
                 raise
         finally:
-            remove(handle.segment)
+            segments.give_back(handle.segment)
     raise AssertionError("unreachable")
 
 

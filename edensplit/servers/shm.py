@@ -7,7 +7,8 @@ The segments a server makes are its to bound and clean: their bytes are held aga
 use (and their count against SHM_MAX_SEGMENTS) until they are taken or SHM_TTL_S passes, when they are
 removed; every server that allows shared memory also removes this user's segments whose maker no longer runs
 (a process killed mid-job), at start and then every second. Answers go into spare segments allocated and mapped
-ahead (`shm.Spares`): a few per answer length, while answers of that length keep coming. An answer laid out by
+ahead (`shm.Spares`): a few per answer length, while answers of that length keep coming, and each taken one
+given back by its reader for the next answer. An answer laid out by
 `wire.buffers.answer_buffer` (the cloud's encoding) is written straight into one (its tokens cast into the
 segment's pages), others are copied in.
 """
@@ -142,6 +143,7 @@ class SharedMemory:
         this user whose maker no longer runs; the number removed."""
         removed, now = 0, time.monotonic()
         self.spares.expire()
+        shm.forget_idle_views()
         with self._lock:
             entries = list(self.made.items())
         for name, (held, made) in entries:

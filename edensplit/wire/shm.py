@@ -3,9 +3,9 @@ memory segment (a file of /dev/shm), with only a small handle crossing HTTP or W
 
 A segment holds a header line and the data: `EDSHM1 <header JSON>\\n<data>`, the header naming the client the
 segment was made for, the data's media type and size, padded with spaces so that the data starts at a multiple of
-ALIGN bytes. The data is written once (into a spare segment's map, or by pwrite) and read through a private
-(copy-on-write) memory map: a reader's
-tensors and frames are views of it, not copies. Its name,
+ALIGN bytes. The data is written once, into a spare segment's map (`Spares`: the reader copies it out and gives
+the segment back for the maker's next write, so its pages go round) or by pwrite (the reader maps it privately,
+copy-on-write: its tensors and frames are views of the map, not copies). Its name,
 `edensplit-shm-<uid>-<pid>-<start>-<token>`, says whose it is (the user, and the process that made it and when that
 process started, so that a crashed maker's segments can be found and removed) and is unguessable (128 random
 bits). Segments are created mode 0600, exclusively, never through a link; a reader checks the owner and mode before
@@ -19,6 +19,7 @@ beside the data: the grid, the difference) when a server made it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import mmap
@@ -39,12 +40,16 @@ from typing import Any
 import numpy as np
 
 from edensplit.errors import EdenError, ErrorCode
+from edensplit.processes import maker_of, process_identity
 
 SHM_MEDIA_TYPE = "application/vnd.edensplit.shm-handle+json"
 SHM_DIR = Path("/dev/shm")
 MAGIC = b"EDSHM1 "
 PREFIX = "edensplit-shm-"
 NAME = re.compile(r"edensplit-shm-(\d+)-(\d+)-(\d+)-([0-9a-f]{32})")
+RETURNED = ".back"  # a segment its reader gave back to its maker: no handle names it (NAME refuses the suffix)
+HELD = ".held"  # a spare taken and still viewed by its reader, under the reader's name (its pid and start)
+ON_DISK = re.compile(f"{NAME.pattern}(?:{re.escape(RETURNED)}|{re.escape(HELD)})?")
 MAX_HANDLE_BYTES = 4096
 MAX_HEADER_BYTES = 4096
 # How long map work started by an answer (unmapping a map let go, mapping the next spare) waits: each takes the
@@ -103,9 +108,13 @@ def segment_name(maker: str) -> str:
     return f"{PREFIX}{os.getuid()}-{maker}-{secrets.token_hex(16)}"
 
 
-def _header(client: str | None, media_type: str, size: int) -> bytes:
-    """A segment's header line, padded so that the data after it starts at a multiple of ALIGN."""
-    line = MAGIC + json.dumps({"client": client, "media_type": media_type, "size": size}).encode()
+def _header(client: str | None, media_type: str, size: int, back: bool = False) -> bytes:
+    """A segment's header line, padded so that the data after it starts at a multiple of ALIGN; `back`: its reader
+    copies the data out and gives the segment back to its maker for the next write (`Spares`)."""
+    fields: dict[str, Any] = {"client": client, "media_type": media_type, "size": size}
+    if back:
+        fields["back"] = True
+    line = MAGIC + json.dumps(fields).encode()
     return line + b" " * (-(len(line) + 1) % ALIGN) + b"\n"
 
 
@@ -134,21 +143,59 @@ def _fill(fd: int, name: str, source: memoryview, header: bytes, media_type: str
     return Handle(name, source.nbytes, media_type)
 
 
+@dataclass
+class _Spare:
+    """A segment of the maker's, mapped into it for as long as it is reused: its current name, its map, its file's
+    length and identity (checked when the segment comes back from a reader)."""
+
+    name: str
+    mapped: _Map
+    length: int
+    inode: tuple[int, int]
+
+    def discard(self) -> None:
+        self.mapped.close()
+        remove(self.name)
+        remove(self.name + RETURNED)
+
+
+def held_name(name: str, reader: str) -> str:
+    """Segment `name`'s name while `reader` ("<pid>-<start>") holds it: the reader's, so that if it dies the
+    segment is swept with its own (and a maker that died meanwhile leaves nothing the reader cannot give back)."""
+    return f"{PREFIX}{os.getuid()}-{reader}-{name.rsplit('-', 1)[1]}{HELD}"
+
+
+def _held(name: str) -> Path | None:
+    """Where segment `name` is while a reader holds it, if it is."""
+    suffix = f"-{name.rsplit('-', 1)[1]}{HELD}"
+    try:
+        return next((Path(e.path) for e in os.scandir(SHM_DIR) if e.name.endswith(suffix)), None)
+    except OSError:
+        return None
+
+
 class Spares:
-    """Segments made ahead of need, for a process that makes many of the same length (a server's answers, a
-    client's frames): each is created (0600, its final unguessable name), its pages allocated by
+    """Segments made ahead of need and reused, for a process that makes many of the same length (a server's
+    answers, a client's frames). Each is created (0600, an unguessable name), its pages allocated by
     `posix_fallocate` and mapped into this process (shared, MAP_POPULATE: every page in the page table) on a
     background thread, so that writing into one is a memcpy into mapped pages rather than allocating, zeroing
     and mapping them on the request's path (25 MB: 2.5 ms against 9 ms by pwrite into allocated pages, 20 ms
-    into new ones, here); the map is let go on the background thread too. A spare is a
-    segment nobody has a handle to; taking one for a write makes it an ordinary segment. At most `per_length`
-    spares of each length asked for in the last `ttl_s` seconds, `max_bytes` in all; a length not asked for
-    within `ttl_s` has its spares removed (`expire`), so that an idle process holds none. They carry their maker
-    in their name like any segment, so a crashed process's spares are swept with its segments."""
+    into new ones, here).
+
+    A written spare's header asks its reader to give it back: the reader copies the data out and renames the
+    segment to `<name>.back` (no handle can name that), and the next write of that length renames it to a new
+    unguessable name and writes into the same mapped pages: in steady state no segment is made, zeroed, mapped
+    or freed at all. A handle is still good for one use: its name is gone once taken. A spare not given back
+    (its reader removed it, or it expired) is let go. At most `per_length` spares ready of each length asked for
+    in the last `ttl_s` seconds made ahead (and as many more as came back, for as many requests as were in
+    flight), `max_bytes` in all; a length not asked for within `ttl_s` has its spares removed (`expire`), so
+    that an idle process holds none. They carry their maker in their name like any
+    segment, so a crashed process's spares, given back or not, are swept with its segments."""
 
     def __init__(self, maker: str, ttl_s: float = 30.0, per_length: int = 2, max_bytes: int = 256 * 2**20):
         self.maker, self.ttl_s, self.per_length, self.max_bytes = maker, ttl_s, per_length, max_bytes
-        self._ready: dict[int, list[tuple[str, _Map]]] = {}  # file length -> spares (name, its map)
+        self._ready: dict[int, list[_Spare]] = {}  # file length -> spares nobody has a handle to
+        self._lent: dict[str, _Spare] = {}  # name -> a written spare, to come back from its reader
         self._pending: dict[int, int] = {}  # file length -> spares being made
         self._asked: dict[int, float] = {}  # file length -> when last asked for
         self._lock = threading.Lock()
@@ -159,7 +206,7 @@ class Spares:
     def nbytes(self) -> int:
         """Bytes held in spares ready for use."""
         with self._lock:
-            return sum(length * len(names) for length, names in self._ready.items())
+            return sum(length * len(spares) for length, spares in self._ready.items())
 
     def write(self, data: bytes | bytearray | memoryview, client: str | None, media_type: str) -> Handle:
         """`write_segment` into a spare of the right length when there is one (else into a new segment), and a
@@ -179,17 +226,28 @@ class Spares:
     def draft(self, nbytes: int, client: str | None, media_type: str) -> Draft:
         """A segment of `nbytes` to fill in place: in a spare's map when one of that length is ready (and a spare
         made ahead for the next), else in this process's memory, written out on `commit`."""
-        header = _header(client, media_type, nbytes)
+        header = _header(client, media_type, nbytes, back=True)
         spare = self._take(len(header) + nbytes)
-        if spare is not None and not (SHM_DIR / spare[0]).exists():  # removed under us
-            spare[1].close()
+        if spare is not None and not (SHM_DIR / spare.name).exists():  # removed under us
+            spare.mapped.close()
             spare = None
-        name, mapped = spare if spare is not None else ("", None)
-        return Draft(self.maker, name, mapped, header, nbytes, client, media_type)
+        return Draft(self, spare, header, nbytes, client, media_type)
 
-    def _take(self, length: int) -> tuple[str, _Map] | None:
+    def give_back(self, name: str) -> None:
+        """The segment `name`, written by this process for a request now answered, back for reuse whether the
+        server took it or not (a segment not made from a spare is removed)."""
+        with self._lock:
+            lent = name in self._lent
+        if not lent:
+            remove(name)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(SHM_DIR / name, SHM_DIR / (name + RETURNED))
+
+    def _take(self, length: int) -> _Spare | None:
         with self._lock:
             self._asked[length] = time.monotonic()
+            drop = self._reclaim(length)
             ready = self._ready.get(length)
             spare = ready.pop() if ready else None
             wanted = self.per_length - len(self._ready.get(length, ())) - self._pending.get(length, 0)
@@ -198,53 +256,121 @@ class Spares:
             self._pending[length] = self._pending.get(length, 0) + make
             for _ in range(make):  # under the lock: `close` cannot shut the maker down between check and submit
                 self._maker.submit(self._make, length)
+        for extra in drop:
+            extra.discard()
         return spare
+
+    def _reclaim(self, length: int | None) -> list[_Spare]:
+        """(Under the lock.) Lent spares (of `length`, or all) that came back, renamed to new names and made
+        ready, and those that will not come back (removed, expired) let go; the spares to discard returned. A
+        spare comes back when its reader lets go of its last view (`<name>.back`) or dies (while it held it,
+        `held_name`); one still waiting for its reader, or held by a live one, stays lent."""
+        drop: list[_Spare] = []
+        for spare in [s for s in self._lent.values() if length is None or s.length == length]:
+            source = SHM_DIR / (spare.name + RETURNED)
+            if not source.exists():
+                if (SHM_DIR / spare.name).exists():
+                    continue  # waiting for its reader
+                held = _held(spare.name)
+                holder = ON_DISK.fullmatch(held.name) if held is not None else None
+                if held is not None and holder is not None:
+                    pid, start = holder.group(2), holder.group(3)
+                    if process_identity(int(pid)) in (f"{pid}-{start}", pid):
+                        continue  # a live reader views it still
+                    source = held  # its reader died, and its views with it
+                elif not source.exists():  # (names only move forward: name, held, back)
+                    del self._lent[spare.name]
+                    spare.mapped.close()
+                    continue
+            fresh = segment_name(self.maker)
+            try:
+                os.rename(source, SHM_DIR / fresh)
+            except FileNotFoundError:
+                continue
+            del self._lent[spare.name]
+            spare.name = fresh
+            try:
+                info = os.stat(SHM_DIR / fresh, follow_symlinks=False)
+                ours = stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == spare.inode
+            except OSError:
+                ours = False
+            held = sum(n * len(v) for n, v in self._ready.items())
+            if ours and not self._closed and held + spare.length <= self.max_bytes:
+                self._ready.setdefault(spare.length, []).append(spare)  # last in, first out: the pages used last
+            else:
+                drop.append(spare)
+        return drop
+
+    def _lend(self, spare: _Spare) -> None:
+        with self._lock:
+            if not self._closed:
+                self._lent[spare.name] = spare
+                return
+        spare.mapped.close()
+
+    def _restore(self, spare: _Spare) -> None:
+        """A spare taken for a draft and not written: ready again."""
+        with self._lock:
+            if not self._closed:
+                self._ready.setdefault(spare.length, []).append(spare)
+                return
+        spare.discard()
 
     def _make(self, length: int) -> None:
         time.sleep(BACKGROUND_DELAY_S)  # out of the way of the answer that asked for it
-        name, mapped = segment_name(self.maker), None
+        name, spare = segment_name(self.maker), None
         try:
             fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
                 os.posix_fallocate(fd, 0, length)
+                info = os.fstat(fd)
                 mapped = _Map(_mmap(length, mmap.MAP_SHARED | mmap.MAP_POPULATE, fd), length)
+                spare = _Spare(name, mapped, length, (info.st_dev, info.st_ino))
             finally:
                 os.close(fd)
         except OSError:  # no room in /dev/shm, or no fallocate or map there: writes make new segments
             remove(name)
-            name = ""
         with self._lock:
             self._pending[length] -= 1
-            keep = bool(name) and not self._closed
+            keep = spare is not None and not self._closed
             if keep:
-                self._ready.setdefault(length, []).append((name, mapped))
-        if name and not keep:
-            _discard((name, mapped))
+                self._ready.setdefault(length, []).append(spare)
+        if spare is not None and not keep:
+            spare.discard()
 
     def expire(self, now: float | None = None) -> int:
-        """Remove the spares of lengths not asked for within `ttl_s` before `now` (time.monotonic()'s clock,
-        default now); how many went."""
+        """Take back the spares given back, and remove the spares of lengths not asked for within `ttl_s` before
+        `now` (time.monotonic()'s clock, default now); how many were removed."""
         now = time.monotonic() if now is None else now
         with self._lock:
+            drop = self._reclaim(None)
             stale = [length for length, when in self._asked.items() if now - when > self.ttl_s]
-            spares = [spare for length in stale for spare in self._ready.pop(length, [])]
+            drop += [spare for length in stale for spare in self._ready.pop(length, [])]
             for length in stale:
-                if not self._pending.get(length):
+                if not self._pending.get(length) and not any(s.length == length for s in self._lent.values()):
                     self._asked.pop(length, None)
-        for spare in spares:
-            _discard(spare)
-        return len(spares)
+        for spare in drop:
+            spare.discard()
+        return len(drop)
 
     def close(self) -> None:
-        """Remove every spare (and any being made); no more are made."""
+        """Remove every spare, ready or given back (and any being made); no more are made. Segments still waiting
+        for their reader are left to whoever holds their handle (a server's own sweep)."""
         with self._lock:
             self._closed = True
         self._maker.shutdown(wait=True)
         with self._lock:
-            spares = [spare for ready in self._ready.values() for spare in ready]
+            drop = [spare for ready in self._ready.values() for spare in ready]
             self._ready.clear()
-        for spare in spares:
-            _discard(spare)
+            lent, self._lent = list(self._lent.values()), {}
+        for spare in drop:
+            spare.discard()
+        for spare in lent:  # a reader's views of one stay good: its map outlives the name
+            spare.mapped.close()
+            remove(spare.name + RETURNED)
+            held = _held(spare.name)
+            if held is not None:
+                remove(held.name)
 
 
 class Draft:
@@ -252,16 +378,17 @@ class Draft:
     or, when none was ready, a buffer of this process; `commit` writes the header (or the whole segment) and
     gives the handle, `discard` lets it go. Nobody has its name before `commit`."""
 
-    def __init__(self, maker: str, name: str, mapped: _Map | None, header: bytes, nbytes: int, client: str | None,
+    def __init__(self, owner: Spares, spare: _Spare | None, header: bytes, nbytes: int, client: str | None,
                  media_type: str):
-        self.maker, self.name, self.header, self.nbytes = maker, name, header, nbytes
+        self.owner, self.header, self.nbytes = owner, header, nbytes
         self.client, self.media_type = client, media_type
-        self._mapped = mapped
-        self._data = mapped.array()[len(header):] if mapped is not None else None
+        self.name = spare.name if spare is not None else ""
+        self._spare = spare
+        self._data = spare.mapped.array()[len(header):] if spare is not None else None
 
     @property
     def in_place(self) -> bool:
-        return self._mapped is not None
+        return self._spare is not None
 
     @property
     def data(self) -> np.ndarray:
@@ -271,35 +398,29 @@ class Draft:
         return self._data
 
     def commit(self) -> Handle:
-        if self._mapped is None:
-            return write_segment(segment_name(self.maker), self.data, self.client, self.media_type)
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return write_segment(segment_name(self.owner.maker), self.data, self.client, self.media_type)
+        self._data = None
         try:
-            self._mapped.array()[:len(self.header)] = np.frombuffer(self.header, np.uint8)
-        finally:
-            self._let_go()
-        return Handle(self.name, self.nbytes, self.media_type)
+            spare.mapped.array()[:len(self.header)] = np.frombuffer(self.header, np.uint8)
+        except BaseException:
+            spare.discard()
+            raise
+        self.owner._lend(spare)
+        return Handle(spare.name, self.nbytes, self.media_type)
 
     def discard(self) -> None:
-        if self._mapped is not None:
-            remove(self.name)
-        self._let_go()
-
-    def _let_go(self) -> None:
-        if self._mapped is not None:
-            self._mapped.close()
-        self._mapped = self._data = None
-
-
-def _discard(spare: tuple[str, _Map]) -> None:
-    name, mapped = spare
-    mapped.close()
-    remove(name)
+        spare, self._spare, self._data = self._spare, None, None
+        if spare is not None:
+            self.owner._restore(spare)
 
 
 def take_segment(handle: Handle, client: str | None, media_type: str) -> memoryview:
-    """The data of the segment `handle` names, which is then removed (a handle is good for one use): a writable
-    view of a private map of it (copy-on-write: what the reader changes is its own), so the tensors and frames
-    read from it are views, not copies; the map lives as long as they do.
+    """The data of the segment `handle` names, whose name then goes (a handle is good for one use), writable and
+    the reader's own: a spare's (its header says "back") copied out and the segment given back to its maker
+    (renamed `<name>.back`); any other's a view of a private map of it (copy-on-write), so the tensors and frames
+    read from it are views, not copies, the map living as long as they do, and the segment removed.
 
     SHM_NOT_FOUND if there is no such segment (unknown, used or expired); SHM_FORBIDDEN if it is not this user's,
     not private, or made for another client (`client` None: any, for the process that asked for it itself; a
@@ -341,6 +462,21 @@ def take_segment(handle: Handle, client: str | None, media_type: str) -> memoryv
         if info.st_size - start != handle.size:
             raise invalid(f"shared-memory segment {handle.segment} holds {max(info.st_size - start, 0)} bytes, its "
                           f"handle says {handle.size}")
+        if header.get("back") is True:  # a spare: held while its views live, then given back to its maker
+            held = SHM_DIR / held_name(handle.segment, maker_of(os.getpid()))
+            try:
+                os.rename(path, held)  # the take: a second taker of the handle finds nothing
+            except FileNotFoundError:
+                raise EdenError(f"shared-memory segment {handle.segment} was taken meanwhile (a handle is good for "
+                                "one use)", code=ErrorCode.SHM_NOT_FOUND) from None
+            back = (held, SHM_DIR / (handle.segment + RETURNED))
+            if start % ALIGN or not handle.size:
+                return _mapped(fd, start, handle.size, back)
+            try:
+                return _views.view(held, info, start, back)
+            except BaseException:
+                _give_back(back)
+                raise
         data = _mapped(fd, start, handle.size)
     finally:
         os.close(fd)
@@ -355,25 +491,33 @@ _libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def _mapped(fd: int, start: int, size: int) -> memoryview:
+def _mapped(fd: int, start: int, size: int, back: tuple[Path, Path] | None = None) -> memoryview:
     """Bytes start..start+size of the file as a writable view of a private map (its pages mapped as they are
     read: faster here than MAP_POPULATE, which maps them all at once), unmapped when the last view of it goes
-    (mmap.mmap would hold a file descriptor as long: one per encoding a session keeps); for data that does not
-    start at a multiple of ALIGN (a segment not written by `write_segment`), a copy."""
-    if size == 0:
-        return memoryview(bytearray())
-    if start % ALIGN:
-        return memoryview(bytearray(os.pread(fd, size, start)))
+    (mmap.mmap would hold a file descriptor as long: one per encoding a session keeps) and then, for a spare, the
+    segment renamed `back` (held -> given back to its maker); for data that does not start at a multiple of ALIGN
+    (a segment not written by this module), a copy."""
+    if size == 0 or start % ALIGN:
+        data = memoryview(bytearray(os.pread(fd, size, start) if size else b""))
+        if back is not None:
+            _give_back(back)
+        return data
     length = start + size
     address = _mmap(length, mmap.MAP_PRIVATE, fd)
-    return memoryview(_owned_pages(address, length)).cast("B")[start:]
+    return memoryview(_owned_pages(address, length, back)).cast("B")[start:]
 
 
-def _owned_pages(address: int, length: int) -> ctypes.Array[ctypes.c_ubyte]:
-    """The mapped bytes at `address` as a ctypes array that unmaps them (in the background) when it goes."""
+def _owned_pages(address: int, length: int, back: tuple[Path, Path] | None = None) -> ctypes.Array[ctypes.c_ubyte]:
+    """The mapped bytes at `address` as a ctypes array that unmaps them (in the background) when it goes, then
+    renames `back`."""
     pages = (ctypes.c_ubyte * length).from_address(address)
-    weakref.finalize(pages, _unmapper.unmap, address, length)
+    weakref.finalize(pages, _unmapper.unmap, address, length, back)
     return pages
+
+
+def _give_back(back: tuple[Path, Path]) -> None:
+    with contextlib.suppress(OSError):
+        os.rename(*back)
 
 
 def _mmap(length: int, flags: int, fd: int) -> int:
@@ -406,16 +550,16 @@ class _Unmapper:
     on the request that wrote a spare or dropped the last view of a taken segment."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[int, int, tuple[Path, Path] | None]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def unmap(self, address: int, length: int) -> None:
+    def unmap(self, address: int, length: int, back: tuple[Path, Path] | None = None) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="edensplit-shm-unmap", daemon=True)
                 self._thread.start()
-        self._queue.put((address, length))
+        self._queue.put((address, length, back))
 
     def _run(self) -> None:
         while True:
@@ -423,11 +567,93 @@ class _Unmapper:
             time.sleep(BACKGROUND_DELAY_S)  # out of the way of the answer that let the map go
             while not self._queue.empty():
                 pending.append(self._queue.get())
-            for address, length in pending:
+            for address, length, back in pending:
                 _libc.munmap(address, length)
+                if back is not None:  # nothing in this process views the spare any more: its maker's again
+                    _give_back(back)
 
 
 _unmapper = _Unmapper()
+
+
+def _map_shared(path: Path, key: tuple[int, int], length: int) -> int:
+    """A shared writable map of the segment at `path`, which must still be the file `key` (device, inode) names."""
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    try:
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) != key or info.st_size != length:
+            raise EdenError(f"shared-memory segment {path.name} changed while it was taken",
+                            code=ErrorCode.SHM_INVALID)
+        return _mmap(length, mmap.MAP_SHARED, fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _View:
+    address: int
+    length: int
+    used: float
+    busy: bool = True
+
+
+class _Views:
+    """A reader's maps of the spares it took, kept for the next take of the same segment (its maker reuses the
+    pages under a new name): the second time round there is no map to make, no page to fault in and none to
+    unmap. A map is shared and writable: while a reader holds a segment nobody else reads it, and the maker
+    writes every byte again before the next reader's turn. Kept while used within `idle_s`, `max_bytes` in all
+    (a map keeps its file's pages even once the maker removed the file)."""
+
+    def __init__(self, idle_s: float = 10.0, max_bytes: int = 512 * 2**20):
+        self.idle_s, self.max_bytes = idle_s, max_bytes
+        self._maps: dict[tuple[int, int], _View] = {}  # (device, inode) -> its map
+        self._lock = threading.Lock()
+
+    def view(self, path: Path, info: os.stat_result, start: int, back: tuple[Path, Path]) -> memoryview:
+        """The data of the segment at `path` (`info` the fstat it was checked by) from `start`, as a view of this
+        process's map of it; `back` renamed once the view and everything made from it are gone."""
+        key, length = (info.st_dev, info.st_ino), info.st_size
+        with self._lock:
+            kept = self._maps.get(key)
+            if kept is not None and (kept.busy or kept.length != length):  # not ours to reuse: a map of its own
+                kept = None
+            if kept is None:
+                kept = _View(_map_shared(path, key, length), length, time.monotonic())
+                self._maps.setdefault(key, kept)
+            kept.busy = True
+        pages = (ctypes.c_ubyte * length).from_address(kept.address)
+        weakref.finalize(pages, self._release, key, kept, back)
+        return memoryview(pages).cast("B")[start:]
+
+    def _release(self, key: tuple[int, int], kept: _View, back: tuple[Path, Path]) -> None:
+        with self._lock:
+            kept.busy, kept.used = False, time.monotonic()
+            if self._maps.get(key) is not kept:  # a second map of one file: not kept
+                _unmapper.unmap(kept.address, kept.length)
+        self.forget_idle()
+        _give_back(back)
+
+    def forget_idle(self) -> int:
+        """Let go of the maps not used within `idle_s` (and the oldest, past `max_bytes`); how many."""
+        now = time.monotonic()
+        with self._lock:
+            idle = sorted((v.used, k) for k, v in self._maps.items() if not v.busy)
+            total, gone = sum(v.length for v in self._maps.values()), 0
+            for used, key in idle:
+                if now - used <= self.idle_s and total <= self.max_bytes:
+                    break
+                dropped = self._maps.pop(key)
+                total, gone = total - dropped.length, gone + 1
+                _unmapper.unmap(dropped.address, dropped.length)
+        return gone
+
+
+_views = _Views()
+
+
+def forget_idle_views() -> int:
+    """Let go of this process's maps of spares it took that were not used lately (a server's sweep calls it)."""
+    return _views.forget_idle()
 
 
 def remove(name: str) -> bool:
@@ -447,7 +673,7 @@ def segments(uid: int | None = None) -> Iterator[tuple[str, str, int]]:
     except OSError:
         return
     for entry in entries:
-        match = NAME.fullmatch(entry.name)
+        match = ON_DISK.fullmatch(entry.name)
         if match and int(match.group(1)) == uid:
             try:
                 size = entry.stat(follow_symlinks=False).st_size

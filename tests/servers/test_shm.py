@@ -4,6 +4,7 @@ killed server's segments are swept at the next start; without ALLOW_SHM, handles
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -240,6 +241,8 @@ def test_an_answer_is_written_straight_into_a_spare_and_a_failed_one_leaves_noth
             assert bytes(memory.take(handle, "anonymous", BLOB_MEDIA_TYPE)) == data
         memory.sweep()
         assert memory.budget.used == 0
+        gc.collect()  # the taken views gone: the spares come back, and the sweep takes them in
+        wait_until(lambda: (memory.sweep(), not (mine() - set(_spare_names(memory))))[1], what="given back")
         # Failing after the allocation: the draft is dropped, nothing held, no segment left but the spares.
         with pytest.raises(RuntimeError):
             SharedOperation(Answering(fail=True), memory, True).encode(payload, None)
@@ -261,4 +264,4 @@ def _settle(memory: SharedMemory) -> None:
 
 def _spare_names(memory: SharedMemory) -> list[str]:
     with memory.spares._lock:
-        return [name for ready in memory.spares._ready.values() for name, _ in ready]
+        return [spare.name for ready in memory.spares._ready.values() for spare in ready]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gc
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -145,19 +147,19 @@ def _alive_maker() -> tuple[str, Callable[[], set[str]]]:
     return maker, lambda: _mine(maker) - before
 
 
-def test_spares_are_allocated_ahead_private_and_become_ordinary_segments_when_written():
+def test_spares_are_allocated_ahead_private_and_written_in_place():
     maker, mine = _alive_maker()
     spares = shm.Spares(maker, per_length=2)
     try:
         payload = os.urandom(3000)
         first = spares.write(payload, "alice", BLOB)  # nothing ahead yet: a new segment, and two made for next time
-        length = shm.SHM_DIR.joinpath(first.segment).stat().st_size  # a spare is a segment of the same length
-        wait_until(lambda: spares.nbytes == 2 * length)
+        wait_until(lambda: len(mine() - {first.segment}) == 2 and not any(spares._pending.values()))
         ahead = mine() - {first.segment}
-        assert len(ahead) == 2
+        lengths = {os.lstat(shm.SHM_DIR / name).st_size for name in ahead}
+        assert len(lengths) == 1 and spares.nbytes == 2 * lengths.pop()
         for name in ahead:
             info = os.lstat(shm.SHM_DIR / name)
-            assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_size == length and shm.NAME.fullmatch(name)
+            assert stat.S_IMODE(info.st_mode) == 0o600 and shm.NAME.fullmatch(name)
         second = spares.write(payload[::-1], "alice", BLOB)
         assert second.segment in ahead  # written into pages allocated ahead
         assert bytes(take_segment(second, "alice", BLOB)) == payload[::-1]
@@ -168,7 +170,74 @@ def test_spares_are_allocated_ahead_private_and_become_ordinary_segments_when_wr
         shm.remove(third.segment)
     finally:
         spares.close()
-    assert not mine()  # closing removes every spare
+    assert not mine()  # closing removes every spare, the ones given back too
+
+
+def test_a_spare_comes_back_from_its_reader_and_is_reused_under_a_new_name():
+    """The reader holds the segment (under a name of its own, `held_name`) while it views the data and gives it back
+    (`<name>.back`) with its last view; the next write of that length is the same pages under a new unguessable
+    name: nothing made, zeroed or mapped again, and the old handle finds nothing. No handle can name either."""
+    maker, mine = _alive_maker()
+    spares = shm.Spares(maker, per_length=1)
+    try:
+        payload = np.frombuffer(os.urandom(5000), np.uint8)
+        shm.remove(spares.write(payload, "alice", BLOB).segment)  # asks for the length: a spare made ahead
+        wait_until(lambda: spares.nbytes > 0)
+        lent = spares.write(payload, "alice", BLOB)
+        inode = os.lstat(shm.SHM_DIR / lent.segment).st_ino
+        data = take_segment(lent, "alice", BLOB)
+        assert bytes(data) == payload.tobytes() and not data.readonly
+        held = shm.SHM_DIR / shm.held_name(lent.segment, maker_of(os.getpid()))  # the reader's name, while it views
+        back = shm.SHM_DIR / (lent.segment + shm.RETURNED)
+        assert not (shm.SHM_DIR / lent.segment).exists() and os.lstat(held).st_ino == inode
+        assert code_of(lambda: take_segment(lent, "alice", BLOB)) == ErrorCode.SHM_NOT_FOUND  # one use
+        for name in (back.name, held.name):
+            assert code_of(lambda n=name: Handle.loads(Handle(n, lent.size, BLOB).dumps())) == ErrorCode.SHM_INVALID
+        wait_until(lambda: not any(spares._pending.values()))
+        viewed = spares.write(payload[::-1].copy(), "bob", BLOB)  # while the reader views it: other pages
+        assert os.lstat(shm.SHM_DIR / viewed.segment).st_ino != inode and bytes(data) == payload.tobytes()
+        del data
+        gc.collect()
+        wait_until(back.exists)  # given back with the last view
+        assert not held.exists() and os.lstat(back).st_ino == inode
+        again = spares.write(payload[::-1].copy(), "bob", BLOB)
+        assert os.lstat(shm.SHM_DIR / again.segment).st_ino == inode and not back.exists()
+        assert code_of(lambda: take_segment(again, "alice", BLOB)) == ErrorCode.SHM_FORBIDDEN  # bob's now
+        for handle in (again, viewed):
+            assert bytes(take_segment(handle, "bob", BLOB)) == payload[::-1].tobytes()
+        # A body a server did not take comes back too, from the process that wrote it.
+        unread = spares.write(payload, None, BLOB)
+        spares.give_back(unread.segment)
+        assert not (shm.SHM_DIR / unread.segment).exists()
+        given_back = os.lstat(shm.SHM_DIR / (unread.segment + shm.RETURNED)).st_ino
+        reused = spares.write(payload, None, BLOB)
+        assert os.lstat(shm.SHM_DIR / reused.segment).st_ino == given_back
+        assert bytes(take_segment(reused, None, BLOB)) == payload.tobytes()
+    finally:
+        spares.close()
+    gc.collect()
+    assert not mine()
+
+
+def test_a_spare_held_by_a_reader_that_died_comes_back():
+    maker, mine = _alive_maker()
+    spares = shm.Spares(maker, per_length=1)
+    try:
+        payload = os.urandom(3000)
+        shm.remove(spares.write(payload, None, BLOB).segment)
+        wait_until(lambda: spares.nbytes > 0)
+        lent = spares.write(payload, None, BLOB)
+        inode = os.lstat(shm.SHM_DIR / lent.segment).st_ino
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        os.rename(shm.SHM_DIR / lent.segment, shm.SHM_DIR / shm.held_name(lent.segment, f"{dead}-1"))  # its take
+        wait_until(lambda: not any(spares._pending.values()))
+        again = spares.write(payload, None, BLOB)
+        assert os.lstat(shm.SHM_DIR / again.segment).st_ino == inode
+        spares.give_back(again.segment)
+    finally:
+        spares.close()
+    assert not mine()
 
 
 def test_spares_of_a_length_not_asked_for_within_the_ttl_go_and_their_bytes_are_bounded():
