@@ -552,7 +552,7 @@ class _Unmapper:
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[tuple[int, int, tuple[Path, Path] | None]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a finalizer (a view let go) may run while it is held
 
     def unmap(self, address: int, length: int, back: tuple[Path, Path] | None = None) -> None:
         with self._lock:
@@ -607,7 +607,7 @@ class _Views:
     def __init__(self, idle_s: float = 10.0, max_bytes: int = 512 * 2**20):
         self.idle_s, self.max_bytes = idle_s, max_bytes
         self._maps: dict[tuple[int, int], _View] = {}  # (device, inode) -> its map
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a finalizer (a view let go) may run while it is held
 
     def view(self, path: Path, info: os.stat_result, start: int, back: tuple[Path, Path]) -> memoryview:
         """The data of the segment at `path` (`info` the fstat it was checked by) from `start`, as a view of this
@@ -615,12 +615,11 @@ class _Views:
         key, length = (info.st_dev, info.st_ino), info.st_size
         with self._lock:
             kept = self._maps.get(key)
-            if kept is not None and (kept.busy or kept.length != length):  # not ours to reuse: a map of its own
-                kept = None
-            if kept is None:
+            if kept is not None and not kept.busy and kept.length == length:
+                kept.busy = True  # at once: nothing may let go of it now
+            else:  # none, or not ours to reuse: a map of its own
                 kept = _View(_map_shared(path, key, length), length, time.monotonic())
                 self._maps.setdefault(key, kept)
-            kept.busy = True
         pages = (ctypes.c_ubyte * length).from_address(kept.address)
         weakref.finalize(pages, self._release, key, kept, back)
         return memoryview(pages).cast("B")[start:]

@@ -147,6 +147,14 @@ def _alive_maker() -> tuple[str, Callable[[], set[str]]]:
     return maker, lambda: _mine(maker) - before
 
 
+def _primed(maker: str, payload: np.ndarray) -> shm.Spares:
+    """Spares with one of `payload`'s length made ahead (a first write asks for the length)."""
+    spares = shm.Spares(maker, per_length=1)
+    shm.remove(spares.write(payload, "alice", BLOB).segment)
+    wait_until(lambda: spares.nbytes > 0)
+    return spares
+
+
 def test_spares_are_allocated_ahead_private_and_written_in_place():
     maker, mine = _alive_maker()
     spares = shm.Spares(maker, per_length=2)
@@ -178,11 +186,9 @@ def test_a_spare_comes_back_from_its_reader_and_is_reused_under_a_new_name():
     (`<name>.back`) with its last view; the next write of that length is the same pages under a new unguessable
     name: nothing made, zeroed or mapped again, and the old handle finds nothing. No handle can name either."""
     maker, mine = _alive_maker()
-    spares = shm.Spares(maker, per_length=1)
+    payload = np.frombuffer(os.urandom(5000), np.uint8)
+    spares = _primed(maker, payload)
     try:
-        payload = np.frombuffer(os.urandom(5000), np.uint8)
-        shm.remove(spares.write(payload, "alice", BLOB).segment)  # asks for the length: a spare made ahead
-        wait_until(lambda: spares.nbytes > 0)
         lent = spares.write(payload, "alice", BLOB)
         inode = os.lstat(shm.SHM_DIR / lent.segment).st_ino
         data = take_segment(lent, "alice", BLOB)
@@ -256,11 +262,9 @@ def test_spares_of_a_length_not_asked_for_within_the_ttl_go_and_their_bytes_are_
 
 def test_a_draft_is_filled_in_a_spare_s_map_and_a_segment_only_once_committed():
     maker, mine = _alive_maker()
-    spares = shm.Spares(maker, per_length=1)
+    payload = np.frombuffer(os.urandom(5000), np.uint8)
+    spares = _primed(maker, payload)
     try:
-        payload = np.frombuffer(os.urandom(5000), np.uint8)
-        shm.remove(spares.write(payload, "alice", BLOB).segment)  # asks for the length: a spare made ahead
-        wait_until(lambda: spares.nbytes > 0)
         (ahead,) = mine()
         draft = spares.draft(payload.nbytes, "alice", BLOB)
         assert draft.in_place and draft.name == ahead
