@@ -56,6 +56,7 @@ MAX_HEADER_BYTES = 4096
 # process's map lock, which every page fault of the answer still in flight would wait for (measured: a 1080p
 # encoding's encode step 10 -> 6 ms). A pause on a background thread, not a wait for a condition.
 BACKGROUND_DELAY_S = 0.02
+HELD_LOOK_S = 1.0  # how often a maker looks whether the readers holding its spares still run
 ALIGN = 64  # where a segment's data starts: a multiple of this (any tensor's items aligned in a view of it)
 
 
@@ -152,6 +153,7 @@ class _Spare:
     mapped: _Map
     length: int
     inode: tuple[int, int]
+    held: Path | None = None  # where its reader holds it, when last looked
 
     def discard(self) -> None:
         self.mapped.close()
@@ -198,6 +200,7 @@ class Spares:
         self._lent: dict[str, _Spare] = {}  # name -> a written spare, to come back from its reader
         self._pending: dict[int, int] = {}  # file length -> spares being made
         self._asked: dict[int, float] = {}  # file length -> when last asked for
+        self._looked = 0.0  # when the readers holding lent spares were last looked at
         self._lock = threading.Lock()
         self._closed = False
         self._maker = ThreadPoolExecutor(1, thread_name_prefix="edensplit-shm-spares")
@@ -266,18 +269,26 @@ class Spares:
         spare comes back when its reader lets go of its last view (`<name>.back`) or dies (while it held it,
         `held_name`); one still waiting for its reader, or held by a live one, stays lent."""
         drop: list[_Spare] = []
+        now = time.monotonic()
+        thorough = length is None or now - self._looked > HELD_LOOK_S  # whether held spares' readers still live
+        if thorough:
+            self._looked = now
         for spare in [s for s in self._lent.values() if length is None or s.length == length]:
             source = SHM_DIR / (spare.name + RETURNED)
-            if not source.exists():
-                if (SHM_DIR / spare.name).exists():
-                    continue  # waiting for its reader
-                held = _held(spare.name)
-                holder = ON_DISK.fullmatch(held.name) if held is not None else None
-                if held is not None and holder is not None:
+            if source.exists():
+                pass
+            elif spare.held is not None and not thorough and spare.held.exists():
+                continue  # held by its reader still
+            elif (SHM_DIR / spare.name).exists():
+                continue  # waiting for its reader
+            else:
+                spare.held = _held(spare.name)
+                holder = ON_DISK.fullmatch(spare.held.name) if spare.held is not None else None
+                if spare.held is not None and holder is not None:
                     pid, start = holder.group(2), holder.group(3)
                     if process_identity(int(pid)) in (f"{pid}-{start}", pid):
                         continue  # a live reader views it still
-                    source = held  # its reader died, and its views with it
+                    source = spare.held  # its reader died, and its views with it
                 elif not source.exists():  # (names only move forward: name, held, back)
                     del self._lent[spare.name]
                     spare.mapped.close()
@@ -288,7 +299,7 @@ class Spares:
             except FileNotFoundError:
                 continue
             del self._lent[spare.name]
-            spare.name = fresh
+            spare.name, spare.held = fresh, None
             try:
                 info = os.stat(SHM_DIR / fresh, follow_symlinks=False)
                 ours = stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == spare.inode
