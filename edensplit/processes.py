@@ -34,3 +34,8 @@ def maker_of(pid: int) -> str:
     """`<pid>-<start time>` (`<pid>-0` where there is no /proc), for names that say which process made them."""
     identity = process_identity(pid) or str(pid)
     return identity if "-" in identity else f"{identity}-0"
+
+
+def runs(maker: str) -> bool:
+    """Whether the process a `maker_of` string names still runs (not another that got its pid since)."""
+    return maker_of(int(maker.split("-")[0])) == maker

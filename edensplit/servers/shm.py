@@ -29,7 +29,7 @@ import numpy as np
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.eden import Eden
-from edensplit.processes import maker_of
+from edensplit.processes import maker_of, runs
 from edensplit.servers.budget import ByteBudget
 from edensplit.servers.contract import Operation, OperationInput, Reply
 from edensplit.servers.metrics import Metrics
@@ -157,7 +157,7 @@ class SharedMemory:
                     self.made.pop(name, None)
                 self.budget.release(held)
         for name, maker, _ in shm.segments():
-            if maker != self.maker and maker_of(int(maker.split("-")[0])) != maker and shm.remove(name):
+            if maker != self.maker and not runs(maker) and shm.remove(name):
                 removed += 1
                 log.info("removed shared-memory segment %s of process %s, which no longer runs", name, maker)
         self._gauges()

@@ -3,9 +3,10 @@ memory segment (a file of /dev/shm), with only a small handle crossing HTTP or W
 
 A segment holds a header line and the data: `EDSHM1 <header JSON>\\n<data>`, the header naming the client the
 segment was made for, the data's media type and size, padded with spaces so that the data starts at a multiple of
-ALIGN bytes. The data is written once, into a spare segment's map (`Spares`: the reader copies it out and gives
-the segment back for the maker's next write, so its pages go round) or by pwrite (the reader maps it privately,
-copy-on-write: its tensors and frames are views of the map, not copies). Its name,
+ALIGN bytes. The data is written once, into a spare segment's map (`Spares`: the reader holds the segment under a
+name of its own while it views the data through a shared map it keeps, then gives it back for the maker's next
+write, so its pages go round) or by pwrite (the reader maps it privately, copy-on-write). Either way the reader's
+tensors and frames are views of a map, not copies. Its name,
 `edensplit-shm-<uid>-<pid>-<start>-<token>`, says whose it is (the user, and the process that made it and when that
 process started, so that a crashed maker's segments can be found and removed) and is unguessable (128 random
 bits). Segments are created mode 0600, exclusively, never through a link; a reader checks the owner and mode before
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from edensplit.errors import EdenError, ErrorCode
-from edensplit.processes import maker_of, process_identity
+from edensplit.processes import maker_of, runs
 
 SHM_MEDIA_TYPE = "application/vnd.edensplit.shm-handle+json"
 SHM_DIR = Path("/dev/shm")
@@ -111,7 +112,7 @@ def segment_name(maker: str) -> str:
 
 def _header(client: str | None, media_type: str, size: int, back: bool = False) -> bytes:
     """A segment's header line, padded so that the data after it starts at a multiple of ALIGN; `back`: its reader
-    copies the data out and gives the segment back to its maker for the next write (`Spares`)."""
+    gives the segment back to its maker for the next write once done with it (`Spares`)."""
     fields: dict[str, Any] = {"client": client, "media_type": media_type, "size": size}
     if back:
         fields["back"] = True
@@ -184,15 +185,15 @@ class Spares:
     and mapping them on the request's path (25 MB: 2.5 ms against 9 ms by pwrite into allocated pages, 20 ms
     into new ones, here).
 
-    A written spare's header asks its reader to give it back: the reader copies the data out and renames the
-    segment to `<name>.back` (no handle can name that), and the next write of that length renames it to a new
-    unguessable name and writes into the same mapped pages: in steady state no segment is made, zeroed, mapped
-    or freed at all. A handle is still good for one use: its name is gone once taken. A spare not given back
-    (its reader removed it, or it expired) is let go. At most `per_length` spares ready of each length asked for
-    in the last `ttl_s` seconds made ahead (and as many more as came back, for as many requests as were in
-    flight), `max_bytes` in all; a length not asked for within `ttl_s` has its spares removed (`expire`), so
-    that an idle process holds none. They carry their maker in their name like any
-    segment, so a crashed process's spares, given back or not, are swept with its segments."""
+    A written spare's header asks its reader to give it back: the reader holds it under a name of its own
+    (`held_name`) while it views the data, then renames it `<name>.back` (no handle can name either), and the
+    next write of that length renames it to a new unguessable name and writes into the same mapped pages: in
+    steady state no segment is made, zeroed, mapped or freed at all. A handle is still good for one use: its
+    name is gone once taken. A spare not given back (its reader removed it, or it expired) is let go. At most
+    `per_length` spares ready of each length asked for in the last `ttl_s` seconds made ahead (and as many more
+    as came back, for as many requests as were in flight), `max_bytes` in all; a length not asked for within
+    `ttl_s` has its spares removed (`expire`), so that an idle process holds none. They carry their maker in
+    their name like any segment, so a crashed process's spares, given back or not, are swept with its segments."""
 
     def __init__(self, maker: str, ttl_s: float = 30.0, per_length: int = 2, max_bytes: int = 256 * 2**20):
         self.maker, self.ttl_s, self.per_length, self.max_bytes = maker, ttl_s, per_length, max_bytes
@@ -285,8 +286,7 @@ class Spares:
                 spare.held = _held(spare.name)
                 holder = ON_DISK.fullmatch(spare.held.name) if spare.held is not None else None
                 if spare.held is not None and holder is not None:
-                    pid, start = holder.group(2), holder.group(3)
-                    if process_identity(int(pid)) in (f"{pid}-{start}", pid):
+                    if runs(f"{holder.group(2)}-{holder.group(3)}"):
                         continue  # a live reader views it still
                     source = spare.held  # its reader died, and its views with it
                 elif not source.exists():  # (names only move forward: name, held, back)
@@ -305,8 +305,8 @@ class Spares:
                 ours = stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == spare.inode
             except OSError:
                 ours = False
-            held = sum(n * len(v) for n, v in self._ready.items())
-            if ours and not self._closed and held + spare.length <= self.max_bytes:
+            ready_bytes = sum(n * len(v) for n, v in self._ready.items())
+            if ours and not self._closed and ready_bytes + spare.length <= self.max_bytes:
                 self._ready.setdefault(spare.length, []).append(spare)  # last in, first out: the pages used last
             else:
                 drop.append(spare)
@@ -429,9 +429,10 @@ class Draft:
 
 def take_segment(handle: Handle, client: str | None, media_type: str) -> memoryview:
     """The data of the segment `handle` names, whose name then goes (a handle is good for one use), writable and
-    the reader's own: a spare's (its header says "back") copied out and the segment given back to its maker
-    (renamed `<name>.back`); any other's a view of a private map of it (copy-on-write), so the tensors and frames
-    read from it are views, not copies, the map living as long as they do, and the segment removed.
+    the reader's while it views it: a spare's (its header says "back") through this process's kept shared map,
+    the segment held under the reader's name until the last view goes, then given back to its maker (renamed
+    `<name>.back`); any other's through a private map of it (copy-on-write), the segment removed. Either way the
+    tensors and frames read from it are views, not copies, and the map lives as long as they do.
 
     SHM_NOT_FOUND if there is no such segment (unknown, used or expired); SHM_FORBIDDEN if it is not this user's,
     not private, or made for another client (`client` None: any, for the process that asked for it itself; a
@@ -481,9 +482,11 @@ def take_segment(handle: Handle, client: str | None, media_type: str) -> memoryv
                 raise EdenError(f"shared-memory segment {handle.segment} was taken meanwhile (a handle is good for "
                                 "one use)", code=ErrorCode.SHM_NOT_FOUND) from None
             back = (held, SHM_DIR / (handle.segment + RETURNED))
-            if start % ALIGN or not handle.size:
-                return _mapped(fd, start, handle.size, back)
             try:
+                if start % ALIGN or not handle.size:  # not laid out by this module: a copy, and back at once
+                    data = _mapped(fd, start, handle.size)
+                    _give_back(back)
+                    return data
                 return _views.view(held, info, start, back)
             except BaseException:
                 _give_back(back)
@@ -502,27 +505,24 @@ _libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def _mapped(fd: int, start: int, size: int, back: tuple[Path, Path] | None = None) -> memoryview:
+def _mapped(fd: int, start: int, size: int) -> memoryview:
     """Bytes start..start+size of the file as a writable view of a private map (its pages mapped as they are
     read: faster here than MAP_POPULATE, which maps them all at once), unmapped when the last view of it goes
-    (mmap.mmap would hold a file descriptor as long: one per encoding a session keeps) and then, for a spare, the
-    segment renamed `back` (held -> given back to its maker); for data that does not start at a multiple of ALIGN
-    (a segment not written by this module), a copy."""
-    if size == 0 or start % ALIGN:
-        data = memoryview(bytearray(os.pread(fd, size, start) if size else b""))
-        if back is not None:
-            _give_back(back)
-        return data
+    (mmap.mmap would hold a file descriptor as long: one per encoding a session keeps); for data that does not
+    start at a multiple of ALIGN (a segment not written by this module), a copy."""
+    if size == 0:
+        return memoryview(bytearray())
+    if start % ALIGN:
+        return memoryview(bytearray(os.pread(fd, size, start)))
     length = start + size
     address = _mmap(length, mmap.MAP_PRIVATE, fd)
-    return memoryview(_owned_pages(address, length, back)).cast("B")[start:]
+    return memoryview(_owned_pages(address, length)).cast("B")[start:]
 
 
-def _owned_pages(address: int, length: int, back: tuple[Path, Path] | None = None) -> ctypes.Array[ctypes.c_ubyte]:
-    """The mapped bytes at `address` as a ctypes array that unmaps them (in the background) when it goes, then
-    renames `back`."""
+def _owned_pages(address: int, length: int) -> ctypes.Array[ctypes.c_ubyte]:
+    """The mapped bytes at `address` as a ctypes array that unmaps them (in the background) when it goes."""
     pages = (ctypes.c_ubyte * length).from_address(address)
-    weakref.finalize(pages, _unmapper.unmap, address, length, back)
+    weakref.finalize(pages, _unmapper.unmap, address, length)
     return pages
 
 
@@ -561,16 +561,16 @@ class _Unmapper:
     on the request that wrote a spare or dropped the last view of a taken segment."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[int, int, tuple[Path, Path] | None]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()  # re-entrant: a finalizer (a view let go) may run while it is held
 
-    def unmap(self, address: int, length: int, back: tuple[Path, Path] | None = None) -> None:
+    def unmap(self, address: int, length: int) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="edensplit-shm-unmap", daemon=True)
                 self._thread.start()
-        self._queue.put((address, length, back))
+        self._queue.put((address, length))
 
     def _run(self) -> None:
         while True:
@@ -578,10 +578,8 @@ class _Unmapper:
             time.sleep(BACKGROUND_DELAY_S)  # out of the way of the answer that let the map go
             while not self._queue.empty():
                 pending.append(self._queue.get())
-            for address, length, back in pending:
+            for address, length in pending:
                 _libc.munmap(address, length)
-                if back is not None:  # nothing in this process views the spare any more: its maker's again
-                    _give_back(back)
 
 
 _unmapper = _Unmapper()
