@@ -128,14 +128,23 @@ class SessionStore:
     def _expire(self) -> None:
         now = time.monotonic()
         for sid in [s for s, sess in self._sessions.items() if now - sess.touched > self.ttl_s]:
-            del self._sessions[sid]
+            self._let_go(self._sessions.pop(sid))
         while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+            self._let_go(self._sessions.popitem(last=False)[1])
+
+    def _let_go(self, session: Session) -> None:
+        """A session leaving the store: its frames' contexts leave the cache with it (else they, and the encodings
+        they hold, a shared-memory segment's pages among them, would stay until the cache's bound pushed them out)."""
+        for frame in session.frames.values():
+            self.contexts.forget(frame)
 
     def _session(self, session_id: str) -> Session:
         now = time.monotonic()
         session = self._sessions.pop(session_id, None)
-        if session is None or now - session.touched > self.ttl_s:
+        if session is not None and now - session.touched > self.ttl_s:
+            self._let_go(session)
+            session = None
+        if session is None:
             session = Session()
         session.touched = now
         self._sessions[session_id] = session
@@ -203,6 +212,8 @@ class SessionStore:
             return session.frames[index]
 
     def drop(self, session_id: str) -> bool:
-        dropped = self._sessions.pop(session_id, None) is not None
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            self._let_go(session)
         self.on_count(len(self._sessions))
-        return dropped
+        return session is not None

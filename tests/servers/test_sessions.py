@@ -89,3 +89,30 @@ def test_waits_for_a_frame_that_is_on_its_way_and_not_for_one_that_is_not(encodi
             await failing
 
     asyncio.run(scenario())
+
+
+def test_a_session_leaving_the_store_takes_its_frames_contexts_from_the_cache(encoding):
+    """Dropped, evicted or expired: its contexts (and the encodings they hold, shared-memory pages among them) go
+    at once, not when the cache's byte bound would push them out."""
+    context = ([encoding.cond_dit], [encoding.cond_dec])
+
+    async def held(store: SessionStore, session_id: str) -> None:
+        for k in range(2):
+            store.contexts.keep(await store.put(session_id, k, encoding), context)
+
+    async def scenario():
+        store = SessionStore(ttl_s=60, max_sessions=1)
+        await held(store, "a")
+        assert store.contexts.size > 0
+        assert store.drop("a")
+        assert store.contexts.size == 0  # dropped
+        await held(store, "b")
+        await held(store, "c")  # "b" evicted: max_sessions=1
+        per_session = store.contexts.size
+        assert per_session > 0 and len(store) == 1
+        store.ttl_s = 0.05
+        await asyncio.sleep(0.1)  # the TTL passes
+        await store.put("d", 0, encoding)  # "c" expired
+        assert store.contexts.size == 0
+
+    asyncio.run(scenario())
