@@ -106,7 +106,9 @@ def test_async_cloud_retries_with_asyncio_sleep_and_returns_the_blob(cloud):
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         if len(seen) < 3:
-            error = {"code": "OVERLOADED", "message": "busy", "details": {}}
+            # the server's Retry-After is a floor under the jittered back-off: 0.05 s or more per wait, so the
+            # ticker (every 0.01 s) runs several times if the waits yield to the loop, however the dice fall
+            error = {"code": "OVERLOADED", "message": "busy", "details": {"retry_after_s": 0.05}}
             return httpx.Response(503, json={"status": "error", "data": None, "error": error})
         return httpx.Response(200, content=blob, headers={"content-type": BLOB_MEDIA_TYPE})
 

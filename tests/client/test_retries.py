@@ -365,7 +365,9 @@ def test_ws_rides_out_a_server_that_comes_up_late():
     starter = threading.Timer(1.0, lambda: peers.append(Peer(port=port)))  # the outage being ridden out
     starter.start()
     try:
-        transport = ws_transport(f"ws://127.0.0.1:{port}")
+        # bounded by time, not by a count of retries: a busy machine may start the peer well after the second
+        patient = RetryPolicy(retries=10_000, retry_for=30.0, backoff_s=0.01, max_backoff_s=0.05)
+        transport = ws_transport(f"ws://127.0.0.1:{port}", patient)
         try:
             answer = Client(transport).send(CALL)
         finally:
