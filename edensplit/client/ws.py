@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,6 +48,39 @@ class _Connection(ClientConnection):
     its parser in Python per 64 KiB read, ~400 for a 25 MB answer (docs/performance.md, overhead)."""
 
     recv_bufsize = READ_BYTES
+
+
+OPEN_GRACE_S = 5.0  # past open_timeout + close_timeout, how long a connect may take before it is given up on
+
+
+def bounded_open(open_: Callable[[], Any], limit_s: float) -> Any:
+    """`open_()` on a thread of its own, waited for at most `limit_s` (TimeoutError past it): websockets' connect
+    can stay blocked far past its open_timeout after a failed TLS handshake, joining its reader thread (seen once
+    in four runs of the suite here, for about nine minutes), and a client must not hang on it. What it opens
+    after the wait was given up on is closed."""
+    lock, done = threading.Lock(), threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            opened, failed = open_(), None
+        except BaseException as exc:  # handed to the caller's thread
+            opened, failed = None, exc
+        with lock:
+            late = box.setdefault("late", False)
+            box["opened"], box["failed"] = opened, failed
+        done.set()
+        if late and opened is not None:
+            opened.close()
+
+    threading.Thread(target=run, name="edensplit-ws-connect", daemon=True).start()
+    if not done.wait(limit_s):
+        with lock:
+            if box.setdefault("late", True):
+                raise TimeoutError(f"the connection was not open within {limit_s:.0f} s")
+    if box["failed"] is not None:
+        raise box["failed"]
+    return box["opened"]
 
 
 def ws_url(base_url: str, path: str = "") -> str:
@@ -151,12 +185,13 @@ class WsTransport:
             if self._stop.is_set():
                 raise self._closed()
             try:
-                conn = connect(self.url, legacy=True, create_connection=_Connection,
-                               open_timeout=min(self.config.timeout, 10.0),
-                               close_timeout=self.close_timeout, compression=None,
-                               max_size=2 * self.chunk_bytes + 2**20, ping_interval=self.ping_interval,
-                               ping_timeout=self.ping_timeout, additional_headers=self.config.headers(),
-                               ssl=self._ssl)
+                open_timeout = min(self.config.timeout, 10.0)
+                conn = bounded_open(lambda: connect(
+                    self.url, legacy=True, create_connection=_Connection, open_timeout=open_timeout,
+                    close_timeout=self.close_timeout, compression=None, max_size=2 * self.chunk_bytes + 2**20,
+                    ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
+                    additional_headers=self.config.headers(), ssl=self._ssl),
+                    open_timeout + (self.close_timeout or 0) + OPEN_GRACE_S)
             except InvalidURI as exc:
                 raise EdenError(f"invalid WebSocket URL {self.url}: {exc}", code=ErrorCode.INVALID_PARAMETER) from None
             except InvalidStatus as exc:

@@ -12,7 +12,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from edensplit.client.policy import Client
 from edensplit.client.requests import Call
-from edensplit.client.ws import WsTransport
+from edensplit.client.ws import WsTransport, bounded_open
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.wire.blob import BLOB_MEDIA_TYPE
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE
@@ -104,3 +104,33 @@ def test_a_request_fails_when_the_peer_never_answers():
         transport.close()
         peer.close()
     assert err.value.code == ErrorCode.UPSTREAM_ERROR and "no answer from the edge server" in err.value.message
+
+
+class Opened:
+    def __init__(self):
+        self.closed = threading.Event()
+
+    def close(self):
+        self.closed.set()
+
+
+def test_a_connect_that_hangs_is_given_up_on_and_what_it_opens_later_is_closed():
+    """websockets' connect once stayed blocked for minutes after a failed TLS handshake: the transport waits for
+    it only so long (open_timeout + close_timeout + OPEN_GRACE_S), then retries; a connection that still comes
+    is closed, never leaked."""
+    release, late = threading.Event(), Opened()
+
+    def hanging():
+        release.wait(10)
+        return late
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="not open within"):
+        bounded_open(hanging, 0.2)
+    assert time.monotonic() - started < 2
+    release.set()
+    assert late.closed.wait(5)  # the late connection, closed by the thread that opened it
+    on_time = Opened()
+    assert bounded_open(lambda: on_time, 5) is on_time and not on_time.closed.is_set()
+    with pytest.raises(ConnectionRefusedError):  # a failure to open is the caller's, as it was
+        bounded_open(lambda: (_ for _ in ()).throw(ConnectionRefusedError(111, "refused")), 5)
