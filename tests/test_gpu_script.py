@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,9 @@ SCRIPT = ROOT / "benchmarks" / "gpu.sh"
 
 
 def run_script(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), *args], env={**os.environ, **env}, cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    # PYTHON: the script's interpreter is this one (the venv the suite runs in, activated or not)
+    return subprocess.run(["bash", str(SCRIPT), *args], env={**os.environ, "PYTHON": sys.executable, **env}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_gpu_script_cpu_smoke_writes_json_and_markdown(model_env, tmp_path):
