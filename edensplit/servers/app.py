@@ -186,6 +186,19 @@ def reload_on_sighup(access: Access) -> Callable[[], None]:
     return restore
 
 
+
+async def every_second(chores: tuple[Callable[[], Any], ...]) -> None:
+    """Run each of a service's housekeeping chores once a second, on the event loop, until cancelled (one that
+    fails is logged, and runs again the next second)."""
+    while True:
+        await asyncio.sleep(1.0)
+        for chore in chores:
+            try:
+                chore()
+            except Exception:
+                log.exception("housekeeping failed: %s", getattr(chore, "__qualname__", chore))
+
+
 def create_app(service: Service, settings: ServerSettings, model: Eden | None = None) -> FastAPI:
     """The app serving `service`, whose model is `model`, or is loaded once at start-up (after the server starts
     listening: 503 "loading" until then) and kept resident, then warmed up before the server reports ready. On
@@ -226,10 +239,15 @@ def create_app(service: Service, settings: ServerSettings, model: Eden | None = 
             await start_model()
         restore = drain_on_sigterm(runtime)
         unhook = reload_on_sighup(pipeline.access)
+        chores = asyncio.ensure_future(every_second(service.every_second)) if service.every_second else None
         try:
             async with pipeline.shm.running():  # ALLOW_SHM: crashed processes' segments swept, expired ones too
                 yield
         finally:
+            if chores is not None:
+                chores.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await chores
             if loading is not None and not loading.done():
                 loading.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -54,6 +54,7 @@ class Service:
     routers: tuple[APIRouter, ...] = ()  # routes beyond the operations (the edge's DELETE of a session)
     state: dict[str, Any] = field(default_factory=dict)  # what it holds, set on app.state (sessions, clients)
     on_shutdown: tuple[Callable[[], Awaitable[Any]], ...] = ()
+    every_second: tuple[Callable[[], Any], ...] = ()  # housekeeping on the event loop (the edge: idle sessions go)
 
     def endpoint(self, name: str) -> Endpoint:
         return next(e for e in self.endpoints if e.name == name)

@@ -125,6 +125,14 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def expire(self) -> None:
+        """Drop the sessions idle past the TTL now (the edge's housekeeping calls it every second: without it an
+        idle session, and what it holds, would stay until the next request came)."""
+        before = len(self._sessions)
+        self._expire()
+        if len(self._sessions) != before:
+            self.on_count(len(self._sessions))
+
     def _expire(self) -> None:
         now = time.monotonic()
         for sid in [s for s, sess in self._sessions.items() if now - sess.touched > self.ttl_s]:

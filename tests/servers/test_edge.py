@@ -218,3 +218,27 @@ def test_a_session_computes_each_frames_temporal_keys_values_once(reference):
         assert len(calls) == 5
         cache = edge.app.state.sessions.contexts
         assert 0 < cache.size <= 2 * max(size for _, size in cache._held.values())  # the newest two frames only
+
+
+def test_an_idle_session_goes_after_its_ttl_without_another_request():
+    """The edge's housekeeping drops idle sessions (and their encodings and contexts) once a second: a client that
+    vanished mid-video does not leave its frames held until someone else's request comes."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from edensplit.servers.edge.service import create_edge_app
+    from edensplit.settings import ServerSettings
+
+    model = load_model(None, TINY_CONFIG, stages={"interpolate"}, allow_random=True, seed=3)
+    with TestClient(create_edge_app(ServerSettings(warmup=False, session_ttl_s=0.5), model)) as edge:
+        r = edge.post("/api/v1/sessions/gone/frames/0", content=session_blob(FRAMES[0]),
+                      headers={"Content-Type": BLOB_MEDIA_TYPE})
+        assert r.status_code == 200, r.text
+        sessions = edge.app.state.sessions
+        assert len(sessions) == 1 and "edensplit_session_cache_sessions 1.0" in edge.get("/metrics").text
+        deadline = time.monotonic() + 5  # the TTL, then the next second's housekeeping
+        while len(sessions) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(sessions) == 0
+        assert "edensplit_session_cache_sessions 0.0" in edge.get("/metrics").text

@@ -149,7 +149,7 @@ def edge_service(settings: ServerSettings, cloud_encoder: CloudEncoder | None = 
     )
     return Service("edge", INTERPOLATE, "edensplit edge (EDEN sampler + decoder)", "/ws/interpolate", endpoints,
                    warm_up=warm_up, routers=(sessions_router(sessions, settings.keyed),),
-                   state={"sessions": sessions, "cloud_client": cloud},
+                   state={"sessions": sessions, "cloud_client": cloud}, every_second=(sessions.expire,),
                    on_shutdown=(cloud.aclose,) if cloud is not None else ())
 
 
