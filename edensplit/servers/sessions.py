@@ -55,6 +55,7 @@ class SessionFrame:
     encoding: FrameEncoding
     pixels: np.ndarray | None = None  # flow B: the edge holds the frame's pixels too, for the difference
     context: FrameContext | None = None  # its temporal keys/values, once computed (see ContextCache)
+    gone: bool = False  # no longer in its session (evicted, or the session left): a context computed late is not kept
 
 
 class ContextCache:
@@ -73,6 +74,8 @@ class ContextCache:
         if size > self.max_bytes:
             return
         with self._lock:
+            if frame.gone:  # (marked before its context is forgotten, both under this lock's order)
+                return
             self._forget(frame)
             frame.context = context
             self._held[id(frame)] = (frame, size)
@@ -144,6 +147,7 @@ class SessionStore:
         """A session leaving the store: its frames' contexts leave the cache with it (else they, and the encodings
         they hold, a shared-memory segment's pages among them, would stay until the cache's bound pushed them out)."""
         for frame in session.frames.values():
+            frame.gone = True
             self.contexts.forget(frame)
 
     def _session(self, session_id: str) -> Session:
@@ -190,7 +194,9 @@ class SessionStore:
                 session.frames[index] = SessionFrame(encoding, pixels)
             session.frames.move_to_end(index)
             while len(session.frames) > KEEP_FRAMES:
-                self.contexts.forget(session.frames.popitem(last=False)[1])
+                evicted = session.frames.popitem(last=False)[1]
+                evicted.gone = True
+                self.contexts.forget(evicted)
             newest = max(session.frames)
             for k, frame in session.frames.items():
                 if k < newest - 1:  # only the newest two frames have a pair still to come

@@ -116,3 +116,21 @@ def test_a_session_leaving_the_store_takes_its_frames_contexts_from_the_cache(en
         assert store.contexts.size == 0
 
     asyncio.run(scenario())
+
+
+def test_a_context_computed_after_its_frame_left_the_session_is_not_kept(encoding):
+    """A pair in flight when its session was dropped still computes its frames' contexts: they are not kept."""
+    context = ([encoding.cond_dit], [encoding.cond_dec])
+
+    async def scenario():
+        store = SessionStore(ttl_s=60, max_sessions=4)
+        frame = await store.put("a", 0, encoding)
+        evicted = await store.put("b", 0, encoding)
+        for k in range(1, KEEP_FRAMES + 1):
+            await store.put("b", k, encoding)  # frame 0 of "b" evicted
+        store.drop("a")
+        store.contexts.keep(frame, context)
+        store.contexts.keep(evicted, context)
+        assert store.contexts.size == 0 and frame.context is None and evicted.context is None
+
+    asyncio.run(scenario())
