@@ -32,9 +32,18 @@ def digest(*parts: bytes | str) -> str:
     return h.hexdigest()
 
 
+Digest = str | asyncio.Future  # a request's digest, or the digest still being computed (off the event loop)
+DIGEST_CHARS = 64  # a SHA-256 digest in hex: what an entry's digest costs, counted before it is known
+
+
+async def value(request_digest: Digest) -> str:
+    """The digest, once computed (a future is awaited, never cancelled by its waiter)."""
+    return request_digest if isinstance(request_digest, str) else await asyncio.shield(request_digest)
+
+
 @dataclass
 class Stored:
-    digest: str
+    digest: Digest
     answer: Any  # what the transport replays: an HTTP response's parts, or WebSocket messages
     size: int
 
@@ -54,29 +63,32 @@ class IdempotencyCache:
         self._running: dict[str, tuple[str, asyncio.Event]] = {}
         self.replays = 0
 
-    async def begin(self, key: str, request_digest: str) -> Stored | None:
+    async def begin(self, key: str, request_digest: Digest) -> Stored | None:
         """The stored answer to replay, or None: the caller runs the request and then calls `finish`.
-        IDEMPOTENCY_CONFLICT if the key belongs to another request."""
+        IDEMPOTENCY_CONFLICT if the key belongs to another request. `request_digest` may still be being
+        computed: a key seen for the first time (nearly every request) runs without waiting for it; the digests
+        are compared (awaited) only when the key was seen before."""
         while True:
             stored = self._done.get(key)
             if stored is not None:
-                if stored.digest != request_digest:
+                if await value(stored.digest) != await value(request_digest):
                     raise conflict(key)
-                self._done.move_to_end(key)
+                if key in self._done:
+                    self._done.move_to_end(key)
                 self.replays += 1
                 return stored
             running = self._running.get(key)
             if running is None:
                 self._running[key] = (request_digest, asyncio.Event())
                 return None
-            if running[0] != request_digest:
+            if await value(running[0]) != await value(request_digest):
                 raise conflict(key)
             await running[1].wait()  # the original's answer, or (if it failed) our turn to run
 
     def finish(self, key: str, answer: Any = None, size: int = 0) -> None:
         """The request `begin` let run is done: keep its answer (`size` bytes) if it succeeded (not None)."""
         request_digest, done = self._running.pop(key, ("", None))
-        size += len(key) + len(request_digest) + ENTRY_BYTES
+        size += len(key) + DIGEST_CHARS + ENTRY_BYTES
         if answer is not None and self.max_bytes > 0 and size <= self.max_bytes:
             self._done[key] = Stored(request_digest, answer, size)
             self.size += size

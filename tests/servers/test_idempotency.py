@@ -12,10 +12,11 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
+from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.checkpoint import load_model
 from edensplit.model.stages import encode_frames
 from edensplit.servers.cloud.service import create_cloud_app
-from edensplit.servers.idempotency import ENTRY_BYTES, IdempotencyCache
+from edensplit.servers.idempotency import DIGEST_CHARS, ENTRY_BYTES, IdempotencyCache
 from edensplit.settings import ServerSettings
 from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE, pack_frames
@@ -169,7 +170,7 @@ def test_a_session_frame_is_never_silently_replaced(edge):
 
 def test_the_cache_is_bounded_in_bytes():
     """Each entry counts whole: its answer, its key and digest, and the entry's own overhead."""
-    entry = 300 + len("k0") + len("d") + ENTRY_BYTES
+    entry = 300 + len("k0") + DIGEST_CHARS + ENTRY_BYTES
 
     async def scenario() -> IdempotencyCache:
         cache = IdempotencyCache(max_bytes=3 * entry + entry // 2)
@@ -186,3 +187,28 @@ def test_the_cache_is_bounded_in_bytes():
 async def _replayed(cache: IdempotencyCache, key: str):
     stored = await cache.begin(key, "d")
     return stored.answer
+
+
+def test_a_new_key_runs_before_its_digest_is_known_and_a_retry_compares_it():
+    """The body's digest is computed beside the request: a first request never waits for it; a second request
+    with the same key waits for both digests, then replays (same content) or is refused (another)."""
+
+    async def scenario() -> None:
+        cache = IdempotencyCache(max_bytes=2**20)
+        loop = asyncio.get_running_loop()
+        first = loop.create_future()
+        assert await asyncio.wait_for(cache.begin("k", first), 1) is None  # not waiting on the digest
+        cache.finish("k", "answer", size=10)
+        same, other = loop.create_future(), loop.create_future()
+        retry = asyncio.ensure_future(cache.begin("k", same))
+        await asyncio.sleep(0.01)
+        assert not retry.done()  # the stored digest is not known yet
+        first.set_result("d1")
+        same.set_result("d1")
+        assert (await asyncio.wait_for(retry, 1)).answer == "answer"
+        other.set_result("d2")
+        with pytest.raises(EdenError) as err:
+            await cache.begin("k", other)
+        assert err.value.code == ErrorCode.IDEMPOTENCY_CONFLICT
+
+    asyncio.run(scenario())
