@@ -19,10 +19,12 @@ A `Call` with a binary body travels as an EDS1 binary message (its options, iden
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,29 +60,27 @@ def bounded_open(open_: Callable[[], Any], limit_s: float) -> Any:
     can stay blocked far past its open_timeout after a failed TLS handshake, joining its reader thread (seen once
     in four runs of the suite here, for about nine minutes), and a client must not hang on it. What it opens
     after the wait was given up on is closed."""
-    lock, done = threading.Lock(), threading.Event()
-    box: dict[str, Any] = {}
+    opened: Future[Any] = Future()
 
     def run() -> None:
         try:
-            opened, failed = open_(), None
-        except BaseException as exc:  # handed to the caller's thread
-            opened, failed = None, exc
-        with lock:
-            late = box.setdefault("late", False)
-            box["opened"], box["failed"] = opened, failed
-        done.set()
-        if late and opened is not None:
-            opened.close()
+            conn = open_()
+        except BaseException as exc:  # handed to the caller's thread (unless it gave up waiting)
+            with contextlib.suppress(InvalidStateError):
+                opened.set_exception(exc)
+            return
+        try:
+            opened.set_result(conn)
+        except InvalidStateError:  # given up on (cancelled): nobody will use it
+            conn.close()
 
     threading.Thread(target=run, name="edensplit-ws-connect", daemon=True).start()
-    if not done.wait(limit_s):
-        with lock:
-            if box.setdefault("late", True):
-                raise TimeoutError(f"the connection was not open within {limit_s:.0f} s")
-    if box["failed"] is not None:
-        raise box["failed"]
-    return box["opened"]
+    try:
+        return opened.result(timeout=limit_s)
+    except TimeoutError:
+        if opened.cancel():  # still not open: from now on, what it opens is closed
+            raise TimeoutError(f"the connection was not open within {limit_s:.0f} s") from None
+        return opened.result()  # done meanwhile (or its own TimeoutError, raised again)
 
 
 def ws_url(base_url: str, path: str = "") -> str:

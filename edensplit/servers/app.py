@@ -186,7 +186,6 @@ def reload_on_sighup(access: Access) -> Callable[[], None]:
     return restore
 
 
-
 async def every_second(chores: tuple[Callable[[], Any], ...]) -> None:
     """Run each of a service's housekeeping chores once a second, on the event loop, until cancelled (one that
     fails is logged, and runs again the next second)."""

@@ -60,7 +60,7 @@ class IdempotencyCache:
     def __init__(self, max_bytes: int):
         self.max_bytes, self.size = max_bytes, 0
         self._done: OrderedDict[str, Stored] = OrderedDict()
-        self._running: dict[str, tuple[str, asyncio.Event]] = {}
+        self._running: dict[str, tuple[Digest, asyncio.Event]] = {}
         self.replays = 0
 
     async def begin(self, key: str, request_digest: Digest) -> Stored | None:

@@ -47,6 +47,9 @@ CONTAINERS: dict[str, str] = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
 """Output file suffix -> FFmpeg container format."""
 
 _FALLBACK_CODEC = "mpeg4"
+_RGB_CODECS = frozenset({"libx264rgb", "ffv1"})
+_BT709 = 1  # AVCOL_PRI_BT709 / AVCOL_TRC_BT709
+_FF_QP2LAMBDA = 118  # FFmpeg's scale from a quantiser to `global_quality`
 
 
 def _x264_asm() -> str | None:
@@ -63,9 +66,6 @@ def _x264_asm() -> str | None:
 
 
 X264_ASM = _x264_asm()
-_RGB_CODECS = frozenset({"libx264rgb", "ffv1"})
-_BT709 = 1  # AVCOL_PRI_BT709 / AVCOL_TRC_BT709
-_FF_QP2LAMBDA = 118  # FFmpeg's scale from a quantiser to `global_quality`
 
 
 def codec_available(name: str) -> bool:

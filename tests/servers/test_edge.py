@@ -14,7 +14,7 @@ from edensplit.model.stages import encode_frames, frame_difference
 from edensplit.wire.blob import BLOB_MEDIA_TYPE, pack_encoding
 from edensplit.wire.frames import FRAMES_MEDIA_TYPE, unpack_frames
 from edensplit.wire.images import b64decode_field, b64encode, decode_image
-from tests.conftest import TINY_CONFIG, make_frames
+from tests.conftest import TINY_CONFIG, make_frames, wait_until
 from tests.servers.test_cloud import assert_error
 
 FRAMES = make_frames(2, 40, 70)
@@ -223,8 +223,6 @@ def test_a_session_computes_each_frames_temporal_keys_values_once(reference):
 def test_an_idle_session_goes_after_its_ttl_without_another_request():
     """The edge's housekeeping drops idle sessions (and their encodings and contexts) once a second: a client that
     vanished mid-video does not leave its frames held until someone else's request comes."""
-    import time
-
     from fastapi.testclient import TestClient
 
     from edensplit.servers.edge.service import create_edge_app
@@ -237,8 +235,5 @@ def test_an_idle_session_goes_after_its_ttl_without_another_request():
         assert r.status_code == 200, r.text
         sessions = edge.app.state.sessions
         assert len(sessions) == 1 and "edensplit_session_cache_sessions 1.0" in edge.get("/metrics").text
-        deadline = time.monotonic() + 5  # the TTL, then the next second's housekeeping
-        while len(sessions) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(sessions) == 0
+        wait_until(lambda: len(sessions) == 0, 5, "the idle session to go (its TTL, then the next second's chores)")
         assert "edensplit_session_cache_sessions 0.0" in edge.get("/metrics").text
