@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from edensplit.bench.floor import Floor
@@ -193,6 +194,7 @@ def run_row(design: Design, size: tuple[int, int], clip: list[np.ndarray], urls:
                            payload="binary" if shared else design.payload, flow=design.flow[0],
                            frame_once=design.flow.endswith("once"), wire_dtype=design.wire_dtype,
                            timeout=REQUEST_TIMEOUT_S, shm=shared)
+    metrics = httpx.Client(timeout=10)  # the servers' /metrics, read before and after each round
     walls, in_flight, floors, models, recorder = [], [], [], [], ClientSteps()
     steps: dict[str, float] = {}
     moved: list[dict[str, dict[str, float]]] = []
@@ -201,11 +203,11 @@ def run_row(design: Design, size: tuple[int, int], clip: list[np.ndarray], urls:
     def one_at_a_time(frames: list[np.ndarray], reps: int) -> float:
         """The clip's pairs one at a time, counted as a round (wall, steps, bytes, the model's part, the floor with
         `reps` sends per hop); its seconds."""
-        before = {s: server_counts(u) for s, u in urls.items()}
+        before = {s: server_counts(u, metrics) for s, u in urls.items()}
         recorder.take()
         seconds, _, out = run_once(backend, frames, 1)
         client = recorder.take()
-        after = {s: server_counts(u) for s, u in urls.items()}
+        after = {s: server_counts(u, metrics) for s, u in urls.items()}
         n = len(out)
         routes = routes_per_frame({s: b.routes for s, b in before.items()}, {s: a.routes for s, a in after.items()}, n)
         moved.append({s: {k: v * n for k, v in r.items()} for s, r in routes.items()})
@@ -247,6 +249,7 @@ def run_row(design: Design, size: tuple[int, int], clip: list[np.ndarray], urls:
         row.failed = f"{type(exc).__name__}: {exc}"
     finally:
         backend.close()
+        metrics.close()
     row.frames_per_round = row.frames_per_round or 2
     if row.rounds and in_flight:
         row.ms_per_frame, row.floor_ms = statistics.median(walls), statistics.median(floors)
