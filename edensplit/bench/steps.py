@@ -85,9 +85,9 @@ class ServerCounts:
     shm: Counter[str]
 
 
-def server_counts(url: str, http: httpx.Client | None = None) -> ServerCounts:
-    """A server's counts now (one GET /metrics, through `http`: a kept-alive client, else a new connection)."""
-    text = (http.get(f"{url}/metrics") if http is not None else httpx.get(f"{url}/metrics", timeout=10)).text
+def server_counts(url: str, http: httpx.Client) -> ServerCounts:
+    """A server's counts now (one GET /metrics through `http`, a kept-alive client)."""
+    text = http.get(f"{url}/metrics").text
     seconds: Counter[tuple[str, str]] = Counter()
     shm: Counter[str] = Counter()
     for family in text_string_to_metric_families(text):

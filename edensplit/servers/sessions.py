@@ -74,7 +74,7 @@ class ContextCache:
         if size > self.max_bytes:
             return
         with self._lock:
-            if frame.gone:  # (marked before its context is forgotten, both under this lock's order)
+            if frame.gone:  # left its session (`let_go`) while its context was computed
                 return
             self._forget(frame)
             frame.context = context
@@ -91,6 +91,12 @@ class ContextCache:
 
     def forget(self, frame: SessionFrame) -> None:
         with self._lock:
+            self._forget(frame)
+
+    def let_go(self, frame: SessionFrame) -> None:
+        """A frame leaving its session: its context forgotten, and one computed for it later never kept."""
+        with self._lock:
+            frame.gone = True
             self._forget(frame)
 
     def _forget(self, frame: SessionFrame) -> None:
@@ -147,8 +153,7 @@ class SessionStore:
         """A session leaving the store: its frames' contexts leave the cache with it (else they, and the encodings
         they hold, a shared-memory segment's pages among them, would stay until the cache's bound pushed them out)."""
         for frame in session.frames.values():
-            frame.gone = True
-            self.contexts.forget(frame)
+            self.contexts.let_go(frame)
 
     def _session(self, session_id: str) -> Session:
         now = time.monotonic()
@@ -194,9 +199,7 @@ class SessionStore:
                 session.frames[index] = SessionFrame(encoding, pixels)
             session.frames.move_to_end(index)
             while len(session.frames) > KEEP_FRAMES:
-                evicted = session.frames.popitem(last=False)[1]
-                evicted.gone = True
-                self.contexts.forget(evicted)
+                self.contexts.let_go(session.frames.popitem(last=False)[1])
             newest = max(session.frames)
             for k, frame in session.frames.items():
                 if k < newest - 1:  # only the newest two frames have a pair still to come
