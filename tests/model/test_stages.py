@@ -92,6 +92,19 @@ def test_to_uint8_rounds_half_up_and_clamps():
     assert to_uint8(x)[0, 0, :, 0].tolist() == [0, 0, 1, 1, 2, 255, 255, 255]
 
 
+def test_to_uint8_in_bands_is_the_formula_bit_for_bit():
+    """The banded, in-place version gives floor(clamp(x, 0, 1) * 255 + 0.5) exactly: sizes across the band edge,
+    batches, a view with strides of its own, values outside [0, 1]; the input is left as it was."""
+    gen = torch.Generator().manual_seed(3)
+    for shape in [(1, 3, 1, 5), (2, 3, 31, 7), (1, 3, 33, 9), (3, 3, 70, 11)]:
+        x = torch.rand(shape, generator=gen) * 1.4 - 0.2
+        before = x.clone()
+        for view in (x, x.transpose(2, 3).contiguous().transpose(2, 3), x.double()):
+            expected = torch.floor(view.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1)
+            assert np.array_equal(to_uint8(view), expected.numpy())
+        assert torch.equal(x, before)
+
+
 def test_sampler_grids_and_validation():
     assert Sampler().time_grid == (0.0, 0.75, 1.0)
     assert Sampler(4).time_grid == (0.0, 0.25, 0.5, 0.75, 1.0)
