@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issues #9 and #16 in one call, three parts, each written as JSON and Markdown:
+# Every GPU measurement of issues #9 and #16 in one call: first the check of the cloud's copies to the host
+# (benchmarks/host_copy_check.py: the bits, and the model thread's time; hostcopy-<suffix>.json and .log), then
+# three parts, each written as JSON and Markdown:
 # 1. perf: `edensplit bench --mode perf` (stages: encoder ms/frame, edge ms/pair at batch 1 and at the best of
 #    1/2/4/8/16, edge ms per generated frame in a session, peak GPU memory; system: pairs/s end to end and bytes
 #    per generated frame through a real cloud and edge) at 256x448, 480x854 and 1080x1920 in float32, bfloat16
@@ -79,6 +81,7 @@ if ((smoke)); then
   # a round per row, two rows: the script, not the figures
   overhead=(--frames 3 --budget_s "${GPU_SH_OVERHEAD_BUDGET_S:-2}" --transports http-binary,http-shm)
   overhead_device=cpu
+  device=cpu
 else
   suffix=gpu
   "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu.sh: no CUDA device (use --cpu-smoke)')"
@@ -93,7 +96,14 @@ else
   fi
   overhead=(--frames 6 --budget_s "${GPU_SH_OVERHEAD_BUDGET_S:-60}" --transports http-binary,http-shm,ws-binary,ws-shm)
   overhead_device=cuda:0
+  device=cuda:0
 fi
+# First, seconds: the cloud's copy of an encoding to the host (cast on the device, pinned, on a stream of its own)
+# gives the bits of a cast on the CPU, and how long the model thread spends queueing it.
+rc=0
+timeout 60 "$py" benchmarks/host_copy_check.py "$device" --json "$out/hostcopy-$suffix.json" 2>&1 \
+  | tee "$out/hostcopy-$suffix.log" || rc=$?
+((rc == 0)) || status=$rc
 part "perf-$suffix" "${GPU_SH_TIMEOUT:-290}" perf "${perf[@]}" --budget_s "${GPU_SH_BUDGET_S:-265}"
 part "e2e-$suffix" "${GPU_SH_E2E_TIMEOUT:-150}" perf "${e2e[@]}" --parts system --sizes "$sizes" \
   --precisions bfloat16 --designs http-shm:float16,http-binary:float16 --window 2 \

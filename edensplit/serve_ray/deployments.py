@@ -200,8 +200,9 @@ class EncoderServer:
             job = EncodeJob(frames, "float32", request_id, BLOB_MEDIA_TYPE, Cancellation())
             async with runtime.admission():
                 result = await runtime.predict(endpoint.operation, job, job.cancellation, endpoint.batcher)
-            return await run_in_threadpool(pack_encoding, result.encoding, result.difference, job.wire_dtype,
-                                           extra={"request_id": request_id}), None
+            # result.encoding waits for a GPU's copy to the host: on the thread pool, not the event loop
+            return await run_in_threadpool(lambda: pack_encoding(result.encoding, result.difference, job.wire_dtype,
+                                                                 extra={"request_id": request_id})), None
         except EdenError as exc:
             status = str(exc.code.status)
             return None, {"code": str(exc.code), "message": exc.message, "details": exc.details}

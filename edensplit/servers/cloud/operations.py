@@ -13,6 +13,7 @@ import numpy as np
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.eden import Eden
 from edensplit.model.encoding import FrameEncoding
+from edensplit.model.host_copy import HostCopy, to_host
 from edensplit.model.stages import encode_frames, frame_difference
 from edensplit.servers.contract import JSON, Cancellation, OperationInput, Reply
 from edensplit.servers.inputs import FRAME_ERRORS, FRAME_TYPES, read_frames
@@ -35,12 +36,18 @@ class EncodeJob:
 
 @dataclass
 class EncodeResult:
-    encoding: FrameEncoding  # the job's frames, on the CPU: packed into its blob by `encode`, off the model thread
+    host: HostCopy  # the job's frames' encoding on its way to the CPU, packed into its blob by `encode`
     difference: float | None  # for a pair only
+
+    @property
+    def encoding(self) -> FrameEncoding:
+        """The encoding on the CPU: from a GPU, once its copy is done (waited for off the model thread)."""
+        return self.host.wait()
 
 
 def encode_jobs(model: Eden, jobs: Sequence[EncodeJob]) -> list[EncodeResult]:
-    """The cloud's model work: each job's F frames encoded (and a pair's difference), moved to the CPU. One job is
+    """The cloud's model work: each job's F frames encoded (and a pair's difference), on their way to the CPU (from a
+    GPU: cast to the wire's float dtype there and copied while the next call computes, `host_copy`). One job is
     the exact mode (frames encoded one at a time); several are one batched encoder call (MAX_BATCH > 1)."""
     for job in jobs:
         job.cancellation.check()
@@ -48,7 +55,7 @@ def encode_jobs(model: Eden, jobs: Sequence[EncodeJob]) -> list[EncodeResult]:
         if len(jobs) == 1:
             enc = encode_frames(model, jobs[0].frames)
         else:
-            enc = encode_frames(model, np.concatenate([job.frames for job in jobs]), batched=True).to("cpu")
+            enc = encode_frames(model, np.concatenate([job.frames for job in jobs]), batched=True)
     except EdenError:
         raise
     except Exception as exc:
@@ -58,7 +65,7 @@ def encode_jobs(model: Eden, jobs: Sequence[EncodeJob]) -> list[EncodeResult]:
         part = enc[start:start + len(job.frames)]
         start += len(job.frames)
         difference = float(frame_difference(job.frames[0], job.frames[1])[0]) if len(job.frames) == 2 else None
-        results.append(EncodeResult(part.to("cpu"), difference))
+        results.append(EncodeResult(to_host(part, codecs.get(job.wire_dtype).casts_to), difference))
     return results
 
 

@@ -1,0 +1,72 @@
+"""Encodings from a GPU to the host without holding the model thread (issue #16): the tokens are cast to the wire's
+float dtype on the device (half the bytes of float32 to move), then copied into pinned host memory on a stream of
+their own, so the copy runs on the copy engine while the model thread starts the next frame's compute. Whoever
+reads the host tensors (the cloud's encode step, on the thread pool) waits for the copy first.
+
+On a CPU nothing moves: the encoding is the one computed. The cast gives the same bits on either device (a
+conversion rounds to nearest even on both), so an answer is the same wherever it was cast.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import Tensor
+
+from edensplit.model.encoding import FrameEncoding
+
+_streams: dict[torch.device, torch.cuda.Stream] = {}
+_streams_lock = threading.Lock()
+
+
+class HostCopy:
+    """An encoding on its way to the host: `wait()` gives it once its copy is done (at once on a CPU)."""
+
+    def __init__(self, encoding: FrameEncoding, done: torch.cuda.Event | None = None):
+        self._encoding, self._done = encoding, done
+
+    def wait(self) -> FrameEncoding:
+        """The encoding's CPU tensors, once their copy from the device has finished (the GIL is let go meanwhile)."""
+        if self._done is not None:
+            self._done.synchronize()
+            self._done = None
+        return self._encoding
+
+
+def copy_stream(device: torch.device) -> torch.cuda.Stream:
+    """The device's stream for copies to the host (one per device, made on first use)."""
+    with _streams_lock:
+        stream = _streams.get(device)
+        if stream is None:
+            stream = _streams[device] = torch.cuda.Stream(device)
+        return stream
+
+
+def pinned(shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    """Page-locked host memory for a copy from a GPU (torch's caching host allocator reuses it once the copies
+    that used it are done)."""
+    return torch.empty(shape, dtype=dtype, pin_memory=True)
+
+
+def to_host(encoding: FrameEncoding, tokens_dtype: torch.dtype | None = None) -> HostCopy:
+    """`encoding` on the CPU. From a GPU: its tokens cast to `tokens_dtype` there (None: kept as they are), then
+    every tensor copied into pinned memory on the device's copy stream, after the work queued so far on the current
+    stream; the call returns as soon as the copy is queued."""
+    device = encoding.cond_dit.device
+    if device.type != "cuda":
+        return HostCopy(encoding.to("cpu"))
+    compute, stream = torch.cuda.current_stream(device), copy_stream(device)
+    sources = [t if tokens_dtype is None else t.to(tokens_dtype) for t in (encoding.cond_dit, encoding.cond_dec)]
+    sources += [encoding.mean, encoding.std]
+    stream.wait_stream(compute)  # the encoder's kernels and the casts first
+    hosts: list[Tensor] = []
+    with torch.cuda.stream(stream):
+        for source in sources:
+            host = pinned(source.shape, source.dtype)
+            host.copy_(source, non_blocking=True)
+            source.record_stream(stream)  # its memory is not reused before the copy has read it
+            hosts.append(host)
+        done = torch.cuda.Event()
+        done.record(stream)
+    return HostCopy(FrameEncoding(*hosts, encoding.geometry), done)
