@@ -65,7 +65,8 @@ def to_host(encoding: FrameEncoding, tokens_dtype: torch.dtype | None = None) ->
         for source in sources:
             host = pinned(source.shape, source.dtype)
             host.copy_(source, non_blocking=True)
-            source.record_stream(stream)  # its memory is not reused before the copy has read it
+            if source.device.type == "cuda":  # (the stand-in's mean and std are made on the CPU)
+                source.record_stream(stream)  # its memory is not reused before the copy has read it
             hosts.append(host)
         done = torch.cuda.Event()
         done.record(stream)

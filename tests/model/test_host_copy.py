@@ -28,9 +28,9 @@ class _Log(list):
 class _Device:
     """A tensor on a (pretend) GPU: what `to_host` asks of one."""
 
-    def __init__(self, log, name, dtype=torch.float32):
+    def __init__(self, log, name, dtype=torch.float32, device="cuda:0"):
         self.log, self.name, self.dtype = log, name, dtype
-        self.shape, self.device = torch.Size([1, 6, 4]), torch.device("cuda:0")
+        self.shape, self.device = torch.Size([1, 6, 4]), torch.device(device)
 
     def to(self, dtype):
         if dtype == self.dtype:
@@ -39,6 +39,7 @@ class _Device:
         return _Device(self.log, self.name, dtype)
 
     def record_stream(self, stream):
+        assert self.device.type == "cuda", "torch refuses record_stream on a CPU tensor"
         self.log("record_stream", self.name, stream)
 
 
@@ -119,6 +120,9 @@ def test_from_a_gpu_the_copy_waits_for_the_encoder_and_the_reader_waits_for_the_
 
 
 def test_a_wire_dtype_that_is_not_a_cast_moves_the_tokens_as_they_are(fake_cuda):
-    to_host(FrameEncoding(*(_Device(_LOG, n) for n in ("cond_dit", "cond_dec", "mean", "std")), GEO), None)
+    """(and stats made on the CPU, as the stand-in's are, are copied without a stream to record)"""
+    tokens = [_Device(_LOG, n) for n in ("cond_dit", "cond_dec")]
+    to_host(FrameEncoding(*tokens, *(_Device(_LOG, n, device="cpu") for n in ("mean", "std")), GEO), None)
     assert not [e for e in _LOG if e[0] == "cast"]
     assert [e[2] for e in _LOG if e[0] == "copy"] == [torch.float32] * 4
+    assert [e[1] for e in _LOG if e[0] == "record_stream"] == ["cond_dit", "cond_dec"]
