@@ -248,10 +248,10 @@ def interpolate(model: Eden, enc0: FrameEncoding, enc1: FrameEncoding, differenc
     scaler = cfg.vae_scaler if vae_scaler is None else vae_scaler
     shift = cfg.vae_shift if vae_shift is None else vae_shift
     device, dtype, grid = model.device, model.dtype, geo.grid
-    enc0, enc1 = enc0.to(device, dtype), enc1.to(device, dtype)
 
     diff = normalise_difference(difference.to(device), cfg.cos_sim_mean, cfg.cos_sim_std)
     diff_emb = model.condition(diff)
+    # the tokens go to the device (and the model's dtype) only to make contexts: kept ones need none of them moved
     ctx0, ctx1 = contexts or (frame_context(model, enc0), frame_context(model, enc1))
     ctx = list(zip(ctx0[0], ctx1[0], strict=True))
 
@@ -265,8 +265,8 @@ def interpolate(model: Eden, enc0: FrameEncoding, enc1: FrameEncoding, differenc
     z = x / scaler + shift
     dec_ctx = list(zip(ctx0[1], ctx1[1], strict=True))
     img = model.decode(z, dec_ctx, grid).float()
-    mean = ((enc0.mean + enc1.mean) / 2).view(B, 1, 1, 1)
-    std = ((enc0.std + enc1.std) / 2).view(B, 1, 1, 1)
+    mean = ((enc0.mean.to(device) + enc1.mean.to(device)) / 2).view(B, 1, 1, 1)
+    std = ((enc0.std.to(device) + enc1.std.to(device)) / 2).view(B, 1, 1, 1)
     img = img * std + mean
     if trace is not None:
         trace["latents"], trace["decoded_padded"] = states, img

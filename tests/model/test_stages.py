@@ -14,7 +14,7 @@ from edensplit.model.encoding import FrameEncoding, Geometry
 from edensplit.model.pipeline import LocalPipeline
 from edensplit.model.sampler import Sampler
 from edensplit.model.seeds import make_noise
-from edensplit.model.stages import encode_frames, frame_difference, interpolate, to_uint8
+from edensplit.model.stages import encode_frames, frame_context, frame_difference, interpolate, to_uint8
 from tests.conftest import TINY_CONFIG, make_frames
 
 
@@ -52,6 +52,24 @@ def test_batch_of_three_equals_three_single_calls(tiny_model):
     for i in range(3):
         one = interpolate(tiny_model, enc0[i], enc1[i], diff[i:i + 1], noise[i:i + 1])
         torch.testing.assert_close(out[i:i + 1], one, atol=1e-5, rtol=0)
+
+
+def test_a_pair_with_kept_contexts_reads_only_its_encodings_stats(tiny_model):
+    """The edge keeps each session frame's context; a pair given both moves none of its tokens to the device (on a
+    GPU that was a copy of four token tensors per generated frame, unused): tokens that cannot be moved (on the
+    meta device) give the same frame, bit for bit."""
+    frames = make_frames(2, 40, 70, seed=4)
+    enc0, enc1 = encode_frames(tiny_model, frames[:1]), encode_frames(tiny_model, frames[1:])
+    noise, diff = make_noise(5, enc0.geometry.latent_tokens, 16), frame_difference(frames[:1], frames[1:])
+    contexts = (frame_context(tiny_model, enc0), frame_context(tiny_model, enc1))
+    expected = interpolate(tiny_model, enc0, enc1, diff, noise)
+
+    def unmovable(enc: FrameEncoding) -> FrameEncoding:
+        meta = [torch.empty(t.shape, dtype=t.dtype, device="meta") for t in (enc.cond_dit, enc.cond_dec)]
+        return FrameEncoding(*meta, enc.mean, enc.std, enc.geometry)
+
+    got = interpolate(tiny_model, unmovable(enc0), unmovable(enc1), diff, noise, contexts=contexts)
+    assert torch.equal(got, expected)
 
 
 def test_two_threads_on_one_model_get_the_single_threaded_results(tiny_model):
