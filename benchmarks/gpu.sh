@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issues #9 and #16 in one call: first the check of the cloud's copies to the host
-# (benchmarks/host_copy_check.py: the bits, and the model thread's time; hostcopy-<suffix>.json and .log), then
+# Every GPU measurement of issues #9 and #16 in one call: first the check of the encodings' copies between host and
+# device (benchmarks/transfers_check.py: the bits, and the model thread's time; transfers-<suffix>.json and .log), then
 # three parts, each written as JSON and Markdown:
 # 1. perf: `edensplit bench --mode perf` (stages: encoder ms/frame, edge ms/pair at batch 1 and at the best of
 #    1/2/4/8/16, edge ms per generated frame in a session, peak GPU memory; system: pairs/s end to end and bytes
@@ -98,11 +98,11 @@ else
   overhead_device=cuda:0
   device=cuda:0
 fi
-# First, seconds: the cloud's copy of an encoding to the host (cast on the device, pinned, on a stream of its own)
-# gives the bits of a cast on the CPU, and how long the model thread spends queueing it.
+# First, seconds: the encodings' copies on a stream of their own (the cloud's to pinned host memory, cast on the
+# device; the edge's to the device, started by the decode step) give the CPU's bits, and the model thread's time.
 rc=0
-timeout 60 "$py" benchmarks/host_copy_check.py "$device" --json "$out/hostcopy-$suffix.json" 2>&1 \
-  | tee "$out/hostcopy-$suffix.log" || rc=$?
+timeout 60 "$py" benchmarks/transfers_check.py "$device" --json "$out/transfers-$suffix.json" 2>&1 \
+  | tee "$out/transfers-$suffix.log" || rc=$?
 ((rc == 0)) || status=$rc
 part "perf-$suffix" "${GPU_SH_TIMEOUT:-290}" perf "${perf[@]}" --budget_s "${GPU_SH_BUDGET_S:-265}"
 part "e2e-$suffix" "${GPU_SH_E2E_TIMEOUT:-150}" perf "${e2e[@]}" --parts system --sizes "$sizes" \

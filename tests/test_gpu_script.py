@@ -33,8 +33,8 @@ def test_gpu_script_cpu_smoke_writes_json_and_markdown(model_env, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{part}-cpu-smoke{suffix}" for part in ("perf", "e2e", "overhead")
          for suffix in (".json", ".log", ".md", "-servers.log")]
-        + ["hostcopy-cpu-smoke.json", "hostcopy-cpu-smoke.log"])
-    copies = json.loads((out / "hostcopy-cpu-smoke.json").read_text())
+        + ["transfers-cpu-smoke.json", "transfers-cpu-smoke.log"])
+    copies = json.loads((out / "transfers-cpu-smoke.json").read_text())
     assert copies["ok"] and copies["device"] == "cpu" and all(row["bits_equal"] for row in copies["rows"])
     document = json.loads((out / "perf-cpu-smoke.json").read_text())
     assert document["kind"] == "edensplit.bench.perf"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -237,3 +239,46 @@ def test_an_idle_session_goes_after_its_ttl_without_another_request():
         assert len(sessions) == 1 and "edensplit_session_cache_sessions 1.0" in edge.get("/metrics").text
         wait_until(lambda: len(sessions) == 0, 5, "the idle session to go (its TTL, then the next second's chores)")
         assert "edensplit_session_cache_sessions 0.0" in edge.get("/metrics").text
+
+
+def test_on_a_gpu_the_decode_step_starts_each_copy_and_the_model_thread_makes_contexts_from_it(
+        edge, blob, reference, monkeypatch):
+    """The edge's encodings go to its device while the request before computes: the decode step (thread pool) starts
+    each copy (`transfers.to_device`), the model thread makes the frame's context from that copy. On this CPU a
+    recording copy stands in for CUDA's (the tensors stay where they are); the frames are the same."""
+    from edensplit.servers.edge import operations
+
+    events: list[tuple[str, str]] = []
+
+    class Staged:
+        def __init__(self, encoding):
+            self.encoding = encoding
+
+        def use(self):
+            events.append(("use", threading.current_thread().name))
+            return self.encoding
+
+    def to_device(encoding, device):
+        events.append(("stage", threading.current_thread().name))
+        return Staged(encoding)
+
+    monkeypatch.setattr(operations, "to_device", to_device)
+    r = edge.post("/api/v1/interpolate", params={"seed": 4}, content=blob, headers={"Content-Type": BLOB_MEDIA_TYPE})
+    np.testing.assert_array_equal(unpack_frames(r.content, ("frame",))[0]["frame"],
+                                  reference.interpolate(FRAMES[0], FRAMES[1], seed=4))
+    assert [kind for kind, _ in events] == ["stage", "stage", "use", "use"]  # a pair: both frames' copies
+    assert all(not name.startswith("eden-") for kind, name in events if kind == "stage")
+    assert all(name.startswith("eden-") for kind, name in events if kind == "use")  # the model thread
+
+    events.clear()
+    blobs, headers = [session_blob(f) for f in FRAMES], {"Content-Type": BLOB_MEDIA_TYPE}
+    edge.post("/api/v1/sessions/gpu/frames/0", content=blobs[0], headers=headers)
+    diff = float(frame_difference(FRAMES[0], FRAMES[1])[0])
+    r = edge.post("/api/v1/sessions/gpu/frames/1", params={"difference": diff, "seed": 6}, content=blobs[1],
+                  headers=headers)
+    np.testing.assert_array_equal(unpack_frames(r.content, ("frame",))[0]["frame"],
+                                  reference.interpolate(FRAMES[0], FRAMES[1], seed=6))
+    # each frame's copy is started as it arrives; the new frame's context is made from its copy (frame 0's, the
+    # session's first, from the encoding the session holds: its copy was started when no pair needed it yet)
+    assert [kind for kind, _ in events] == ["stage", "stage", "use"]
+    edge.delete("/api/v1/sessions/gpu")

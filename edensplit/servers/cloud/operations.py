@@ -13,8 +13,8 @@ import numpy as np
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.eden import Eden
 from edensplit.model.encoding import FrameEncoding
-from edensplit.model.host_copy import HostCopy, to_host
 from edensplit.model.stages import encode_frames, frame_difference
+from edensplit.model.transfers import HostCopy, to_host
 from edensplit.servers.contract import JSON, Cancellation, OperationInput, Reply
 from edensplit.servers.inputs import FRAME_ERRORS, FRAME_TYPES, read_frames
 from edensplit.wire import codecs
@@ -47,7 +47,7 @@ class EncodeResult:
 
 def encode_jobs(model: Eden, jobs: Sequence[EncodeJob]) -> list[EncodeResult]:
     """The cloud's model work: each job's F frames encoded (and a pair's difference), on their way to the CPU (from a
-    GPU: cast to the wire's float dtype there and copied while the next call computes, `host_copy`). One job is
+    GPU: cast to the wire's float dtype there and copied while the next call computes, `transfers`). One job is
     the exact mode (frames encoded one at a time); several are one batched encoder call (MAX_BATCH > 1)."""
     for job in jobs:
         job.cancellation.check()

@@ -25,6 +25,7 @@ from edensplit.model.eden import Eden, FrameContext
 from edensplit.model.encoding import FrameEncoding
 from edensplit.model.seeds import make_noise
 from edensplit.model.stages import cat_contexts, frame_context, frame_difference, geometry_for, interpolate, to_uint8
+from edensplit.model.transfers import DeviceCopy, to_device
 from edensplit.servers.contract import JSON, PNG, Cancellation, OperationInput, Reply
 from edensplit.servers.edge.validation import (
     JOB_ERRORS,
@@ -48,15 +49,17 @@ CloudEncoder = Callable[[list[np.ndarray], str], Awaitable[bytes]]  # frames, re
 
 
 def contexts_of(model: Eden, job: InterpolateJob) -> tuple[FrameContext, FrameContext]:
-    """The pair's two frames' temporal keys/values: a session frame's kept one, else computed (and kept)."""
+    """The pair's two frames' temporal keys/values: a session frame's kept one, else computed (and kept) from the
+    encoding's copy on the device where the decode step started one."""
     contexts = []
-    for held, enc in zip(job.held, (job.enc0, job.enc1), strict=True):
+    for held, enc, staged in zip(job.held, (job.enc0, job.enc1), job.staged, strict=True):
         context = job.contexts.lookup(held) if held is not None and job.contexts is not None else None
         if context is None:
-            context = frame_context(model, enc)
+            context = frame_context(model, staged.use() if staged is not None else enc)
             if held is not None and job.contexts is not None:
                 job.contexts.keep(held, context)
         contexts.append(context)
+    job.staged = (None, None)  # the device's copies are let go as soon as the contexts are made
     return contexts[0], contexts[1]
 
 
@@ -136,6 +139,7 @@ class InterpolateOperation(EdgeOperation):
         check_model_args(model, model_args)
         job = pair_job(model, encoded, opts, inp.request_id, inp.answer, inp.cancellation)
         check_grid(job.enc0, meta.get("ph"), meta.get("pw"))
+        job.staged = to_device(job.enc0, model.device), to_device(job.enc1, model.device)
         return job
 
     async def prepare(self, job: InterpolateJob, model: Eden) -> InterpolateJob:
@@ -155,6 +159,7 @@ class SessionFrame:
     answer: str
     cancellation: Cancellation
     client: str  # whose session it is
+    staged: DeviceCopy | None = None  # on a GPU: the encoding's copy to it, started here (for its context)
 
 
 def session_key(params: Mapping[str, Any]) -> tuple[str, int]:
@@ -203,12 +208,13 @@ class SessionFrameOperation(EdgeOperation):
                 blob = inp.body
             else:
                 pixels = unpack_frames(inp.body, SINGLE, self.max_pixels)[0]["frame"]
-        encoding = None
+        encoding = staged = None
         if blob is not None:
             encoding = unpack_encoding(blob, frames=1, max_pixels=self.max_pixels).encoding
             check_encoding(model, encoding)
+            staged = to_device(encoding, model.device)
         return SessionFrame(session_id, index, opts, encoding, pixels, inp.request_id, inp.answer, inp.cancellation,
-                            inp.client)
+                            inp.client, staged)
 
     async def prepare(self, frame: SessionFrame, model: Eden) -> InterpolateJob | Reply:
         index, opts = frame.index, frame.options
@@ -237,6 +243,7 @@ class SessionFrameOperation(EdgeOperation):
         job = make_job(model, previous.encoding, current.encoding, opts, difference, frame.request_id, frame.answer,
                        frame.cancellation)
         job.held, job.contexts = (previous, current), self.sessions.contexts
+        job.staged = (None, frame.staged)
         return job
 
 

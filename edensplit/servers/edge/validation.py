@@ -38,6 +38,7 @@ class InterpolateJob:
     cancellation: Cancellation = field(default_factory=Cancellation)
     held: tuple[Any, Any] = (None, None)  # session frames of enc0/enc1, whose temporal keys/values are kept
     contexts: Any = None  # the session store's ContextCache, which keeps them
+    staged: tuple[Any, Any] = (None, None)  # on a GPU: enc0/enc1's copies to it, started by the decode step
     started: float = field(default_factory=time.perf_counter)
 
 

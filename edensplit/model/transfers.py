@@ -1,0 +1,117 @@
+"""Encodings between the host and a GPU without holding the model thread (issue #16), on a copy stream per device.
+
+To the host (the cloud's answer): the tokens are cast to the wire's float dtype on the device (half the bytes of
+float32 to move), then copied into pinned host memory on the copy stream, so the copy runs on the copy engine while
+the model thread starts the next frame's compute; whoever reads the host tensors (the cloud's encode step, on the
+thread pool) waits for the copy first.
+
+To the device (the edge's request): the decode step (thread pool) copies an encoding's tensors to the device on the
+copy stream as they are (the wire dtype), while the model thread computes the request before; the model thread's
+stream waits for that copy before it uses them (`DeviceCopy.use`), and the cast to the model's dtype is then its
+own, on the device.
+
+On a CPU nothing moves. A cast gives the same bits on either device (a conversion rounds to nearest even on both),
+so an answer is the same wherever it was made.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import Tensor
+
+from edensplit.model.encoding import FrameEncoding
+
+_streams: dict[torch.device, torch.cuda.Stream] = {}
+_streams_lock = threading.Lock()
+
+
+def copy_stream(device: torch.device) -> torch.cuda.Stream:
+    """The device's stream for copies between it and the host (one per device, made on first use)."""
+    with _streams_lock:
+        stream = _streams.get(device)
+        if stream is None:
+            stream = _streams[device] = torch.cuda.Stream(device)
+        return stream
+
+
+def _tensors(encoding: FrameEncoding) -> list[Tensor]:
+    return [encoding.cond_dit, encoding.cond_dec, encoding.mean, encoding.std]
+
+
+class HostCopy:
+    """An encoding on its way to the host: `wait()` gives it once its copy is done (at once on a CPU)."""
+
+    def __init__(self, encoding: FrameEncoding, done: torch.cuda.Event | None = None):
+        self._encoding, self._done = encoding, done
+
+    def wait(self) -> FrameEncoding:
+        """The encoding's CPU tensors, once their copy from the device has finished (the GIL is let go meanwhile)."""
+        if self._done is not None:
+            self._done.synchronize()
+            self._done = None
+        return self._encoding
+
+
+def pinned(shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    """Page-locked host memory for a copy from a GPU (torch's caching host allocator reuses it once the copies
+    that used it are done)."""
+    return torch.empty(shape, dtype=dtype, pin_memory=True)
+
+
+def to_host(encoding: FrameEncoding, tokens_dtype: torch.dtype | None = None) -> HostCopy:
+    """`encoding` on the CPU. From a GPU: its tokens cast to `tokens_dtype` there (None: kept as they are), then
+    every tensor copied into pinned memory on the device's copy stream, after the work queued so far on the current
+    stream; the call returns as soon as the copy is queued."""
+    device = encoding.cond_dit.device
+    if device.type != "cuda":
+        return HostCopy(encoding.to("cpu"))
+    compute, stream = torch.cuda.current_stream(device), copy_stream(device)
+    sources = _tensors(encoding)
+    if tokens_dtype is not None:
+        sources[:2] = [t.to(tokens_dtype) for t in sources[:2]]
+    stream.wait_stream(compute)  # the encoder's kernels and the casts first
+    hosts: list[Tensor] = []
+    with torch.cuda.stream(stream):
+        for source in sources:
+            host = pinned(source.shape, source.dtype)
+            host.copy_(source, non_blocking=True)
+            if source.device.type == "cuda":  # (the stand-in's mean and std are made on the CPU)
+                source.record_stream(stream)  # its memory is not reused before the copy has read it
+            hosts.append(host)
+        done = torch.cuda.Event()
+        done.record(stream)
+    return HostCopy(FrameEncoding(*hosts, encoding.geometry), done)
+
+
+class DeviceCopy:
+    """An encoding on its way to a GPU: `use()` gives it for work queued on the current stream from then on."""
+
+    def __init__(self, encoding: FrameEncoding, done: torch.cuda.Event):
+        self._encoding, self._done = encoding, done
+
+    def use(self) -> FrameEncoding:
+        """The encoding on the device; the current stream waits for its copy (on the device: the call does not
+        block), and its memory is not reused before what that stream queues has run."""
+        if self._done is not None:
+            stream = torch.cuda.current_stream(self._encoding.cond_dit.device)
+            stream.wait_event(self._done)
+            for tensor in _tensors(self._encoding):
+                tensor.record_stream(stream)
+            self._done = None
+        return self._encoding
+
+
+def to_device(encoding: FrameEncoding, device: torch.device) -> DeviceCopy | None:
+    """`encoding`'s tensors copied to `device` on its copy stream, as they are (the caller's memory may be let go
+    when this returns: a copy from pageable memory is staged before the call returns); None unless `device` is
+    a GPU (nothing to stage)."""
+    if device.type != "cuda":
+        return None
+    stream = copy_stream(device)
+    with torch.cuda.stream(stream):
+        moved = [t.to(device, non_blocking=True) for t in _tensors(encoding)]
+        done = torch.cuda.Event()
+        done.record(stream)
+    return DeviceCopy(FrameEncoding(*moved, encoding.geometry), done)
