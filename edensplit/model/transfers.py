@@ -80,7 +80,7 @@ def to_host(encoding: FrameEncoding, tokens_dtype: torch.dtype | None = None) ->
             if source.device.type == "cuda":  # (the stand-in's mean and std are made on the CPU)
                 source.record_stream(stream)  # its memory is not reused before the copy has read it
             hosts.append(host)
-        done = torch.cuda.Event()
+        done = torch.cuda.Event(blocking=True)  # a reader waiting for it sleeps, it does not spin on a core
         done.record(stream)
     return HostCopy(FrameEncoding(*hosts, encoding.geometry), done)
 

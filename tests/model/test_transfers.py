@@ -82,6 +82,9 @@ class _On:
 
 
 class _Event:
+    def __init__(self, blocking=False):
+        self.blocking = blocking
+
     def record(self, stream):
         LOG.append(("event_record", stream.name))
 
@@ -118,6 +121,7 @@ def test_to_the_host_the_copy_waits_for_the_encoder_and_the_reader_waits_for_the
     assert {e[1] for e in LOG if e[0] == "record_stream"} == set(NAMES)  # no source's memory reused too soon
     assert LOG[-1] == ("event_record", "copy") and "synchronize" not in kinds()  # queued, not waited for
 
+    assert pending._done.blocking  # the reader (a thread-pool thread) sleeps until the copy is done
     got = pending.wait()
     assert LOG[-1] == ("synchronize",) and got.cond_dit.source.name == "cond_dit"
     pending.wait()
