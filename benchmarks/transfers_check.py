@@ -7,6 +7,7 @@
 - to_device (the edge's request), per model dtype, from float16 on the wire: the copy on the copy stream, then the
   model's cast on the device, against `.to(device, dtype)`; `stage_ms`, the decode step's time (thread pool),
   `use_ms`, the model thread's (wait and cast, until done), `before_ms`, the copy before (on the model thread).
+- frames_to_host (the edge's answer): its uint8 frame copied to pinned memory on the copy stream, against `.cpu()`.
 
 Run by benchmarks/gpu.sh first; on a machine without CUDA it checks the CPU's path (nothing moves).
 
@@ -24,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from edensplit.model.encoding import FrameEncoding, Geometry
-from edensplit.model.transfers import to_device, to_host
+from edensplit.model.transfers import tensor_to_host, to_device, to_host
 
 SIZES = {"480x854": Geometry(480, 854, 16, 8), "1080x1920": Geometry(1080, 1920, 16, 8)}
 HIDDEN = 768
@@ -99,6 +100,17 @@ def device_row(device: torch.device, name: str, geo: Geometry, dtype: torch.dtyp
             "stage_ms": stage, "use_ms": used, "before_ms": old}
 
 
+def frames_row(device: torch.device, name: str, geo: Geometry) -> dict[str, object]:
+    frames = torch.randint(0, 256, (1, geo.height, geo.width, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(1)).to(device)
+    ok = torch.equal(tensor_to_host(frames).wait().cpu(), frames.cpu())
+    pending: list = []
+    queue, wait, old = median_ms(device, lambda: pending.append(tensor_to_host(frames)), lambda: pending.pop().wait(),
+                                 lambda: frames.cpu())
+    return {"direction": "frames_to_host", "size": name, "dtype": "uint8", "bits_equal": ok, "queue_ms": queue,
+            "until_on_host_ms": round(queue + wait, 3), "before_ms": old}
+
+
 def main() -> int:
     args = sys.argv[1:]
     out = args[args.index("--json") + 1] if "--json" in args else None
@@ -108,6 +120,7 @@ def main() -> int:
             for dtype in (torch.float16, torch.bfloat16, torch.float32)]
     rows += [device_row(device, name, geo, dtype) for name, geo in SIZES.items()
              for dtype in (torch.bfloat16, torch.float16, torch.float32)]
+    rows += [frames_row(device, name, geo) for name, geo in SIZES.items()]
     for row in rows:
         print(json.dumps(row), flush=True)
     failures = sum(not row["bits_equal"] for row in rows)

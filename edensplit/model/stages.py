@@ -63,13 +63,17 @@ def to_uint8(x: Tensor) -> np.ndarray:
     full-frame float32 temporaries, 2x the time); the same bits either way."""
     B, C, H, W = x.shape
     if x.device.type != "cpu":  # one kernel per step on a GPU, then one copy of the uint8 frames to the host
-        u8 = x.float().clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8)
-        return u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        return uint8_on_device(x).cpu().numpy()
     out = torch.empty((B, H, W, C), dtype=torch.uint8)
     for top in range(0, H, BAND_ROWS):
         band = x[:, :, top: top + BAND_ROWS].float().clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8)
         out[:, top: top + BAND_ROWS].copy_(band.permute(0, 2, 3, 1))
     return out.numpy()
+
+
+def uint8_on_device(x: Tensor) -> Tensor:
+    """`to_uint8`'s frames [B, H, W, 3] where `x` is (a GPU: one kernel per step), not copied to the host."""
+    return x.float().clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 def _require(model: Eden, stage: str) -> None:

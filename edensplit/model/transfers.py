@@ -10,6 +10,9 @@ copy stream as they are (the wire dtype), while the model thread computes the re
 stream waits for that copy before it uses them (`DeviceCopy.use`), and the cast to the model's dtype is then its
 own, on the device.
 
+From the edge, its uint8 frames are copied to the host the same way: the model thread queues the sampling, the
+decoder and the copy, and goes on to the next request while the GPU works; the encode step waits for the copy.
+
 On a CPU nothing moves. A cast gives the same bits on either device (a conversion rounds to nearest even on both),
 so an answer is the same wherever it was made.
 """
@@ -17,12 +20,14 @@ so an answer is the same wherever it was made.
 from __future__ import annotations
 
 import threading
+from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor
 
 from edensplit.model.encoding import FrameEncoding
 
+T = TypeVar("T")
 _streams: dict[torch.device, torch.cuda.Stream] = {}
 _streams_lock = threading.Lock()
 
@@ -40,18 +45,19 @@ def _tensors(encoding: FrameEncoding) -> list[Tensor]:
     return [encoding.cond_dit, encoding.cond_dec, encoding.mean, encoding.std]
 
 
-class HostCopy:
-    """An encoding on its way to the host: `wait()` gives it once its copy is done (at once on a CPU)."""
+class HostCopy(Generic[T]):
+    """Something on its way to the host (an encoding, frames): `wait()` gives it once its copy is done (at once
+    when it was on the CPU)."""
 
-    def __init__(self, encoding: FrameEncoding, done: torch.cuda.Event | None = None):
-        self._encoding, self._done = encoding, done
+    def __init__(self, value: T, done: torch.cuda.Event | None = None):
+        self._value, self._done = value, done
 
-    def wait(self) -> FrameEncoding:
-        """The encoding's CPU tensors, once their copy from the device has finished (the GIL is let go meanwhile)."""
+    def wait(self) -> T:
+        """Its CPU tensors, once their copy from the device has finished (the GIL is let go meanwhile)."""
         if self._done is not None:
             self._done.synchronize()
             self._done = None
-        return self._encoding
+        return self._value
 
 
 def pinned(shape: torch.Size, dtype: torch.dtype) -> Tensor:
@@ -60,18 +66,11 @@ def pinned(shape: torch.Size, dtype: torch.dtype) -> Tensor:
     return torch.empty(shape, dtype=dtype, pin_memory=True)
 
 
-def to_host(encoding: FrameEncoding, tokens_dtype: torch.dtype | None = None) -> HostCopy:
-    """`encoding` on the CPU. From a GPU: its tokens cast to `tokens_dtype` there (None: kept as they are), then
-    every tensor copied into pinned memory on the device's copy stream, after the work queued so far on the current
-    stream; the call returns as soon as the copy is queued."""
-    device = encoding.cond_dit.device
-    if device.type != "cuda":
-        return HostCopy(encoding.to("cpu"))
+def _to_pinned(sources: list[Tensor], device: torch.device) -> tuple[list[Tensor], torch.cuda.Event]:
+    """`sources` copied into pinned memory on `device`'s copy stream, after the work queued so far on the current
+    stream; returns as soon as the copies are queued, with the event that says they are done."""
     compute, stream = torch.cuda.current_stream(device), copy_stream(device)
-    sources = _tensors(encoding)
-    if tokens_dtype is not None:
-        sources[:2] = [t.to(tokens_dtype) for t in sources[:2]]
-    stream.wait_stream(compute)  # the encoder's kernels and the casts first
+    stream.wait_stream(compute)  # the kernels that make the sources first
     hosts: list[Tensor] = []
     with torch.cuda.stream(stream):
         for source in sources:
@@ -82,7 +81,29 @@ def to_host(encoding: FrameEncoding, tokens_dtype: torch.dtype | None = None) ->
             hosts.append(host)
         done = torch.cuda.Event(blocking=True)  # a reader waiting for it sleeps, it does not spin on a core
         done.record(stream)
+    return hosts, done
+
+
+def to_host(encoding: FrameEncoding, tokens_dtype: torch.dtype | None = None) -> HostCopy[FrameEncoding]:
+    """`encoding` on the CPU. From a GPU: its tokens cast to `tokens_dtype` there (None: kept as they are), then
+    every tensor copied into pinned memory on the device's copy stream; the call returns once the copy is queued."""
+    device = encoding.cond_dit.device
+    if device.type != "cuda":
+        return HostCopy(encoding.to("cpu"))
+    sources = _tensors(encoding)
+    if tokens_dtype is not None:
+        sources[:2] = [t.to(tokens_dtype) for t in sources[:2]]
+    hosts, done = _to_pinned(sources, device)
     return HostCopy(FrameEncoding(*hosts, encoding.geometry), done)
+
+
+def tensor_to_host(tensor: Tensor) -> HostCopy[Tensor]:
+    """`tensor` on the CPU (as it is there), or from a GPU copied into pinned memory as `to_host` copies (the edge's
+    uint8 frames: the model thread queues the copy and takes the next request while the GPU finishes this one)."""
+    if tensor.device.type != "cuda":
+        return HostCopy(tensor)
+    hosts, done = _to_pinned([tensor], tensor.device)
+    return HostCopy(hosts[0], done)
 
 
 class DeviceCopy:

@@ -148,3 +148,14 @@ def test_to_the_device_the_copy_is_on_its_stream_and_the_model_waits_for_it_befo
     assert used.cond_dit.device == torch.device("cuda:0") and used.cond_dit.dtype == torch.float16
     staged.use()
     assert kinds().count("wait_event") == 1
+
+
+def test_the_edges_frames_go_to_the_host_on_the_copy_stream_and_are_read_after_the_copy(fake_cuda):
+    frames = _Tensor("frames", torch.uint8)
+    pending = transfers.tensor_to_host(frames)
+    assert LOG[0] == ("wait_stream", "copy", "compute")  # after the sampler's and the decoder's kernels
+    assert LOG[1] == ("copy", "frames", torch.uint8, True, "copy") and LOG[2] == ("record_stream", "frames", "copy")
+    assert LOG[-1] == ("event_record", "copy") and pending._done.blocking
+    assert pending.wait().source is frames and LOG[-1] == ("synchronize",)
+    cpu = torch.zeros(2, 3, dtype=torch.uint8)
+    assert transfers.tensor_to_host(cpu).wait() is cpu  # on a CPU, the frames as they are

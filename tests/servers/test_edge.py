@@ -282,3 +282,18 @@ def test_on_a_gpu_the_decode_step_starts_each_copy_and_the_model_thread_makes_co
     # session's first, from the encoding the session holds: its copy was started when no pair needed it yet)
     assert [kind for kind, _ in events] == ["stage", "stage", "use"]
     edge.delete("/api/v1/sessions/gpu")
+
+
+def test_the_model_thread_hands_over_frames_that_the_encode_step_waits_for(edge, blob, reference, monkeypatch):
+    """The edge's model thread answers with its frames on their way to the host (on a GPU, a copy it only queued, so
+    it takes the next request while the GPU finishes); the encode step, on the thread pool, waits for them."""
+    from edensplit.servers.edge.operations import GeneratedFrame
+
+    threads: list[str] = []
+    array = GeneratedFrame.array
+    monkeypatch.setattr(GeneratedFrame, "array", lambda self: threads.append(threading.current_thread().name)
+                        or array(self))
+    r = edge.post("/api/v1/interpolate", params={"seed": 3}, content=blob, headers={"Content-Type": BLOB_MEDIA_TYPE})
+    np.testing.assert_array_equal(unpack_frames(r.content, ("frame",))[0]["frame"],
+                                  reference.interpolate(FRAMES[0], FRAMES[1], seed=3))
+    assert len(threads) == 1 and not threads[0].startswith("eden-")  # not the model thread

@@ -36,7 +36,7 @@ class EncodeJob:
 
 @dataclass
 class EncodeResult:
-    host: HostCopy  # the job's frames' encoding on its way to the CPU, packed into its blob by `encode`
+    host: HostCopy[FrameEncoding]  # the job's frames' encoding on its way to the CPU, packed into its blob by `encode`
     difference: float | None  # for a pair only
 
     @property

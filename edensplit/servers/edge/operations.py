@@ -19,13 +19,22 @@ from typing import Any
 import numpy as np
 import torch
 from starlette.concurrency import run_in_threadpool
+from torch import Tensor
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.model.eden import Eden, FrameContext
 from edensplit.model.encoding import FrameEncoding
 from edensplit.model.seeds import make_noise
-from edensplit.model.stages import cat_contexts, frame_context, frame_difference, geometry_for, interpolate, to_uint8
-from edensplit.model.transfers import DeviceCopy, to_device
+from edensplit.model.stages import (
+    cat_contexts,
+    frame_context,
+    frame_difference,
+    geometry_for,
+    interpolate,
+    to_uint8,
+    uint8_on_device,
+)
+from edensplit.model.transfers import DeviceCopy, HostCopy, tensor_to_host, to_device
 from edensplit.servers.contract import JSON, PNG, Cancellation, OperationInput, Reply
 from edensplit.servers.edge.validation import (
     JOB_ERRORS,
@@ -63,8 +72,22 @@ def contexts_of(model: Eden, job: InterpolateJob) -> tuple[FrameContext, FrameCo
     return contexts[0], contexts[1]
 
 
-def generate(model: Eden, jobs: Sequence[InterpolateJob]) -> list[np.ndarray]:
-    """The edge's model work for B pairs of one batch key: noise from each seed, sample, decode -> uint8 frames."""
+@dataclass(frozen=True)
+class GeneratedFrame:
+    """One pair's middle frame of a batch's uint8 frames [B, H, W, 3], on their way to the host (from a GPU, the copy
+    is waited for by the encode step, off the model thread)."""
+
+    frames: HostCopy[Tensor]
+    index: int
+
+    def array(self) -> np.ndarray:
+        """The frame [H, W, 3] uint8 on the host (a view of the batch's, not a copy)."""
+        return self.frames.wait()[self.index].numpy()
+
+
+def generate(model: Eden, jobs: Sequence[InterpolateJob]) -> list[GeneratedFrame]:
+    """The edge's model work for B pairs of one batch key: noise from each seed, sample, decode -> uint8 frames (on
+    a GPU, queued: the model thread does not wait for them)."""
     first = jobs[0]
     noise = torch.cat([make_noise(j.seed, j.enc0.geometry.latent_tokens, model.args.latent_dim) for j in jobs])
     try:
@@ -78,7 +101,9 @@ def generate(model: Eden, jobs: Sequence[InterpolateJob]) -> list[np.ndarray]:
         raise
     except Exception as exc:
         raise EdenError(f"sampling failed: {type(exc).__name__}: {exc}", code=ErrorCode.MODEL_ERROR) from exc
-    return list(to_uint8(out))
+    frames = tensor_to_host(uint8_on_device(out)) if out.device.type == "cuda" else \
+        HostCopy(torch.from_numpy(to_uint8(out)))
+    return [GeneratedFrame(frames, i) for i in range(len(jobs))]
 
 
 def warm_up(model: Eden) -> None:
@@ -101,14 +126,15 @@ class EdgeOperation:
     answers = (FRAMES_MEDIA_TYPE, PNG)
     errors: tuple[ErrorCode, ...] = (*JOB_ERRORS, ErrorCode.MODEL_ERROR)
 
-    def predict(self, model: Eden, jobs: Sequence[InterpolateJob]) -> list[np.ndarray]:
+    def predict(self, model: Eden, jobs: Sequence[InterpolateJob]) -> list[GeneratedFrame]:
         return generate(model, jobs)
 
     def batch_key(self, job: InterpolateJob) -> Hashable:
         """Pairs that may share a model call: same size, sampler, VAE constants and wire precision."""
         return job.enc0.geometry, job.sampler, job.vae_scaler, job.vae_shift, job.enc0.cond_dit.dtype
 
-    def encode(self, frame: np.ndarray, job: InterpolateJob) -> Reply:
+    def encode(self, generated: GeneratedFrame, job: InterpolateJob) -> Reply:
+        frame = generated.array()
         meta = {"processing_time": round(time.perf_counter() - job.started, 6), "request_id": job.request_id,
                 "seed": job.seed, "height": frame.shape[0], "width": frame.shape[1]}
         if job.answer == PNG:
