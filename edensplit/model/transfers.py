@@ -1,4 +1,5 @@
-"""Encodings between the host and a GPU without holding the model thread (issue #16), on a copy stream per device.
+"""Encodings (and the edge's frames) between the host and a GPU without holding the model thread (issue #16), on
+copy streams of their own (one per device and direction).
 
 To the host (the cloud's answer): the tokens are cast to the wire's float dtype on the device (half the bytes of
 float32 to move), then copied into pinned host memory on the copy stream, so the copy runs on the copy engine while
@@ -28,16 +29,19 @@ from torch import Tensor
 from edensplit.model.encoding import FrameEncoding
 
 T = TypeVar("T")
-_streams: dict[torch.device, torch.cuda.Stream] = {}
+TO_HOST, TO_DEVICE = "to host", "to device"
+_streams: dict[tuple[torch.device, str], torch.cuda.Stream] = {}
 _streams_lock = threading.Lock()
 
 
-def copy_stream(device: torch.device) -> torch.cuda.Stream:
-    """The device's stream for copies between it and the host (one per device, made on first use)."""
+def copy_stream(device: torch.device, direction: str) -> torch.cuda.Stream:
+    """The device's stream for copies in one `direction` (made on first use). One per direction: a copy to the
+    device (the decode step's, from pageable memory, which waits for the copies queued before it on its stream)
+    never waits behind a copy to the host queued after the GPU's work in progress."""
     with _streams_lock:
-        stream = _streams.get(device)
+        stream = _streams.get((device, direction))
         if stream is None:
-            stream = _streams[device] = torch.cuda.Stream(device)
+            stream = _streams[device, direction] = torch.cuda.Stream(device)
         return stream
 
 
@@ -69,7 +73,7 @@ def pinned(shape: torch.Size, dtype: torch.dtype) -> Tensor:
 def _to_pinned(sources: list[Tensor], device: torch.device) -> tuple[list[Tensor], torch.cuda.Event]:
     """`sources` copied into pinned memory on `device`'s copy stream, after the work queued so far on the current
     stream; returns as soon as the copies are queued, with the event that says they are done."""
-    compute, stream = torch.cuda.current_stream(device), copy_stream(device)
+    compute, stream = torch.cuda.current_stream(device), copy_stream(device, TO_HOST)
     stream.wait_stream(compute)  # the kernels that make the sources first
     hosts: list[Tensor] = []
     with torch.cuda.stream(stream):
@@ -130,7 +134,7 @@ def to_device(encoding: FrameEncoding, device: torch.device) -> DeviceCopy | Non
     a GPU (nothing to stage)."""
     if device.type != "cuda":
         return None
-    stream = copy_stream(device)
+    stream = copy_stream(device, TO_DEVICE)
     with torch.cuda.stream(stream):
         moved = [t.to(device, non_blocking=True) for t in _tensors(encoding)]
         done = torch.cuda.Event()

@@ -97,7 +97,8 @@ def fake_cuda(monkeypatch):
     """torch.cuda's streams, events and pinned memory as recorders into LOG."""
     LOG.clear()
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device: _Stream("compute"))
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device: _Stream("copy"))
+    made = iter(["copy", "second copy stream"])
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: _Stream(next(made)))
     monkeypatch.setattr(torch.cuda, "stream", _On)
     monkeypatch.setattr(torch.cuda, "Event", _Event)
     monkeypatch.setattr(transfers, "pinned", lambda shape, dtype: _Pinned(dtype))
@@ -159,3 +160,13 @@ def test_the_edges_frames_go_to_the_host_on_the_copy_stream_and_are_read_after_t
     assert pending.wait().source is frames and LOG[-1] == ("synchronize",)
     cpu = torch.zeros(2, 3, dtype=torch.uint8)
     assert transfers.tensor_to_host(cpu).wait() is cpu  # on a CPU, the frames as they are
+
+
+def test_copies_to_the_device_never_queue_behind_copies_to_the_host(fake_cuda):
+    """A copy to the host waits for the GPU's work in progress; a request's copy to the device (from pageable memory,
+    which waits for what its stream holds) must not wait behind it: a stream for each direction."""
+    transfers.tensor_to_host(_Tensor("frames", torch.uint8))
+    to_device(FrameEncoding(*(_Tensor(n, torch.float16, "cpu") for n in NAMES), GEO), torch.device("cuda:0"))
+    transfers.tensor_to_host(_Tensor("frames", torch.uint8))
+    streams = [e[4] for e in LOG if e[0] in ("copy", "move")]
+    assert streams == ["copy"] + ["second copy stream"] * 4 + ["copy"]
