@@ -8,6 +8,8 @@
   model's cast on the device, against `.to(device, dtype)`; `stage_ms`, the decode step's time (thread pool),
   `use_ms`, the model thread's (wait and cast, until done), `before_ms`, the copy before (on the model thread).
 - frames_to_host (the edge's answer): its uint8 frame copied to pinned memory on the copy stream, against `.cpu()`.
+- split_vs_local: the tiny EDEN's frames through the servers' own steps with all of these copies, against the local
+  pipeline on the same device (float32, the exact mode: the same bits).
 
 Run by benchmarks/gpu.sh first; on a machine without CUDA it checks the CPU's path (nothing moves).
 
@@ -22,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from edensplit.model.encoding import FrameEncoding, Geometry
@@ -111,6 +114,41 @@ def frames_row(device: torch.device, name: str, geo: Geometry) -> dict[str, obje
             "until_on_host_ms": round(queue + wait, 3), "before_ms": old}
 
 
+def split_row(device: torch.device) -> dict[str, object]:
+    """The tiny EDEN in float32 on `device`: a 4-frame clip through the servers' own steps (the cloud's encode with
+    its copy to the host, the blob, the edge's copy to the device started as its decode step does, contexts, the
+    frames' copy to the host waited for as its encode step does) against the local pipeline, frame by frame."""
+    from edensplit.model.checkpoint import load_model
+    from edensplit.model.pipeline import LocalPipeline
+    from edensplit.model.stages import frame_difference
+    from edensplit.servers.cloud.operations import EncodeJob, encode_jobs
+    from edensplit.servers.edge.operations import generate
+    from edensplit.servers.edge.validation import make_job
+    from edensplit.video.sample import sample_middle_frame
+    from edensplit.wire.blob import encoding_view, unpack_encoding
+    from edensplit.wire.options import Options
+
+    model = load_model("tiny", device=device)
+    clip = [sample_middle_frame(k, 128, 96) for k in range(4)]
+    local = LocalPipeline(model)
+    started = time.perf_counter()
+    encodings = []
+    for k, frame in enumerate(clip):  # the cloud: frame -> blob; the edge: blob -> its copy to the device
+        blob = bytearray(encoding_view(encode_jobs(model, [EncodeJob(frame[None], "float32", f"f{k}")])[0].encoding))
+        host = unpack_encoding(blob, frames=1).encoding
+        encodings.append((host, to_device(host, device)))
+    worst = 0
+    for k in range(3):
+        (enc0, staged0), (enc1, staged1) = encodings[k], encodings[k + 1]
+        job = make_job(model, enc0, enc1, Options.from_flat({"seed": k}),
+                       float(frame_difference(clip[k], clip[k + 1])[0]), f"p{k}")
+        job.staged = staged0, staged1
+        split = generate(model, [job])[0].array()
+        worst = max(worst, int(np.abs(split.astype(int) - local.video_pair(clip[k], clip[k + 1], k, k)).max()))
+    return {"direction": "split_vs_local", "size": "96x128", "dtype": "float32 (tiny EDEN)", "bits_equal": worst == 0,
+            "max_abs_grey_levels": worst, "ms": round((time.perf_counter() - started) * 1e3, 1)}
+
+
 def main() -> int:
     args = sys.argv[1:]
     out = args[args.index("--json") + 1] if "--json" in args else None
@@ -121,6 +159,7 @@ def main() -> int:
     rows += [device_row(device, name, geo, dtype) for name, geo in SIZES.items()
              for dtype in (torch.bfloat16, torch.float16, torch.float32)]
     rows += [frames_row(device, name, geo) for name, geo in SIZES.items()]
+    rows.append(split_row(device))
     for row in rows:
         print(json.dumps(row), flush=True)
     failures = sum(not row["bits_equal"] for row in rows)
