@@ -22,8 +22,8 @@
 # (48x64, 3 frames; perf: bfloat16 and float32, batches 1 and 2), which is how it is tested
 # (tests/test_gpu_script.py). Each part starts nothing after its budget (GPU_SH_BUDGET_S, default 265 for perf;
 # GPU_SH_E2E_BUDGET_S, 100; GPU_SH_OVERHEAD_BUDGET_S, 60; what did not start is listed as skipped) and is killed
-# after its timeout (GPU_SH_TIMEOUT, default 290; GPU_SH_E2E_TIMEOUT, 150; GPU_SH_OVERHEAD_TIMEOUT, 120), the
-# files written so far kept: about 9.5 minutes in all. The model is the full-size EDEN with random weights unless
+# after its timeout (GPU_SH_TIMEOUT, default 290; GPU_SH_E2E_TIMEOUT, 125; GPU_SH_OVERHEAD_TIMEOUT, 120; the
+# transfers check, 30), the files written so far kept: about 9.5 minutes in all. The model is the full-size EDEN with random weights unless
 # MODEL_PATH is set (the overhead part's is the stand-in: MODEL_PATH is unset for it).
 #
 # The device machine's Python lacks the servers' packages: fetch them here first as wheels into .whl/
@@ -101,11 +101,11 @@ fi
 # First, seconds: the encodings' copies on a stream of their own (the cloud's to pinned host memory, cast on the
 # device; the edge's to the device, started by the decode step) give the CPU's bits, and the model thread's time.
 rc=0
-timeout 60 "$py" benchmarks/transfers_check.py "$device" --json "$out/transfers-$suffix.json" 2>&1 \
+timeout 30 "$py" benchmarks/transfers_check.py "$device" --json "$out/transfers-$suffix.json" 2>&1 \
   | tee "$out/transfers-$suffix.log" || rc=$?
 ((rc == 0)) || status=$rc
 part "perf-$suffix" "${GPU_SH_TIMEOUT:-290}" perf "${perf[@]}" --budget_s "${GPU_SH_BUDGET_S:-265}"
-part "e2e-$suffix" "${GPU_SH_E2E_TIMEOUT:-150}" perf "${e2e[@]}" --parts system --sizes "$sizes" \
+part "e2e-$suffix" "${GPU_SH_E2E_TIMEOUT:-125}" perf "${e2e[@]}" --parts system --sizes "$sizes" \
   --precisions bfloat16 --designs http-shm:float16,http-binary:float16 --window 2 \
   --budget_s "${GPU_SH_E2E_BUDGET_S:-100}"
 # The stand-in model (refused beside MODEL_PATH) on $overhead_device, in a subshell of its own.
