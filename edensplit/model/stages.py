@@ -66,14 +66,18 @@ def to_uint8(x: Tensor) -> np.ndarray:
         return uint8_on_device(x).cpu().numpy()
     out = torch.empty((B, H, W, C), dtype=torch.uint8)
     for top in range(0, H, BAND_ROWS):
-        band = x[:, :, top: top + BAND_ROWS].float().clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8)
-        out[:, top: top + BAND_ROWS].copy_(band.permute(0, 2, 3, 1))
+        out[:, top: top + BAND_ROWS].copy_(_levels(x[:, :, top: top + BAND_ROWS]).permute(0, 2, 3, 1))
     return out.numpy()
 
 
 def uint8_on_device(x: Tensor) -> Tensor:
     """`to_uint8`'s frames [B, H, W, 3] where `x` is (a GPU: one kernel per step), not copied to the host."""
-    return x.float().clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return _levels(x).permute(0, 2, 3, 1).contiguous()
+
+
+def _levels(x: Tensor) -> Tensor:
+    """floor(clamp(x, 0, 1) * 255 + 0.5) as uint8, same layout: the cast truncates a non-negative value."""
+    return x.float().clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8)
 
 
 def _require(model: Eden, stage: str) -> None:

@@ -278,9 +278,9 @@ def test_on_a_gpu_the_decode_step_starts_each_copy_and_the_model_thread_makes_co
                   headers=headers)
     np.testing.assert_array_equal(unpack_frames(r.content, ("frame",))[0]["frame"],
                                   reference.interpolate(FRAMES[0], FRAMES[1], seed=6))
-    # each frame's copy is started as it arrives; the new frame's context is made from its copy (frame 0's, the
-    # session's first, from the encoding the session holds: its copy was started when no pair needed it yet)
-    assert [kind for kind, _ in events] == ["stage", "stage", "use"]
+    # a frame's copy is started as it arrives when its request interpolates, and its context is made from it; frame 0,
+    # only stored, is not copied (its context is made from the encoding the session holds when the pair needs it)
+    assert [kind for kind, _ in events] == ["stage", "use"]
     edge.delete("/api/v1/sessions/gpu")
 
 

@@ -204,6 +204,11 @@ def session_key(params: Mapping[str, Any]) -> tuple[str, int]:
     return session_id, index
 
 
+def interpolates(index: int, opts: Options) -> bool:
+    """Whether a session frame's request interpolates (k-1, k): as asked, else every frame but the first."""
+    return index > 0 if opts.interpolate is None else opts.interpolate
+
+
 class SessionFrameOperation(EdgeOperation):
     """Store frame k (its encoding, or flow B: its pixels, encoded at the cloud); interpolate (k-1, k) unless
     asked only to store it."""
@@ -238,7 +243,8 @@ class SessionFrameOperation(EdgeOperation):
         if blob is not None:
             encoding = unpack_encoding(blob, frames=1, max_pixels=self.max_pixels).encoding
             check_encoding(model, encoding)
-            staged = to_device(encoding, model.device)
+            if interpolates(index, opts):  # (a frame only stored has no context made now: nothing to stage)
+                staged = to_device(encoding, model.device)
         return SessionFrame(session_id, index, opts, encoding, pixels, inp.request_id, inp.answer, inp.cancellation,
                             inp.client, staged)
 
@@ -251,7 +257,7 @@ class SessionFrameOperation(EdgeOperation):
                 assert frame.pixels is not None
                 encoding = (await encode_at_cloud(self.cloud, [frame.pixels], frame.request_id)).encoding
             current = await self.sessions.put(sid, index, encoding, frame.pixels)
-        if not (index > 0 if opts.interpolate is None else opts.interpolate):
+        if not interpolates(index, opts):
             return Reply({"session_id": frame.session_id, "stored": index})
         if index == 0:
             raise EdenError("frame 0 has no predecessor to interpolate from", code=ErrorCode.INVALID_PARAMETER)
