@@ -62,10 +62,14 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def wait_for_saved(jobs: dict[Path, subprocess.Popen[str]], at_least: int, timeout: float = 120.0) -> dict[Path, int]:
+def wait_for_saved(jobs: dict[Path, subprocess.Popen[str]], at_least: int, timeout: float = 120.0,
+                   hold: bool = False) -> dict[Path, int]:
     """Wait until every job (output path -> process) has saved `at_least` generated frames, and return how many
-    each has. Fails if a job ends first, and checks meanwhile that no output path holds a file."""
+    each has. Fails if a job ends first, and checks meanwhile that no output path holds a file. With `hold`, each
+    job is stopped (SIGSTOP) as soon as it has them, so that a fast job cannot finish while a slower one catches up:
+    the caller resumes them (`resume`)."""
     deadline = time.monotonic() + timeout
+    held: set[Path] = set()
     while True:
         counts = {output: saved_frames(output) for output in jobs}
         for output, proc in jobs.items():
@@ -74,10 +78,22 @@ def wait_for_saved(jobs: dict[Path, subprocess.Popen[str]], at_least: int, timeo
                 out, err = proc.communicate()
                 raise AssertionError(f"the job writing {output} ended (code {proc.returncode}) before "
                                      f"{at_least} frames were saved: {err[-2000:]}")
+            if hold and output not in held and counts[output] >= at_least:
+                proc.send_signal(signal.SIGSTOP)
+                held.add(output)
         if all(n >= at_least for n in counts.values()):
-            return counts
-        assert time.monotonic() < deadline, f"no {at_least} saved frames within {timeout} s: {counts}"
+            return {output: saved_frames(output) for output in jobs} if hold else counts
+        if time.monotonic() >= deadline:
+            resume(jobs)
+            raise AssertionError(f"no {at_least} saved frames within {timeout} s: {counts}")
         time.sleep(0.01)  # polling files another process writes: no event to wait on
+
+
+def resume(jobs: dict[Path, subprocess.Popen[str]]) -> None:
+    """Let jobs that `wait_for_saved(..., hold=True)` stopped go on (SIGCONT; harmless to a running job)."""
+    for proc in jobs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 300.0) -> tuple[int, str, str]:

@@ -16,7 +16,7 @@ import pytest
 from edensplit.client.resume import saved_frames
 from edensplit.servers.launch import ServerProcess
 from tests.conftest import generated, run_cli
-from tests.system import LONG_FRAMES, finish, local_frames, long_clip, requests_total, start_cli, wait_for_saved
+from tests.system import LONG_FRAMES, finish, local_frames, long_clip, requests_total, resume, start_cli, wait_for_saved
 
 OUTAGE_S = 5.0  # how long a killed server stays down before it is started again (the scenario)
 WINDOW = 2  # pairs in flight in a job
@@ -82,9 +82,9 @@ def test_a_server_killed_and_restarted_mid_job_costs_no_frame(fragile, clip, ref
     outs = {transport: workdir / f"fault-{victim}-{transport}" for transport in ("http", "ws")}
     jobs = {out / "interpolated.mp4": start_cli(*job_args(clip, out, fragile, "--transport", transport))
             for transport, out in outs.items()}
-    wait_for_saved(jobs, 5)
+    at_kill = wait_for_saved(jobs, 5, hold=True)  # the faster job waits (stopped) for the slower one
     fragile[victim].kill()
-    at_kill = {output: saved_frames(output) for output in jobs}
+    resume(jobs)
     time.sleep(OUTAGE_S)  # the outage itself: the server stays down this long
     fragile[victim].restart()
     for proc in jobs.values():
