@@ -105,8 +105,9 @@ def test_a_server_that_stays_down_fails_the_job_which_resumes_once_it_is_back(fr
     output = out / "interpolated.mp4"
     args = job_args(clip, out, fragile, "--retry_for", "1")
     proc = start_cli(*args)
-    wait_for_saved({output: proc}, 5)
+    wait_for_saved({output: proc}, 5, hold=True)
     fragile["edge"].kill()
+    resume({output: proc})
     code, _, err = finish(proc, timeout=120)
     done = saved_frames(output)
     assert code == 2 and not output.exists() and 5 <= done < LONG_FRAMES - 1

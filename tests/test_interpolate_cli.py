@@ -18,7 +18,7 @@ from edensplit.video.images import list_images, read_png, write_png
 from edensplit.video.reading import probe_video, read_frames
 from tests.conftest import N_FRAMES, generated, run_cli
 from tests.media import audio_samples, cut_frames, pan_frames, sample_frames, with_stills, write_av_clip, write_clip
-from tests.system import finish, requests_total, start_cli, wait_for_saved
+from tests.system import finish, requests_total, resume, start_cli, wait_for_saved
 
 NTSC = Fraction(30000, 1001)
 
@@ -168,8 +168,9 @@ def test_an_interrupted_4x_job_resumes_where_it_stopped(servers, clip, local_4x,
     args = ("--video_path", str(clip), "--output_dir", str(out), "--seed", "3", "--multi", "4", "--codec", "ffv1",
             "--save_frames", "--no_progress", "--cloud_url", cloud.url, "--edge_url", edge.url)
     proc = start_cli(*args)
-    wait_for_saved({output: proc}, 4)
+    wait_for_saved({output: proc}, 4, hold=True)  # stopped there, so that the Ctrl-C lands mid-job
     proc.send_signal(signal.SIGINT)
+    resume({output: proc})
     code, _, err = finish(proc, timeout=60)
     done = saved_frames(output)
     assert code == 130 and "run the same command again to resume" in err and not output.exists()

@@ -21,6 +21,7 @@ from tests.system import (
     local_frames,
     long_clip,
     requests_total,
+    resume,
     start_cli,
     wait_for_saved,
 )
@@ -36,8 +37,9 @@ def clip(workdir) -> Path:
 def interrupt(args: tuple[str, ...], output: Path, at_least: int = 5) -> tuple[int, str]:
     """Run the job, SIGINT it once `at_least` frames are saved; its exit status and stderr."""
     proc = start_cli(*args)
-    wait_for_saved({output: proc}, at_least)
+    wait_for_saved({output: proc}, at_least, hold=True)  # stopped there, so that the Ctrl-C lands mid-job
     proc.send_signal(signal.SIGINT)
+    resume({output: proc})
     code, _, err = finish(proc, timeout=60)
     return code, err
 

@@ -23,7 +23,7 @@ from edensplit.client.services import Cloud, Edge
 from edensplit.servers.launch import ServerProcess
 from edensplit.wire import shm
 from tests.conftest import N_FRAMES, generated, make_frames, run_cli
-from tests.system import finish, long_clip, requests_total, since, start_cli, wait_for_saved
+from tests.system import finish, long_clip, requests_total, resume, since, start_cli, wait_for_saved
 
 TTL_S = 1.0
 ASK_AND_DIE = """
@@ -100,7 +100,7 @@ def test_no_segment_is_left_by_a_client_or_an_edge_killed_mid_job(shared, model_
     out = workdir / "shm-killed-client"
     job = start_cli("--video_path", str(clip), "--output_dir", str(out), "--seed", "3", "--no_progress",
                     env=env)
-    wait_for_saved({out / "interpolated.mp4": job}, 3)
+    wait_for_saved({out / "interpolated.mp4": job}, 3, hold=True)
     job.send_signal(signal.SIGKILL)
     job.wait()
     gone_within(cloud, TTL_S + 3)
@@ -115,8 +115,9 @@ def test_no_segment_is_left_by_a_client_or_an_edge_killed_mid_job(shared, model_
         out = workdir / "shm-killed-edge"
         job = start_cli("--video_path", str(clip), "--output_dir", str(out), "--seed", "3", "--no_progress",
                         env={**env, "EDGE_SERVER_URL": doomed.url, "EDENSPLIT_RETRY_FOR": "1"})
-        wait_for_saved({out / "interpolated.mp4": job}, 3)
+        wait_for_saved({out / "interpolated.mp4": job}, 3, hold=True)
         doomed.proc.send_signal(signal.SIGKILL)
+        resume({out / "interpolated.mp4": job})
         code, _, err = finish(job, timeout=60)
         assert code != 0 and "edge server" in err
     gone_within(cloud, TTL_S + 3)
