@@ -220,7 +220,7 @@ def test_http_gives_up_when_the_outage_outlasts_retry_for(blob):
     assert err.value.code == ErrorCode.OVERLOADED
     # The first failure starts the budget; the last attempt comes at its end (the last wait is cut to fit).
     assert 1.0 <= times[-1] - times[0] <= 1.0 + 2.0, times[-1] - times[0]
-    assert len(seen) > 10
+    assert len(seen) > 5  # many tries (about 12 on an idle machine), ended by retry_for, not by retries
 
 
 def test_http_connection_failures_give_up_after_retry_for_with_a_message_saying_so():

@@ -50,7 +50,7 @@ def test_a_deadline_that_passes_answers_504(edge, blobs):
     r = httpx.post(f"{edge.url}/api/v1/interpolate", params=SLOW, content=blobs["large"], timeout=60,
                    headers={"Content-Type": BLOB_MEDIA_TYPE, "X-Request-Timeout": "0.5"})
     assert r.status_code == 504 and r.json()["error"]["code"] == "DEADLINE_EXCEEDED", r.text
-    assert time.perf_counter() - started < 4  # stopped at the deadline, not after 128 model calls
+    assert time.perf_counter() - started < 5  # stopped at the deadline, not after 128 model calls (~7 s)
     ok = httpx.post(f"{edge.url}/api/v1/interpolate", content=blobs["small"], timeout=60,
                     headers={"Content-Type": BLOB_MEDIA_TYPE, "X-Request-Timeout": "30"})
     assert ok.status_code == 200
@@ -102,7 +102,7 @@ def test_a_caller_that_disconnects_has_its_work_dropped_and_does_not_delay_the_n
     r = interpolate(edge.url, blobs["small"])
     waited = time.perf_counter() - started
     assert r.status_code == 200
-    assert waited < 3.0, f"the next request waited {waited:.1f} s behind abandoned work"
+    assert waited < 5.0, f"the next request waited {waited:.1f} s behind abandoned work"
     log = (workdir / "deadline-edge.log").read_text()  # written before the next request was answered
     line = next(ln for ln in log.splitlines() if "edensplit.access: abandoned POST" in ln)
     assert " 499 " in line and "Traceback" not in log
@@ -114,5 +114,5 @@ def test_websocket_work_of_a_closed_connection_is_dropped_and_the_gauge_follows_
         wait_until_admitted(edge.url)
     started = time.perf_counter()
     assert interpolate(edge.url, blobs["small"]).status_code == 200
-    assert time.perf_counter() - started < 3.0
+    assert time.perf_counter() - started < 5.0  # not behind the ~7 s of dropped work
     assert inflight(edge.url) == 0

@@ -143,14 +143,14 @@ def test_a_clip_interpolated_in_the_browser_equals_the_command_line(ui, page_ser
             screenshot(page, tmp_path, "ui-running.png")
             shot = True
         time.sleep(0.03)
+    with page.expect_download() as download:  # first: the page stopped polling, UI_UPLOAD_TTL_S runs from here
+        page.click("a[download]")
     if UPDATING:  # a fast machine may finish before a preview shows
         assert shot, "no screenshot mid-job: the job ended before a preview showed"
     assert len(set(seen)) >= 2 and seen == sorted(seen), seen  # progress moved, never back
     figures = page.inner_text("#figures")
     assert figures.startswith("95/95 frames, ") and figures.endswith("(done)"), figures
     assert page.eval_on_selector("progress", "p => [p.value, p.max]") == [95, 95]
-    with page.expect_download() as download:  # before UI_UPLOAD_TTL_S, however busy the machine
-        page.click("a[download]")
     got = tmp_path / "downloaded.mp4"
     download.value.save_as(got)
     assert download.value.suggested_filename == "interpolated.mp4"
