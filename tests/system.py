@@ -73,8 +73,11 @@ def wait_for_saved(jobs: dict[Path, subprocess.Popen[str]], at_least: int, timeo
     while True:
         counts = {output: saved_frames(output) for output in jobs}
         for output, proc in jobs.items():
-            assert not output.exists(), f"{output} exists while its job is unfinished"
+            if output.exists():
+                resume(jobs)
+                raise AssertionError(f"{output} exists while its job is unfinished")
             if proc.poll() is not None:
+                resume(jobs)
                 out, err = proc.communicate()
                 raise AssertionError(f"the job writing {output} ended (code {proc.returncode}) before "
                                      f"{at_least} frames were saved: {err[-2000:]}")
