@@ -213,7 +213,8 @@ def normalise_difference(raw: Tensor, cos_sim_mean: float, cos_sim_std: float) -
 def frame_context(model: Eden, enc: FrameEncoding) -> FrameContext:
     """`Eden.frame_context` of encoded frames, on the model's device and in its dtype (see there)."""
     _require(model, INTERPOLATE)
-    enc = enc.to(model.device, model.dtype)
+    # the stand-in reads no token: they go to its device as they came (a GPU's copy), not converted to its dtype
+    enc = enc.to(model.device) if isinstance(model, StandIn) else enc.to(model.device, model.dtype)
     return model.frame_context(enc.cond_dit, enc.cond_dec, enc.geometry.grid)
 
 

@@ -1,7 +1,8 @@
 """A stand-in for EDEN, for measuring the serving path (EDENSPLIT_STAND_IN_MODEL=1, `edensplit bench --mode overhead`):
 the same interface and the full-size model's shapes, and no network behind them. The cloud answers an encoding of
-the right shape (zeros), the edge samples nothing and decodes a checkerboard: what is left to time is everything
-around the model (packing, sockets, parsing, budget, replays, sessions, rendering, frame I/O).
+the right shape (zeros, made once per frame size), the edge samples nothing and decodes a checkerboard: what is
+left to time is everything around the model (packing, sockets, parsing, budget, replays, sessions, rendering,
+frame I/O).
 
 It can never pass for EDEN: it is refused beside MODEL_PATH, /health says `"stand_in": true`, the start-up line
 says it, and its frames are a checkerboard, not interpolations.
@@ -18,6 +19,7 @@ from edensplit.model.config import EdenConfig
 from edensplit.model.eden import ALL_STAGES, FrameContext
 from edensplit.model.encoding import FrameEncoding, Geometry
 
+KEPT_SIZES = 2  # frame sizes whose zero encodings are kept
 STAND_IN = "stand-in (no model: EDENSPLIT_STAND_IN_MODEL=1, for measuring the serving path)"
 
 
@@ -35,12 +37,21 @@ class StandIn:
         self.weights_repository = self.weights_revision = None
         self.stand_in = True
         self._boards: dict[Geometry, Tensor] = {}
+        self._zeros: dict[Geometry, tuple[Tensor, Tensor]] = {}  # encodings' tokens by frame size, latest last
 
     def encode(self, batch: int, geometry: Geometry) -> FrameEncoding:
-        """`batch` frames' encoding, zeros of the full-size shapes (mean 0, std 1)."""
-        shape = (batch, geometry.tokens, self.args.hidden_dim)
-        zeros = torch.zeros(shape, device=self.device, dtype=self.dtype)
-        return FrameEncoding(zeros, zeros.clone(), torch.zeros(batch), torch.ones(batch), geometry)
+        """`batch` frames' encoding, zeros of the full-size shapes (mean 0, std 1): views of zeros made once per
+        frame size, so that a call writes nothing (as a model on a GPU writes nothing in the host's memory) and
+        what is timed around it is not slowed by a pass of the stand-in's own. Nothing writes into an encoding."""
+        kept = self._zeros.pop(geometry, None)
+        if kept is None or kept[0].shape[0] < batch:
+            shape = (batch, geometry.tokens, self.args.hidden_dim)
+            kept = (torch.zeros(shape, device=self.device, dtype=self.dtype),
+                    torch.zeros(shape, device=self.device, dtype=self.dtype))
+        self._zeros[geometry] = kept  # the latest last: the oldest size goes first
+        while len(self._zeros) > KEPT_SIZES:
+            del self._zeros[next(iter(self._zeros))]
+        return FrameEncoding(kept[0][:batch], kept[1][:batch], torch.zeros(batch), torch.ones(batch), geometry)
 
     def frames(self, batch: int, geometry: Geometry) -> Tensor:
         """`batch` checkerboards [B, 3, H, W] in [0, 1] of 16-pixel squares: visibly not interpolations."""

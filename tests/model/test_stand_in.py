@@ -31,6 +31,18 @@ def test_it_has_the_full_size_shapes_and_makes_checkerboards(caplog):
     assert set(np.unique(out)) == {51, 204} and out[0, 0, 0] != out[0, 16, 0]  # a checkerboard, not a frame
 
 
+def test_its_calls_write_nothing_the_encodings_are_zeros_made_once_per_size():
+    cloud = load_model_for({ENCODE}, ModelSettings(edensplit_stand_in_model=True))
+    frames = np.zeros((2, 64, 96, 3), dtype=np.uint8)
+    first, again, one = encode_frames(cloud, frames), encode_frames(cloud, frames), encode_frames(cloud, frames[:1])
+    assert again.cond_dit.data_ptr() == first.cond_dit.data_ptr() == one.cond_dit.data_ptr()  # no new tokens
+    assert one.cond_dit.shape[0] == 1 and not first.cond_dit.any() and not first.cond_dec.any()
+    assert first.cond_dec.data_ptr() != first.cond_dit.data_ptr()  # two tensors, as EDEN's
+    for height in (128, 192):  # other sizes: the oldest size's zeros go
+        encode_frames(cloud, np.zeros((1, height, 96, 3), dtype=np.uint8))
+    assert encode_frames(cloud, frames).cond_dit.data_ptr() != first.cond_dit.data_ptr()
+
+
 def test_it_is_refused_beside_a_checkpoint_and_says_so_in_health(tmp_path):
     with pytest.raises(ConfigError, match="STAND_IN"):
         load_model_for({ENCODE}, ModelSettings(edensplit_stand_in_model=True, model_path=tmp_path / "eden.pt"))
