@@ -17,10 +17,10 @@ class ByteBudget:
         self.limit, self.used = limit, 0
         self._lock = threading.Lock()
 
-    def reserve(self, n: int, what: str = "request bodies") -> None:
+    def reserve(self, n: int, what: str = "request bodies being read") -> None:
         with self._lock:
             if self.used + n > self.limit:
-                raise EdenError(f"the server holds {self.used} bytes of {what} being read (limit {self.limit}); "
+                raise EdenError(f"the server holds {self.used} bytes of {what} (limit {self.limit}); "
                                 "retry shortly", code=ErrorCode.OVERLOADED, details={"retry_after_s": 1})
             self.used += n
 

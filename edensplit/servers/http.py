@@ -242,7 +242,7 @@ class HttpFraming:
             return sent, scope
 
         def pay(n: int) -> None:  # it inflates a step at a time, each paid for from the budget (503 without room)
-            self.pipeline.hold(n, "decompressed request bodies")
+            self.pipeline.hold(n, "request bodies being decompressed")
             holding[0] += n
 
         # up to MAX_REQUEST_MB, and MAX_INFLATE_RATIO times its own size (413 past either)

@@ -42,6 +42,7 @@ SHM_ERRORS = (ErrorCode.SHM_DISABLED, ErrorCode.SHM_NOT_FOUND, ErrorCode.SHM_FOR
               ErrorCode.PAYLOAD_TOO_LARGE)
 SWEEP_S = 1.0
 HEADER_BYTES = 256  # a segment's header line, counted with its data
+WAITING = "shared-memory segments not yet taken"  # what their bytes are, in the budget's refusal
 
 
 class SharedMemory:
@@ -115,6 +116,8 @@ class SharedMemory:
 
     def check_room(self) -> None:
         """OVERLOADED (503, retried by clients) while SHM_MAX_SEGMENTS segments wait to be taken."""
+        if len(self.made) >= self.max_segments:
+            self.let_go_of_taken()
         with self._lock:
             if len(self.made) >= self.max_segments:
                 raise EdenError(f"this server holds {len(self.made)} shared-memory segments not yet taken (limit "
@@ -122,9 +125,17 @@ class SharedMemory:
                                 details={"retry_after_s": 1})
 
     def _reserve(self, nbytes: int) -> int:
+        """The bytes of a new segment held against the budget. Taken segments are let go of once a second (the
+        sweep); at a limit they are looked for at once, so that answers coming faster than that (100 MB float32
+        pairs at 1080p, several a second) are not refused for segments their readers took long ago."""
         held = nbytes + HEADER_BYTES
         self.check_room()
-        self.budget.reserve(held, "shared-memory segments not yet taken")
+        try:
+            self.budget.reserve(held, WAITING)
+        except EdenError:
+            if not self.let_go_of_taken():
+                raise
+            self.budget.reserve(held, WAITING)
         return held
 
     def _made(self, handle: Handle, held: int) -> Handle:
@@ -144,24 +155,36 @@ class SharedMemory:
         removed, now = 0, time.monotonic()
         self.spares.expire()
         shm.forget_idle_views()
+        self.let_go_of_taken()
         with self._lock:
             entries = list(self.made.items())
         for name, (held, made) in entries:
-            gone = not (shm.SHM_DIR / name).exists()
-            if not gone and now - made > self.ttl_s and shm.remove(name):
+            if now - made > self.ttl_s and shm.remove(name):
                 removed += 1
                 self._count("expired", held - HEADER_BYTES)
-                gone = True
-            if gone:
-                with self._lock:
-                    self.made.pop(name, None)
-                self.budget.release(held)
+                self._let_go(name)
         for name, maker, _ in shm.segments():
             if maker != self.maker and not runs(maker) and shm.remove(name):
                 removed += 1
                 log.info("removed shared-memory segment %s of process %s, which no longer runs", name, maker)
         self._gauges()
         return removed
+
+    def let_go_of_taken(self) -> int:
+        """Give the budget back for the segments this process made that were taken (their names are gone); how
+        many."""
+        with self._lock:
+            names = list(self.made)
+        return sum(self._let_go(name) for name in names if not (shm.SHM_DIR / name).exists())
+
+    def _let_go(self, name: str) -> bool:
+        """Forget segment `name` and give back the bytes it held (once, whoever calls first)."""
+        with self._lock:
+            entry = self.made.pop(name, None)
+        if entry is None:
+            return False
+        self.budget.release(entry[0])
+        return True
 
     def close(self) -> None:
         """At shutdown: this process's segments not yet taken go (nobody will sweep them for it)."""

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edensplit.model.checkpoint import load_model
 from edensplit.processes import maker_of
+from edensplit.servers import shm as server_shm
 from edensplit.servers.budget import ByteBudget
 from edensplit.servers.cloud.service import create_cloud_app
 from edensplit.servers.contract import Reply
@@ -167,6 +168,25 @@ def test_segments_are_bounded_in_count_and_bytes_and_counted():
     assert not (shm.SHM_DIR / Handle.loads(first).segment).exists()  # a server that stops removes its own
     with cloud_app(body_memory_mb=20_000 / 2**20) as cloud:  # a budget smaller than one encoding
         assert error_of(cloud.post("/api/v1/encode", content=PAIR, headers=ASK_HANDLE)) == (503, "OVERLOADED")
+
+
+def test_taken_segments_give_their_room_back_at_once_not_only_at_the_next_sweep(monkeypatch):
+    monkeypatch.setattr(server_shm, "SWEEP_S", 3600.0)  # the sweep runs at start only: it frees nothing here
+    with cloud_app(shm_max_segments=2) as cloud:
+        waiting = [Handle.loads(handle_of(cloud)) for _ in range(2)]
+        assert error_of(cloud.post("/api/v1/encode", content=PAIR, headers=ASK_HANDLE)) == (503, "OVERLOADED")
+        taken = [shm.take_segment(h, "anonymous", BLOB_MEDIA_TYPE) for h in waiting]  # as the edge takes them
+        one = Handle.loads(handle_of(cloud))  # the count: room again at once
+        assert metric(cloud, "edensplit_shm_segments") == 1
+        # The bytes: a budget for one encoding and a half, the one made held; a second is refused while it waits.
+        budget = cloud.app.state.pipeline.budget
+        budget.limit = budget.used + (one.size + HEADER_BYTES) // 2 + len(PAIR)
+        r = cloud.post("/api/v1/encode", content=PAIR, headers=ASK_HANDLE)
+        assert error_of(r) == (503, "OVERLOADED") and "segments not yet taken (limit" in r.json()["error"]["message"]
+        taken.append(shm.take_segment(one, "anonymous", BLOB_MEDIA_TYPE))
+        handle_of(cloud)  # taken: its bytes given back at once
+        assert budget.used == metric(cloud, "edensplit_shm_bytes") == one.size + HEADER_BYTES
+        del taken
 
 
 def test_without_allow_shm_handles_are_refused_and_bytes_still_flow():
