@@ -58,6 +58,7 @@ MAX_HEADER_BYTES = 4096
 # encoding's encode step 10 -> 6 ms). A pause on a background thread, not a wait for a condition.
 BACKGROUND_DELAY_S = 0.02
 HELD_LOOK_S = 1.0  # how often a maker looks whether the readers holding its spares still run
+IDLE_LENGTH_S = 2.0  # a length not asked for this long gives its ready spares up to one asked for now
 ALIGN = 64  # where a segment's data starts: a multiple of this (any tensor's items aligned in a view of it)
 
 
@@ -192,7 +193,8 @@ class Spares:
     name is gone once taken. A spare not given back (its reader removed it, or it expired) is let go. At most
     `per_length` spares ready of each length asked for in the last `ttl_s` seconds made ahead (and as many more
     as came back, for as many requests as were in flight), `max_bytes` in all; a length not asked for within
-    `ttl_s` has its spares removed (`expire`), so that an idle process holds none. They carry their maker in
+    `ttl_s` has its spares removed (`expire`), so that an idle process holds none, and a length asked for now
+    that would not fit takes the place of lengths idle for IDLE_LENGTH_S (`_make_room`). They carry their maker in
     their name like any segment, so a crashed process's spares, given back or not, are swept with its segments."""
 
     def __init__(self, maker: str, ttl_s: float = 30.0, per_length: int = 2, max_bytes: int = 256 * 2**20):
@@ -251,7 +253,7 @@ class Spares:
     def _take(self, length: int) -> _Spare | None:
         with self._lock:
             self._asked[length] = time.monotonic()
-            drop = self._reclaim(length)
+            drop = self._make_room(length) + self._reclaim(length)
             ready = self._ready.get(length)
             spare = ready.pop() if ready else None
             wanted = self.per_length - len(self._ready.get(length, ())) - self._pending.get(length, 0)
@@ -263,6 +265,24 @@ class Spares:
         for extra in drop:
             extra.discard()
         return spare
+
+    def _make_room(self, length: int) -> list[_Spare]:
+        """(Under the lock.) Room for `per_length` spares of `length` within `max_bytes`, made by taking out the
+        ready spares of lengths not asked for within IDLE_LENGTH_S, the longest idle first: a process that moved on
+        to another size (the next video, float32 after float16) gets spares for it at once, not once the old ones
+        expire. Lengths in use together never take each other's. The spares to discard returned."""
+        drop: list[_Spare] = []
+        now = time.monotonic()
+        others = sum(n * (len(v) + self._pending.get(n, 0)) for n, v in self._ready.items() if n != length)
+        room = self.max_bytes - self.per_length * length
+        idle = sorted((self._asked.get(n, 0.0), n) for n, v in self._ready.items()
+                      if n != length and v and now - self._asked.get(n, 0.0) > IDLE_LENGTH_S)
+        for _, other in idle:
+            spares = self._ready[other]
+            while spares and others > room:
+                drop.append(spares.pop())
+                others -= other
+        return drop
 
     def _reclaim(self, length: int | None) -> list[_Spare]:
         """(Under the lock.) Lent spares (of `length`, or all) that came back, renamed to new names and made

@@ -260,6 +260,31 @@ def test_spares_of_a_length_not_asked_for_within_the_ttl_go_and_their_bytes_are_
         spares.close()
 
 
+def test_a_length_asked_for_now_takes_the_place_of_an_idle_length_never_of_one_in_use(monkeypatch):
+    maker, mine = _alive_maker()
+    spares = shm.Spares(maker, ttl_s=30.0, per_length=2, max_bytes=20_000)
+
+    def ready() -> dict[int, int]:
+        wait_until(lambda: not any(spares._pending.values()), what="spares being made")
+        with spares._lock:
+            return {length: len(made) for length, made in spares._ready.items() if made}
+
+    monkeypatch.setattr(shm, "IDLE_LENGTH_S", 3600.0)  # no stall makes a length idle before the test says so
+    try:
+        shm.remove(spares.write(os.urandom(8000), None, BLOB).segment)  # two of its length fit, a third would not
+        (big, two), = ready().items()
+        assert two == 2 and 2 * big <= 20_000 < 3 * big
+        shm.remove(spares.write(os.urandom(6000), None, BLOB).segment)  # the big length asked for just now
+        assert ready() == {big: 2} and len(mine()) == 2  # in use: kept, and no room for the new length
+        monkeypatch.setattr(shm, "IDLE_LENGTH_S", 0.0)  # the big length idle from now on
+        shm.remove(spares.write(os.urandom(6000), None, BLOB).segment)
+        ((small, count),) = ready().items()
+        assert small < big and count == 2 and len(mine()) == 2  # the idle length's spares removed, not only let go
+    finally:
+        spares.close()
+    assert not mine()
+
+
 def test_a_draft_is_filled_in_a_spare_s_map_and_a_segment_only_once_committed():
     maker, mine = _alive_maker()
     payload = np.frombuffer(os.urandom(5000), np.uint8)
