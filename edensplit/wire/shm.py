@@ -59,6 +59,10 @@ MAX_HEADER_BYTES = 4096
 BACKGROUND_DELAY_S = 0.02
 HELD_LOOK_S = 1.0  # how often a maker looks whether the readers holding its spares still run
 IDLE_LENGTH_S = 2.0  # a length not asked for this long gives its ready spares up to one asked for now
+# Spares ready in all, per process: room for the four or five 100 MB answers (1080p float32 pairs) that go round
+# with 2 requests in flight; at 256 MB each one coming back was let go and a new one made, so every answer was
+# written into new pages and every reader mapped a new segment (docs/performance.md).
+SPARE_BYTES = 512 * 2**20
 ALIGN = 64  # where a segment's data starts: a multiple of this (any tensor's items aligned in a view of it)
 
 
@@ -197,7 +201,7 @@ class Spares:
     that would not fit takes the place of lengths idle for IDLE_LENGTH_S (`_make_room`). They carry their maker in
     their name like any segment, so a crashed process's spares, given back or not, are swept with its segments."""
 
-    def __init__(self, maker: str, ttl_s: float = 30.0, per_length: int = 2, max_bytes: int = 256 * 2**20):
+    def __init__(self, maker: str, ttl_s: float = 30.0, per_length: int = 2, max_bytes: int = SPARE_BYTES):
         self.maker, self.ttl_s, self.per_length, self.max_bytes = maker, ttl_s, per_length, max_bytes
         self._ready: dict[int, list[_Spare]] = {}  # file length -> spares nobody has a handle to
         self._lent: dict[str, _Spare] = {}  # name -> a written spare, to come back from its reader
