@@ -272,7 +272,7 @@ def test_a_length_asked_for_now_takes_the_place_of_an_idle_length_never_of_one_i
     monkeypatch.setattr(shm, "IDLE_LENGTH_S", 3600.0)  # no stall makes a length idle before the test says so
     try:
         shm.remove(spares.write(os.urandom(8000), None, BLOB).segment)  # two of its length fit, a third would not
-        (big, two), = ready().items()
+        ((big, two),) = ready().items()
         assert two == 2 and 2 * big <= 20_000 < 3 * big
         shm.remove(spares.write(os.urandom(6000), None, BLOB).segment)  # the big length asked for just now
         assert ready() == {big: 2} and len(mine()) == 2  # in use: kept, and no room for the new length
