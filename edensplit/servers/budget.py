@@ -8,6 +8,8 @@ import threading
 
 from edensplit.errors import EdenError, ErrorCode
 
+BODIES = "request bodies being read"  # what the budget holds, unless a caller says otherwise
+
 
 class ByteBudget:
     """Reserve bytes before holding them, release them when done; `reserve` never blocks. Thread-safe: bodies
@@ -17,7 +19,7 @@ class ByteBudget:
         self.limit, self.used = limit, 0
         self._lock = threading.Lock()
 
-    def reserve(self, n: int, what: str = "request bodies being read") -> None:
+    def reserve(self, n: int, what: str = BODIES) -> None:
         with self._lock:
             if self.used + n > self.limit:
                 raise EdenError(f"the server holds {self.used} bytes of {what} (limit {self.limit}); "

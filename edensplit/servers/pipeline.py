@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edensplit.errors import EdenError, ErrorCode
 from edensplit.servers.auth import ANONYMOUS, Access
-from edensplit.servers.budget import ByteBudget
+from edensplit.servers.budget import BODIES, ByteBudget
 from edensplit.servers.contract import (
     JSON,
     Cancellation,
@@ -235,7 +235,7 @@ class Pipeline:
         adapted = self.shm.adapt(operation, content_type == SHM_MEDIA_TYPE, handle_out)
         return adapted, operation.answers[0] if handle_out else answer
 
-    def hold(self, nbytes: int, what: str = "request bodies being read") -> None:
+    def hold(self, nbytes: int, what: str = BODIES) -> None:
         """Count bytes held for a request not yet admitted (a body, a message being reassembled); OVERLOADED
         past the server's budget. Give them back with `release`."""
         self.budget.reserve(nbytes, what)

@@ -276,9 +276,11 @@ class Spares:
         to another size (the next video, float32 after float16) gets spares for it at once, not once the old ones
         expire. Lengths in use together never take each other's. The spares to discard returned."""
         drop: list[_Spare] = []
-        now = time.monotonic()
         others = sum(n * (len(v) + self._pending.get(n, 0)) for n, v in self._ready.items() if n != length)
         room = self.max_bytes - self.per_length * length
+        if others <= room:  # (every answer asks: nothing more to do while the sizes in use fit)
+            return drop
+        now = time.monotonic()
         idle = sorted((self._asked.get(n, 0.0), n) for n, v in self._ready.items()
                       if n != length and v and now - self._asked.get(n, 0.0) > IDLE_LENGTH_S)
         for _, other in idle:
